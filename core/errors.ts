@@ -1,0 +1,54 @@
+/** Errors as data: every failure a user can meet is a tagged value that says what to do. */
+import { Data } from "effect";
+
+/** A tensor's shape or dtype does not fit an op. */
+export class ShapeError
+  extends Data.TaggedError("ShapeError")<{ readonly op: string; readonly message: string }> {}
+
+/** A value that must be finite is NaN or infinite. */
+export class NonFiniteError extends Data.TaggedError("NonFiniteError")<{
+  readonly what: string;
+  readonly index: number;
+  readonly value: number;
+  readonly message: string;
+}> {}
+
+/** No WebGPU adapter could be had. */
+export class NoAdapterError extends Data.TaggedError("NoAdapterError")<{ readonly message: string }> {}
+
+/** One diagnostic of the WGSL compiler. */
+export interface WgslMessage {
+  readonly type: string;
+  readonly line: number;
+  readonly col: number;
+  readonly message: string;
+}
+
+/** A generated shader failed to compile: carries the kernel name, the line:col messages and the source. */
+export class ShaderCompileError extends Data.TaggedError("ShaderCompileError")<{
+  readonly kernel: string;
+  readonly messages: readonly WgslMessage[];
+  readonly source: string;
+  readonly message: string;
+}> {}
+
+/** A WebGPU validation, out-of-memory or internal error raised while running kernels. */
+export class GpuError extends Data.TaggedError("GpuError")<{
+  readonly kind: string;
+  readonly message: string;
+}> {}
+
+/** The device was lost (driver reset, destroyed); every tensor on it is gone. */
+export class DeviceLostError extends Data.TaggedError("DeviceLostError")<{
+  readonly reason: string;
+  readonly message: string;
+}> {}
+
+/** A tensor was used after it was disposed. */
+export class DisposedError extends Data.TaggedError("DisposedError")<{ readonly message: string }> {}
+
+/** Format the compiler diagnostics of a shader for a person: `kernel:line:col: message` lines. */
+export const formatWgslMessages = (kernel: string, msgs: readonly WgslMessage[]): string =>
+  msgs.map((m) => `${kernel}.wgsl:${m.line}:${m.col}: ${m.type}: ${m.message.trim().split("\n")[0]}`).join(
+    "\n",
+  );

@@ -1,0 +1,58 @@
+/** The backend interface: where tensors live and how a kernel runs. Two implementations: CPU and WebGPU. */
+import type { DType, Shape } from "../core/shape.ts";
+import type { HostArray, Kernel, TensorSpec } from "./kernel.ts";
+import type { Tensor } from "./tensor.ts";
+
+/** Opaque per-backend storage of one tensor (a GPU buffer range, a typed array). */
+export interface Storage {
+  /** Bytes this storage owns (0 for a view into another tensor's storage). */
+  readonly bytes: number;
+}
+
+/** Memory accounting of a backend, in bytes. */
+export interface MemoryStats {
+  /** Bytes held by live tensors. */
+  readonly live: number;
+  /** Bytes allocated from the device in total (live + pooled for reuse). */
+  readonly allocated: number;
+  /** Highest `live` seen since creation or the last `resetPeak`. */
+  readonly peak: number;
+  /** Number of device allocations made so far (a steady loop makes none after warm-up). */
+  readonly allocations: number;
+}
+
+export interface Backend {
+  readonly kind: "cpu" | "gpu";
+  /** Human-readable description, e.g. "cpu f64" or the adapter's description. */
+  readonly name: string;
+  /** The host array type of float tensors on this backend. */
+  readonly floatArray: "f32" | "f64";
+  /** New storage for a tensor of this spec, contents unspecified. */
+  alloc(spec: TensorSpec): Storage;
+  /** New storage holding `data` (converted to the backend's array type). */
+  upload(spec: TensorSpec, data: ArrayLike<number>): Storage;
+  /** Storage sharing `base`, starting `offset` elements in; GPU views need offset*4 to be a multiple of 256. */
+  view(base: Storage, offset: number, spec: TensorSpec): Storage;
+  /** Run a kernel: inputs are live tensors, outputs fresh storages (or aliases of inputs). Asynchronous on GPU. */
+  exec<P>(
+    kernel: Kernel<P>,
+    params: P,
+    inputs: readonly Tensor[],
+    outputs: readonly Storage[],
+    outSpecs: readonly TensorSpec[],
+  ): void;
+  /** Copy a tensor's contents to the host; on the GPU this submits pending work and surfaces its errors. */
+  read(t: Tensor): Promise<HostArray>;
+  /** Wait until all submitted work is done; surfaces errors. */
+  sync(): Promise<void>;
+  /** Give a storage back (to the pool on the GPU). */
+  release(s: Storage): void;
+  memory(): MemoryStats;
+  resetPeak(): void;
+}
+
+/** Bytes of one element. */
+export const elemBytes = (_d: DType): number => 4;
+
+/** Byte size of a shape of 4-byte elements. */
+export const byteSize = (shape: Shape): number => shape.reduce((a, b) => a * b, 1) * 4;

@@ -1,0 +1,440 @@
+/** Elementwise kernels: unary maps, binary ops with NumPy broadcasting, and `sumTo` (the un-broadcast). */
+import { ShapeError } from "../core/errors.ts";
+import { broadcastShapes, broadcastStrides, type Shape, showShape, size, strides } from "../core/shape.ts";
+import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
+import { apply1 } from "./run.ts";
+import { setGradAdd } from "./tape.ts";
+import { keep, type Tensor, tensor } from "./tensor.ts";
+import { f32Lit, flatIndex, grid1d, storage } from "./wgsl.ts";
+
+const WG = 256;
+
+const requireF32 = (op: string, inputs: readonly TensorSpec[]) => {
+  inputs.forEach((t, i) => {
+    if (t.dtype !== "f32") {
+      throw new ShapeError({ op, message: `${op}: input ${i} has dtype ${t.dtype}, expected f32` });
+    }
+  });
+};
+
+// ---- unary ------------------------------------------------------------------------------------------------
+
+/** Unary maps. `scale`, `addc`, `powc` and `clampmin` take the constant `c`. */
+export type UnaryOp =
+  | "neg"
+  | "exp"
+  | "log"
+  | "sqrt"
+  | "rsqrt"
+  | "square"
+  | "abs"
+  | "recip"
+  | "relu"
+  | "sigmoid"
+  | "silu"
+  | "tanh"
+  | "scale"
+  | "addc"
+  | "powc"
+  | "step";
+
+export interface UnaryParams {
+  readonly op: UnaryOp;
+  readonly c?: number;
+}
+
+/** Reference semantics of each unary op, in f64. */
+const unaryRef = (op: UnaryOp, c: number): (x: number) => number => {
+  switch (op) {
+    case "neg":
+      return (x) => -x;
+    case "exp":
+      return Math.exp;
+    case "log":
+      return Math.log;
+    case "sqrt":
+      return Math.sqrt;
+    case "rsqrt":
+      return (x) => 1 / Math.sqrt(x);
+    case "square":
+      return (x) => x * x;
+    case "abs":
+      return Math.abs;
+    case "recip":
+      return (x) => 1 / x;
+    case "relu":
+      return (x) => (x > 0 ? x : 0);
+    case "sigmoid":
+      return (x) => 1 / (1 + Math.exp(-x));
+    case "silu":
+      return (x) => x / (1 + Math.exp(-x));
+    case "tanh":
+      return Math.tanh;
+    case "scale":
+      return (x) => x * c;
+    case "addc":
+      return (x) => x + c;
+    case "powc":
+      return (x) => Math.pow(x, c);
+    case "step":
+      return (x) => (x > 0 ? 1 : 0);
+    default:
+      return op satisfies never;
+  }
+};
+
+/** WGSL expression of each unary op applied to `x`. */
+const unaryWgsl = (op: UnaryOp, c: number): string => {
+  switch (op) {
+    case "neg":
+      return "-x";
+    case "exp":
+      return "exp(x)";
+    case "log":
+      return "log(x)";
+    case "sqrt":
+      return "sqrt(x)";
+    case "rsqrt":
+      return "inverseSqrt(x)";
+    case "square":
+      return "x * x";
+    case "abs":
+      return "abs(x)";
+    case "recip":
+      return "1.0 / x";
+    case "relu":
+      return "max(x, 0.0)";
+    case "sigmoid":
+      return "1.0 / (1.0 + exp(-x))";
+    case "silu":
+      return "x / (1.0 + exp(-x))";
+    case "tanh":
+      return "tanh(clamp(x, -15.0, 15.0))";
+    case "scale":
+      return `x * ${f32Lit(c)}`;
+    case "addc":
+      return `x + ${f32Lit(c)}`;
+    case "powc":
+      return `pow(x, ${f32Lit(c)})`;
+    case "step":
+      return "select(0.0, 1.0, x > 0.0)";
+    default:
+      return op satisfies never;
+  }
+};
+
+const mapWgsl = (n: number, grid: [number, number, number], body: string, inputs: number): string => {
+  const decl = Array.from({ length: inputs }, (_, i) => storage(i, `in${i}`, "f32", "read")).join("\n");
+  return `${decl}
+${storage(inputs, "out", "f32", "read_write")}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${flatIndex(WG, grid)};
+  if (i >= ${n}u) { return; }
+${body}
+}`;
+};
+
+/** y = f(x) elementwise. */
+export const unary: Kernel<UnaryParams> = defineKernel<UnaryParams>({
+  name: "unary",
+  infer: (_p, [x]) => {
+    requireF32("unary", [x]);
+    return [{ shape: x.shape, dtype: "f32" }];
+  },
+  cpu: ({ op, c = 0 }, [{ data: x }], [{ data: y }]) => {
+    const f = unaryRef(op, c);
+    for (let i = 0; i < x.length; i++) y[i] = f(x[i]);
+  },
+  gpu: ({ op, c = 0 }, [x], target) => {
+    const n = size(x.shape);
+    const grid = grid1d(n, WG, target);
+    return [{
+      wgsl: mapWgsl(n, grid, `  let x = in0[i];\n  out[i] = ${unaryWgsl(op, c)};`, 1),
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
+      label: `unary.${op}`,
+    }];
+  },
+  vjp: ({ params: { op, c = 0 }, inputs: [x], outputs: [y] }, [dy]) => {
+    const g = dy!;
+    switch (op) {
+      case "neg":
+        return [neg(g)];
+      case "exp":
+        return [mul(g, y)];
+      case "log":
+        return [div(g, x)];
+      case "sqrt":
+        return [div(scale(g, 0.5), y)];
+      case "rsqrt": // d/dx x^-1/2 = -1/2 x^-3/2 = -1/2 y^3
+        return [mul(g, scale(mul(y, mul(y, y)), -0.5))];
+      case "square":
+        return [mul(g, scale(x, 2))];
+      case "abs":
+        return [mul(g, sub(map(x, "step"), map(neg(x), "step")))];
+      case "recip":
+        return [neg(mul(g, mul(y, y)))];
+      case "relu":
+        return [mul(g, map(x, "step"))];
+      case "sigmoid": // y (1 - y)
+        return [mul(g, mul(y, addc(neg(y), 1)))];
+      case "silu": { // s + x s (1 - s), s = sigmoid(x)
+        const s = map(x, "sigmoid");
+        return [mul(g, add(s, mul(mul(x, s), addc(neg(s), 1))))];
+      }
+      case "tanh":
+        return [mul(g, addc(neg(mul(y, y)), 1))];
+      case "scale":
+        return [scale(g, c)];
+      case "addc":
+        return [g];
+      case "powc":
+        return [mul(g, scale(map(x, "powc", c - 1), c))];
+      case "step":
+        return [null];
+      default:
+        return op satisfies never;
+    }
+  },
+});
+
+// ---- binary with broadcasting -----------------------------------------------------------------------------
+
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "min" | "ge";
+
+export interface BinaryParams {
+  readonly op: BinaryOp;
+}
+
+const binaryRef = (op: BinaryOp): (a: number, b: number) => number => {
+  switch (op) {
+    case "add":
+      return (a, b) => a + b;
+    case "sub":
+      return (a, b) => a - b;
+    case "mul":
+      return (a, b) => a * b;
+    case "div":
+      return (a, b) => a / b;
+    case "max":
+      return Math.max;
+    case "min":
+      return Math.min;
+    case "ge":
+      return (a, b) => (a >= b ? 1 : 0);
+    default:
+      return op satisfies never;
+  }
+};
+
+const binaryWgsl = (op: BinaryOp): string => {
+  switch (op) {
+    case "add":
+      return "a + b";
+    case "sub":
+      return "a - b";
+    case "mul":
+      return "a * b";
+    case "div":
+      return "a / b";
+    case "max":
+      return "max(a, b)";
+    case "min":
+      return "min(a, b)";
+    case "ge":
+      return "select(0.0, 1.0, a >= b)";
+    default:
+      return op satisfies never;
+  }
+};
+
+/** WGSL that maps flat output index `i` to the flat index of a broadcast operand. */
+const broadcastIndex = (name: string, from: Shape, to: Shape): string => {
+  if (size(from) === size(to)) return `let ${name} = i;`;
+  if (size(from) === 1) return `let ${name} = 0u;`;
+  const bs = broadcastStrides(from, to);
+  const os = strides(to);
+  const terms = to.map((d, k) => (bs[k] === 0 || d === 1 ? "" : `((i / ${os[k]}u) % ${d}u) * ${bs[k]}u`))
+    .filter((
+      x,
+    ) => x);
+  return `let ${name} = ${terms.length ? terms.join(" + ") : "0u"};`;
+};
+
+/** Reference helper: for each flat index of `to`, the flat index into `from` broadcast to it. */
+const broadcastMap = (from: Shape, to: Shape): (i: number) => number => {
+  const bs = broadcastStrides(from, to);
+  const os = strides(to);
+  return (i) => {
+    let j = 0;
+    for (let k = 0; k < to.length; k++) j += Math.floor(i / os[k]) % to[k] * bs[k];
+    return j;
+  };
+};
+
+/** c = a (op) b with NumPy broadcasting. */
+export const binary: Kernel<BinaryParams> = defineKernel<BinaryParams>({
+  name: "binary",
+  infer: ({ op }, [a, b]) => {
+    requireF32(op, [a, b]);
+    return [{ shape: broadcastShapes(op, a.shape, b.shape), dtype: "f32" }];
+  },
+  cpu: ({ op }, [a, b], [c]) => {
+    const f = binaryRef(op);
+    const ia = broadcastMap(a.shape, c.shape), ib = broadcastMap(b.shape, c.shape);
+    for (let i = 0; i < c.data.length; i++) c.data[i] = f(a.data[ia(i)], b.data[ib(i)]);
+  },
+  gpu: ({ op }, [a, b], target) => {
+    const shape = broadcastShapes(op, a.shape, b.shape);
+    const n = size(shape);
+    const grid = grid1d(n, WG, target);
+    const body = `  ${broadcastIndex("ia", a.shape, shape)}
+  ${broadcastIndex("ib", b.shape, shape)}
+  let a = in0[ia];
+  let b = in1[ib];
+  out[i] = ${binaryWgsl(op)};`;
+    return [{
+      wgsl: mapWgsl(n, grid, body, 2),
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
+      label: `binary.${op}`,
+    }];
+  },
+  vjp: ({ params: { op }, inputs: [a, b], outputs: [c] }, [dy]) => {
+    const g = dy!;
+    const to = (t: Tensor | null, like: Tensor) => (t ? sumTo(t, like.shape) : null);
+    switch (op) {
+      case "add":
+        return [to(g, a), to(g, b)];
+      case "sub":
+        return [to(g, a), to(neg(g), b)];
+      case "mul":
+        return [to(mul(g, b), a), to(mul(g, a), b)];
+      case "div": // d/da = 1/b, d/db = -a/b^2 = -c/b
+        return [to(div(g, b), a), to(neg(div(mul(g, c), b)), b)];
+      case "max": { // ties send the gradient to a
+        const m = apply1(binary, { op: "ge" }, [a, b]);
+        return [to(mul(g, m), a), to(mul(g, addc(neg(m), 1)), b)];
+      }
+      case "min": {
+        const m = apply1(binary, { op: "ge" }, [b, a]);
+        return [to(mul(g, m), a), to(mul(g, addc(neg(m), 1)), b)];
+      }
+      case "ge":
+        return [null, null];
+      default:
+        return op satisfies never;
+    }
+  },
+});
+
+// ---- sumTo: the un-broadcast --------------------------------------------------------------------------------
+
+export interface SumToParams {
+  readonly shape: Shape;
+}
+
+/** Sum `x` down to `shape`, which must broadcast to x's shape (the adjoint of broadcasting). */
+export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
+  name: "sumTo",
+  infer: ({ shape }, [x]) => {
+    requireF32("sumTo", [x]);
+    const b = broadcastShapes("sumTo", shape, x.shape);
+    if (b.length !== x.shape.length || b.some((d, i) => d !== x.shape[i])) {
+      throw new ShapeError({
+        op: "sumTo",
+        message: `sumTo: ${showShape(shape)} does not broadcast to ${showShape(x.shape)}`,
+      });
+    }
+    return [{ shape, dtype: "f32" }];
+  },
+  cpu: ({ shape }, [x], [y]) => {
+    const m = broadcastMap(shape, x.shape);
+    y.data.fill(0);
+    const acc = new Float64Array(y.data.length);
+    for (let i = 0; i < x.data.length; i++) acc[m(i)] += x.data[i];
+    y.data.set(acc);
+  },
+  gpu: ({ shape }, [x], target) => {
+    const n = size(shape);
+    const grid = grid1d(n, WG, target);
+    // Output coordinate -> base offset in x; reduced axes walked by a flat counter r.
+    const xs = strides(x.shape);
+    const pad = x.shape.length - shape.length;
+    const full = x.shape.map((d, k) => (k < pad ? 1 : shape[k - pad]));
+    const os = strides(full);
+    const kept = x.shape.map((_, k) => k).filter((k) => full[k] !== 1 || x.shape[k] === 1);
+    const red = x.shape.map((_, k) => k).filter((k) => full[k] === 1 && x.shape[k] !== 1);
+    const rsize = red.reduce((a, k) => a * x.shape[k], 1);
+    const base = kept.filter((k) => full[k] !== 1).map((k) => `((i / ${os[k]}u) % ${full[k]}u) * ${xs[k]}u`);
+    let rstride = 1;
+    const rterms: string[] = [];
+    for (let j = red.length - 1; j >= 0; j--) {
+      const k = red[j];
+      rterms.push(`((r / ${rstride}u) % ${x.shape[k]}u) * ${xs[k]}u`);
+      rstride *= x.shape[k];
+    }
+    const body = `  let base = ${base.length ? base.join(" + ") : "0u"};
+  var acc = 0.0;
+  for (var r = 0u; r < ${rsize}u; r++) {
+    acc += in0[base + ${rterms.length ? rterms.join(" + ") : "0u"}];
+  }
+  out[i] = acc;`;
+    return [{
+      wgsl: mapWgsl(n, grid, body, 1),
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
+    }];
+  },
+  vjp: ({ inputs: [x] }, [dy]) => [broadcastTo(dy!, x.shape)],
+});
+
+/** Broadcast `x` to `shape` (materialized: x + zeros would cost a second input, so add a 0-d zero). */
+export const broadcastTo = (x: Tensor, shape: Shape): Tensor => {
+  if (x.shape.length === shape.length && x.shape.every((d, i) => d === shape[i])) return x;
+  return apply1(binary, { op: "mul" }, [x, onesLike(x, shape)]);
+};
+
+const onesCache = new WeakMap<object, Map<string, Tensor>>();
+/** A cached tensor of ones per backend and shape, used to materialize broadcasts. */
+const onesLike = (x: Tensor, shape: Shape): Tensor => {
+  let m = onesCache.get(x.backend);
+  if (!m) onesCache.set(x.backend, m = new Map());
+  const key = shape.join(",");
+  let t = m.get(key);
+  if (!t || t.disposed) {
+    t = keep(tensor(x.backend, new Float32Array(size(shape)).fill(1), shape));
+    m.set(key, t);
+  }
+  return t;
+};
+
+// ---- ops --------------------------------------------------------------------------------------------------
+
+/** Apply a unary op. */
+export const map = (x: Tensor, op: UnaryOp, c?: number): Tensor => apply1(unary, { op, c }, [x]);
+export const neg = (x: Tensor): Tensor => map(x, "neg");
+export const exp = (x: Tensor): Tensor => map(x, "exp");
+export const log = (x: Tensor): Tensor => map(x, "log");
+export const sqrt = (x: Tensor): Tensor => map(x, "sqrt");
+export const square = (x: Tensor): Tensor => map(x, "square");
+export const silu = (x: Tensor): Tensor => map(x, "silu");
+export const sigmoid = (x: Tensor): Tensor => map(x, "sigmoid");
+/** x * c for a constant c. */
+export const scale = (x: Tensor, c: number): Tensor => map(x, "scale", c);
+/** x + c for a constant c. */
+export const addc = (x: Tensor, c: number): Tensor => map(x, "addc", c);
+export const add = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "add" }, [a, b]);
+export const sub = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "sub" }, [a, b]);
+export const mul = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "mul" }, [a, b]);
+export const div = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "div" }, [a, b]);
+export const maximum = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "max" }, [a, b]);
+export const minimum = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "min" }, [a, b]);
+/** Sum `x` down to `shape` (no-op when equal). */
+export const sumTo = (x: Tensor, shape: Shape): Tensor =>
+  x.shape.length === shape.length && x.shape.every((d, i) => d === shape[i])
+    ? x
+    : apply1(sumToKernel, { shape }, [x]);
+
+setGradAdd(add);

@@ -1,0 +1,97 @@
+/** A kernel as one typed value: shape rule, CPU reference, WGSL generator and gradient rule declared together. */
+import type { DType, Shape } from "../core/shape.ts";
+import type { Tensor } from "./tensor.ts";
+
+/** Host storage of a tensor. Float tensors are Float32Array on the GPU and f32 CPU backends, Float64Array on f64. */
+export type HostArray = Float32Array | Float64Array | Int32Array | Uint32Array;
+
+/** A host array with its shape: what a CPU reference reads and writes. */
+export interface HostTensor {
+  readonly data: HostArray;
+  readonly shape: Shape;
+}
+
+/** Shape and dtype of a tensor, without its data. */
+export interface TensorSpec {
+  readonly shape: Shape;
+  readonly dtype: DType;
+}
+
+/** An output's spec; `alias: i` makes the output reuse input i's storage (an in-place update). */
+export interface OutSpec extends TensorSpec {
+  readonly alias?: number;
+}
+
+/**
+ * One resource bound at `@group(0) @binding(position)` of a pass.
+ * - input i: `var<storage, read>` (or `read_write` if an output aliases it); output i: `var<storage, read_write>`;
+ * - scratch: a temporary storage buffer that lives for the passes of one run (keyed by `id`);
+ * - texture: a temporary rgba32float 2-D texture, bound as `texture_storage_2d<rgba32float, write>` ("write")
+ *   or `texture_2d<f32>` ("read");
+ * - uniform: a small block of constants, `var<uniform>`, written once per dispatch.
+ */
+export type PassBinding =
+  | { readonly kind: "input"; readonly index: number }
+  | { readonly kind: "output"; readonly index: number }
+  | { readonly kind: "scratch"; readonly id: string; readonly bytes: number }
+  | {
+    readonly kind: "texture";
+    readonly id: string;
+    readonly width: number;
+    readonly height: number;
+    readonly access: "write" | "read";
+  }
+  | { readonly kind: "uniform"; readonly data: Uint32Array };
+
+/** One compute dispatch: shader text (its text keys the pipeline cache), grid and bindings. */
+export interface GpuPass {
+  readonly wgsl: string;
+  readonly workgroups: readonly [number, number, number];
+  readonly bindings: readonly PassBinding[];
+  /** Label for errors and profiles; defaults to the kernel name. */
+  readonly label?: string;
+}
+
+/** What a kernel may know of the adapter when it picks a variant. */
+export interface GpuTarget {
+  /** True on software adapters (llvmpipe, lavapipe, SwiftShader): register-blocked kernels win there. */
+  readonly software: boolean;
+  readonly maxWorkgroupsPerDimension: number;
+  readonly maxWorkgroupStorageSize: number;
+  readonly maxInvocationsPerWorkgroup: number;
+}
+
+/** What a gradient rule sees of the forward call. Saved tensors are retained by the tape until backward ends. */
+export interface VjpContext<P> {
+  readonly params: P;
+  readonly inputs: readonly Tensor[];
+  readonly outputs: readonly Tensor[];
+}
+
+/**
+ * A reverse-mode rule: given the cotangent of each output (null where none flowed), return one cotangent per
+ * input (null where the input is not differentiable or gets none). It is written with ops, so it runs on any
+ * backend; a fused kernel may recompute what it needs from its inputs instead of storing intermediates.
+ */
+export type VjpRule<P> = (
+  ctx: VjpContext<P>,
+  cotangents: readonly (Tensor | null)[],
+) => readonly (Tensor | null)[];
+
+/** A kernel: `infer` validates and gives output specs; `cpu` is the reference; `gpu` emits the passes. */
+export interface Kernel<P> {
+  readonly name: string;
+  /** Validate inputs against params; throw ShapeError naming the op and the tensor; return output specs. */
+  readonly infer: (params: P, inputs: readonly TensorSpec[]) => readonly OutSpec[];
+  /** The reference: naive loops, the living definition of the op. Writes into `outputs`. */
+  readonly cpu: (params: P, inputs: readonly HostTensor[], outputs: readonly HostTensor[]) => void;
+  /** The WGSL lowering. Pure: equal arguments give equal text. */
+  readonly gpu: (params: P, inputs: readonly TensorSpec[], target: GpuTarget) => readonly GpuPass[];
+  /** The gradient rule; absent for kernels that are not differentiated (optimizer, sampling). */
+  readonly vjp?: VjpRule<P>;
+  /** When false the tape does not keep the outputs alive for backward (the rule recomputes them). */
+  readonly saveOutputs?: boolean;
+}
+
+/** Identity that fixes the params type; `defineKernel({...})` reads like a declaration. */
+export const defineKernel = <P>(k: Kernel<P>): Kernel<P> => k;

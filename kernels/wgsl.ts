@@ -1,0 +1,33 @@
+/** Small helpers for generating WGSL text: grids over the 65,535-workgroup limit, number literals, headers. */
+import type { DType } from "../core/shape.ts";
+import type { GpuTarget } from "./kernel.ts";
+
+/** WGSL scalar type of a dtype. */
+export const wgslType = (d: DType): string => (d === "f32" ? "f32" : d === "i32" ? "i32" : "u32");
+
+/** A float literal WGSL accepts for any finite number (always has a decimal point or exponent). */
+export const f32Lit = (x: number): string => {
+  if (!Number.isFinite(x)) throw new Error(`f32Lit: ${x} is not finite`);
+  const s = String(Math.fround(x));
+  return /[.eE]/.test(s) ? s : `${s}.0`;
+};
+
+/**
+ * A 1-D grid of `n` invocations in workgroups of `wg`, folded into x and y so that no dimension exceeds the
+ * device limit. The shader recovers the flat index with `flatIndex(wg, grid)`.
+ */
+export const grid1d = (n: number, wg: number, target: GpuTarget): [number, number, number] => {
+  const groups = Math.max(1, Math.ceil(n / wg));
+  const max = target.maxWorkgroupsPerDimension;
+  if (groups <= max) return [groups, 1, 1];
+  const y = Math.ceil(groups / max);
+  return [Math.ceil(groups / y), y, 1];
+};
+
+/** WGSL expression of the flat invocation index for a grid from `grid1d`. */
+export const flatIndex = (wg: number, grid: readonly [number, number, number]): string =>
+  `(gid.x + gid.y * ${grid[0] * wg}u)`;
+
+/** Binding declaration line. */
+export const storage = (binding: number, name: string, type: string, access: "read" | "read_write"): string =>
+  `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<${type}>;`;

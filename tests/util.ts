@@ -1,0 +1,79 @@
+/** Test helpers: the shared GPU backend (a missing adapter fails under CI=true), closeness checks, arbitraries. */
+import { Effect } from "effect";
+import fc from "fast-check";
+import { CpuBackend } from "../kernels/cpu.ts";
+import type { GpuBackend } from "../kernels/gpu/backend.ts";
+import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
+
+const ci = (() => {
+  try {
+    return Deno.env.get("CI") === "true";
+  } catch {
+    return false;
+  }
+})();
+
+/** The GPU backend for this test file, or null where there is no adapter (never null under CI=true). */
+export const gpu: GpuBackend | null = await Effect.runPromise(
+  openGpu(adapterOptionsFromEnv()).pipe(
+    Effect.catch((e) => {
+      if (ci) return Effect.die(new Error(`CI=true but no WebGPU adapter: ${e.message}`));
+      console.warn(`GPU tests skipped: ${e.message}`);
+      return Effect.succeed(null);
+    }),
+  ),
+);
+
+/** Deno.test options for a GPU test: ignored only when there is no adapter outside CI. */
+export const gpuTest = (name: string, fn: (g: GpuBackend) => Promise<void>): void =>
+  Deno.test({ name, ignore: gpu === null, sanitizeResources: false, sanitizeOps: false, fn: () => fn(gpu!) });
+
+export const cpu64 = new CpuBackend("f64");
+export const cpu32 = new CpuBackend("f32");
+
+/** Assert |a - b| <= atol + rtol |b| elementwise, with a message naming the first bad index. */
+export const assertClose = (
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: { atol: number; rtol: number },
+  what = "value",
+): void => {
+  if (actual.length !== expected.length) {
+    throw new Error(`${what}: length ${actual.length}, expected ${expected.length}`);
+  }
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i], e = expected[i];
+    const ok = Math.abs(a - e) <= tol.atol + tol.rtol * Math.abs(e) || (Number.isNaN(a) && Number.isNaN(e)) ||
+      (a === e);
+    if (!ok) throw new Error(`${what}[${i}] = ${a}, expected ${e} (atol ${tol.atol}, rtol ${tol.rtol})`);
+  }
+};
+
+/** Random f32-representable data in [-range, range). */
+export const randomData = (n: number, seed: number, range = 1): Float32Array => {
+  let s = (seed >>> 0) || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = (s / 2 ** 32 * 2 - 1) * range;
+  }
+  return out;
+};
+
+/** A dimension extent biased toward awkward sizes: 1, primes, tile sizes plus or minus one. */
+export const awkwardDim = (max: number): fc.Arbitrary<number> =>
+  fc.oneof(
+    fc.constantFrom(...[1, 2, 3, 5, 7, 15, 16, 17, 31, 33, 63, 65].filter((d) => d <= max)),
+    fc.integer({ min: 1, max }),
+  );
+
+/** Number of fast-check runs for GPU properties (each run compiles shaders; keep CI fast). */
+export const GPU_RUNS = Number(
+  (() => {
+    try {
+      return Deno.env.get("BUPO_GPU_RUNS");
+    } catch {
+      return undefined;
+    }
+  })() ?? 12,
+);

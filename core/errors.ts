@@ -52,3 +52,18 @@ export const formatWgslMessages = (kernel: string, msgs: readonly WgslMessage[])
   msgs.map((m) => `${kernel}.wgsl:${m.line}:${m.col}: ${m.type}: ${m.message.trim().split("\n")[0]}`).join(
     "\n",
   );
+
+/** Throw NonFiniteError naming `what` and the first bad index when `xs` holds a NaN or an infinity. */
+export const assertFinite = (what: string, xs: ArrayLike<number>): void => {
+  for (let i = 0; i < xs.length; i++) {
+    const v = xs[i];
+    if (!Number.isFinite(v)) {
+      throw new NonFiniteError({
+        what,
+        index: i,
+        value: v,
+        message: `${what}: element ${i} is ${v}, expected a finite number`,
+      });
+    }
+  }
+};

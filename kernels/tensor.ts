@@ -2,7 +2,8 @@
 import { DisposedError, ShapeError } from "../core/errors.ts";
 import { checkShape, type DType, type Shape, showShape, size } from "../core/shape.ts";
 import type { Backend, Storage } from "./backend.ts";
-import type { HostArray } from "./kernel.ts";
+import type { HostArray, Kernel } from "./kernel.ts";
+import { record } from "./tape.ts";
 
 let nextId = 1;
 
@@ -112,15 +113,39 @@ export const view = (base: Tensor, offset: number, shape: Shape): Tensor => {
   );
 };
 
-/** Same storage, another shape of the same size (a view at offset 0). */
+/**
+ * Same storage, another shape of the same size (a view at offset 0). Recorded on the gradient tape, so
+ * gradients flow through it (the cotangent is reshaped back).
+ */
 export const reshape = (t: Tensor, shape: Shape): Tensor => {
-  if (size(shape) !== t.size) {
-    throw new ShapeError({
-      op: "reshape",
-      message: `reshape: cannot view ${showShape(t.shape)} (${t.size} elements) as ${showShape(shape)}`,
-    });
-  }
-  return view(t, 0, shape);
+  const out = reshapeKernel.infer({ shape }, [t]);
+  const v = view(t, 0, out[0].shape);
+  record(reshapeKernel, { shape }, [t], [v]);
+  return v;
+};
+
+/** The tape's record of a reshape; it never runs (a reshape is a view), it only carries the gradient rule. */
+const reshapeKernel: Kernel<{ readonly shape: Shape }> = {
+  name: "reshape",
+  infer: ({ shape }, [t]) => {
+    checkShape("reshape", "target", shape);
+    if (size(shape) !== size(t.shape)) {
+      throw new ShapeError({
+        op: "reshape",
+        message: `reshape: cannot view ${showShape(t.shape)} (${size(t.shape)} elements) as ${
+          showShape(shape)
+        }`,
+      });
+    }
+    return [{ shape, dtype: t.dtype }];
+  },
+  cpu: () => {
+    throw new Error("reshape is a view and never runs");
+  },
+  gpu: () => {
+    throw new Error("reshape is a view and never runs");
+  },
+  vjp: ({ inputs: [x] }, [dy]) => [reshape(dy!, x.shape)],
 };
 
 // ---- scopes ---------------------------------------------------------------------------------------------

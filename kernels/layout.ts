@@ -1,0 +1,126 @@
+/** Layout kernels: `permute` (general transpose, materialized) and the ops built on it. */
+import { ShapeError } from "../core/errors.ts";
+import { type Shape, showShape, size, strides } from "../core/shape.ts";
+import { defineKernel, type Kernel } from "./kernel.ts";
+import { apply1 } from "./run.ts";
+import type { Tensor } from "./tensor.ts";
+import { flatIndex, grid1d, storage, wgslType } from "./wgsl.ts";
+
+const WG = 256;
+
+export interface PermuteParams {
+  /** out axis i is input axis perm[i]. */
+  readonly perm: readonly number[];
+}
+
+const permuted = (shape: Shape, perm: readonly number[]): Shape => perm.map((p) => shape[p]);
+
+const inverse = (perm: readonly number[]): number[] => {
+  const inv = new Array<number>(perm.length);
+  perm.forEach((p, i) => (inv[p] = i));
+  return inv;
+};
+
+/** out[i_0, ..., i_n] = x[i_{inv 0}, ...]: axis i of the output is axis perm[i] of the input. Any dtype. */
+export const permuteKernel: Kernel<PermuteParams> = defineKernel<PermuteParams>({
+  name: "permute",
+  infer: ({ perm }, [x]) => {
+    const ok = perm.length === x.shape.length && [...perm].sort((a, b) => a - b).every((p, i) => p === i);
+    if (!ok) {
+      throw new ShapeError({
+        op: "permute",
+        message: `permute: [${perm}] is not a permutation of the ${x.shape.length} axes of ${
+          showShape(x.shape)
+        }`,
+      });
+    }
+    return [{ shape: permuted(x.shape, perm), dtype: x.dtype }];
+  },
+  cpu: ({ perm }, [x], [y]) => {
+    const xs = strides(x.shape);
+    const ys = strides(y.shape);
+    for (let i = 0; i < y.data.length; i++) {
+      let j = 0;
+      for (let k = 0; k < perm.length; k++) j += (Math.floor(i / ys[k]) % y.shape[k]) * xs[perm[k]];
+      y.data[i] = x.data[j];
+    }
+  },
+  gpu: ({ perm }, [x], target) => {
+    const shape = permuted(x.shape, perm);
+    const n = size(shape);
+    const grid = grid1d(n, WG, target);
+    const xs = strides(x.shape);
+    const ys = strides(shape);
+    const terms = shape.map((d, k) => (d === 1 ? "" : `((i / ${ys[k]}u) % ${d}u) * ${xs[perm[k]]}u`)).filter((
+      t,
+    ) => t);
+    const ty = wgslType(x.dtype);
+    return [{
+      wgsl: `${storage(0, "x", ty, "read")}
+${storage(1, "y", ty, "read_write")}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${flatIndex(WG, grid)};
+  if (i >= ${n}u) { return; }
+  y[i] = x[${terms.length ? terms.join(" + ") : "0u"}];
+}`,
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
+    }];
+  },
+  vjp: ({ params: { perm } }, [dy]) => [permute(dy!, inverse(perm))],
+});
+
+/** Permute axes (materialized copy). The identity permutation returns `x` itself. */
+export const permute = (x: Tensor, perm: readonly number[]): Tensor =>
+  perm.every((p, i) => p === i) && perm.length === x.rank ? x : apply1(permuteKernel, { perm }, [x]);
+
+/** Swap the last two axes. */
+export const transpose = (x: Tensor): Tensor => {
+  if (x.rank < 2) {
+    throw new ShapeError({
+      op: "transpose",
+      message: `transpose: needs rank >= 2, got ${showShape(x.shape)}`,
+    });
+  }
+  const perm = x.shape.map((_, i) => i);
+  [perm[x.rank - 2], perm[x.rank - 1]] = [perm[x.rank - 1], perm[x.rank - 2]];
+  return permute(x, perm);
+};
+
+/** dst := src, in place (dst may be a view into a larger tensor, e.g. one parameter of a flat buffer). */
+export const copyKernel: Kernel<Record<string, never>> = defineKernel<Record<string, never>>({
+  name: "copy",
+  infer: (_p, [dst, src]) => {
+    if (size(dst.shape) !== size(src.shape) || dst.dtype !== src.dtype) {
+      throw new ShapeError({
+        op: "copyInto",
+        message: `copyInto: destination ${dst.dtype}${showShape(dst.shape)} and source ${src.dtype}${
+          showShape(src.shape)
+        } differ`,
+      });
+    }
+    return [{ shape: dst.shape, dtype: dst.dtype, alias: 0 }];
+  },
+  cpu: (_p, [_dst, src], [out]) => out.data.set(src.data),
+  gpu: (_p, [dst], target) => {
+    const n = size(dst.shape);
+    const grid = grid1d(n, WG, target);
+    const ty = wgslType(dst.dtype);
+    return [{
+      wgsl: `${storage(0, "dst", ty, "read_write")}
+${storage(1, "src", ty, "read")}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${flatIndex(WG, grid)};
+  if (i >= ${n}u) { return; }
+  dst[i] = src[i];
+}`,
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }],
+    }];
+  },
+});
+
+/** Write `src` into `dst` in place; returns `dst` (retained once more: dispose the result or ignore it in a tidy). */
+export const copyInto = (dst: Tensor, src: Tensor): Tensor => apply1(copyKernel, {}, [dst, src]);

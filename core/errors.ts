@@ -67,3 +67,16 @@ export const assertFinite = (what: string, xs: ArrayLike<number>): void => {
     }
   }
 };
+
+/** A file is malformed, truncated, or disagrees with what was expected; names the file and the tensor or field. */
+export class FileFormatError extends Data.TaggedError("FileFormatError")<{
+  readonly file: string;
+  readonly message: string;
+}> {}
+
+/** A configuration value (flag, config.json field, objective JSON) is missing or invalid; names it. */
+export class ConfigError extends Data.TaggedError("ConfigError")<{
+  readonly source: string;
+  readonly field: string;
+  readonly message: string;
+}> {}

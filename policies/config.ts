@@ -1,5 +1,16 @@
 /** The decoder family's configuration (Qwen3 / Qwen2 / Llama pre-norm blocks) and the parameter layout it implies. */
+import * as t from "io-ts";
+import { ConfigError } from "../core/errors.ts";
 import type { Shape } from "../core/shape.ts";
+
+interface PositiveIntBrand {
+  readonly PositiveInt: unique symbol;
+}
+const PositiveInt = t.brand(t.number, (n): n is t.Branded<number, PositiveIntBrand> => Number.isInteger(n) && n > 0, "PositiveInt");
+interface PositiveBrand {
+  readonly Positive: unique symbol;
+}
+const PositiveNumber = t.brand(t.number, (n): n is t.Branded<number, PositiveBrand> => n > 0 && Number.isFinite(n), "Positive");
 
 /** Architecture of a decoder-only transformer. Layers are 0-based everywhere. */
 export interface DecoderConfig {
@@ -75,3 +86,90 @@ export const paramSpecs = (c: DecoderConfig): ParamSpec[] => {
   if (!c.tieWordEmbeddings) out.push({ name: "lm_head.weight", shape: [c.vocabSize, d], init: "normal" });
   return out;
 };
+
+// ---- Hugging Face config.json (io-ts at the edge) ------------------------------------------------------
+
+const ARCHS = ["Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM"] as const;
+
+const HfRequired = t.type({
+  architectures: t.array(t.string),
+  hidden_size: PositiveInt,
+  num_hidden_layers: PositiveInt,
+  num_attention_heads: PositiveInt,
+  intermediate_size: PositiveInt,
+  vocab_size: PositiveInt,
+  rms_norm_eps: PositiveNumber,
+});
+const HfOptional = t.partial({
+  num_key_value_heads: PositiveInt,
+  head_dim: PositiveInt,
+  rope_theta: PositiveNumber,
+  tie_word_embeddings: t.boolean,
+  attention_bias: t.boolean,
+  rope_scaling: t.union([t.null, t.UnknownRecord]),
+});
+
+/** Decode a Hugging Face config.json object; a missing or bad field is a ConfigError that names it. */
+export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
+  const fail = (field: string, message: string): never => {
+    throw new ConfigError({ source: file, field, message: `${file}: ${field}: ${message}` });
+  };
+  if (!json || typeof json !== "object") fail("(root)", "expected a JSON object");
+  const o = json as Record<string, unknown>;
+  for (const [codec, props] of [[HfRequired, HfRequired.props], [HfOptional, HfOptional.props]] as const) {
+    for (const [k, c] of Object.entries(props)) {
+      const v = o[k];
+      if (v === undefined) {
+        if (codec === HfRequired) fail(k, "missing (required for a decoder config)");
+        continue;
+      }
+      if (!(c as t.Any).is(v)) fail(k, `expected ${(c as t.Any).name}, got ${JSON.stringify(v)}`);
+    }
+  }
+  const arch = (o.architectures as string[])[0];
+  if (!ARCHS.includes(arch as typeof ARCHS[number])) {
+    fail("architectures", `unknown architecture ${JSON.stringify(arch)}; supported: ${ARCHS.join(", ")}`);
+  }
+  if (o.rope_scaling) fail("rope_scaling", "rope scaling is not supported yet (expected null or absent)");
+  const heads = o.num_attention_heads as number;
+  const kv = (o.num_key_value_heads as number | undefined) ?? heads;
+  if (heads % kv !== 0) fail("num_key_value_heads", `${kv} does not divide num_attention_heads ${heads}`);
+  const hidden = o.hidden_size as number;
+  const headDim = (o.head_dim as number | undefined) ?? hidden / heads;
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) fail("head_dim", `${headDim} must be an even integer`);
+  const a = arch as DecoderConfig["architecture"];
+  if (a === "LlamaForCausalLM" && o.attention_bias === true) fail("attention_bias", "Llama attention bias is not supported");
+  return {
+    architecture: a,
+    vocabSize: o.vocab_size as number,
+    hiddenSize: hidden,
+    numLayers: o.num_hidden_layers as number,
+    numHeads: heads,
+    numKvHeads: kv,
+    headDim,
+    intermediateSize: o.intermediate_size as number,
+    rmsNormEps: o.rms_norm_eps as number,
+    ropeTheta: (o.rope_theta as number | undefined) ?? 10000,
+    tieWordEmbeddings: (o.tie_word_embeddings as boolean | undefined) ?? false,
+    qkvBias: a === "Qwen2ForCausalLM",
+    qkNorm: a === "Qwen3ForCausalLM",
+  };
+};
+
+/** The config.json object Hugging Face would write for a config. */
+export const encodeHfConfig = (c: DecoderConfig): Record<string, unknown> => ({
+  architectures: [c.architecture],
+  model_type: c.architecture === "Qwen3ForCausalLM" ? "qwen3" : c.architecture === "Qwen2ForCausalLM" ? "qwen2" : "llama",
+  hidden_size: c.hiddenSize,
+  num_hidden_layers: c.numLayers,
+  num_attention_heads: c.numHeads,
+  num_key_value_heads: c.numKvHeads,
+  head_dim: c.headDim,
+  intermediate_size: c.intermediateSize,
+  rms_norm_eps: c.rmsNormEps,
+  rope_theta: c.ropeTheta,
+  vocab_size: c.vocabSize,
+  tie_word_embeddings: c.tieWordEmbeddings,
+  hidden_act: "silu",
+  torch_dtype: "float32",
+});

@@ -135,3 +135,38 @@ export class Tape {
     this.#closed = true;
   }
 }
+
+/**
+ * A composite op with its own gradient rule: `forward` runs with the tape paused (its intermediate ops are not
+ * recorded), then one node is recorded whose rule is `vjp`. This is how a fused computation recomputes what
+ * it needs in backward instead of storing it (e.g. streaming over the vocabulary).
+ */
+export const custom = <P>(
+  name: string,
+  params: P,
+  inputs: readonly Tensor[],
+  forward: () => Tensor[],
+  vjp: Kernel<P>["vjp"],
+): Tensor[] => {
+  const prev = active;
+  active = null;
+  let outputs: Tensor[];
+  try {
+    outputs = forward();
+  } finally {
+    active = prev;
+  }
+  const kernel: Kernel<P> = {
+    name,
+    infer: () => outputs.map((o) => ({ shape: o.shape, dtype: o.dtype })),
+    cpu: () => {
+      throw new Error(`${name} is a composite op and never runs as a kernel`);
+    },
+    gpu: () => {
+      throw new Error(`${name} is a composite op and never runs as a kernel`);
+    },
+    vjp,
+  };
+  record(kernel, params, inputs, outputs);
+  return outputs;
+};

@@ -1,0 +1,273 @@
+/**
+ * Streaming readout kernels: per-row statistics of softmax(z / T) folded in over vocabulary chunks with an
+ * online log-sum-exp, so a [tokens, vocab] matrix never exists. State per row (N, 4): m (running max of z/T),
+ * s = sum exp(z/T - m), w = sum exp(z/T - m) z/T, and the target's z/T.
+ * At the end: lse = m + log s, entropy = lse - w / s, logp(target) = z_target/T - lse.
+ */
+import { ShapeError } from "../core/errors.ts";
+import { showShape } from "../core/shape.ts";
+import { defineKernel, type Kernel } from "./kernel.ts";
+import { f32Lit, storage } from "./wgsl.ts";
+
+const WG = 256;
+/** Initial running max: a large negative finite number (exp(-inf - -inf) would be NaN). */
+export const NEG_BIG = -3.0e38;
+
+export interface ChunkParams {
+  /** First vocabulary id of this chunk. */
+  readonly start: number;
+  /** Vocabulary size (ids at or past it in the chunk are padding and ignored). */
+  readonly vocab: number;
+  readonly temperature: number;
+}
+
+const rowsGrid = (n: number, max: number): [number, number, number] => {
+  if (n <= max) return [Math.max(1, n), 1, 1];
+  const y = Math.ceil(n / max);
+  return [Math.ceil(n / y), y, 1];
+};
+
+const checkChunk = (op: string, z: { shape: readonly number[] }, ids: { shape: readonly number[]; dtype: string }) => {
+  if (z.shape.length !== 2) throw new ShapeError({ op, message: `${op}: logits chunk must be (N, C), got ${showShape(z.shape)}` });
+  if (ids.dtype !== "i32" || ids.shape.length !== 1 || ids.shape[0] !== z.shape[0]) {
+    throw new ShapeError({
+      op,
+      message: `${op}: targets must be i32 (${z.shape[0]}), got ${ids.dtype}${showShape(ids.shape)}`,
+    });
+  }
+};
+
+/**
+ * Fold one chunk of logits (N, C) (raw E_u x for ids start..start+C-1) into the running state (N, 4), in place.
+ * Inputs: [state, logits, targets]; output 0 aliases state.
+ */
+export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
+  name: "readoutFold",
+  infer: (_p, [state, z, ids]) => {
+    checkChunk("readoutFold", z, ids);
+    if (state.shape.length !== 2 || state.shape[0] !== z.shape[0] || state.shape[1] !== 4) {
+      throw new ShapeError({ op: "readoutFold", message: `readoutFold: state must be (${z.shape[0]}, 4), got ${showShape(state.shape)}` });
+    }
+    return [{ shape: state.shape, dtype: "f32", alias: 0 }];
+  },
+  cpu: ({ start, vocab, temperature }, [_st, z, ids], [st]) => {
+    const [N, C] = z.shape;
+    const inv = 1 / temperature;
+    for (let i = 0; i < N; i++) {
+      let m = st.data[4 * i], s = st.data[4 * i + 1], w = st.data[4 * i + 2], zt = st.data[4 * i + 3];
+      for (let c = 0; c < C && start + c < vocab; c++) {
+        const v = z.data[i * C + c] * inv;
+        if (v > m) {
+          const r = Math.exp(m - v);
+          s *= r;
+          w *= r;
+          m = v;
+        }
+        const e = Math.exp(v - m);
+        s += e;
+        w += e * v;
+        if (start + c === ids.data[i]) zt = v;
+      }
+      st.data.set([m, s, w, zt], 4 * i);
+    }
+  },
+  gpu: ({ start, vocab, temperature }, [_st, z], target) => {
+    const [N, C] = z.shape;
+    const valid = Math.max(0, Math.min(C, vocab - start));
+    const grid = rowsGrid(N, target.maxWorkgroupsPerDimension);
+    const wgsl = `${storage(0, "st", "f32", "read_write")}
+${storage(1, "z", "f32", "read")}
+${storage(2, "ids", "i32", "read")}
+struct U { start: i32, valid: u32 }
+@group(0) @binding(3) var<uniform> u: U;
+var<workgroup> sm: array<f32, ${WG}>;
+var<workgroup> ss: array<f32, ${WG}>;
+var<workgroup> sw: array<f32, ${WG}>;
+var<workgroup> zt: f32;
+var<workgroup> hit: u32;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * ${grid[0]}u;
+  if (row >= ${N}u) { return; }
+  if (lid == 0u) { hit = 0u; }
+  workgroupBarrier();
+  let tgt = ids[row] - u.start;
+  var m = ${f32Lit(NEG_BIG)};
+  var s = 0.0;
+  var w = 0.0;
+  for (var c = lid; c < u.valid; c += ${WG}u) {
+    let v = z[row * ${C}u + c] * ${f32Lit(1 / temperature)};
+    if (v > m) { let r = exp(m - v); s *= r; w *= r; m = v; }
+    let e = exp(v - m);
+    s += e;
+    w += e * v;
+    if (i32(c) == tgt) { zt = v; hit = 1u; }
+  }
+  sm[lid] = m; ss[lid] = s; sw[lid] = w;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) {
+      let m2 = max(sm[lid], sm[lid + k]);
+      let a = exp(sm[lid] - m2);
+      let b = exp(sm[lid + k] - m2);
+      ss[lid] = ss[lid] * a + ss[lid + k] * b;
+      sw[lid] = sw[lid] * a + sw[lid + k] * b;
+      sm[lid] = m2;
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) {
+    let m0 = st[row * 4u];
+    let m2 = max(m0, sm[0]);
+    let a = exp(m0 - m2);
+    let b = exp(sm[0] - m2);
+    st[row * 4u] = m2;
+    st[row * 4u + 1u] = st[row * 4u + 1u] * a + ss[0] * b;
+    st[row * 4u + 2u] = st[row * 4u + 2u] * a + sw[0] * b;
+    if (hit == 1u) { st[row * 4u + 3u] = zt; }
+  }
+}`;
+    return [{
+      wgsl,
+      workgroups: valid === 0 ? [0, 0, 0] : grid,
+      bindings: [
+        { kind: "input", index: 0 },
+        { kind: "input", index: 1 },
+        { kind: "input", index: 2 },
+        { kind: "uniform", data: new Uint32Array([start | 0, valid, 0, 0]) },
+      ],
+    }];
+  },
+});
+
+/**
+ * Gradient of a per-row loss with respect to one chunk of raw logits, given the final statistics.
+ * Inputs: logits chunk (N, C), targets (N) i32, final (N, 3) = [lse, mean z/T under p, entropy], a (N) = d loss /
+ * d logp(target), b (N) = d loss / d entropy. Output dz (N, C):
+ *   d logp / d(z_v/T) = [v = target] - p_v;  d H / d(z_v/T) = -p_v (z_v/T - E_p[z/T]);  times 1/T for raw z.
+ */
+export const readoutGrad: Kernel<ChunkParams> = defineKernel<ChunkParams>({
+  name: "readoutGrad",
+  infer: (_p, [z, ids, fin, a, b]) => {
+    checkChunk("readoutGrad", z, ids);
+    const N = z.shape[0];
+    if (fin.shape.join() !== `${N},3` || a.shape.join() !== `${N}` || b.shape.join() !== `${N}`) {
+      throw new ShapeError({
+        op: "readoutGrad",
+        message: `readoutGrad: final must be (${N}, 3), a and b (${N}), got ${showShape(fin.shape)}, ${
+          showShape(a.shape)
+        }, ${showShape(b.shape)}`,
+      });
+    }
+    return [{ shape: z.shape, dtype: "f32" }];
+  },
+  cpu: ({ start, vocab, temperature }, [z, ids, fin, ca, cb], [dz]) => {
+    const [N, C] = z.shape;
+    const inv = 1 / temperature;
+    for (let i = 0; i < N; i++) {
+      const lse = fin.data[3 * i], ez = fin.data[3 * i + 1];
+      const a = ca.data[i], b = cb.data[i];
+      for (let c = 0; c < C; c++) {
+        if (start + c >= vocab) {
+          dz.data[i * C + c] = 0;
+          continue;
+        }
+        const v = z.data[i * C + c] * inv;
+        const p = Math.exp(v - lse);
+        const g = a * ((start + c === ids.data[i] ? 1 : 0) - p) - b * p * (v - ez);
+        dz.data[i * C + c] = g * inv;
+      }
+    }
+  },
+  gpu: ({ start, vocab, temperature }, [z], target) => {
+    const [N, C] = z.shape;
+    const n = N * C;
+    const groups = Math.ceil(n / WG);
+    const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    const grid: [number, number, number] = [gx, Math.ceil(groups / gx), 1];
+    const inv = f32Lit(1 / temperature);
+    const wgsl = `${storage(0, "z", "f32", "read")}
+${storage(1, "ids", "i32", "read")}
+${storage(2, "fin", "f32", "read")}
+${storage(3, "ca", "f32", "read")}
+${storage(4, "cb", "f32", "read")}
+${storage(5, "dz", "f32", "read_write")}
+struct U { start: i32, vocab: i32 }
+@group(0) @binding(6) var<uniform> u: U;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * ${gx * WG}u;
+  if (i >= ${n}u) { return; }
+  let row = i / ${C}u;
+  let c = i32(i % ${C}u);
+  if (u.start + c >= u.vocab) { dz[i] = 0.0; return; }
+  let v = z[i] * ${inv};
+  let p = exp(v - fin[row * 3u]);
+  let onehot = select(0.0, 1.0, u.start + c == ids[row]);
+  let g = ca[row] * (onehot - p) - cb[row] * p * (v - fin[row * 3u + 1u]);
+  dz[i] = g * ${inv};
+}`;
+    return [{
+      wgsl,
+      workgroups: grid,
+      bindings: [
+        { kind: "input", index: 0 },
+        { kind: "input", index: 1 },
+        { kind: "input", index: 2 },
+        { kind: "input", index: 3 },
+        { kind: "input", index: 4 },
+        { kind: "output", index: 0 },
+        { kind: "uniform", data: new Uint32Array([start | 0, vocab, 0, 0]) },
+      ],
+    }];
+  },
+});
+
+/** Turn the running state (N, 4) into final (N, 3) = [lse, E_p[z/T], entropy], entropy (N) and logp(target) (N). */
+export const readoutFinish: Kernel<Record<string, never>> = defineKernel<Record<string, never>>({
+  name: "readoutFinish",
+  infer: (_p, [st]) => [
+    { shape: [st.shape[0], 3], dtype: "f32" },
+    { shape: [st.shape[0]], dtype: "f32" },
+    { shape: [st.shape[0]], dtype: "f32" },
+  ],
+  cpu: (_p, [st], [fin, ent, lp]) => {
+    const N = st.shape[0];
+    for (let i = 0; i < N; i++) {
+      const [m, s, w, zt] = [st.data[4 * i], st.data[4 * i + 1], st.data[4 * i + 2], st.data[4 * i + 3]];
+      const lse = m + Math.log(s);
+      const ez = w / s;
+      fin.data.set([lse, ez, lse - ez], 3 * i);
+      ent.data[i] = lse - ez;
+      lp.data[i] = zt - lse;
+    }
+  },
+  gpu: (_p, [st], target) => {
+    const N = st.shape[0];
+    const groups = Math.ceil(N / 64);
+    const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    return [{
+      wgsl: `${storage(0, "st", "f32", "read")}
+${storage(1, "fin", "f32", "read_write")}
+${storage(2, "ent", "f32", "read_write")}
+${storage(3, "lp", "f32", "read_write")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * ${gx * 64}u;
+  if (i >= ${N}u) { return; }
+  let lse = st[4u * i] + log(st[4u * i + 1u]);
+  let ez = st[4u * i + 2u] / st[4u * i + 1u];
+  fin[3u * i] = lse;
+  fin[3u * i + 1u] = ez;
+  fin[3u * i + 2u] = lse - ez;
+  ent[i] = lse - ez;
+  lp[i] = st[4u * i + 3u] - lse;
+}`,
+      workgroups: [gx, Math.ceil(groups / gx), 1],
+      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }, { kind: "output", index: 1 }, {
+        kind: "output",
+        index: 2,
+      }],
+    }];
+  },
+});

@@ -1,0 +1,55 @@
+/**
+ * Internal policies as typed values. A policy is a readout softmax(E_u x / T) of one point x of the residual
+ * stream. Layers are 0-based: the paper's "layer 1" is `layer(0)`, its last layer L is `layer(L-1)`.
+ *
+ * Readout norm:
+ * - `raw` (the paper's convention): E_u x with no final norm, except that `layer(L-1)` is read after the final
+ *   norm, so `layer(L-1)` is exactly the model's own policy (`final`);
+ * - `normed` (the logit lens): E_u RMSNorm_final(x), each readout normalized by its own RMS.
+ */
+import * as t from "io-ts";
+
+export type ReadoutNorm = "raw" | "normed";
+
+export type InternalPolicy =
+  | { readonly kind: "final" }
+  | { readonly kind: "layer"; readonly layer: number; readonly norm: ReadoutNorm }
+  | { readonly kind: "attn"; readonly layer: number; readonly norm: ReadoutNorm }
+  | { readonly kind: "ffn"; readonly layer: number; readonly norm: ReadoutNorm };
+
+/** The model's own policy: softmax(E_u RMSNorm_final(h_{L-1}) / T). */
+export const final: InternalPolicy = { kind: "final" };
+/** Internal layer policy of layer l (0-based): readout of h_l. */
+export const layer = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({ kind: "layer", layer: l, norm });
+/** Internal modular policy of the attention output A_l. */
+export const attn = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({ kind: "attn", layer: l, norm });
+/** Internal modular policy of the FFN output F_l. */
+export const ffn = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({ kind: "ffn", layer: l, norm });
+
+/** Stable text form, also the key of a readout: `final`, `layer(3)`, `attn(0,normed)`. */
+export const showPolicy = (p: InternalPolicy): string => {
+  switch (p.kind) {
+    case "final":
+      return "final";
+    case "layer":
+    case "attn":
+    case "ffn":
+      return `${p.kind}(${p.layer}${p.norm === "normed" ? ",normed" : ""})`;
+    default:
+      return p satisfies never;
+  }
+};
+
+/** Structural equality. */
+export const samePolicy = (a: InternalPolicy, b: InternalPolicy): boolean => showPolicy(a) === showPolicy(b);
+
+const Norm = t.keyof({ raw: null, normed: null });
+const LayerIndex = t.refinement(t.number, (n) => Number.isInteger(n) && n >= 0, "LayerIndex");
+
+/** io-ts codec of an internal policy (for objective JSON in checkpoints). */
+export const InternalPolicyCodec: t.Type<InternalPolicy, unknown> = t.union([
+  t.type({ kind: t.literal("final") }),
+  t.type({ kind: t.literal("layer"), layer: LayerIndex, norm: Norm }),
+  t.type({ kind: t.literal("attn"), layer: LayerIndex, norm: Norm }),
+  t.type({ kind: t.literal("ffn"), layer: LayerIndex, norm: Norm }),
+]) as unknown as t.Type<InternalPolicy, unknown>;

@@ -1,0 +1,235 @@
+/** RMSNorm over the last axis (Hugging Face Llama/Qwen convention): fused forward and fused backward kernels. */
+import { ShapeError } from "../core/errors.ts";
+import { sameShape, showShape } from "../core/shape.ts";
+import { defineKernel, type Kernel, type PassBinding, type TensorSpec } from "./kernel.ts";
+import { requireRows, ROW_WG, type RowPlan, rowPlan, rowsCols } from "./reduce.ts";
+import { apply, apply1 } from "./run.ts";
+import type { Tensor } from "./tensor.ts";
+import { f32Lit, grid1d, storage } from "./wgsl.ts";
+
+export interface RmsNormParams {
+  /** Added to mean(x^2) before the square root (1e-6 for Qwen2, 1e-5 or 1e-6 for Llama). */
+  readonly eps: number;
+}
+
+/** Rows per chunk of the first level of the dw reduction (the second level sums the chunks per column). */
+const DW_CHUNK = 64;
+
+/** Validate x [..., d] f32 and weight [d] f32 (and eps); returns d. */
+const check = (op: string, p: RmsNormParams, x: TensorSpec, w: TensorSpec): number => {
+  requireRows(op, "x", x);
+  const d = x.shape[x.shape.length - 1];
+  if (w.dtype !== "f32" || !sameShape(w.shape, [d])) {
+    throw new ShapeError({
+      op,
+      message: `${op}: x has shape ${showShape(x.shape)}, so weight needs shape [${d}] (f32); got ${
+        showShape(w.shape)
+      } (${w.dtype})`,
+    });
+  }
+  if (!(Number.isFinite(p.eps) && p.eps >= 0)) {
+    throw new ShapeError({ op, message: `${op}: eps must be a finite number >= 0, got ${p.eps}` });
+  }
+  return d;
+};
+
+/** r = 1 / sqrt(mean_j x_j^2 + eps) of one row, in f64. */
+const refR = (x: ArrayLike<number>, o: number, d: number, eps: number): number => {
+  let ss = 0;
+  for (let j = 0; j < d; j++) ss += x[o + j] * x[o + j];
+  return 1 / Math.sqrt(ss / d + eps);
+};
+
+/** WGSL fragment (after `RowPlan.main`): `base` and `r` = 1 / sqrt(mean(x^2) + eps) of the row. */
+const rowR = (p: RowPlan, eps: number) =>
+  `  let base = row * C;
+  var ss = 0.0;
+  for (var j = t; j < C; j += ${p.stride}u) { let v = x[base + j]; ss += v * v; }
+  let r = 1.0 / sqrt(wgSum(t, ss) / f32(C) + ${f32Lit(eps)});`;
+
+/** y = x / sqrt(mean(x^2) + eps) * weight over the last axis: x [..., d], weight [d] -> [..., d]. */
+export const rmsNormKernel: Kernel<RmsNormParams> = defineKernel<RmsNormParams>({
+  name: "rmsNorm",
+  infer: (p, [x, w]) => {
+    check("rmsNorm", p, x, w);
+    return [{ shape: x.shape, dtype: "f32" }];
+  },
+  cpu: ({ eps }, [x, w], [y]) => {
+    const { rows, cols: d } = rowsCols(x.shape);
+    for (let i = 0; i < rows; i++) {
+      const o = i * d, r = refR(x.data, o, d, eps);
+      for (let j = 0; j < d; j++) y.data[o + j] = x.data[o + j] * r * w.data[j];
+    }
+  },
+  gpu: ({ eps }, [x], target) => {
+    const { rows, cols: d } = rowsCols(x.shape);
+    const p = rowPlan(rows, d, target, 3);
+    const wgsl = `${storage(0, "x", "f32", "read")}
+${storage(1, "w", "f32", "read")}
+${storage(2, "y", "f32", "read_write")}
+${p.prelude}
+${p.main}
+${rowR(p, eps)}
+  for (var j = t; j < C; j += ${p.stride}u) { y[base + j] = x[base + j] * r * w[j]; }
+}`;
+    return [{
+      wgsl,
+      workgroups: p.workgroups,
+      bindings: [
+        { kind: "input", index: 0 },
+        { kind: "input", index: 1 },
+        { kind: "output", index: 0 },
+        p.dims,
+      ],
+    }];
+  },
+  // With r = (mean(x^2) + eps)^(-1/2), y_j = x_j r w_j and dr/dx_j = -r^3 x_j / d:
+  //   dx_j = r w_j dy_j - x_j r^3 / d * sum_k w_k dy_k x_k,   dw_j = sum over rows of dy_j x_j r.
+  // One fused kernel recomputes r (the forward does not store it).
+  vjp: ({ params, inputs: [x, w] }, [dy]) => apply(rmsNormGrad, params, [x, w, dy!]),
+  saveOutputs: false,
+});
+
+/**
+ * [dx, dw] from x [..., d], weight [d], dy [..., d]. Passes: (1) per row, dx and r into scratch; (2) per
+ * (chunk of DW_CHUNK rows, column) partial sums of dy x r; (3) per column, the sum of its chunk partials.
+ * Every sum runs in a fixed order, so dw is deterministic.
+ */
+export const rmsNormGrad: Kernel<RmsNormParams> = defineKernel<RmsNormParams>({
+  name: "rmsNormGrad",
+  infer: (p, [x, w, dy]) => {
+    check("rmsNormGrad", p, x, w);
+    if (dy.dtype !== "f32" || !sameShape(dy.shape, x.shape)) {
+      throw new ShapeError({
+        op: "rmsNormGrad",
+        message: `rmsNormGrad: dy has shape ${showShape(dy.shape)} (${dy.dtype}), expected ${
+          showShape(x.shape)
+        } (f32)`,
+      });
+    }
+    return [{ shape: x.shape, dtype: "f32" }, { shape: w.shape, dtype: "f32" }];
+  },
+  cpu: ({ eps }, [x, w, dy], [dx, dw]) => {
+    const { rows, cols: d } = rowsCols(x.shape);
+    const acc = new Float64Array(d);
+    for (let i = 0; i < rows; i++) {
+      const o = i * d, r = refR(x.data, o, d, eps);
+      let s = 0;
+      for (let j = 0; j < d; j++) s += w.data[j] * dy.data[o + j] * x.data[o + j];
+      const c = r * r * r / d * s;
+      for (let j = 0; j < d; j++) {
+        dx.data[o + j] = r * w.data[j] * dy.data[o + j] - x.data[o + j] * c;
+        acc[j] += dy.data[o + j] * x.data[o + j] * r;
+      }
+    }
+    dw.data.set(acc);
+  },
+  gpu: ({ eps }, [x], target) => {
+    const { rows, cols: d } = rowsCols(x.shape);
+    const p = rowPlan(rows, d, target, 5);
+    const rBuf: PassBinding = { kind: "scratch", id: "r", bytes: Math.max(1, rows) * 4 };
+    const rowPass = `${storage(0, "x", "f32", "read")}
+${storage(1, "w", "f32", "read")}
+${storage(2, "dy", "f32", "read")}
+${storage(3, "dx", "f32", "read_write")}
+${storage(4, "rs", "f32", "read_write")}
+${p.prelude}
+${p.main}
+${rowR(p, eps)}
+  var p = 0.0;
+  for (var j = t; j < C; j += ${p.stride}u) { p += w[j] * dy[base + j] * x[base + j]; }
+  let c = r * r * r / f32(C) * wgSum(t, p);
+  for (var j = t; j < C; j += ${p.stride}u) {
+    let k = base + j;
+    dx[k] = r * w[j] * dy[k] - x[k] * c;
+  }
+  if (t == 0u) { rs[row] = r; }
+}`;
+    const chunks = Math.max(1, Math.ceil(rows / DW_CHUNK));
+    const direct = chunks === 1;
+    const n2 = chunks * d;
+    const g2 = grid1d(n2, ROW_WG, target);
+    const g3 = grid1d(d, ROW_WG, target);
+    const part: PassBinding = { kind: "scratch", id: "part", bytes: n2 * 4 };
+    const dims = (gx: number): PassBinding => ({
+      kind: "uniform",
+      data: new Uint32Array([rows, d, chunks, gx]),
+    });
+    const dimsDecl = `struct DwDims { rows: u32, d: u32, chunks: u32, gx: u32 }
+@group(0) @binding(4) var<uniform> dims: DwDims;`;
+    // Invocation (k, j): rows [k*DW_CHUNK, min((k+1)*DW_CHUNK, rows)) of column j, in row order. With one
+    // chunk it writes dw itself.
+    const chunkPass = `${storage(0, "x", "f32", "read")}
+${storage(1, "dy", "f32", "read")}
+${storage(2, "rs", "f32", "read")}
+${storage(3, "part", "f32", "read_write")}
+${dimsDecl}
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * dims.gx;
+  if (i >= dims.chunks * dims.d) { return; }
+  let k = i / dims.d;
+  let j = i % dims.d;
+  let end = min((k + 1u) * ${DW_CHUNK}u, dims.rows);
+  var acc = 0.0;
+  for (var row = k * ${DW_CHUNK}u; row < end; row++) {
+    let q = row * dims.d + j;
+    acc += dy[q] * x[q] * rs[row];
+  }
+  part[i] = acc;
+}`;
+    const columnPass = `${storage(0, "part", "f32", "read")}
+${storage(1, "dw", "f32", "read_write")}
+@group(0) @binding(2) var<uniform> dims: vec4u;
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let j = gid.x + gid.y * dims.w;
+  let d = dims.y;
+  if (j >= d) { return; }
+  var acc = 0.0;
+  for (var k = 0u; k < dims.z; k++) { acc += part[k * d + j]; }
+  dw[j] = acc;
+}`;
+    const dwOut: PassBinding = { kind: "output", index: 1 };
+    return [
+      {
+        wgsl: rowPass,
+        workgroups: p.workgroups,
+        bindings: [
+          { kind: "input", index: 0 },
+          { kind: "input", index: 1 },
+          { kind: "input", index: 2 },
+          { kind: "output", index: 0 },
+          rBuf,
+          p.dims,
+        ],
+        label: "rmsNormGrad.dx",
+      },
+      {
+        wgsl: chunkPass,
+        workgroups: g2,
+        bindings: [
+          { kind: "input", index: 0 },
+          { kind: "input", index: 2 },
+          rBuf,
+          direct ? dwOut : part,
+          dims(g2[0] * ROW_WG),
+        ],
+        label: "rmsNormGrad.dwChunks",
+      },
+      ...(direct ? [] : [{
+        wgsl: columnPass,
+        workgroups: g3,
+        bindings: [part, dwOut, dims(g3[0] * ROW_WG)],
+        label: "rmsNormGrad.dw",
+      }]),
+    ];
+  },
+});
+
+/**
+ * RMSNorm over the last axis: x [..., d], weight [d] -> [..., d], y = x / sqrt(mean(x^2) + eps) * weight,
+ * computed in f32 on the GPU (f64 in the reference). Differentiable in x and weight.
+ */
+export const rmsNorm = (x: Tensor, weight: Tensor, eps: number): Tensor =>
+  apply1(rmsNormKernel, { eps }, [x, weight]);

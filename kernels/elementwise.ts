@@ -3,7 +3,6 @@ import { ShapeError } from "../core/errors.ts";
 import { broadcastShapes, broadcastStrides, type Shape, showShape, size, strides } from "../core/shape.ts";
 import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
 import { apply1 } from "./run.ts";
-import { setGradAdd } from "./tape.ts";
 import { keep, type Tensor, tensor } from "./tensor.ts";
 import { f32Lit, flatIndex, grid1d, storage } from "./wgsl.ts";
 
@@ -437,4 +436,3 @@ export const sumTo = (x: Tensor, shape: Shape): Tensor =>
     ? x
     : apply1(sumToKernel, { shape }, [x]);
 
-setGradAdd(add);

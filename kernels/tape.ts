@@ -7,6 +7,8 @@ import { sameShape, showShape } from "../core/shape.ts";
 import type { Kernel } from "./kernel.ts";
 import type { Tensor } from "./tensor.ts";
 import { tidy } from "./tensor.ts";
+// A cycle (elementwise -> run -> tape -> elementwise) that is safe: `add` is only called during backward.
+import { add } from "./elementwise.ts";
 
 interface Node {
   // deno-lint-ignore no-explicit-any
@@ -19,11 +21,6 @@ interface Node {
 /** The tape that is recording, if any. Only ops on tensors that depend on a watched tensor are recorded. */
 let active: Tape | null = null;
 
-/** Addition used to accumulate cotangents; installed by the elementwise family (avoids an import cycle). */
-let addFn: ((a: Tensor, b: Tensor) => Tensor) | null = null;
-export const setGradAdd = (f: (a: Tensor, b: Tensor) => Tensor): void => {
-  addFn = f;
-};
 
 /** Called by `apply` after every kernel run. */
 export const record = <P>(
@@ -104,7 +101,7 @@ export class Tape {
             });
           }
           const old = ct.get(t.id);
-          ct.set(t.id, old ? addFn!(old, g) : g);
+          ct.set(t.id, old ? add(old, g) : g);
         };
         for (let i = this.#nodes.length - 1; i >= 0; i--) {
           const n = this.#nodes[i];

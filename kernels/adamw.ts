@@ -250,8 +250,7 @@ export const adamwStep = (
     hyper,
     decayMask ? [params, grads, m, v, decayMask] : [params, grads, m, v],
   );
-  // The aliased outputs are the input tensors with one more reference: drop it.
-  for (let i = 0; i < 3; i++) outs[i].dispose();
+  // outs[0..2] are params, m and v themselves (updated in place).
   return { norm: outs[3] };
 };
 

@@ -122,5 +122,5 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   },
 });
 
-/** Write `src` into `dst` in place; returns `dst` (retained once more: dispose the result or ignore it in a tidy). */
+/** Write `src` into `dst` in place; returns `dst` itself (no new reference). */
 export const copyInto = (dst: Tensor, src: Tensor): Tensor => apply1(copyKernel, {}, [dst, src]);

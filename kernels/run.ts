@@ -32,10 +32,10 @@ export const apply = <P>(kernel: Kernel<P>, params: P, inputs: readonly Tensor[]
   const storages = specs.map((s) => {
     if (s.alias === undefined) return backend.alloc(s);
     const src = inputs[s.alias];
-    if (!src || src.base) {
+    if (!src) {
       throw new ShapeError({
         op: kernel.name,
-        message: `${kernel.name}: output aliases input ${s.alias}, which must be a whole tensor`,
+        message: `${kernel.name}: output aliases missing input ${s.alias}`,
       });
     }
     return src.storage;
@@ -52,7 +52,7 @@ export const apply = <P>(kernel: Kernel<P>, params: P, inputs: readonly Tensor[]
         }`,
       });
     }
-    return src.retain();
+    return src; // in place: the caller's tensor itself, no new reference
   });
   record(kernel, params, inputs, outputs);
   return outputs;

@@ -6,11 +6,19 @@ import type { Shape } from "../core/shape.ts";
 interface PositiveIntBrand {
   readonly PositiveInt: unique symbol;
 }
-const PositiveInt = t.brand(t.number, (n): n is t.Branded<number, PositiveIntBrand> => Number.isInteger(n) && n > 0, "PositiveInt");
+const PositiveInt = t.brand(
+  t.number,
+  (n): n is t.Branded<number, PositiveIntBrand> => Number.isInteger(n) && n > 0,
+  "PositiveInt",
+);
 interface PositiveBrand {
   readonly Positive: unique symbol;
 }
-const PositiveNumber = t.brand(t.number, (n): n is t.Branded<number, PositiveBrand> => n > 0 && Number.isFinite(n), "Positive");
+const PositiveNumber = t.brand(
+  t.number,
+  (n): n is t.Branded<number, PositiveBrand> => n > 0 && Number.isFinite(n),
+  "Positive",
+);
 
 /** Architecture of a decoder-only transformer. Layers are 0-based everywhere. */
 export interface DecoderConfig {
@@ -138,7 +146,9 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
   const headDim = (o.head_dim as number | undefined) ?? hidden / heads;
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) fail("head_dim", `${headDim} must be an even integer`);
   const a = arch as DecoderConfig["architecture"];
-  if (a === "LlamaForCausalLM" && o.attention_bias === true) fail("attention_bias", "Llama attention bias is not supported");
+  if (a === "LlamaForCausalLM" && o.attention_bias === true) {
+    fail("attention_bias", "Llama attention bias is not supported");
+  }
   return {
     architecture: a,
     vocabSize: o.vocab_size as number,
@@ -159,7 +169,11 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
 /** The config.json object Hugging Face would write for a config. */
 export const encodeHfConfig = (c: DecoderConfig): Record<string, unknown> => ({
   architectures: [c.architecture],
-  model_type: c.architecture === "Qwen3ForCausalLM" ? "qwen3" : c.architecture === "Qwen2ForCausalLM" ? "qwen2" : "llama",
+  model_type: c.architecture === "Qwen3ForCausalLM"
+    ? "qwen3"
+    : c.architecture === "Qwen2ForCausalLM"
+    ? "qwen2"
+    : "llama",
   hidden_size: c.hiddenSize,
   num_hidden_layers: c.numLayers,
   num_attention_heads: c.numHeads,

@@ -39,7 +39,10 @@ export const readModelDir = (dir: string): Effect.Effect<HostModel, FileFormatEr
     if (yield* exists(indexPath)) {
       const idx = IndexJson.decode(yield* readJson(indexPath));
       if (isLeft(idx)) {
-        return yield* new FileFormatError({ file: indexPath, message: `${indexPath}: expected { weight_map: { name: file } }` });
+        return yield* new FileFormatError({
+          file: indexPath,
+          message: `${indexPath}: expected { weight_map: { name: file } }`,
+        });
       }
       files = [...new Set(Object.values(idx.right.weight_map))].sort();
     } else files = ["model.safetensors"];
@@ -47,7 +50,10 @@ export const readModelDir = (dir: string): Effect.Effect<HostModel, FileFormatEr
     for (const f of files) {
       const path = `${dir}/${f}`;
       const bytes = yield* readBytes(path);
-      const st = yield* Effect.try({ try: () => parseSafetensors(path, bytes), catch: (e) => e as FileFormatError });
+      const st = yield* Effect.try({
+        try: () => parseSafetensors(path, bytes),
+        catch: (e) => e as FileFormatError,
+      });
       for (const [name, e] of st.tensors) entries.set(name, { e, file: path });
     }
     const tensors = new Map<string, { data: Float32Array; shape: Shape; file: string }>();
@@ -64,7 +70,9 @@ export const readModelDir = (dir: string): Effect.Effect<HostModel, FileFormatEr
       if (e.shape.length !== spec.shape.length || e.shape.some((d, i) => d !== spec.shape[i])) {
         return yield* new FileFormatError({
           file,
-          message: `${file}: tensor ${spec.name} has shape ${showShape(e.shape)}, config.json says ${showShape(spec.shape)}`,
+          message: `${file}: tensor ${spec.name} has shape ${showShape(e.shape)}, config.json says ${
+            showShape(spec.shape)
+          }`,
         });
       }
       const data = yield* Effect.try({ try: () => toF32(file, e), catch: (x) => x as FileFormatError });
@@ -78,7 +86,9 @@ export const toParams = (backend: Backend, m: HostModel): Params =>
   paramsFromHost(backend, paramSpecs(m.config), (n) => m.tensors.get(n));
 
 /** Read the parameters back to host arrays by name. */
-export const paramsToHost = async (p: Params): Promise<{ name: string; shape: Shape; data: Float32Array }[]> => {
+export const paramsToHost = async (
+  p: Params,
+): Promise<{ name: string; shape: Shape; data: Float32Array }[]> => {
   const flat = await p.flat.data();
   return p.layout.specs.map((s, i) => ({
     name: s.name,

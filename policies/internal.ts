@@ -20,11 +20,23 @@ export type InternalPolicy =
 /** The model's own policy: softmax(E_u RMSNorm_final(h_{L-1}) / T). */
 export const final: InternalPolicy = { kind: "final" };
 /** Internal layer policy of layer l (0-based): readout of h_l. */
-export const layer = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({ kind: "layer", layer: l, norm });
+export const layer = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({
+  kind: "layer",
+  layer: l,
+  norm,
+});
 /** Internal modular policy of the attention output A_l. */
-export const attn = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({ kind: "attn", layer: l, norm });
+export const attn = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({
+  kind: "attn",
+  layer: l,
+  norm,
+});
 /** Internal modular policy of the FFN output F_l. */
-export const ffn = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({ kind: "ffn", layer: l, norm });
+export const ffn = (l: number, norm: ReadoutNorm = "raw"): InternalPolicy => ({
+  kind: "ffn",
+  layer: l,
+  norm,
+});
 
 /** Stable text form, also the key of a readout: `final`, `layer(3)`, `attn(0,normed)`. */
 export const showPolicy = (p: InternalPolicy): string => {

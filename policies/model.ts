@@ -48,7 +48,7 @@ const linear = (x: Tensor, w: Tensor, b?: Tensor): Tensor => {
  */
 export const forward = (c: DecoderConfig, p: Params, ids: Tensor, positions: Tensor): ForwardResult => {
   const [B, T] = ids.shape;
-  const d = c.hiddenSize, D = c.headDim, Hq = c.numHeads, Hkv = c.numKvHeads;
+  const D = c.headDim, Hq = c.numHeads, Hkv = c.numKvHeads;
   let h = embedding(p.get("model.embed_tokens.weight"), ids); // (B, T, d)
   const embed = h;
   const layers: LayerTaps[] = [];
@@ -74,7 +74,6 @@ export const forward = (c: DecoderConfig, p: Params, ids: Tensor, positions: Ten
     h = add(mid, ffn);
     layers.push({ attnIn, attn, ffnIn, ffn, out: h });
   }
-  void d;
   const final = rmsNorm(h, p.get("model.norm.weight"), c.rmsNormEps);
   return { embed, layers, final };
 };

@@ -36,16 +36,24 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
   const temperature = opts.temperature ?? 1;
   const chunk = opts.chunk ?? 8192;
   if (chunk % 64 !== 0 || chunk <= 0) {
-    throw new ShapeError({ op: "streamReadout", message: `streamReadout: chunk ${chunk} must be a positive multiple of 64` });
+    throw new ShapeError({
+      op: "streamReadout",
+      message: `streamReadout: chunk ${chunk} must be a positive multiple of 64`,
+    });
   }
   if (x.rank !== 2 || E.rank !== 2 || x.shape[1] !== E.shape[1]) {
     throw new ShapeError({
       op: "streamReadout",
-      message: `streamReadout: x must be (N, d) and E (V, d), got ${showShape(x.shape)} and ${showShape(E.shape)}`,
+      message: `streamReadout: x must be (N, d) and E (V, d), got ${showShape(x.shape)} and ${
+        showShape(E.shape)
+      }`,
     });
   }
   if (!(temperature > 0)) {
-    throw new ShapeError({ op: "streamReadout", message: `streamReadout: temperature ${temperature} must be > 0` });
+    throw new ShapeError({
+      op: "streamReadout",
+      message: `streamReadout: temperature ${temperature} must be > 0`,
+    });
   }
   const [N] = x.shape;
   const [V, d] = E.shape;
@@ -57,7 +65,10 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
   const params = { temperature, vocab: V };
   let fin: Tensor;
   const [entropy, logp] = custom("streamReadout", params, [x, E, targets], () => {
-    const state = tensor(x.backend, new Float32Array(4 * N).map((_, i) => (i % 4 === 0 ? NEG_BIG : 0)), [N, 4]);
+    const state = tensor(x.backend, new Float32Array(4 * N).map((_, i) => (i % 4 === 0 ? NEG_BIG : 0)), [
+      N,
+      4,
+    ]);
     chunks((start, Ec) => {
       const z = matmul(x, Ec, { transB: true }); // (N, C)
       apply(readoutFold, { start, vocab: V, temperature }, [state, z, targets]);

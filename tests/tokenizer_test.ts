@@ -1,0 +1,266 @@
+/** Tokenizers: char layout and round trips, agreement with @huggingface/tokenizers and Rust ids, folder IO, errors. */
+import fc from "fast-check";
+import { ConfigError, FileFormatError } from "../core/errors.ts";
+import {
+  CHAR_SPECIALS,
+  CharTokenizer,
+  charTokenizerFromJson,
+  hfTokenizerFromJson,
+  isCharTokenizerJson,
+  loadTokenizer,
+  saveTokenizer,
+  UnknownCharError,
+} from "../policies/tokenizer.ts";
+import { ARITH_ALPHABET, arithTask, batch } from "../tasks/mod.ts";
+
+const FIX = new URL("./fixtures/", import.meta.url).pathname;
+
+const eq = <T>(got: T, want: T, what: string) => {
+  if (JSON.stringify(got) !== JSON.stringify(want)) {
+    throw new Error(`${what}: got ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
+  }
+};
+
+/** Run `f`; it must throw an instance of `cls` whose message contains every string of `parts`. */
+const throwsWith = async (f: () => unknown, cls: abstract new (...a: never[]) => Error, parts: string[]) => {
+  try {
+    await f();
+  } catch (e) {
+    if (!(e instanceof cls)) throw new Error(`expected ${cls.name}, got ${e}`);
+    for (const p of parts) if (!e.message.includes(p)) throw new Error(`message "${e.message}" lacks "${p}"`);
+    return e;
+  }
+  throw new Error(`expected ${cls.name} mentioning ${parts.join(", ")}, nothing thrown`);
+};
+
+// A wide alphabet: the arithmetic characters, newline, space, the letters of the special tokens (so random
+// text spells "<eos>" now and then), and a character outside the BMP.
+const WIDE = ARITH_ALPHABET + "\n <>abdeops😀";
+/** Random text over the alphabet's characters and the special tokens' contents. */
+const arbText = (alphabet: string) =>
+  fc.array(fc.constantFrom(...Array.from(alphabet), ...Object.values(CHAR_SPECIALS)), { maxLength: 40 })
+    .map((xs) => xs.join(""));
+
+Deno.test("char layout: pad 0, bos 1, eos 2, then the alphabet in order", () => {
+  const t = new CharTokenizer(ARITH_ALPHABET);
+  eq([t.pad, t.bos, t.eos, t.vocabSize], [0, 1, 2, 3 + ARITH_ALPHABET.length], "ids");
+  eq(t.encode("0"), [3], "first character");
+  eq(t.encode("3+5=8|8."), [6, 13, 8, 15, 11, 17, 11, 18], "an arithmetic string");
+  eq(t.alphabet, ARITH_ALPHABET, "alphabet");
+  eq(t.encode(""), [], "empty text");
+  eq(t.decode([]), "", "empty ids");
+  eq(t.encode("1<eos>"), [4, 2], "a special token in the text");
+  eq(t.decode([1, 4, 2, 0], { skipSpecial: true }), "1", "skipSpecial");
+  eq(t.decode([1, 4, 2, 0]), "<bos>1<eos><pad>", "specials written out");
+});
+
+Deno.test("char round trip: decode(encode(s)) == s, and encode(decode(ids)) == ids", () => {
+  const t = new CharTokenizer(WIDE);
+  fc.assert(
+    fc.property(arbText(WIDE), (s) => eq(t.decode(t.encode(s)), s, `round trip of ${JSON.stringify(s)}`)),
+  );
+  fc.assert(fc.property(fc.array(fc.nat(t.vocabSize - 1), { maxLength: 40 }), (ids) => {
+    // A char id sequence may spell a special ("<", "e", "o", "s", ">"), which re-encodes to the special's id:
+    // that is the one way ids do not round trip, as in Hugging Face tokenizers.
+    const text = t.decode(ids);
+    if (!Object.values(CHAR_SPECIALS).some((s) => text.includes(s) && !ids.includes(t.encode(s)[0]))) {
+      eq(t.encode(text), ids, `ids ${ids}`);
+    }
+  }));
+});
+
+Deno.test("every arithmetic problem encodes and decodes exactly", () => {
+  const t = new CharTokenizer(arithTask().alphabet);
+  for (const p of batch(arithTask(), "train", 0, 0, 500)) {
+    const s = p.prompt + p.solution;
+    eq(t.decode(t.encode(s)), s, "round trip");
+  }
+});
+
+Deno.test("@huggingface/tokenizers reads our tokenizer.json and gives identical ids and text", () => {
+  for (const alphabet of [ARITH_ALPHABET, WIDE]) {
+    const t = new CharTokenizer(alphabet);
+    const h = hfTokenizerFromJson(t.tokenizerJson(), t.tokenizerConfigJson());
+    eq([h.vocabSize, h.pad, h.bos, h.eos], [t.vocabSize, t.pad, t.bos, t.eos], "sizes and specials");
+    fc.assert(fc.property(arbText(alphabet), (s) => {
+      eq(h.encode(s), t.encode(s), `ids of ${JSON.stringify(s)}`);
+      eq(h.decode(t.encode(s)), s, `HF decode of ${JSON.stringify(s)}`);
+    }));
+  }
+});
+
+Deno.test("the char fixture gives the ids the Rust tokenizers gave, through both loaders", async () => {
+  const dir = `${FIX}char_tokenizer`;
+  const t = await loadTokenizer(dir);
+  if (!(t instanceof CharTokenizer)) throw new Error(`loaded as ${t.kind}`);
+  eq(t.alphabet, WIDE, "alphabet");
+  const json = JSON.parse(await Deno.readTextFile(`${dir}/tokenizer.json`));
+  const cfg = JSON.parse(await Deno.readTextFile(`${dir}/tokenizer_config.json`));
+  const h = hfTokenizerFromJson(json, cfg);
+  const golden: { cases: { text: string; ids: number[] }[] } = JSON.parse(
+    await Deno.readTextFile(`${dir}/rust_ids.json`),
+  );
+  if (golden.cases.length < 40) throw new Error("fixture too small");
+  for (const { text, ids } of golden.cases) {
+    eq(t.encode(text), ids, `ours, ${JSON.stringify(text)}`);
+    eq(h.encode(text), ids, `@huggingface/tokenizers, ${JSON.stringify(text)}`);
+    eq(t.decode(ids), text, `decode ${ids}`);
+  }
+  eq(t.tokenizerJson(), json, "tokenizer.json is what CharTokenizer writes");
+  eq(t.tokenizerConfigJson(), cfg, "tokenizer_config.json is what CharTokenizer writes");
+});
+
+Deno.test("save then load gives the same tokenizer; writes leave no temp files", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const t = new CharTokenizer(WIDE);
+    await saveTokenizer(`${dir}/tok`, t);
+    await saveTokenizer(`${dir}/tok`, t); // overwrite in place
+    eq([...Deno.readDirSync(`${dir}/tok`)].map((e) => e.name).sort(), [
+      "tokenizer.json",
+      "tokenizer_config.json",
+    ], "files");
+    const back = await loadTokenizer(`${dir}/tok`);
+    if (!(back instanceof CharTokenizer)) throw new Error(`loaded as ${back.kind}`);
+    eq([back.tokens, back.pad, back.bos, back.eos], [t.tokens, t.pad, t.bos, t.eos], "tokens and specials");
+    // Without tokenizer_config.json the specials are found by their contents.
+    await Deno.remove(`${dir}/tok/tokenizer_config.json`);
+    const bare = await loadTokenizer(`${dir}/tok`);
+    eq([bare.pad, bare.bos, bare.eos], [0, 1, 2], "specials without config");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a char layout read from a file may differ from the standard one", () => {
+  const tokens = ["a", "b", "</s>", "<pad>", "c"];
+  const json = {
+    ...new CharTokenizer("x").tokenizerJson(),
+    added_tokens: [{ id: 2, content: "</s>", special: true }, { id: 3, content: "<pad>", special: true }],
+    model: { type: "WordLevel", vocab: Object.fromEntries(tokens.map((t, i) => [t, i])), unk_token: "<unk>" },
+  };
+  if (!isCharTokenizerJson(json)) throw new Error("not recognised as char format");
+  const t = charTokenizerFromJson(json, {
+    eos_token: "</s>",
+    pad_token: { content: "<pad>" },
+    bos_token: null,
+  });
+  eq([t.eos, t.pad, t.bos, t.vocabSize, t.alphabet], [2, 3, undefined, 5, "abc"], "roles");
+  eq(t.encode("ca</s>"), [4, 0, 2], "encode");
+  const h = hfTokenizerFromJson(json, { eos_token: "</s>", pad_token: "<pad>" });
+  eq(h.encode("ca</s>b<pad>"), t.encode("ca</s>b<pad>"), "HF agrees");
+});
+
+Deno.test("unknown characters and bad ids are errors naming them", async () => {
+  const t = new CharTokenizer(ARITH_ALPHABET);
+  const e = await throwsWith(() => t.encode("3+x=4"), UnknownCharError, [
+    `"x" (U+0078)`,
+    "index 2",
+    ARITH_ALPHABET,
+  ]);
+  eq([(e as UnknownCharError).char, (e as UnknownCharError).index], ["x", 2], "fields");
+  await throwsWith(() => t.encode("1 2"), UnknownCharError, [`" " (U+0020)`, "index 1"]);
+  await throwsWith(() => t.encode("😀"), UnknownCharError, ["U+1F600", "index 0"]);
+  await throwsWith(() => t.encode("<eo"), UnknownCharError, [`"<"`]);
+  await throwsWith(() => t.decode([3, 19]), RangeError, ["id 19", "position 1", "[0, 19)"]);
+  await throwsWith(() => t.decode([1.5]), RangeError, ["id 1.5"]);
+  const h = hfTokenizerFromJson(t.tokenizerJson(), t.tokenizerConfigJson(), "x/tokenizer.json");
+  await throwsWith(() => h.encode("3+x"), UnknownCharError, ["x/tokenizer.json", `"x"`]);
+  await throwsWith(() => h.decode([-1]), RangeError, ["id -1"]);
+  await throwsWith(() => new CharTokenizer("abca"), ConfigError, [`"a" (U+0061) appears twice`]);
+  await throwsWith(() => new CharTokenizer(""), ConfigError, ["empty"]);
+});
+
+Deno.test("the hand-made HF BPE fixture loads through @huggingface/tokenizers with the Rust ids", async () => {
+  const t = await loadTokenizer(`${FIX}hf_tiny_bpe`);
+  if (t.kind !== "hf") throw new Error(`loaded as ${t.kind}`);
+  // Qwen-style: eos <|im_end|>, pad <|endoftext|>, no bos.
+  eq([t.vocabSize, t.eos, t.pad, t.bos], [32, 31, 29, undefined], "sizes and specials");
+  // Expected ids from the Rust tokenizers 0.23.2 (npm `tokenizers`, addSpecialTokens false) on this file.
+  const golden: [string, number[]][] = [
+    ["hello world", [23, 28]],
+    ["hello world<|im_end|>", [23, 28, 31]],
+    ["1+2=3", [1, 10, 2, 11, 3]],
+    ["held", [20, 15, 19]],
+    ["<|im_start|>hello<|endoftext|>", [30, 23, 29]],
+    ["hello  world", [23, 12, 28]],
+  ];
+  for (const [s, ids] of golden) {
+    eq(t.encode(s), ids, `ids of ${JSON.stringify(s)}`);
+    eq(t.decode(ids), s, `decode of ${ids}`);
+  }
+  eq(t.decode([]), "", "empty");
+  eq(t.decode([30, 23, 31], { skipSpecial: true }), "hello", "skipSpecial");
+  if (isCharTokenizerJson(JSON.parse(await Deno.readTextFile(`${FIX}hf_tiny_bpe/tokenizer.json`)))) {
+    throw new Error("BPE fixture taken for the char format");
+  }
+});
+
+Deno.test("folder errors name the file and the field", async () => {
+  const dir = await Deno.makeTempDir();
+  const put = async (name: string, data: unknown) => {
+    await Deno.mkdir(`${dir}/${name}`, { recursive: true });
+    const [tok, cfg] = data as [unknown, unknown];
+    await Deno.writeTextFile(
+      `${dir}/${name}/tokenizer.json`,
+      typeof tok === "string" ? tok : JSON.stringify(tok),
+    );
+    if (cfg !== undefined) {
+      await Deno.writeTextFile(
+        `${dir}/${name}/tokenizer_config.json`,
+        typeof cfg === "string" ? cfg : JSON.stringify(cfg),
+      );
+    }
+    return `${dir}/${name}`;
+  };
+  try {
+    const bpe = JSON.parse(await Deno.readTextFile(`${FIX}hf_tiny_bpe/tokenizer.json`));
+    const char = new CharTokenizer("ab");
+    await throwsWith(() => loadTokenizer(`${dir}/none`), FileFormatError, [
+      `${dir}/none/tokenizer.json`,
+      "no such file",
+    ]);
+    await throwsWith(() => loadTokenizer(`${dir}/none`), FileFormatError, ["no such file"]);
+    let d = await put("badjson", ["{ nope", undefined]);
+    await throwsWith(() => loadTokenizer(d), FileFormatError, [`${d}/tokenizer.json`, "not valid JSON"]);
+    d = await put("badcfg", [bpe, "[1]"]);
+    await throwsWith(() => loadTokenizer(d), FileFormatError, [`${d}/tokenizer_config.json`, "JSON object"]);
+    d = await put("noeos", [bpe, { pad_token: "<|endoftext|>" }]);
+    const e = await throwsWith(() => loadTokenizer(d), ConfigError, [
+      `${d}/tokenizer_config.json`,
+      "eos_token",
+    ]);
+    eq((e as ConfigError).field, "eos_token", "field");
+    d = await put("badeos", [bpe, { eos_token: "<|nope|>" }]);
+    await throwsWith(() => loadTokenizer(d), ConfigError, ["eos_token", `"<|nope|>" is not a token`]);
+    d = await put("eosnum", [bpe, { eos_token: 7 }]);
+    await throwsWith(() => loadTokenizer(d), ConfigError, ["eos_token must be a string"]);
+    d = await put("badmodel", [{ ...bpe, model: { type: "Nope" } }, { eos_token: "<|im_end|>" }]);
+    await throwsWith(() => loadTokenizer(d), FileFormatError, [`${d}/tokenizer.json`, "cannot load"]);
+    const dup = {
+      ...char.tokenizerJson(),
+      model: { type: "WordLevel", vocab: { "<pad>": 0, "<bos>": 1, "<eos>": 2, a: 3, b: 3 } },
+    };
+    d = await put("dupids", [dup, char.tokenizerConfigJson()]);
+    await throwsWith(() => loadTokenizer(d), FileFormatError, [`${d}/tokenizer.json`, "model.vocab", "id 3"]);
+    const gap = {
+      ...char.tokenizerJson(),
+      model: { type: "WordLevel", vocab: { "<pad>": 0, "<bos>": 1, "<eos>": 2, a: 3, b: 9 } },
+    };
+    d = await put("gapids", [gap, char.tokenizerConfigJson()]);
+    await throwsWith(() => loadTokenizer(d), FileFormatError, [`model.vocab["b"]`, "is 9"]);
+    d = await put("padnotadded", [char.tokenizerJson(), { ...char.tokenizerConfigJson(), pad_token: "a" }]);
+    await throwsWith(() => loadTokenizer(d), ConfigError, [
+      `${d}/tokenizer_config.json`,
+      "pad_token",
+      "not an added token",
+    ]);
+    d = await put("nopad", [char.tokenizerJson(), { ...char.tokenizerConfigJson(), pad_token: null }]);
+    await throwsWith(() => loadTokenizer(d), ConfigError, [
+      `${d}/tokenizer_config.json`,
+      "pad_token is missing",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,138 @@
+/**
+ * Decoding kernels: read one column of a (B, T, d) activation and append sampled tokens to a (B, T) id buffer,
+ * both with the column in a uniform so a whole generation loop compiles each shader once and reads nothing back.
+ */
+import { ShapeError } from "../core/errors.ts";
+import { showShape } from "../core/shape.ts";
+import { defineKernel, type Kernel } from "./kernel.ts";
+import { apply, apply1 } from "./run.ts";
+import type { Tensor } from "./tensor.ts";
+import { storage } from "./wgsl.ts";
+
+export interface ColumnParams {
+  /** The column (time index) t. */
+  readonly t: number;
+}
+
+/** out[b, :] = x[b, t, :] for x (B, T, d). */
+export const columnKernel: Kernel<ColumnParams> = defineKernel<ColumnParams>({
+  name: "column",
+  infer: ({ t }, [x]) => {
+    if (x.shape.length !== 3 || x.dtype !== "f32" || !(t >= 0 && t < x.shape[1])) {
+      throw new ShapeError({
+        op: "column",
+        message: `column: need f32 (B, T, d) and 0 <= t < T; got ${showShape(x.shape)}, t = ${t}`,
+      });
+    }
+    return [{ shape: [x.shape[0], x.shape[2]], dtype: "f32" }];
+  },
+  cpu: ({ t }, [x], [y]) => {
+    const [B, T, d] = x.shape;
+    for (let b = 0; b < B; b++) y.data.set(x.data.subarray((b * T + t) * d, (b * T + t + 1) * d), b * d);
+  },
+  gpu: ({ t }, [x]) => {
+    const [B, T, d] = x.shape;
+    const n = B * d;
+    return [{
+      wgsl: `${storage(0, "x", "f32", "read")}
+${storage(1, "y", "f32", "read_write")}
+@group(0) @binding(2) var<uniform> u: vec4u;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x;
+  if (i >= ${n}u) { return; }
+  let b = i / ${d}u;
+  y[i] = x[(b * ${T}u + u.x) * ${d}u + i % ${d}u];
+}`,
+      workgroups: [Math.ceil(n / 64), 1, 1],
+      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }, {
+        kind: "uniform",
+        data: new Uint32Array([t, 0, 0, 0]),
+      }],
+    }];
+  },
+});
+
+/** Row t of every sequence: (B, T, d) -> (B, d). */
+export const column = (x: Tensor, t: number): Tensor => apply1(columnKernel, { t }, [x]);
+
+export interface AppendParams {
+  readonly t: number;
+  readonly eos: number;
+  readonly pad: number;
+}
+
+/**
+ * Write sampled ids (B) into column t of ids (B, T), in place, where the prompt (promptLen (B)) has ended:
+ * a row already done (it emitted eos earlier) gets `pad`; a row that samples eos becomes done.
+ * Inputs: [ids (inout), done i32 (B) (inout), sampled i32 (B), promptLen i32 (B)].
+ */
+export const appendKernel: Kernel<AppendParams> = defineKernel<AppendParams>({
+  name: "appendToken",
+  infer: ({ t }, [ids, done, sampled, plen]) => {
+    const B = ids.shape[0];
+    const ok = ids.shape.length === 2 && ids.dtype === "i32" && t >= 0 && t < ids.shape[1] &&
+      [done, sampled, plen].every((x) => x.dtype === "i32" && x.shape.length === 1 && x.shape[0] === B);
+    if (!ok) {
+      throw new ShapeError({
+        op: "appendToken",
+        message: `appendToken: need ids i32 (B, T), done/sampled/promptLen i32 (B), 0 <= t < T; got ${
+          showShape(ids.shape)
+        }, ${showShape(done.shape)}, ${showShape(sampled.shape)}, ${showShape(plen.shape)}, t = ${t}`,
+      });
+    }
+    return [{ shape: ids.shape, dtype: "i32", alias: 0 }, { shape: done.shape, dtype: "i32", alias: 1 }];
+  },
+  cpu: ({ t, eos, pad }, [_i, _d, sampled, plen], [ids, done]) => {
+    const [B, T] = ids.shape;
+    for (let b = 0; b < B; b++) {
+      if (t < plen.data[b]) continue;
+      if (done.data[b]) ids.data[b * T + t] = pad;
+      else {
+        ids.data[b * T + t] = sampled.data[b];
+        if (sampled.data[b] === eos) done.data[b] = 1;
+      }
+    }
+  },
+  gpu: ({ t, eos, pad }, [ids]) => {
+    const [B, T] = ids.shape;
+    return [{
+      wgsl: `${storage(0, "ids", "i32", "read_write")}
+${storage(1, "done", "i32", "read_write")}
+${storage(2, "sampled", "i32", "read")}
+${storage(3, "plen", "i32", "read")}
+@group(0) @binding(4) var<uniform> u: vec4i;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let b = gid.x;
+  if (b >= ${B}u) { return; }
+  let t = u.x;
+  if (t < plen[b]) { return; }
+  let at = b * ${T}u + u32(t);
+  if (done[b] != 0) { ids[at] = u.z; return; }
+  let s = sampled[b];
+  ids[at] = s;
+  if (s == u.y) { done[b] = 1; }
+}`,
+      workgroups: [Math.ceil(B / 64), 1, 1],
+      bindings: [
+        { kind: "input", index: 0 },
+        { kind: "input", index: 1 },
+        { kind: "input", index: 2 },
+        { kind: "input", index: 3 },
+        { kind: "uniform", data: new Uint32Array(new Int32Array([t, eos, pad, 0]).buffer) },
+      ],
+    }];
+  },
+});
+
+/** Append sampled ids at column t in place (see appendKernel). */
+export const appendToken = (
+  ids: Tensor,
+  done: Tensor,
+  sampled: Tensor,
+  promptLen: Tensor,
+  p: AppendParams,
+): void => {
+  apply(appendKernel, p, [ids, done, sampled, promptLen]);
+};

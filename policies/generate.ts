@@ -1,0 +1,109 @@
+/**
+ * Sampling rollouts from the model's own policy on the GPU: every token is sampled and appended on the device;
+ * the host reads the ids once at the end (and a done flag every `checkEvery` tokens to stop early).
+ * No KV cache: each step runs the full fixed-length forward (shapes never change, so no shader recompiles);
+ * causal attention makes the not-yet-written columns irrelevant. Cost O(T^2) per sequence: fine for the short
+ * responses of embedded tasks; long generations on big models want a KV cache (not built yet).
+ */
+import { matmul } from "../kernels/matmul.ts";
+import { appendToken, column } from "../kernels/decode.ts";
+import { sample } from "../kernels/sample.ts";
+import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import type { DecoderConfig } from "./config.ts";
+import { forward, unembedding } from "./model.ts";
+import type { Params } from "./params.ts";
+
+export interface GenerateOptions {
+  /** Most tokens to generate per sequence (eos included). */
+  readonly maxNew: number;
+  readonly eos: number;
+  readonly pad: number;
+  readonly temperature: number;
+  readonly topK?: number;
+  readonly topP?: number;
+  /** Philox seed and training step: token (sequence s, position t) uses counter (step, s, t). */
+  readonly seed: number;
+  readonly step: number;
+  /** Global index of the first sequence (so sub-batches of one step draw distinct numbers). */
+  readonly firstSequence?: number;
+  /** Read the done flags every this many tokens to stop early (default 8; 0 = never). */
+  readonly checkEvery?: number;
+  /** Called after each generated column (for progress bars). */
+  readonly onToken?: (t: number, total: number) => void;
+}
+
+export interface Rollout {
+  /** Row-major ids (B, T): prompt, response, then pad. T = max prompt length + maxNew. */
+  readonly ids: Int32Array;
+  readonly B: number;
+  readonly T: number;
+  readonly promptLens: readonly number[];
+  /** Response tokens per sequence, eos included when it was sampled. */
+  readonly responseLens: readonly number[];
+  /** Whether each sequence ended with eos (false: cut at maxNew). */
+  readonly finished: readonly boolean[];
+}
+
+/** Sample responses to `prompts` (token ids, lengths may differ) from the model's own policy. */
+export const generate = async (
+  c: DecoderConfig,
+  p: Params,
+  prompts: readonly (readonly number[])[],
+  o: GenerateOptions,
+): Promise<Rollout> => {
+  const B = prompts.length;
+  const plens = prompts.map((x) => x.length);
+  if (plens.some((n) => n < 1)) throw new Error("generate: every prompt needs at least one token");
+  const T = Math.max(...plens) + o.maxNew;
+  const host = new Int32Array(B * T).fill(o.pad);
+  prompts.forEach((x, b) => host.set(x, b * T));
+  const be = p.backend;
+  const ids = tensor(be, host, [B, T], "i32");
+  const done = tensor(be, new Int32Array(B), [B], "i32");
+  const promptLen = tensor(be, Int32Array.from(plens), [B], "i32");
+  const seqs = tensor(be, Int32Array.from({ length: B }, (_, b) => (o.firstSequence ?? 0) + b), [B], "i32");
+  const positions = tensor(be, Int32Array.from({ length: T }, (_, i) => i), [T], "i32");
+  const E = unembedding(c, p);
+  const start = Math.min(...plens);
+  const every = o.checkEvery ?? 8;
+  try {
+    for (let t = start; t < T; t++) {
+      tidy(() => {
+        const f = forward(c, p, ids, positions);
+        const h = column(f.final, t - 1); // (B, d): the state that predicts column t
+        const z = matmul(h, E, { transB: true }); // (B, V)
+        const col = tensor(be, new Int32Array(B).fill(t), [B], "i32");
+        const s = sample(z, {
+          temperature: o.temperature,
+          topK: o.topK,
+          topP: o.topP,
+          key: { seed: o.seed, step: o.step },
+          sequences: seqs,
+          positions: col,
+        });
+        appendToken(ids, done, s, promptLen, { t, eos: o.eos, pad: o.pad });
+      });
+      o.onToken?.(t - start + 1, T - start);
+      if (every > 0 && (t - start + 1) % every === 0 && t + 1 < T) {
+        const d = await done.data();
+        if (d.every((x, b) => x !== 0 || plens[b] > t)) break;
+      }
+    }
+    const out = Int32Array.from(await ids.data());
+    const responseLens: number[] = [], finished: boolean[] = [];
+    for (let b = 0; b < B; b++) {
+      let end = T;
+      for (let t = plens[b]; t < T; t++) {
+        if (out[b * T + t] === o.eos) {
+          end = t + 1;
+          break;
+        }
+      }
+      responseLens.push(end - plens[b]);
+      finished.push(end < T || out[b * T + T - 1] === o.eos);
+    }
+    return { ids: out, B, T, promptLens: plens, responseLens, finished };
+  } finally {
+    for (const x of [ids, done, promptLen, seqs, positions] as Tensor[]) x.dispose();
+  }
+};

@@ -124,3 +124,146 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 /** Write `src` into `dst` in place; returns `dst` itself (no new reference). */
 export const copyInto = (dst: Tensor, src: Tensor): Tensor => apply1(copyKernel, {}, [dst, src]);
+
+export interface SliceRowsParams {
+  /** First row (along axis 0) and row count. */
+  readonly start: number;
+  readonly count: number;
+}
+
+/** Rows [start, start + count) of x along axis 0 (a copy). Any dtype. */
+export const sliceRowsKernel: Kernel<SliceRowsParams> = defineKernel<SliceRowsParams>({
+  name: "sliceRows",
+  infer: ({ start, count }, [x]) => {
+    if (x.shape.length < 1 || start < 0 || count < 0 || start + count > x.shape[0]) {
+      throw new ShapeError({
+        op: "sliceRows",
+        message: `sliceRows: rows [${start}, ${start + count}) out of range for ${showShape(x.shape)}`,
+      });
+    }
+    return [{ shape: [count, ...x.shape.slice(1)], dtype: x.dtype }];
+  },
+  cpu: ({ start }, [x], [y]) => {
+    const row = size(x.shape.slice(1));
+    y.data.set(x.data.subarray(start * row, start * row + y.data.length));
+  },
+  gpu: ({ start, count }, [x], target) => {
+    const row = size(x.shape.slice(1));
+    const n = count * row;
+    const grid = grid1d(n, WG, target);
+    const ty = wgslType(x.dtype);
+    return [{
+      wgsl: `${storage(0, "x", ty, "read")}
+${storage(1, "y", ty, "read_write")}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${flatIndex(WG, grid)};
+  if (i >= ${n}u) { return; }
+  y[i] = x[${start * row}u + i];
+}`,
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
+    }];
+  },
+  vjp: ({ params: { start, count }, inputs: [x] }, [dy]) => {
+    const parts: Tensor[] = [];
+    const rest = x.shape.slice(1);
+    if (start > 0) parts.push(zerosLike(dy!, [start, ...rest]));
+    parts.push(dy!);
+    if (start + count < x.shape[0]) parts.push(zerosLike(dy!, [x.shape[0] - start - count, ...rest]));
+    return [concatRows(parts)];
+  },
+});
+
+const zerosLike = (t: Tensor, shape: readonly number[]): Tensor => apply1(unaryZero, { shape }, [t]);
+
+/** A kernel that ignores its input and writes zeros of `shape` (keeps the backend implicit). */
+const unaryZero: Kernel<{ readonly shape: readonly number[] }> = defineKernel<
+  { readonly shape: readonly number[] }
+>({
+  name: "zerosLike",
+  infer: ({ shape }, [t]) => [{ shape, dtype: t.dtype }],
+  cpu: (_p, _i, [y]) => y.data.fill(0),
+  gpu: ({ shape }, [t], target) => {
+    const n = size(shape);
+    const grid = grid1d(n, WG, target);
+    const ty = wgslType(t.dtype);
+    return [{
+      wgsl: `${storage(0, "y", ty, "read_write")}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${flatIndex(WG, grid)};
+  if (i >= ${n}u) { return; }
+  y[i] = ${ty}(0);
+}`,
+      workgroups: grid,
+      bindings: [{ kind: "output", index: 0 }],
+    }];
+  },
+});
+
+/** Concatenate tensors along axis 0 (all other extents and the dtype equal). Differentiable. */
+export const concatKernel: Kernel<Record<string, never>> = defineKernel<Record<string, never>>({
+  name: "concatRows",
+  infer: (_p, xs) => {
+    const rest = xs[0].shape.slice(1);
+    for (const x of xs) {
+      if (
+        x.shape.length !== xs[0].shape.length || x.shape.slice(1).some((d, i) => d !== rest[i]) ||
+        x.dtype !== xs[0].dtype
+      ) {
+        throw new ShapeError({
+          op: "concatRows",
+          message: `concatRows: ${xs.map((t) => t.dtype + showShape(t.shape)).join(", ")} differ past axis 0`,
+        });
+      }
+    }
+    return [{ shape: [xs.reduce((a, x) => a + x.shape[0], 0), ...rest], dtype: xs[0].dtype }];
+  },
+  cpu: (_p, xs, [y]) => {
+    let at = 0;
+    for (const x of xs) {
+      y.data.set(x.data, at);
+      at += x.data.length;
+    }
+  },
+  gpu: (_p, xs, target) => {
+    const ty = wgslType(xs[0].dtype);
+    let at = 0;
+    return xs.map((x, k) => {
+      const n = size(x.shape);
+      const grid = grid1d(n, WG, target);
+      const off = at;
+      at += n;
+      return {
+        wgsl: `${storage(0, "x", ty, "read")}
+${storage(1, "y", ty, "read_write")}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${flatIndex(WG, grid)};
+  if (i >= ${n}u) { return; }
+  y[${off}u + i] = x[i];
+}`,
+        workgroups: grid,
+        bindings: [{ kind: "input", index: k }, { kind: "output", index: 0 }],
+        label: "concatRows",
+      };
+    });
+  },
+  vjp: ({ inputs }, [dy]) => {
+    let at = 0;
+    return inputs.map((x) => {
+      const g = apply1(sliceRowsKernel, { start: at, count: x.shape[0] }, [dy!]);
+      at += x.shape[0];
+      return g;
+    });
+  },
+});
+
+/** Concatenate along axis 0. */
+export const concatRows = (
+  xs: readonly Tensor[],
+): Tensor => (xs.length === 1 ? xs[0] : apply1(concatKernel, {}, xs));
+/** Rows [start, start + count) along axis 0. */
+export const sliceRows = (x: Tensor, start: number, count: number): Tensor =>
+  apply1(sliceRowsKernel, { start, count }, [x]);

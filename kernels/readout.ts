@@ -27,8 +27,14 @@ const rowsGrid = (n: number, max: number): [number, number, number] => {
   return [Math.ceil(n / y), y, 1];
 };
 
-const checkChunk = (op: string, z: { shape: readonly number[] }, ids: { shape: readonly number[]; dtype: string }) => {
-  if (z.shape.length !== 2) throw new ShapeError({ op, message: `${op}: logits chunk must be (N, C), got ${showShape(z.shape)}` });
+const checkChunk = (
+  op: string,
+  z: { shape: readonly number[] },
+  ids: { shape: readonly number[]; dtype: string },
+) => {
+  if (z.shape.length !== 2) {
+    throw new ShapeError({ op, message: `${op}: logits chunk must be (N, C), got ${showShape(z.shape)}` });
+  }
   if (ids.dtype !== "i32" || ids.shape.length !== 1 || ids.shape[0] !== z.shape[0]) {
     throw new ShapeError({
       op,
@@ -46,7 +52,10 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
   infer: (_p, [state, z, ids]) => {
     checkChunk("readoutFold", z, ids);
     if (state.shape.length !== 2 || state.shape[0] !== z.shape[0] || state.shape[1] !== 4) {
-      throw new ShapeError({ op: "readoutFold", message: `readoutFold: state must be (${z.shape[0]}, 4), got ${showShape(state.shape)}` });
+      throw new ShapeError({
+        op: "readoutFold",
+        message: `readoutFold: state must be (${z.shape[0]}, 4), got ${showShape(state.shape)}`,
+      });
     }
     return [{ shape: state.shape, dtype: "f32", alias: 0 }];
   },
@@ -74,12 +83,50 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
   gpu: ({ start, vocab, temperature }, [_st, z], target) => {
     const [N, C] = z.shape;
     const valid = Math.max(0, Math.min(C, vocab - start));
-    const grid = rowsGrid(N, target.maxWorkgroupsPerDimension);
-    const wgsl = `${storage(0, "st", "f32", "read_write")}
+    const bindings = [
+      { kind: "input", index: 0 },
+      { kind: "input", index: 1 },
+      { kind: "input", index: 2 },
+      { kind: "uniform", data: new Uint32Array([start | 0, valid, 0, 0]) },
+    ] as const;
+    const head = `${storage(0, "st", "f32", "read_write")}
 ${storage(1, "z", "f32", "read")}
 ${storage(2, "ids", "i32", "read")}
 struct U { start: i32, valid: u32 }
-@group(0) @binding(3) var<uniform> u: U;
+@group(0) @binding(3) var<uniform> u: U;`;
+    const inv = f32Lit(1 / temperature);
+    if (target.software) {
+      // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup barrier costs ~60 us there);
+      // invocations of a workgroup run as SIMD lanes over 64 rows.
+      const groups = Math.ceil(N / 64);
+      const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+      const wgsl = `${head}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let row = gid.x + gid.y * ${gx * 64}u;
+  if (row >= ${N}u) { return; }
+  let tgt = ids[row] - u.start;
+  var m = st[row * 4u];
+  var s = st[row * 4u + 1u];
+  var w = st[row * 4u + 2u];
+  var zt = st[row * 4u + 3u];
+  for (var c = 0u; c < u.valid; c++) {
+    let v = z[row * ${C}u + c] * ${inv};
+    if (v > m) { let r = exp(m - v); s *= r; w *= r; m = v; }
+    let e = exp(v - m);
+    s += e;
+    w += e * v;
+    if (i32(c) == tgt) { zt = v; }
+  }
+  st[row * 4u] = m;
+  st[row * 4u + 1u] = s;
+  st[row * 4u + 2u] = w;
+  st[row * 4u + 3u] = zt;
+}`;
+      return [{ wgsl, workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1], bindings }];
+    }
+    const grid = rowsGrid(N, target.maxWorkgroupsPerDimension);
+    const wgsl = `${head}
 var<workgroup> sm: array<f32, ${WG}>;
 var<workgroup> ss: array<f32, ${WG}>;
 var<workgroup> sw: array<f32, ${WG}>;
@@ -96,7 +143,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   var s = 0.0;
   var w = 0.0;
   for (var c = lid; c < u.valid; c += ${WG}u) {
-    let v = z[row * ${C}u + c] * ${f32Lit(1 / temperature)};
+    let v = z[row * ${C}u + c] * ${inv};
     if (v > m) { let r = exp(m - v); s *= r; w *= r; m = v; }
     let e = exp(v - m);
     s += e;
@@ -127,16 +174,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     if (hit == 1u) { st[row * 4u + 3u] = zt; }
   }
 }`;
-    return [{
-      wgsl,
-      workgroups: valid === 0 ? [0, 0, 0] : grid,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        { kind: "uniform", data: new Uint32Array([start | 0, valid, 0, 0]) },
-      ],
-    }];
+    return [{ wgsl, workgroups: valid === 0 ? [0, 0, 0] : grid, bindings }];
   },
 });
 

@@ -11,7 +11,7 @@ import { embedding } from "../kernels/embedding.ts";
 import { rope } from "../kernels/rope.ts";
 import { attention } from "../kernels/attention.ts";
 import { swiglu } from "../kernels/mlp.ts";
-import { crossEntropy } from "../kernels/softmax.ts";
+import { streamReadout } from "./readout.ts";
 import type { DecoderConfig } from "./config.ts";
 import type { Params } from "./params.ts";
 
@@ -87,8 +87,10 @@ export const logits = (c: DecoderConfig, p: Params, f: ForwardResult): Tensor =>
   linear(f.final, unembedding(c, p));
 
 /**
- * Next-token cross-entropy of a batch, token-mean over positions 0..T-2 (each predicts the next id).
- * `ids` (B, T) i32; the host copy `idsHost` supplies the shifted targets.
+ * Next-token cross-entropy of a batch: the mean over counted positions of -log pi(ids[t+1] | ids[..t]), with
+ * the log-probs streamed over the vocabulary (no (B*T, V) logits). `ids` (B, T) i32; `idsHost` its host copy
+ * (for the shifted targets); `mask` (B*T), optional, marks the positions t whose next token counts (default:
+ * every t < T-1).
  */
 export const lmLoss = (
   c: DecoderConfig,
@@ -96,19 +98,20 @@ export const lmLoss = (
   ids: Tensor,
   positions: Tensor,
   idsHost: ArrayLike<number>,
+  mask?: ArrayLike<number>,
 ): Tensor => {
   const [B, T] = ids.shape;
   const f = forward(c, p, ids, positions);
-  const z = reshape(logits(c, p, f), [B * T, c.vocabSize]); // (B*T, V)
   const targets = new Int32Array(B * T);
-  const mask = new Float32Array(B * T);
+  const m = new Float32Array(B * T);
   for (let b = 0; b < B; b++) {
     for (let t = 0; t + 1 < T; t++) {
       targets[b * T + t] = idsHost[b * T + t + 1];
-      mask[b * T + t] = 1;
+      m[b * T + t] = mask ? mask[b * T + t] : 1;
     }
   }
-  const ce = crossEntropy(z, tensor(ids.backend, targets, [B * T], "i32")); // (B*T)
-  const count = B * Math.max(1, T - 1);
-  return scale(sumTo(mul(ce, tensor(ids.backend, mask, [B * T])), []), 1 / count);
+  const count = m.reduce((a, x) => a + x, 0);
+  const x = reshape(f.final, [B * T, c.hiddenSize]); // (B*T, d)
+  const { logp } = streamReadout(x, unembedding(c, p), tensor(ids.backend, targets, [B * T], "i32")); // (B*T)
+  return scale(sumTo(mul(logp, tensor(ids.backend, m, [B * T])), []), -1 / Math.max(1, count));
 };

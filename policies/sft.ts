@@ -24,11 +24,12 @@ export const createOptimizer = (params: Params, config: AdamWConfig): Optimizer 
   step: 0,
 });
 
-/** A token batch: B sequences of T ids, row-major. */
+/** A token batch: B sequences of T ids, row-major; `mask` (B*T) marks positions whose next token counts. */
 export interface TokenBatch {
   readonly ids: Int32Array;
   readonly B: number;
   readonly T: number;
+  readonly mask?: Float32Array;
 }
 
 /** Positions 0..T-1 as an i32 tensor. */
@@ -44,7 +45,7 @@ export const lossAndGrads = (
   tidy(() => {
     const ids = tensor(p.backend, batch.ids, [batch.B, batch.T], "i32");
     const tape = new Tape().watch(...p.views);
-    const loss = tape.run(() => lmLoss(c, p, ids, positionsOf(p, batch.T), batch.ids));
+    const loss = tape.run(() => lmLoss(c, p, ids, positionsOf(p, batch.T), batch.ids, batch.mask));
     const grads = tape.backward(loss, p.views, tensor(p.backend, [1], []));
     return { loss, grads: flattenGrads(p, grads) };
   });

@@ -1,0 +1,366 @@
+/** WGSL generators of the matmul family: texture-packed and buffer register-blocked (llvmpipe), shared-memory tiled (GPUs). */
+import type { GpuPass } from "./kernel.ts";
+
+/**
+ * One batched matmul problem as the shaders see it: `batch` output matrices C[z] = op(A)[ia(z)] @ op(B)[ib(z)],
+ * op(A) of shape [M, K] stored as [M, K] (or [K, M] when transA), op(B) [K, N] stored as [K, N] (or [N, K]).
+ * `aIndex`/`bIndex` are WGSL expressions in `z` giving the operand's matrix index (broadcast batches).
+ */
+export interface MatmulGeom {
+  readonly M: number;
+  readonly N: number;
+  readonly K: number;
+  readonly transA: boolean;
+  readonly transB: boolean;
+  readonly batch: number;
+  readonly aCount: number;
+  readonly bCount: number;
+  readonly aIndex: string;
+  readonly bIndex: string;
+}
+
+/** Register block of the software kernels: TM rows x TN columns of C per invocation (TN a multiple of 4). */
+export interface SoftTile {
+  readonly TM: number;
+  readonly TN: number;
+  /** Workgroup size (x over column blocks, y over row blocks). */
+  readonly WX: number;
+  readonly WY: number;
+}
+
+/** The measured default on llvmpipe (see bench/matmul.ts). */
+export const SOFT_TILE: SoftTile = { TM: 8, TN: 16, WX: 8, WY: 1 };
+
+/** Texture limit every WebGPU device has (maxTextureDimension2D default); larger operands use buffers. */
+export const MAX_TEXTURE = 8192;
+
+const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
+const u = (x: number): string => `${x}u`;
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** Flat index of element (row m, col k) of stored A matrix `ia` (WGSL expressions). */
+const addrA = (g: MatmulGeom, ia: string, m: string, k: string): string =>
+  `${ia} * ${u(g.M * g.K)} + ` + (g.transA ? `${k} * ${u(g.M)} + ${m}` : `${m} * ${u(g.K)} + ${k}`);
+/** Flat index of element (row k, col n) of stored B matrix `ib`. */
+const addrB = (g: MatmulGeom, ib: string, k: string, n: string): string =>
+  `${ib} * ${u(g.K * g.N)} + ` + (g.transB ? `${n} * ${u(g.K)} + ${k}` : `${k} * ${u(g.N)} + ${n}`);
+
+/** Guarded scalar stores of the register block c_i_j (vec4 over 4 columns) to out[z, m0 + i, n0 + 4j + e]. */
+const storeBlock = (g: MatmulGeom, TM: number, TN: number): string => {
+  const lines: string[] = [`  let cbase = z * ${u(g.M * g.N)};`];
+  const rowGuard = g.M % TM !== 0, colGuard = g.N % TN !== 0;
+  for (const i of range(TM)) {
+    const body: string[] = [`    let r${i} = cbase + (m0 + ${u(i)}) * ${u(g.N)} + n0;`];
+    for (const j of range(TN / 4)) {
+      for (const e of range(4)) {
+        const c = 4 * j + e;
+        const st = `out[r${i} + ${u(c)}] = c${i}_${j}[${e}];`;
+        body.push(colGuard ? `    if (n0 + ${u(c)} < ${u(g.N)}) { ${st} }` : `    ${st}`);
+      }
+    }
+    lines.push(rowGuard ? `  if (m0 + ${u(i)} < ${u(g.M)}) {` : "  {", ...body, "  }");
+  }
+  return lines.join("\n");
+};
+
+const accDecl = (TM: number, TN: number): string =>
+  range(TM).map((i) => range(TN / 4).map((j) => `  var c${i}_${j} = vec4f(0.0);`).join("\n")).join("\n");
+
+// ---- texture path (llvmpipe) ------------------------------------------------------------------------------
+
+/** Texture sizes of the packed operands: A as [aCount*Mp, Kp/4] texels, B as [bCount*Kp, Np/4]. */
+export const textureDims = (g: MatmulGeom, t: SoftTile) => {
+  const Mp = roundUp(g.M, t.TM), Np = roundUp(g.N, t.TN), Kp = roundUp(g.K, 4);
+  return {
+    Mp,
+    Np,
+    Kp,
+    a: { width: Kp / 4, height: g.aCount * Mp },
+    b: { width: Np / 4, height: g.bCount * Kp },
+  };
+};
+
+/** Whether the packed operands fit the guaranteed texture limit. */
+export const texturesFit = (g: MatmulGeom, t: SoftTile): boolean => {
+  const d = textureDims(g, t);
+  return Math.max(d.a.width, d.a.height, d.b.width, d.b.height) <= MAX_TEXTURE;
+};
+
+const PACK_WG = 8;
+
+/**
+ * Three passes: pack op(A) row-major into texture "A" (texel = 4 consecutive k of one row, zero padded),
+ * pack op(B) into texture "B" (texel = 4 consecutive n of one k), then the register-blocked product. The
+ * product reads the textures as read-only storage textures: on llvmpipe that image path measured ~1.4x
+ * faster than `texture_2d` + textureLoad (whose sampler path dominated the loop), and both bind the same view.
+ */
+export const texturePasses = (g: MatmulGeom, t: SoftTile): GpuPass[] => {
+  const { TM, TN, WX, WY } = t;
+  const d = textureDims(g, t);
+  const texel = (cond: (e: number) => string, addr: (e: number) => string) =>
+    `vec4f(${
+      range(4).map((e) => `select(0.0, src[min(${addr(e)}, arrayLength(&src) - 1u)], ${cond(e)})`).join(", ")
+    })`;
+  const packA = `@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
+@compute @workgroup_size(${PACK_WG}, ${PACK_WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x >= ${u(d.a.width)} || gid.y >= ${u(d.a.height)}) { return; }
+  let ia = gid.y / ${u(d.Mp)};
+  let m = gid.y % ${u(d.Mp)};
+  let k = gid.x * 4u;
+  let v = ${
+    texel((e) => `m < ${u(g.M)} && k + ${u(e)} < ${u(g.K)}`, (e) => addrA(g, "ia", "m", `(k + ${u(e)})`))
+  };
+  textureStore(dst, vec2u(gid.x, gid.y), v);
+}`;
+  const packB = `@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
+@compute @workgroup_size(${PACK_WG}, ${PACK_WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x >= ${u(d.b.width)} || gid.y >= ${u(d.b.height)}) { return; }
+  let ib = gid.y / ${u(d.Kp)};
+  let k = gid.y % ${u(d.Kp)};
+  let n = gid.x * 4u;
+  let v = ${
+    texel((e) => `k < ${u(g.K)} && n + ${u(e)} < ${u(g.N)}`, (e) => addrB(g, "ib", "k", `(n + ${u(e)})`))
+  };
+  textureStore(dst, vec2u(gid.x, gid.y), v);
+}`;
+  const ncb = d.Np / TN, nrb = d.Mp / TM;
+  // Per 4-step of k: TM texels of A (4 k's of one row each), 4 x TN/4 texels of B; TM x TN/4 vec4 updates,
+  // each summing its 4 products before touching the (spilled) accumulator once.
+  const step: string[] = [];
+  for (const i of range(TM)) step.push(`    let a${i} = textureLoad(tA, vec2i(k4, ay + ${i}));`);
+  step.push("    let kb = by + k4 * 4;");
+  for (const kk of range(4)) {
+    for (const j of range(TN / 4)) {
+      step.push(`    let b${kk}_${j} = textureLoad(tB, vec2i(bx + ${j}, kb + ${kk}));`);
+    }
+  }
+  for (const i of range(TM)) {
+    for (const j of range(TN / 4)) {
+      step.push(
+        `    c${i}_${j} += a${i}.x * b0_${j} + a${i}.y * b1_${j} + a${i}.z * b2_${j} + a${i}.w * b3_${j};`,
+      );
+    }
+  }
+  const main = `@group(0) @binding(0) var tA: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(1) var tB: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(${WX}, ${WY})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x >= ${u(ncb)} || gid.y >= ${u(nrb)}) { return; }
+  let z = gid.z;
+  let ia = ${g.aIndex};
+  let ib = ${g.bIndex};
+  let m0 = gid.y * ${u(TM)};
+  let n0 = gid.x * ${u(TN)};
+  let ay = i32(ia * ${u(d.Mp)} + m0);
+  let by = i32(ib * ${u(d.Kp)});
+  let bx = i32(gid.x * ${u(TN / 4)});
+${accDecl(TM, TN)}
+  for (var k4 = 0; k4 < ${d.Kp / 4}; k4++) {
+${step.join("\n")}
+  }
+${storeBlock(g, TM, TN)}
+}`;
+  const aTex = { kind: "texture", id: "A", ...d.a } as const;
+  const bTex = { kind: "texture", id: "B", ...d.b } as const;
+  return [
+    {
+      wgsl: packA,
+      workgroups: [Math.ceil(d.a.width / PACK_WG), Math.ceil(d.a.height / PACK_WG), 1],
+      bindings: [{ kind: "input", index: 0 }, { ...aTex, access: "write" }],
+      label: "matmul.packA",
+    },
+    {
+      wgsl: packB,
+      workgroups: [Math.ceil(d.b.width / PACK_WG), Math.ceil(d.b.height / PACK_WG), 1],
+      bindings: [{ kind: "input", index: 1 }, { ...bTex, access: "write" }],
+      label: "matmul.packB",
+    },
+    {
+      wgsl: main,
+      workgroups: [Math.ceil(ncb / WX), Math.ceil(nrb / WY), g.batch],
+      bindings: [{ ...aTex, access: "read" }, { ...bTex, access: "read" }, { kind: "output", index: 0 }],
+      label: "matmul.texture",
+    },
+  ];
+};
+
+// ---- buffer path (llvmpipe, no workgroup memory) ----------------------------------------------------------
+
+/**
+ * Register-blocked product straight from the storage buffers. Rows and columns past the edge are clamped
+ * (they read valid memory, and their results are never stored). A is read as vec4 along k when it is
+ * row-major with K % 4 == 0, B as vec4 along n when it is row-major with N % 4 == 0; otherwise scalars.
+ */
+export const bufferPass = (g: MatmulGeom, t: SoftTile): GpuPass => {
+  const { TM, TN, WX, WY } = t;
+  const vecA = !g.transA && g.K % 4 === 0;
+  const vecB = !g.transB && g.N % 4 === 0;
+  const KS = vecA ? 4 : 1;
+  const ncb = Math.ceil(g.N / TN), nrb = Math.ceil(g.M / TM);
+  const pre: string[] = [];
+  for (const i of range(TM)) pre.push(`  let rm${i} = min(m0 + ${u(i)}, ${u(g.M - 1)});`);
+  if (vecB) {
+    for (const j of range(TN / 4)) pre.push(`  let cn${j} = min(n0 / 4u + ${u(j)}, ${u(g.N / 4 - 1)});`);
+  } else {
+    for (const c of range(TN)) pre.push(`  let cn${c} = min(n0 + ${u(c)}, ${u(g.N - 1)});`);
+  }
+  const step: string[] = [];
+  for (const i of range(TM)) {
+    step.push(
+      vecA
+        ? `    let a${i} = A[(ia * ${u(g.M * g.K)} + rm${i} * ${u(g.K)}) / 4u + k / 4u];`
+        : `    let a${i} = A[${addrA(g, "ia", `rm${i}`, "k")}];`,
+    );
+  }
+  for (const kk of range(KS)) {
+    const k = KS === 1 ? "k" : `(k + ${u(kk)})`;
+    for (const j of range(TN / 4)) {
+      step.push(
+        vecB
+          ? `    let b${kk}_${j} = B[(ib * ${u(g.K * g.N)} + ${k} * ${u(g.N)}) / 4u + cn${j}];`
+          : `    let b${kk}_${j} = vec4f(${
+            range(4).map((e) => `B[${addrB(g, "ib", k, `cn${4 * j + e}`)}]`).join(", ")
+          });`,
+      );
+    }
+  }
+  for (const i of range(TM)) {
+    for (const j of range(TN / 4)) {
+      const terms = vecA
+        ? range(4).map((kk) => `a${i}.${"xyzw"[kk]} * b${kk}_${j}`).join(" + ")
+        : `a${i} * b0_${j}`;
+      step.push(`    c${i}_${j} += ${terms};`);
+    }
+  }
+  const wgsl = `@group(0) @binding(0) var<storage, read> A: array<${vecA ? "vec4f" : "f32"}>;
+@group(0) @binding(1) var<storage, read> B: array<${vecB ? "vec4f" : "f32"}>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(${WX}, ${WY})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x >= ${u(ncb)} || gid.y >= ${u(nrb)}) { return; }
+  let z = gid.z;
+  let ia = ${g.aIndex};
+  let ib = ${g.bIndex};
+  let m0 = gid.y * ${u(TM)};
+  let n0 = gid.x * ${u(TN)};
+${pre.join("\n")}
+${accDecl(TM, TN)}
+  for (var k = 0u; k < ${u(g.K)}; k += ${u(KS)}) {
+${step.join("\n")}
+  }
+${storeBlock(g, TM, TN)}
+}`;
+  return {
+    wgsl,
+    workgroups: [Math.ceil(ncb / WX), Math.ceil(nrb / WY), g.batch],
+    bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
+    label: "matmul.buffer",
+  };
+};
+
+// ---- tiled path (hardware GPUs) ---------------------------------------------------------------------------
+
+/** Shape of the tiled kernel: TX x TY threads, each an RM x RN micro-tile; K staged in slabs of BK. */
+export interface HardTile {
+  readonly TX: number;
+  readonly TY: number;
+  readonly RM: number;
+  readonly RN: number;
+  readonly BK: number;
+}
+
+/**
+ * 64x64 tiles by 16x16 threads of 4x4 outputs. On llvmpipe (where the tests run it) any such kernel with
+ * barriers takes 20-50 s to compile (64 threads of 8x8 and loop-carried accumulator arrays were no faster).
+ */
+export const HARD_TILE: HardTile = { TX: 16, TY: 16, RM: 4, RN: 4, BK: 16 };
+
+/**
+ * The classic shared-memory tiled kernel: a (TY RM) x (TX RN) tile of C per workgroup, K in slabs of BK
+ * staged through workgroup memory (zero padded at the edges), an RM x RN register micro-tile per thread with
+ * rows ty + TY i and columns tx + TX j (consecutive threads read consecutive words of the staged slabs).
+ */
+export const tiledPass = (g: MatmulGeom, t: HardTile = HARD_TILE): GpuPass => {
+  const { TX, TY, RM, RN, BK } = t;
+  const BM = TY * RM, BN = TX * RN, NT = TX * TY;
+  const acc = range(RM).map((i) => range(RN).map((j) => `c${i}_${j}`));
+  const inner: string[] = [];
+  for (const i of range(RM)) inner.push(`      let a${i} = As[kk * ${u(BM)} + ty + ${u(TY * i)}];`);
+  for (const j of range(RN)) inner.push(`      let b${j} = Bs[kk * ${u(BN)} + tx + ${u(TX * j)}];`);
+  for (const i of range(RM)) {
+    for (const j of range(RN)) inner.push(`      ${acc[i][j]} = fma(a${i}, b${j}, ${acc[i][j]});`);
+  }
+  const stores: string[] = [];
+  for (const i of range(RM)) {
+    for (const j of range(RN)) {
+      stores.push(
+        `  { let m = m0 + ty + ${u(TY * i)}; let n = n0 + tx + ${u(TX * j)}; if (m < ${u(g.M)} && n < ${
+          u(g.N)
+        }) { out[z * ${u(g.M * g.N)} + m * ${u(g.N)} + n] = ${acc[i][j]}; } }`,
+      );
+    }
+  }
+  const wgsl = `@group(0) @binding(0) var<storage, read> A: array<f32>;
+@group(0) @binding(1) var<storage, read> B: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+var<workgroup> As: array<f32, ${BM * BK}>;
+var<workgroup> Bs: array<f32, ${BK * BN}>;
+@compute @workgroup_size(${TX}, ${TY})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let z = wid.z;
+  let ia = ${g.aIndex};
+  let ib = ${g.bIndex};
+  let tx = lid.x; let ty = lid.y;
+  let tid = ty * ${u(TX)} + tx;
+  let m0 = wid.y * ${u(BM)};
+  let n0 = wid.x * ${u(BN)};
+${acc.flat().map((c) => `  var ${c} = 0.0;`).join("\n")}
+  for (var k0 = 0u; k0 < ${u(g.K)}; k0 += ${u(BK)}) {
+    // A slab, stored k-major: element e -> (row e / BK, col e % BK)
+    for (var e = tid; e < ${u(BM * BK)}; e += ${u(NT)}) {
+      let m = m0 + e / ${u(BK)}; let k = k0 + e % ${u(BK)};
+      As[(e % ${u(BK)}) * ${u(BM)} + e / ${u(BK)}] =
+        select(0.0, A[min(${addrA(g, "ia", "m", "k")}, arrayLength(&A) - 1u)], m < ${u(g.M)} && k < ${
+    u(g.K)
+  });
+    }
+    // B slab: element e -> (row e / BN, col e % BN)
+    for (var e = tid; e < ${u(BK * BN)}; e += ${u(NT)}) {
+      let k = k0 + e / ${u(BN)}; let n = n0 + e % ${u(BN)};
+      Bs[e] = select(0.0, B[min(${addrB(g, "ib", "k", "n")}, arrayLength(&B) - 1u)], k < ${u(g.K)} && n < ${
+    u(g.N)
+  });
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${u(BK)}; kk++) {
+${inner.join("\n")}
+    }
+    workgroupBarrier();
+  }
+${stores.join("\n")}
+}`;
+  return {
+    wgsl,
+    workgroups: [Math.ceil(g.N / BN), Math.ceil(g.M / BM), g.batch],
+    bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
+    label: "matmul.tiled",
+  };
+};
+
+/** Fill the output with zeros (K = 0: an empty sum). */
+export const zeroPass = (n: number, wgs: [number, number, number], index: string): GpuPass => ({
+  wgsl: `@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${index};
+  if (i < ${u(n)}) { out[i] = 0.0; }
+}`,
+  workgroups: wgs,
+  bindings: [{ kind: "output", index: 0 }],
+  label: "matmul.zero",
+});

@@ -1,0 +1,228 @@
+/** Matmul family: every GPU variant = CPU reference on awkward shapes; gradients = finite differences. */
+import { Effect } from "effect";
+import fc from "fast-check";
+import { ShapeError } from "../core/errors.ts";
+import { size } from "../core/shape.ts";
+import type { Backend } from "../kernels/backend.ts";
+import { checkGrad } from "../kernels/gradcheck.ts";
+import { openGpu } from "../kernels/gpu/device.ts";
+import { matmul, type MatmulVariant, matmulVariant } from "../kernels/matmul.ts";
+import { Tape } from "../kernels/tape.ts";
+import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+
+interface Problem {
+  readonly sa: number[];
+  readonly sb: number[];
+  readonly transA: boolean;
+  readonly transB: boolean;
+  readonly K: number;
+}
+
+/** Batch shapes of a and b that broadcast: a common batch, each operand drops leading axes or sets some to 1. */
+const batchPair = fc.array(fc.integer({ min: 1, max: 3 }), { maxLength: 2 }).chain((batch) => {
+  const operand = fc.tuple(
+    fc.integer({ min: 0, max: batch.length }),
+    fc.array(fc.boolean(), { minLength: batch.length, maxLength: batch.length }),
+  ).map(([drop, ones]) => batch.map((d, i) => (ones[i] ? 1 : d)).slice(drop));
+  return fc.tuple(operand, operand);
+});
+
+const problem = (maxDim: number): fc.Arbitrary<Problem> =>
+  fc.record({
+    M: awkwardDim(maxDim),
+    K: awkwardDim(maxDim),
+    N: awkwardDim(maxDim),
+    batches: batchPair,
+    transA: fc.boolean(),
+    transB: fc.boolean(),
+  }).map(({ M, K, N, batches: [ba, bb], transA, transB }) => ({
+    sa: [...ba, ...(transA ? [K, M] : [M, K])],
+    sb: [...bb, ...(transB ? [N, K] : [K, N])],
+    transA,
+    transB,
+    K,
+  }));
+
+const runMatmul = (b: Backend, p: Problem, seed: number, variant?: MatmulVariant) =>
+  tidy(() =>
+    matmul(
+      tensor(b, randomData(size(p.sa), seed), p.sa),
+      tensor(b, randomData(size(p.sb), seed + 1), p.sb),
+      { transA: p.transA, transB: p.transB, variant },
+    ).data()
+  );
+
+// Data in [-1, 1): each output is a K-term f32 sum (different order and fma on the GPU) against an f64 sum
+// rounded once. Its error is at most K * u * sum |a_k b_k| <= K^2 * 6e-8 <= 1e-5 * K for K <= 168 (here K <= 70).
+const tolFor = (K: number) => ({ atol: 1e-5 * K, rtol: 1e-6 });
+
+const variantProperty = (variant: MatmulVariant) =>
+  gpuTest(
+    `matmul ${variant}: GPU equals CPU reference (awkward sizes, batch broadcast, transposes)`,
+    async (g) => {
+      await fc.assert(
+        fc.asyncProperty(problem(70), fc.nat(), async (p, seed) => {
+          const got = await runMatmul(g, p, seed, variant);
+          const want = await runMatmul(cpu32, p, seed);
+          assertClose(
+            got,
+            want,
+            tolFor(p.K),
+            `matmul ${variant} ${p.sa} x ${p.sb} tA=${p.transA} tB=${p.transB}`,
+          );
+        }),
+        { numRuns: GPU_RUNS },
+      );
+    },
+  );
+
+variantProperty("texture");
+variantProperty("buffer");
+// The tiled (hardware) kernel takes 20-50 s per shape to compile on llvmpipe (barriers): the random property
+// runs with BUPO_SLOW_TESTS=1; by default one awkward case (both transposes, broadcast batch) runs below.
+const slow = (() => {
+  try {
+    return Deno.env.get("BUPO_SLOW_TESTS") === "1";
+  } catch {
+    return false;
+  }
+})();
+if (slow) variantProperty("tiled");
+
+gpuTest(
+  "matmul: default variant by adapter; a hardware backend runs the tiled kernel correctly",
+  async (g) => {
+    const p: Problem = { sa: [2, 1, 33, 17], sb: [3, 65, 33], transA: true, transB: true, K: 33 };
+    const spec = (s: number[]) => ({ shape: s, dtype: "f32" as const });
+    const params = { transA: true, transB: true };
+    const soft = matmulVariant(params, spec(p.sa), spec(p.sb), g.target);
+    if (g.target.software && soft !== "texture") throw new Error(`software default is ${soft}`);
+    const hw = await Effect.runPromise(openGpu({ variant: "hardware" }));
+    try {
+      const v = matmulVariant(params, spec(p.sa), spec(p.sb), hw.target);
+      if (v !== "tiled") throw new Error(`hardware default is ${v}`);
+      assertClose(await runMatmul(hw, p, 5), await runMatmul(cpu32, p, 5), tolFor(p.K), "hardware backend");
+    } finally {
+      hw.destroy();
+    }
+  },
+);
+
+gpuTest("matmul: operands too large for an 8192-texel texture fall back to the buffer kernel", async (g) => {
+  const p: Problem = { sa: [2, 4100, 3], sb: [3, 5], transA: false, transB: false, K: 3 }; // folded M = 8200
+  const spec = (s: number[]) => ({ shape: s, dtype: "f32" as const });
+  const v = matmulVariant(
+    { transA: false, transB: false, variant: "texture" },
+    spec(p.sa),
+    spec(p.sb),
+    g.target,
+  );
+  if (v !== "buffer") throw new Error(`expected the buffer fallback, got ${v}`);
+  assertClose(await runMatmul(g, p, 3, "texture"), await runMatmul(cpu32, p, 3), tolFor(3), "fallback");
+});
+
+gpuTest("matmul: K = 0 gives zeros, empty outputs give nothing", async (g) => {
+  const z = await tidy(() => matmul(tensor(g, [], [3, 0]), tensor(g, [], [0, 2])).data());
+  assertClose(z, [0, 0, 0, 0, 0, 0], { atol: 0, rtol: 0 }, "K=0");
+  const e = await tidy(() => matmul(tensor(g, [], [0, 4]), tensor(g, randomData(8, 1), [4, 2])).data());
+  if (e.length !== 0) throw new Error(`expected empty, got ${e.length}`);
+});
+
+const gradCase = fc.record({
+  transA: fc.boolean(),
+  transB: fc.boolean(),
+  M: awkwardDim(5),
+  K: awkwardDim(5),
+  N: awkwardDim(5),
+  layout: fc.constantFrom("2d", "weight", "weight1", "broadcast", "aShared"),
+  seed: fc.nat(),
+});
+
+const gradShapes = (
+  c: { transA: boolean; transB: boolean; M: number; K: number; N: number },
+  layout: string,
+) => {
+  const [ba, bb] = layout === "2d"
+    ? [[], []]
+    : layout === "weight"
+    ? [[2, 3], []]
+    : layout === "weight1"
+    ? [[2], [1]]
+    : layout === "broadcast"
+    ? [[2, 1], [3]]
+    : [[], [2]];
+  return {
+    sa: [...ba, ...(c.transA ? [c.K, c.M] : [c.M, c.K])],
+    sb: [...bb, ...(c.transB ? [c.N, c.K] : [c.K, c.N])],
+  };
+};
+
+Deno.test("matmul gradients equal central finite differences (f64, all transposes, broadcast batch)", async () => {
+  await fc.assert(
+    fc.asyncProperty(gradCase, async (c) => {
+      const { sa, sb } = gradShapes(c, c.layout);
+      const f = (x: Tensor, y: Tensor) => matmul(x, y, { transA: c.transA, transB: c.transB });
+      const r = await checkGrad(cpu64, f, [
+        { data: randomData(size(sa), c.seed), shape: sa },
+        { data: randomData(size(sb), c.seed + 1), shape: sb },
+      ], { seed: c.seed });
+      // Bilinear in each input: central differences are exact up to f64 rounding (~1e-10 here).
+      if (r.error > 1e-6) {
+        throw new Error(`${sa} x ${sb} ${JSON.stringify(c)}: ${r.analytic} vs ${r.numeric}`);
+      }
+    }),
+    { numRuns: 80 },
+  );
+});
+
+gpuTest("matmul gradients on the GPU equal the f64 CPU gradients", async (g) => {
+  await fc.assert(
+    fc.asyncProperty(gradCase, async (c) => {
+      const { sa, sb } = gradShapes(c, c.layout);
+      const da = randomData(size(sa), c.seed), db = randomData(size(sb), c.seed + 1);
+      const grads = (b: Backend) =>
+        tidy(async () => {
+          const x = tensor(b, da, sa), y = tensor(b, db, sb);
+          const tape = new Tape().watch(x, y);
+          const out = tape.run(() => matmul(x, y, { transA: c.transA, transB: c.transB }));
+          const dout = tensor(b, randomData(out.size, c.seed + 2), out.shape);
+          const [gx, gy] = tape.backward(out, [x, y], dout);
+          return [await gx!.data(), await gy!.data()];
+        });
+      const [want, got] = [await grads(cpu64), await grads(g)];
+      // Each gradient entry sums at most batch * max(M, N) * K <= 6 * 5 products of values in [-1, 1].
+      assertClose(got[0], want[0], { atol: 1e-5, rtol: 1e-5 }, `dA ${JSON.stringify(c)}`);
+      assertClose(got[1], want[1], { atol: 1e-5, rtol: 1e-5 }, `dB ${JSON.stringify(c)}`);
+    }),
+    { numRuns: GPU_RUNS },
+  );
+});
+
+const shapeError = (f: () => unknown): string => {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof ShapeError) return e.message;
+    throw e;
+  }
+  throw new Error("expected a ShapeError");
+};
+
+Deno.test("matmul: bad shapes throw ShapeError naming the op and both shapes", () => {
+  const t = (s: number[]) => tensor(cpu64, new Float64Array(size(s)), s);
+  const m1 = shapeError(() => matmul(t([2, 3]), t([4, 5])));
+  if (!/^matmul: a has shape \[2,3\], b has shape \[4,5\]; inner dimensions 3 and 4 differ$/.test(m1)) {
+    throw new Error(m1);
+  }
+  const m2 = shapeError(() => matmul(t([2, 3]), t([5, 4]), { transA: true, transB: true }));
+  if (!/a has shape \[2,3\], b has shape \[5,4\]; inner dimensions 2 and 4 differ \(transA true/.test(m2)) {
+    throw new Error(m2);
+  }
+  const m3 = shapeError(() => matmul(t([2, 3, 4]), t([3, 4, 5])));
+  if (!/matmul: a has shape \[2,3,4\], b has shape \[3,4,5\]; batch dimensions \[2\] and \[3\]/.test(m3)) {
+    throw new Error(m3);
+  }
+  const m4 = shapeError(() => matmul(t([3]), t([3, 4])));
+  if (!/matmul: a has shape \[3\]; needs rank >= 2/.test(m4)) throw new Error(m4);
+});

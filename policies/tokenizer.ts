@@ -450,11 +450,3 @@ export const writeTokenizerDir = (dir: string, tok: CharTokenizer): Effect.Effec
       JSON.stringify(tok.tokenizerConfigJson(), null, 2) + "\n",
     );
   });
-
-/** Promise form of `readTokenizerDir`: rejects with the FileFormatError or ConfigError itself. */
-export const loadTokenizer = (dir: string): Promise<CharTokenizer | HfTokenizer> =>
-  Effect.runPromise(readTokenizerDir(dir));
-
-/** Promise form of `writeTokenizerDir`. */
-export const saveTokenizer = (dir: string, tok: CharTokenizer): Promise<void> =>
-  Effect.runPromise(writeTokenizerDir(dir, tok));

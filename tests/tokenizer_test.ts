@@ -7,10 +7,9 @@ import {
   charTokenizerFromJson,
   hfTokenizerFromJson,
   isCharTokenizerJson,
-  loadTokenizer,
-  saveTokenizer,
   UnknownCharError,
 } from "../policies/tokenizer.ts";
+import { loadTokenizer, saveTokenizer } from "../io/tokenizer.ts";
 import { ARITH_ALPHABET, arithTask, batch } from "../tasks/mod.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;

@@ -1,0 +1,255 @@
+/**
+ * One RL step (GRPO / BuPO / any Objective): rollouts from the final policy on the GPU, rewards, group
+ * advantages, old log-probs from whichever internal policies the objective names (plus every layer policy's
+ * entropy for the logs) in one streaming pass, optional reference log-probs, then minibatch AdamW updates.
+ * Reads back only what a step reports: the rollout ids, one set of old log-probs, and scalars at the end.
+ */
+import { NonFiniteError } from "../core/errors.ts";
+import { adamwHyper } from "../core/optim.ts";
+import { adamwStep } from "../kernels/adamw.ts";
+import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import type { DecoderConfig } from "../policies/config.ts";
+import { generate } from "../policies/generate.ts";
+import { final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
+import { forward } from "../policies/model.ts";
+import type { Params } from "../policies/params.ts";
+import { readPolicies } from "../policies/policy.ts";
+import type { Optimizer } from "../policies/sft.ts";
+import type { TextTokenizer } from "../policies/tokenizer.ts";
+import { batchTensors, type RolloutHost } from "../policies/batch.ts";
+import { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "../objectives/advantages.ts";
+import { lowerStep } from "../objectives/lower.ts";
+import { activeAt, type Objective, showActive } from "../objectives/objective.ts";
+import { requiredReadouts } from "../objectives/reference.ts";
+import { batch, type Task } from "../tasks/task.ts";
+import type { TrainConfig } from "./config.ts";
+import { promptIds, responseText } from "./data.ts";
+
+/** Everything a step needs. */
+export interface RlContext {
+  readonly cfg: TrainConfig;
+  readonly config: DecoderConfig;
+  readonly params: Params;
+  readonly opt: Optimizer;
+  readonly tok: TextTokenizer;
+  readonly task: Task;
+  readonly objective: Objective;
+  /** Frozen reference model for KL terms (absent when no term needs it). */
+  readonly ref?: Params;
+}
+
+/** One line of metrics.jsonl. */
+export interface StepMetrics {
+  readonly step: number;
+  readonly phase: string;
+  readonly rewardMean: number;
+  readonly rewardStd: number;
+  readonly accuracy: number;
+  readonly formatRate: number;
+  readonly zeroVarianceGroups: number;
+  readonly responseLength: number;
+  readonly loss: number;
+  readonly gradNorm: number;
+  readonly clipFraction: number;
+  readonly approxKl: number;
+  /** Mean entropy over response tokens of the final policy and of every layer policy (raw readout). */
+  readonly entropy: { readonly final: number; readonly layers: readonly number[] };
+  /** Seconds per phase of the step. */
+  readonly time: { rollout: number; old: number; update: number; total: number };
+  readonly tokens: { readonly rollout: number; readonly trained: number };
+  readonly example: { readonly prompt: string; readonly completion: string; readonly reward: number };
+}
+
+const mean = (x: ArrayLike<number>): number => {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i];
+  return s / Math.max(1, x.length);
+};
+
+/** Host slice of sequences [from, to) of a rollout batch. */
+const sliceRows = (h: RolloutHost, from: number, to: number): RolloutHost => {
+  const T = h.T;
+  const cut = (x: ArrayLike<number>) =>
+    Float32Array.prototype.slice.call(x, from * T, to * T) as Float32Array;
+  return {
+    ids: h.ids.slice(from * T, to * T),
+    N: to - from,
+    T,
+    promptLens: h.promptLens.slice(from, to),
+    responseLens: h.responseLens?.slice(from, to),
+    advantages: Array.prototype.slice.call(h.advantages, from, to) as number[],
+    behaviour: h.behaviour ? cut(h.behaviour) : undefined,
+    old: h.old ? new Map([...h.old].map(([k, v]) => [k, cut(v)])) : undefined,
+    ref: h.ref ? new Map([...h.ref].map(([k, v]) => [k, cut(v)])) : undefined,
+  };
+};
+
+/** Run RL step `step` (1-based). Throws NonFiniteError (nothing is checkpointed) on a non-finite loss or gradient. */
+export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics> => {
+  const { cfg, config, params, opt, tok, task, objective } = ctx;
+  const t0 = performance.now();
+  const P = cfg.prompts, G = cfg.group, N = P * G;
+  // 1. rollouts from the final policy
+  const problems = batch(task, "train", cfg.seed, (step - 1) * P, P);
+  const prompts = problems.flatMap((q) => Array.from({ length: G }, () => promptIds(tok, q.prompt)));
+  const roll = await generate(config, params, prompts, {
+    maxNew: cfg.maxNew,
+    eos: tok.eos,
+    pad: tok.pad,
+    temperature: cfg.temperature,
+    seed: cfg.seed,
+    step,
+  });
+  const T = roll.T;
+  const texts = roll.promptLens.map((pl, b) => responseText(tok, roll.ids, b * T + pl, (b + 1) * T));
+  const rewards = texts.map((x, b) => task.reward(problems[Math.floor(b / G)], x));
+  const formats = texts.map((x, b) => (task.format?.(problems[Math.floor(b / G)], x) ? 1 : 0));
+  const adv = cfg.advantage === "grpo"
+    ? grpoAdvantages(rewards, G)
+    : cfg.advantage === "drgrpo"
+    ? drGrpoAdvantages(rewards, G)
+    : rlooAdvantages(rewards, G);
+  const t1 = performance.now();
+
+  // 2. old log-probs of the policies the objective reads, the behaviour (final) log-probs, and entropies
+  const req = requiredReadouts(objective, step);
+  const layers: InternalPolicy[] = Array.from({ length: config.numLayers }, (_, l) => layer(l));
+  const host: RolloutHost = {
+    ids: roll.ids,
+    N,
+    T,
+    promptLens: roll.promptLens,
+    responseLens: roll.responseLens,
+    advantages: adv.advantages,
+  };
+  const probe = batchTensors(params.backend, host);
+  const mask = probe.host.mask;
+  const oldPolicies = [final, ...req.old, ...layers];
+  const reads = await tidy(async () => {
+    const f = forward(config, params, probe.ids, probe.positions);
+    const r = readPolicies(config, params, f, oldPolicies, probe.targets);
+    const out = new Map<string, { logp: Float32Array; entropy: Float32Array }>();
+    for (const [k, v] of r) {
+      out.set(k, {
+        logp: (await v.logp.data()) as Float32Array,
+        entropy: (await v.entropy.data()) as Float32Array,
+      });
+    }
+    return out;
+  });
+  let refMap: Map<string, Float32Array> | undefined;
+  if (req.ref.length > 0) {
+    if (!ctx.ref) {
+      throw new Error("the objective has a KL-to-reference term but no reference model was loaded");
+    }
+    refMap = await tidy(async () => {
+      const f = forward(config, ctx.ref!, probe.ids, probe.positions);
+      const r = readPolicies(config, ctx.ref!, f, req.ref, probe.targets);
+      const out = new Map<string, Float32Array>();
+      for (const [k, v] of r) out.set(k, (await v.logp.data()) as Float32Array);
+      return out;
+    });
+  }
+  probe.dispose();
+  const maskedMean = (x: ArrayLike<number>) => {
+    let s = 0, n = 0;
+    for (let i = 0; i < mask.length; i++) if (mask[i] > 0) (s += x[i] * mask[i], n += mask[i]);
+    return n > 0 ? s / n : NaN;
+  };
+  const full: RolloutHost = {
+    ...host,
+    behaviour: reads.get("final")!.logp,
+    old: new Map(req.old.map((q) => [showPolicy(q), reads.get(showPolicy(q))!.logp])),
+    ref: refMap,
+  };
+  const t2 = performance.now();
+
+  // 3. minibatch updates
+  const per = N / cfg.minibatches;
+  const scalars: { loss: Tensor; norm: Tensor; clip: Tensor; kl: Tensor }[] = [];
+  for (let e = 0; e < cfg.epochs; e++) {
+    for (let m = 0; m < cfg.minibatches; m++) {
+      const part = batchTensors(params.backend, sliceRows(full, m * per, (m + 1) * per));
+      try {
+        const out = tidy(() => {
+          const r = lowerStep(config, params, part, objective, step);
+          opt.step++;
+          const { norm } = adamwStep(params.flat, r.grads, opt.m, opt.v, adamwHyper(opt.config, opt.step));
+          return { loss: r.loss, norm, clip: r.metrics.clipFraction, kl: r.metrics.approxKl };
+        });
+        scalars.push(out);
+      } finally {
+        part.dispose();
+      }
+    }
+  }
+  const read1 = async (t: Tensor) => {
+    const v = (await t.data())[0];
+    t.dispose();
+    return v;
+  };
+  const vals = [];
+  for (const s of scalars) {
+    vals.push({
+      loss: await read1(s.loss),
+      norm: await read1(s.norm),
+      clip: await read1(s.clip),
+      kl: await read1(s.kl),
+    });
+  }
+  const t3 = performance.now();
+  for (const [i, v] of vals.entries()) {
+    if (!Number.isFinite(v.loss)) {
+      throw new NonFiniteError({
+        what: `loss (step ${step}, update ${i + 1})`,
+        index: i,
+        value: v.loss,
+        message: `step ${step}: the loss of update ${
+          i + 1
+        } is ${v.loss}; stopping (the last checkpoint is intact)`,
+      });
+    }
+    if (!Number.isFinite(v.norm)) {
+      throw new NonFiniteError({
+        what: `gradient norm (step ${step}, update ${i + 1})`,
+        index: i,
+        value: v.norm,
+        message: `step ${step}: the gradient norm of update ${
+          i + 1
+        } is ${v.norm}; the update was refused and the run stops (the last checkpoint is intact)`,
+      });
+    }
+  }
+  const rm = mean(rewards);
+  const best = rewards.findIndex((r) => r >= 1);
+  const ex = best >= 0 ? best : 0;
+  return {
+    step,
+    phase: activeAt(objective, step).map(showActive).join(" + "),
+    rewardMean: rm,
+    rewardStd: Math.sqrt(mean(rewards.map((r) => (r - rm) ** 2))),
+    accuracy: mean(rewards.map((r) => (r >= 1 ? 1 : 0))),
+    formatRate: mean(formats),
+    zeroVarianceGroups: adv.zeroVarianceFraction,
+    responseLength: mean(roll.responseLens),
+    loss: mean(vals.map((v) => v.loss)),
+    gradNorm: mean(vals.map((v) => v.norm)),
+    clipFraction: mean(vals.map((v) => v.clip)),
+    approxKl: mean(vals.map((v) => v.kl)),
+    entropy: {
+      final: maskedMean(reads.get("final")!.entropy),
+      layers: layers.map((q) => maskedMean(reads.get(showPolicy(q))!.entropy)),
+    },
+    time: {
+      rollout: (t1 - t0) / 1000,
+      old: (t2 - t1) / 1000,
+      update: (t3 - t2) / 1000,
+      total: (t3 - t0) / 1000,
+    },
+    tokens: {
+      rollout: roll.responseLens.reduce((a, b) => a + b, 0),
+      trained: mask.reduce((a, b) => a + b, 0) * cfg.epochs,
+    },
+    example: { prompt: problems[Math.floor(ex / G)].prompt, completion: texts[ex], reward: rewards[ex] },
+  };
+};

@@ -6,6 +6,7 @@
 import { Cause, Effect, Exit } from "effect";
 import { ConfigError } from "./core/errors.ts";
 import { readJson } from "./io/files.ts";
+import { CpuBackend } from "./kernels/cpu.ts";
 import { Gpu, GpuLive } from "./kernels/gpu/device.ts";
 import { decodeConfigJson, flagHelp, parseFlags, resolveConfig } from "./training/config.ts";
 import { runTraining } from "./training/run.ts";
@@ -42,17 +43,18 @@ const program = Effect.gen(function* () {
     try: () => resolveConfig(file, args.overrides),
     catch: (e) => e as ConfigError,
   });
-  const gpu = yield* Gpu;
-  const stopAfter = Deno.env.get("BUPO_STOP_AFTER");
-  yield* runTraining(gpu, cfg, {
-    resume: args.resume,
-    quiet: args.quiet,
-    explicit: { ...file, ...args.overrides },
-    stopAfter: stopAfter ? Number(stopAfter) : undefined,
-  });
+  const opts = { resume: args.resume, quiet: args.quiet, explicit: { ...file, ...args.overrides } };
+  if (cfg.device === "cpu") {
+    yield* runTraining(new CpuBackend("f32"), cfg, opts);
+  } else {
+    yield* Effect.gen(function* () {
+      const gpu = yield* Gpu;
+      yield* runTraining(gpu, cfg, opts);
+    }).pipe(Effect.provide(GpuLive()));
+  }
 });
 
-const exit = await Effect.runPromiseExit(program.pipe(Effect.provide(GpuLive())));
+const exit = await Effect.runPromiseExit(program);
 if (Exit.isFailure(exit)) {
   const e = Cause.squash(exit.cause) as Error & { _tag?: string };
   console.error(`train: ${e._tag ? `${e._tag}: ` : ""}${e.message}`);

@@ -39,7 +39,9 @@ export const parseSafetensors = (file: string, buf: Uint8Array): StFile => {
   if (buf.length < 8) fail(`file is ${buf.length} bytes, too short for the 8-byte header length`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const n = Number(dv.getBigUint64(0, true));
-  if (n > buf.length - 8) fail(`header length ${n} runs past the end of the file (${buf.length} bytes): truncated?`);
+  if (n > buf.length - 8) {
+    fail(`header length ${n} runs past the end of the file (${buf.length} bytes): truncated?`);
+  }
   let header: unknown;
   try {
     header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(buf.subarray(8, 8 + n)));
@@ -60,17 +62,29 @@ export const parseSafetensors = (file: string, buf: Uint8Array): StFile => {
     }
     const d = Entry.decode(raw);
     if (isLeft(d)) {
-      return fail(`tensor ${name}: header entry must be { dtype: F32|F16|BF16|I32|I64|F64, shape: number[], ` +
-        `data_offsets: [begin, end] }, got ${JSON.stringify(raw)}`);
+      return fail(
+        `tensor ${name}: header entry must be { dtype: F32|F16|BF16|I32|I64|F64, shape: number[], ` +
+          `data_offsets: [begin, end] }, got ${JSON.stringify(raw)}`,
+      );
     }
     const { dtype, shape, data_offsets: [b, e] } = d.right;
-    if (shape.some((x) => !Number.isInteger(x) || x < 0)) fail(`tensor ${name}: bad shape ${JSON.stringify(shape)}`);
-    const want = size(shape) * DTYPE_BYTES[dtype];
-    if (!Number.isInteger(b) || !Number.isInteger(e) || b < 0 || e < b) fail(`tensor ${name}: bad data_offsets [${b}, ${e}]`);
-    if (e - b !== want) {
-      fail(`tensor ${name}: ${dtype}${showShape(shape)} needs ${want} bytes, data_offsets [${b}, ${e}] give ${e - b}`);
+    if (shape.some((x) => !Number.isInteger(x) || x < 0)) {
+      fail(`tensor ${name}: bad shape ${JSON.stringify(shape)}`);
     }
-    if (e > data.length) fail(`tensor ${name}: data ends at byte ${e} but the data section has ${data.length}: truncated?`);
+    const want = size(shape) * DTYPE_BYTES[dtype];
+    if (!Number.isInteger(b) || !Number.isInteger(e) || b < 0 || e < b) {
+      fail(`tensor ${name}: bad data_offsets [${b}, ${e}]`);
+    }
+    if (e - b !== want) {
+      fail(
+        `tensor ${name}: ${dtype}${showShape(shape)} needs ${want} bytes, data_offsets [${b}, ${e}] give ${
+          e - b
+        }`,
+      );
+    }
+    if (e > data.length) {
+      fail(`tensor ${name}: data ends at byte ${e} but the data section has ${data.length}: truncated?`);
+    }
     spans.push([b, e, name]);
     tensors.set(name, { name, dtype, shape, bytes: data.subarray(b, e) });
   }
@@ -110,7 +124,10 @@ export const toF32 = (file: string, e: StEntry): Float32Array => {
     }
     case "I32":
     case "I64":
-      throw new FileFormatError({ file, message: `${file}: tensor ${e.name} is ${e.dtype}, expected a float tensor` });
+      throw new FileFormatError({
+        file,
+        message: `${file}: tensor ${e.name} is ${e.dtype}, expected a float tensor`,
+      });
     default:
       return e.dtype satisfies never;
   }
@@ -121,16 +138,22 @@ export const toI32 = (file: string, e: StEntry): Int32Array => {
   const n = size(e.shape);
   const dv = new DataView(e.bytes.buffer, e.bytes.byteOffset, e.bytes.byteLength);
   const out = new Int32Array(n);
-  if (e.dtype === "I32") for (let i = 0; i < n; i++) out[i] = dv.getInt32(4 * i, true);
+  if (e.dtype === "I32") { for (let i = 0; i < n; i++) out[i] = dv.getInt32(4 * i, true); }
   else if (e.dtype === "I64") {
     for (let i = 0; i < n; i++) {
       const v = dv.getBigInt64(8 * i, true);
       if (v > 2147483647n || v < -2147483648n) {
-        throw new FileFormatError({ file, message: `${file}: tensor ${e.name}[${i}] = ${v} does not fit in i32` });
+        throw new FileFormatError({
+          file,
+          message: `${file}: tensor ${e.name}[${i}] = ${v} does not fit in i32`,
+        });
       }
       out[i] = Number(v);
     }
-  } else throw new FileFormatError({ file, message: `${file}: tensor ${e.name} is ${e.dtype}, expected I32 or I64` });
+  } else {throw new FileFormatError({
+      file,
+      message: `${file}: tensor ${e.name} is ${e.dtype}, expected I32 or I64`,
+    });}
   return out;
 };
 
@@ -142,7 +165,10 @@ export interface StWrite {
 }
 
 /** Serialize tensors (F32 / I32) in the given order, with optional string metadata. */
-export const serializeSafetensors = (tensors: readonly StWrite[], metadata?: Record<string, string>): Uint8Array => {
+export const serializeSafetensors = (
+  tensors: readonly StWrite[],
+  metadata?: Record<string, string>,
+): Uint8Array => {
   const header: Record<string, unknown> = {};
   if (metadata) header.__metadata__ = metadata;
   let off = 0;
@@ -171,8 +197,9 @@ export const serializeSafetensors = (tensors: readonly StWrite[], metadata?: Rec
     const b = new Uint8Array(x.data.buffer, x.data.byteOffset, x.data.byteLength);
     const dv = new DataView(out.buffer, at, b.length);
     // little-endian on every platform: write element by element
-    if (x.data instanceof Int32Array) for (let i = 0; i < x.data.length; i++) dv.setInt32(4 * i, x.data[i], true);
-    else for (let i = 0; i < x.data.length; i++) dv.setFloat32(4 * i, x.data[i], true);
+    if (x.data instanceof Int32Array) {
+      for (let i = 0; i < x.data.length; i++) dv.setInt32(4 * i, x.data[i], true);
+    } else for (let i = 0; i < x.data.length; i++) dv.setFloat32(4 * i, x.data[i], true);
     at += b.length;
   }
   return out;

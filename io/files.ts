@@ -18,7 +18,8 @@ export const readJson = (path: string): Effect.Effect<unknown, FileFormatError> 
   Effect.flatMap(readBytes(path), (b) =>
     Effect.try({
       try: () => JSON.parse(new TextDecoder().decode(b)) as unknown,
-      catch: (e) => new FileFormatError({ file: path, message: `${path}: not valid JSON (${(e as Error).message})` }),
+      catch: (e) =>
+        new FileFormatError({ file: path, message: `${path}: not valid JSON (${(e as Error).message})` }),
     }));
 
 /**

@@ -361,7 +361,7 @@ export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
     // Output coordinate -> base offset in x; reduced axes walked by a flat counter r.
     const xs = strides(x.shape);
     const pad = x.shape.length - shape.length;
-    const full = x.shape.map((d, k) => (k < pad ? 1 : shape[k - pad]));
+    const full = x.shape.map((_d, k) => (k < pad ? 1 : shape[k - pad]));
     const os = strides(full);
     const kept = x.shape.map((_, k) => k).filter((k) => full[k] !== 1 || x.shape[k] === 1);
     const red = x.shape.map((_, k) => k).filter((k) => full[k] === 1 && x.shape[k] !== 1);
@@ -435,4 +435,3 @@ export const sumTo = (x: Tensor, shape: Shape): Tensor =>
   x.shape.length === shape.length && x.shape.every((d, i) => d === shape[i])
     ? x
     : apply1(sumToKernel, { shape }, [x]);
-

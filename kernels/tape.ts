@@ -21,7 +21,6 @@ interface Node {
 /** The tape that is recording, if any. Only ops on tensors that depend on a watched tensor are recorded. */
 let active: Tape | null = null;
 
-
 /** Called by `apply` after every kernel run. */
 export const record = <P>(
   kernel: Kernel<P>,

@@ -1,17 +1,16 @@
 /** AdamW: GPU equals the f64 reference over several steps; clipping, zero-gradient and NaN-refusal semantics. */
-import { Effect } from "effect";
 import { NonFiniteError, ShapeError } from "../core/errors.ts";
 import { type AdamWHyper, adamwHyper, adamwReference, globalNorm } from "../core/optim.ts";
 import { adamwKernel, adamwStep, adamwStepChecked } from "../kernels/adamw.ts";
 import type { Backend } from "../kernels/backend.ts";
-import { openGpu } from "../kernels/gpu/device.ts";
+
 import { type Tensor, tensor } from "../kernels/tensor.ts";
-import { assertClose, cpu32, gpu, gpuTest, randomData } from "./util.ts";
+import { assertClose, cpu32, gpu, gpuTest, hwGpu, randomData } from "./util.ts";
 
 const SIZES = [1, 63, 64, 65, 1000, 100003];
 
 /** The same adapter forced to the hardware variant (1024 partial sums instead of llvmpipe's 16). */
-const hw: Backend | null = gpu ? await Effect.runPromise(openGpu({ variant: "hardware" })) : null;
+const hw = hwGpu;
 /** Both kernel variants: the adapter's own choice and the other one. */
 const variants = (g: Backend): Backend[] => (hw ? [g, hw] : [g]);
 

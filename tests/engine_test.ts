@@ -9,7 +9,6 @@ import {
   NoAdapterError,
   NonFiniteError,
   ShaderCompileError,
-  ShapeError,
 } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import { add, mul, scale, sumTo } from "../kernels/elementwise.ts";

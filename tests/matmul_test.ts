@@ -1,15 +1,14 @@
 /** Matmul family: every GPU variant = CPU reference on awkward shapes; gradients = finite differences. */
-import { Effect } from "effect";
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
-import { openGpu } from "../kernels/gpu/device.ts";
+
 import { matmul, type MatmulVariant, matmulVariant } from "../kernels/matmul.ts";
 import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
 
 interface Problem {
   readonly sa: number[];
@@ -98,7 +97,7 @@ gpuTest(
     const params = { transA: true, transB: true };
     const soft = matmulVariant(params, spec(p.sa), spec(p.sb), g.target);
     if (g.target.software && soft !== "texture") throw new Error(`software default is ${soft}`);
-    const hw = await Effect.runPromise(openGpu({ variant: "hardware" }));
+    const hw = hwGpu!;
     try {
       const v = matmulVariant(params, spec(p.sa), spec(p.sb), hw.target);
       if (v !== "tiled") throw new Error(`hardware default is ${v}`);

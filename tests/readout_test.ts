@@ -1,14 +1,13 @@
 /** Streaming readout kernels (fold, finish, grad): both GPU variants equal the CPU reference, chunk by chunk. */
-import { Effect } from "effect";
 import fc from "fast-check";
-import { openGpu } from "../kernels/gpu/device.ts";
+
 import { NEG_BIG, readoutFinish, readoutFold, readoutGrad } from "../kernels/readout.ts";
 import { apply, apply1 } from "../kernels/run.ts";
 import { tensor, tidy } from "../kernels/tensor.ts";
 import type { Backend } from "../kernels/backend.ts";
-import { assertClose, cpu32, gpu, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { assertClose, cpu32, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
 
-const hw = gpu ? await Effect.runPromise(openGpu({ variant: "hardware" })) : null;
+const hw = hwGpu;
 
 /** Fold every chunk of a (N, V) logits matrix, then finish and take the gradient of chunk 0. */
 const run = (b: Backend, N: number, V: number, C: number, T: number, seed: number) =>

@@ -1,21 +1,20 @@
 /** Row reductions: GPU equals the CPU reference (sum, mean, max, sumSquares); gradients equal finite differences. */
-import { Effect } from "effect";
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
-import { openGpu } from "../kernels/gpu/device.ts";
+
 import type { Kernel } from "../kernels/kernel.ts";
 import { max, mean, type ReduceParams, reduceRows, sum, sumSquares } from "../kernels/reduce.ts";
 import { apply1 } from "../kernels/run.ts";
 import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, gpu, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
 
 /** A second backend forced to the real-GPU ("workgroup per row") variant; the default one on llvmpipe uses the
  * software ("thread per row") variant. Both are tested. */
-const hw = gpu ? await Effect.runPromise(openGpu({ variant: "hardware" })) : null;
+const hw = hwGpu;
 const both = (g: Backend): Backend[] => [g, hw!];
 
 const U = 2 ** -24; // unit roundoff of f32

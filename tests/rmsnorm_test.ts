@@ -1,18 +1,17 @@
 /** RMSNorm: GPU equals the CPU reference (forward, fused backward, chunked dw); gradients; shape errors. */
-import { Effect } from "effect";
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
-import { openGpu } from "../kernels/gpu/device.ts";
+
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { rmsNorm } from "../kernels/rmsnorm.ts";
 import { Tape } from "../kernels/tape.ts";
 import { tensor, tidy } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, gpu, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
 
 /** The real-GPU ("workgroup per row") variant; the default backend on llvmpipe runs the thread-per-row one. */
-const hw = gpu ? await Effect.runPromise(openGpu({ variant: "hardware" })) : null;
+const hw = hwGpu;
 const both = (g: Backend): Backend[] => [g, hw!];
 
 const U = 2 ** -24;

@@ -63,9 +63,20 @@ Deno.test("corrupt headers name the tensor and what was expected", () => {
     return out;
   };
   const cases: [unknown, number, RegExp][] = [
-    [{ w: { dtype: "F32", shape: [2, 2], data_offsets: [0, 12] } }, 16, /tensor w: F32\[2,2\] needs 16 bytes/],
+    [
+      { w: { dtype: "F32", shape: [2, 2], data_offsets: [0, 12] } },
+      16,
+      /tensor w: F32\[2,2\] needs 16 bytes/,
+    ],
     [{ w: { dtype: "Q4", shape: [2], data_offsets: [0, 8] } }, 8, /tensor w: header entry must be/],
-    [{ a: { dtype: "F32", shape: [2], data_offsets: [0, 8] }, b: { dtype: "F32", shape: [1], data_offsets: [4, 8] } }, 8, /overlap/],
+    [
+      {
+        a: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+        b: { dtype: "F32", shape: [1], data_offsets: [4, 8] },
+      },
+      8,
+      /overlap/,
+    ],
     [[1, 2], 0, /not a JSON object/],
   ];
   for (const [h, n, re] of cases) {
@@ -73,13 +84,18 @@ Deno.test("corrupt headers name the tensor and what was expected", () => {
       parseSafetensors("m.safetensors", enc(h, n));
       throw new Error(`${JSON.stringify(h)} parsed`);
     } catch (e) {
-      if (!(e instanceof FileFormatError) || !re.test(e.message)) throw new Error(`${JSON.stringify(h)}: ${e}`);
+      if (!(e instanceof FileFormatError) || !re.test(e.message)) {
+        throw new Error(`${JSON.stringify(h)}: ${e}`);
+      }
     }
   }
 });
 
 Deno.test("F16 and BF16 decode to f32", () => {
-  const h = { a: { dtype: "F16", shape: [4], data_offsets: [0, 8] }, b: { dtype: "BF16", shape: [2], data_offsets: [8, 12] } };
+  const h = {
+    a: { dtype: "F16", shape: [4], data_offsets: [0, 8] },
+    b: { dtype: "BF16", shape: [2], data_offsets: [8, 12] },
+  };
   const j = new TextEncoder().encode(JSON.stringify(h));
   const buf = new Uint8Array(8 + j.length + 12);
   const dv = new DataView(buf.buffer);
@@ -90,14 +106,18 @@ Deno.test("F16 and BF16 decode to f32", () => {
   [0x3f80, 0xc0a0].forEach((v, i) => dv.setUint16(at + 8 + 2 * i, v, true)); // 1, -5
   const f = parseSafetensors("h.safetensors", buf);
   const a = toF32("h", f.tensors.get("a")!), b = toF32("h", f.tensors.get("b")!);
-  if (a[0] !== 1 || a[1] !== -2 || Math.abs(a[2] - 0.33325195) > 1e-7 || a[3] !== Infinity) throw new Error(`${a}`);
+  if (a[0] !== 1 || a[1] !== -2 || Math.abs(a[2] - 0.33325195) > 1e-7 || a[3] !== Infinity) {
+    throw new Error(`${a}`);
+  }
   if (b[0] !== 1 || b[1] !== -5) throw new Error(`${b}`);
 });
 
 Deno.test("config.json: round trip, and missing or bad fields are named", () => {
   const c = tinyConfig();
   const back = decodeHfConfig("config.json", encodeHfConfig(c));
-  if (JSON.stringify(back) !== JSON.stringify(c)) throw new Error(`${JSON.stringify(back)} != ${JSON.stringify(c)}`);
+  if (JSON.stringify(back) !== JSON.stringify(c)) {
+    throw new Error(`${JSON.stringify(back)} != ${JSON.stringify(c)}`);
+  }
   const base = encodeHfConfig(c);
   const cases: [Record<string, unknown>, string][] = [
     [{ ...base, hidden_size: undefined }, "hidden_size"],

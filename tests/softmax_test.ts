@@ -1,20 +1,19 @@
 /** Softmax, log-softmax and cross-entropy: GPU equals the CPU reference; identities; gradients; NaN targets. */
-import { Effect } from "effect";
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { log } from "../kernels/elementwise.ts";
-import { openGpu } from "../kernels/gpu/device.ts";
+
 import { checkGrad, uniforms } from "../kernels/gradcheck.ts";
 import { sum } from "../kernels/reduce.ts";
 import { crossEntropy, logProbOf, logSoftmax, softmax } from "../kernels/softmax.ts";
 import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, gpu, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
 
 /** The real-GPU ("workgroup per row") variant; the default backend on llvmpipe runs the thread-per-row one. */
-const hw = gpu ? await Effect.runPromise(openGpu({ variant: "hardware" })) : null;
+const hw = hwGpu;
 const both = (g: Backend): Backend[] => [g, hw!];
 
 /** [...lead, C]: at most 289 rows, C up to 700. */

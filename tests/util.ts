@@ -24,6 +24,21 @@ export const gpu: GpuBackend | null = await Effect.runPromise(
   ),
 );
 
+/**
+ * A second backend on the same adapter with the real-GPU ("hardware") kernel variants, so both variants of every
+ * kernel are tested here (null where there is no adapter).
+ */
+export const hwGpu: GpuBackend | null = gpu
+  ? await Effect.runPromise(openGpu({ ...adapterOptionsFromEnv(), variant: "hardware" }))
+  : null;
+
+// Destroy the devices before the process exits: letting the driver tear down live llvmpipe devices at exit
+// has aborted the process ("double free or corruption") after all tests passed.
+globalThis.addEventListener("unload", () => {
+  hwGpu?.destroy();
+  gpu?.destroy();
+});
+
 /** Deno.test options for a GPU test: ignored only when there is no adapter outside CI. */
 export const gpuTest = (name: string, fn: (g: GpuBackend) => Promise<void>): void =>
   Deno.test({ name, ignore: gpu === null, sanitizeResources: false, sanitizeOps: false, fn: () => fn(gpu!) });

@@ -10,6 +10,8 @@ import { ConfigError } from "../core/errors.ts";
 export interface TrainConfig {
   /** Model folder (config.json, model.safetensors, tokenizer.json). */
   readonly model: string;
+  /** Where to run: the default WebGPU adapter, or the CPU reference backend (f32; slow, for checks). */
+  readonly device: "gpu" | "cpu";
   /** Embedded task name. */
   readonly task: "arith";
   /** `grpo`, `bupo`, or the path of a TypeScript module exporting an Objective. */
@@ -43,6 +45,7 @@ export interface TrainConfig {
 
 export const DEFAULTS: TrainConfig = {
   model: "models/tiny-arith",
+  device: "gpu",
   task: "arith",
   objective: "bupo",
   layer: 2,
@@ -76,6 +79,12 @@ const FIELDS: Record<
   { kind: Kind; flag: string; values?: readonly string[]; help: string }
 > = {
   model: { kind: "str", flag: "model", help: "model folder" },
+  device: {
+    kind: "enum",
+    flag: "device",
+    values: ["gpu", "cpu"],
+    help: "WebGPU adapter or the CPU reference backend",
+  },
   task: { kind: "enum", flag: "task", values: ["arith"], help: "embedded task" },
   objective: { kind: "str", flag: "objective", help: "grpo | bupo | path/to/objective.ts" },
   layer: { kind: "int", flag: "layer", help: "BuPO internal layer k (0-based; the paper's layer k+1)" },

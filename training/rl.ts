@@ -7,7 +7,7 @@
 import { NonFiniteError } from "../core/errors.ts";
 import { adamwHyper } from "../core/optim.ts";
 import { adamwStep } from "../kernels/adamw.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { type Tensor, tidy } from "../kernels/tensor.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { generate } from "../policies/generate.ts";
 import { final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
@@ -16,7 +16,7 @@ import type { Params } from "../policies/params.ts";
 import { readPolicies } from "../policies/policy.ts";
 import type { Optimizer } from "../policies/sft.ts";
 import type { TextTokenizer } from "../policies/tokenizer.ts";
-import { batchTensors, type RolloutHost } from "../policies/batch.ts";
+import { batchTensors, type RolloutHost } from "../objectives/batch.ts";
 import { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "../objectives/advantages.ts";
 import { lowerStep } from "../objectives/lower.ts";
 import { activeAt, type Objective, showActive } from "../objectives/objective.ts";

@@ -6,7 +6,7 @@ import { Effect } from "effect";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { exists, writeAtomic } from "../io/files.ts";
 import { progress } from "../io/progress.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
+import type { Backend } from "../kernels/backend.ts";
 import { keep, tensor } from "../kernels/tensor.ts";
 import { paramSpecs } from "../policies/config.ts";
 import { final } from "../policies/internal.ts";
@@ -110,7 +110,7 @@ const readJsonl = async <T>(path: string): Promise<T[]> => {
 };
 
 /** Run (or resume) the RL run described by `cfg` on `gpu`. */
-export const runTraining = (gpu: GpuBackend, cfgIn: TrainConfig, o: RunOptions) =>
+export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
   Effect.gen(function* () {
     const dir = cfgIn.out;
     let cfg = cfgIn;

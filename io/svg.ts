@@ -1,0 +1,329 @@
+/** Dependency-free SVG charts: line and grouped-bar panels with axes, ticks, legend and an optional zero line. */
+
+/** One line of a line chart. */
+export interface LineSeries {
+  readonly name: string;
+  /** [x, y] points in drawing order; non-finite values break the line. */
+  readonly points: readonly (readonly [number, number])[];
+  readonly dashed?: boolean;
+  /** A CSS color; default from the palette by series index. */
+  readonly color?: string;
+  /** Draw a dot at every point (default true when the series has at most 200 points). */
+  readonly markers?: boolean;
+}
+
+/** A tick placed by hand: value and its label. */
+export interface Tick {
+  readonly value: number;
+  readonly label: string;
+}
+
+interface Common {
+  readonly title: string;
+  readonly xLabel?: string;
+  readonly yLabel?: string;
+  /** Draw the line y = 0 (and include 0 in the y range). */
+  readonly zeroLine?: boolean;
+  /** Panel size in pixels (default 560 x 360). */
+  readonly width?: number;
+  readonly height?: number;
+  /** Fixed y range (default: the data's, padded). */
+  readonly yRange?: readonly [number, number];
+}
+
+export interface LineChartSpec extends Common {
+  readonly series: readonly LineSeries[];
+  /** Fixed x ticks (default: evenly spaced round numbers). */
+  readonly xTicks?: readonly Tick[];
+  readonly xRange?: readonly [number, number];
+}
+
+/** Grouped bars: one group per category, one bar per series in each group. */
+export interface BarChartSpec extends Common {
+  readonly categories: readonly string[];
+  readonly series: readonly {
+    readonly name: string;
+    readonly values: readonly number[];
+    readonly color?: string;
+  }[];
+}
+
+/** A rendered panel: its size and its SVG elements drawn with the top-left corner at the origin. */
+export interface Chart {
+  readonly width: number;
+  readonly height: number;
+  readonly body: string;
+}
+
+/** The default colors, by series index. */
+export const PALETTE = [
+  "#1f77b4",
+  "#d62728",
+  "#2ca02c",
+  "#ff7f0e",
+  "#9467bd",
+  "#8c564b",
+  "#e377c2",
+  "#17becf",
+];
+
+/** Escape text for SVG content and attribute values. */
+export const escapeXml = (s: string): string =>
+  s.replace(
+    /[&<>"']/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;" })[c]!,
+  );
+
+const fmt = (v: number): string => {
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a >= 1e5 || a < 1e-3) return v.toExponential(1).replace("e+", "e");
+  return String(Number(v.toPrecision(6)));
+};
+const px = (v: number): string => (Math.round(v * 100) / 100).toString();
+
+/** About `count` round tick values (1, 2, 5 times a power of ten) covering [lo, hi]. */
+export const niceTicks = (lo: number, hi: number, count = 5): number[] => {
+  if (!Number.isFinite(lo) || !Number.isFinite(hi)) return [];
+  if (hi < lo) [lo, hi] = [hi, lo];
+  if (hi === lo) return [lo];
+  const raw = (hi - lo) / Math.max(1, count);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? 10 * mag;
+  const out: number[] = [];
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
+    out.push(Math.abs(v) < step * 1e-9 ? 0 : Number(v.toPrecision(12)));
+  }
+  return out;
+};
+
+/** A padded [min, max] of finite values (a degenerate range is widened). */
+const extent = (vals: readonly number[], includeZero: boolean, pad = 0.05): [number, number] => {
+  const f = vals.filter(Number.isFinite);
+  if (includeZero) f.push(0);
+  if (f.length === 0) return [0, 1];
+  let lo = Math.min(...f), hi = Math.max(...f);
+  if (lo === hi) {
+    const w = Math.abs(lo) > 0 ? Math.abs(lo) * 0.1 : 1;
+    lo -= w;
+    hi += w;
+  }
+  const p = (hi - lo) * pad;
+  return [lo - p, hi + p];
+};
+
+interface Frame {
+  readonly W: number;
+  readonly H: number;
+  readonly left: number;
+  readonly top: number;
+  readonly right: number;
+  readonly bottom: number;
+  readonly sx: (x: number) => number;
+  readonly sy: (y: number) => number;
+}
+
+const LEFT = 64, RIGHT = 16;
+const itemWidth = (name: string) => 30 + 6.5 * name.length;
+
+/** Legend item positions in rows between the title and the plot area (the plot starts below them). */
+const legendLayout = (W: number, names: readonly string[]): { x: number; row: number }[] => {
+  const out: { x: number; row: number }[] = [];
+  let x = LEFT, row = 0;
+  for (const n of names) {
+    if (x + itemWidth(n) > W - RIGHT && x > LEFT) {
+      x = LEFT;
+      row++;
+    }
+    out.push({ x, row });
+    x += itemWidth(n);
+  }
+  return out;
+};
+
+const frameOf = (
+  c: Common,
+  xr: readonly [number, number],
+  yr: readonly [number, number],
+  names: readonly string[],
+): Frame => {
+  const W = c.width ?? 560, H0 = c.height ?? 360;
+  const rows = names.length ? Math.max(...legendLayout(W, names).map((p) => p.row)) + 1 : 0;
+  const H = H0 + Math.max(0, rows - 1) * 15;
+  const left = LEFT, right = W - RIGHT, top = 32 + rows * 15, bottom = H - 48;
+  const sx = (x: number) => left + ((x - xr[0]) / (xr[1] - xr[0] || 1)) * (right - left);
+  const sy = (y: number) => bottom - ((y - yr[0]) / (yr[1] - yr[0] || 1)) * (bottom - top);
+  return { W, H, left, top, right, bottom, sx, sy };
+};
+
+/** Title, frame, y ticks and grid, axis labels and the zero line. */
+const axes = (c: Common, f: Frame, yr: readonly [number, number]): string[] => {
+  const out: string[] = [];
+  out.push(`<rect x="0" y="0" width="${f.W}" height="${f.H}" fill="white"/>`);
+  out.push(
+    `<text x="${px(f.W / 2)}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${
+      escapeXml(c.title)
+    }</text>`,
+  );
+  for (const v of niceTicks(yr[0], yr[1], 6)) {
+    const y = f.sy(v);
+    if (y < f.top - 0.5 || y > f.bottom + 0.5) continue;
+    out.push(`<line x1="${f.left}" y1="${px(y)}" x2="${f.right}" y2="${px(y)}" stroke="#e5e5e5"/>`);
+    out.push(`<line x1="${f.left - 4}" y1="${px(y)}" x2="${f.left}" y2="${px(y)}" stroke="black"/>`);
+    out.push(
+      `<text x="${f.left - 6}" y="${px(y + 4)}" text-anchor="end" font-size="11">${escapeXml(fmt(v))}</text>`,
+    );
+  }
+  out.push(
+    `<rect x="${f.left}" y="${f.top}" width="${f.right - f.left}" height="${
+      f.bottom - f.top
+    }" fill="none" stroke="black"/>`,
+  );
+  if (c.zeroLine && yr[0] <= 0 && yr[1] >= 0) {
+    const y = px(f.sy(0));
+    out.push(
+      `<line class="zero-line" x1="${f.left}" y1="${y}" x2="${f.right}" y2="${y}" stroke="#555" stroke-dasharray="5 3"/>`,
+    );
+  }
+  if (c.xLabel) {
+    out.push(
+      `<text x="${px((f.left + f.right) / 2)}" y="${f.H - 10}" text-anchor="middle" font-size="12">${
+        escapeXml(c.xLabel)
+      }</text>`,
+    );
+  }
+  if (c.yLabel) {
+    const cy = px((f.top + f.bottom) / 2);
+    out.push(
+      `<text x="14" y="${cy}" text-anchor="middle" font-size="12" transform="rotate(-90 14 ${cy})">${
+        escapeXml(c.yLabel)
+      }</text>`,
+    );
+  }
+  return out;
+};
+
+/** Legend entries in rows under the title, above the plot area. */
+const legend = (f: Frame, items: readonly { name: string; color: string; dashed?: boolean }[]): string[] =>
+  legendLayout(f.W, items.map((i) => i.name)).map(({ x, row }, i) => {
+    const it = items[i], y = 38 + row * 15;
+    return `<g class="legend-item"><line x1="${px(x)}" y1="${px(y - 4)}" x2="${px(x + 18)}" y2="${
+      px(y - 4)
+    }" stroke="${escapeXml(it.color)}" stroke-width="2"${it.dashed ? ' stroke-dasharray="5 3"' : ""}/>` +
+      `<text x="${px(x + 22)}" y="${px(y)}" font-size="11">${escapeXml(it.name)}</text></g>`;
+  });
+
+/** A line chart panel. */
+export const lineChart = (c: LineChartSpec): Chart => {
+  const xs = c.series.flatMap((s) => s.points.map((p) => p[0]));
+  const ys = c.series.flatMap((s) => s.points.map((p) => p[1]));
+  const xr = c.xRange ?? extent(xs, false, 0.02);
+  const yr = c.yRange ?? extent(ys, c.zeroLine ?? false, 0.08);
+  const f = frameOf(c, xr, yr, c.series.map((s) => s.name));
+  const out = axes(c, f, yr);
+  const xt = c.xTicks ?? niceTicks(xr[0], xr[1], 8).map((v) => ({ value: v, label: fmt(v) }));
+  for (const t of xt) {
+    const x = f.sx(t.value);
+    if (x < f.left - 0.5 || x > f.right + 0.5) continue;
+    out.push(`<line x1="${px(x)}" y1="${f.bottom}" x2="${px(x)}" y2="${f.bottom + 4}" stroke="black"/>`);
+    out.push(
+      `<text x="${px(x)}" y="${f.bottom + 16}" text-anchor="middle" font-size="11">${
+        escapeXml(t.label)
+      }</text>`,
+    );
+  }
+  const items: { name: string; color: string; dashed?: boolean }[] = [];
+  c.series.forEach((s, i) => {
+    const color = s.color ?? PALETTE[i % PALETTE.length];
+    items.push({ name: s.name, color, dashed: s.dashed });
+    // Split at non-finite points so a gap shows as a gap.
+    const runs: string[][] = [[]];
+    for (const [x, y] of s.points) {
+      if (Number.isFinite(x) && Number.isFinite(y)) {
+        runs[runs.length - 1].push(`${px(f.sx(x))},${px(f.sy(y))}`);
+      } else if (runs[runs.length - 1].length) runs.push([]);
+    }
+    const dash = s.dashed ? ' stroke-dasharray="6 4"' : "";
+    const parts = runs.filter((r) => r.length > 0).map((r) =>
+      `<polyline fill="none" stroke="${escapeXml(color)}" stroke-width="1.8"${dash} points="${r.join(" ")}"/>`
+    );
+    if (s.markers ?? s.points.length <= 200) {
+      for (const r of runs) {
+        for (const p of r) {
+          const [x, y] = p.split(",");
+          parts.push(`<circle cx="${x}" cy="${y}" r="2.5" fill="${escapeXml(color)}"/>`);
+        }
+      }
+    }
+    out.push(`<g class="series" data-name="${escapeXml(s.name)}">${parts.join("")}</g>`);
+  });
+  out.push(...legend(f, items));
+  return { width: f.W, height: f.H, body: out.join("\n") };
+};
+
+/** A grouped bar chart panel (bars start at zero; negative values go down). */
+export const barChart = (c: BarChartSpec): Chart => {
+  const n = c.categories.length;
+  const ys = c.series.flatMap((s) => s.values);
+  const yr = c.yRange ?? extent(ys, true, 0.08);
+  const f = frameOf(c, [0, Math.max(1, n)], yr, c.series.map((s) => s.name));
+  const out = axes(c, f, yr);
+  const groupW = (f.right - f.left) / Math.max(1, n);
+  const barW = (groupW * 0.8) / Math.max(1, c.series.length);
+  const labelEvery = Math.max(1, Math.ceil(n / Math.max(1, Math.floor((f.right - f.left) / 28))));
+  c.categories.forEach((cat, i) => {
+    if (i % labelEvery !== 0) return;
+    const x = f.left + groupW * (i + 0.5);
+    out.push(`<line x1="${px(x)}" y1="${f.bottom}" x2="${px(x)}" y2="${f.bottom + 4}" stroke="black"/>`);
+    out.push(
+      `<text x="${px(x)}" y="${f.bottom + 16}" text-anchor="middle" font-size="11">${escapeXml(cat)}</text>`,
+    );
+  });
+  const y0 = f.sy(Math.min(Math.max(0, yr[0]), yr[1]));
+  const items: { name: string; color: string }[] = [];
+  c.series.forEach((s, j) => {
+    const color = s.color ?? PALETTE[j % PALETTE.length];
+    items.push({ name: s.name, color });
+    const rects = s.values.slice(0, n).map((v, i) => {
+      if (!Number.isFinite(v)) return "";
+      const x = f.left + groupW * i + groupW * 0.1 + barW * j;
+      const y = f.sy(v);
+      return `<rect x="${px(x)}" y="${px(Math.min(y, y0))}" width="${px(barW)}" height="${
+        px(Math.abs(y0 - y))
+      }" fill="${escapeXml(color)}"><title>${
+        escapeXml(`${s.name} ${c.categories[i]}: ${fmt(v)}`)
+      }</title></rect>`;
+    });
+    out.push(`<g class="series" data-name="${escapeXml(s.name)}">${rects.join("")}</g>`);
+  });
+  out.push(...legend(f, items));
+  return { width: f.W, height: f.H, body: out.join("\n") };
+};
+
+/** Several panels in one SVG document, `columns` per row (an optional title over all). */
+export const panels = (charts: readonly Chart[], columns = 1, title?: string): string => {
+  const cols = Math.max(1, Math.min(columns, charts.length || 1));
+  const rows = Math.ceil(charts.length / cols);
+  const cellW = Math.max(0, ...charts.map((c) => c.width));
+  const cellH = Math.max(0, ...charts.map((c) => c.height));
+  const head = title ? 30 : 0;
+  const W = cols * cellW, H = rows * cellH + head;
+  const parts = charts.map((c, i) =>
+    `<g class="panel" transform="translate(${(i % cols) * cellW} ${
+      head + Math.floor(i / cols) * cellH
+    })">\n${c.body}\n</g>`
+  );
+  const t = title
+    ? `<text x="${px(W / 2)}" y="20" text-anchor="middle" font-size="16" font-weight="bold">${
+      escapeXml(title)
+    }</text>\n`
+    : "";
+  return `<?xml version="1.0" encoding="UTF-8"?>\n` +
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
+    `font-family="Helvetica, Arial, sans-serif">\n<rect width="${W}" height="${H}" fill="white"/>\n${t}${
+      parts.join("\n")
+    }\n</svg>\n`;
+};
+
+/** One chart as a whole SVG document. */
+export const toSvg = (chart: Chart): string => panels([chart], 1);

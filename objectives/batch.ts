@@ -1,0 +1,270 @@
+/**
+ * RL batches as tensors: ids, next-token targets, the response mask, advantages, old / behaviour / reference
+ * log-probs per position, and the aggregation coefficients, built once from host arrays (plus the rollout file).
+ *
+ * Position convention: position t of a sequence predicts token t+1, so every per-token array is (N*T) over
+ * positions, and the response tokens ids[p .. p+len-1] (p the prompt length) are predicted at positions
+ * p-1 .. p+len-2. The last position predicts nothing (mask 0, target 0).
+ */
+import { Effect } from "effect";
+import { FileFormatError, ShapeError } from "../core/errors.ts";
+import { parseSafetensors, serializeSafetensors, type StWrite, toF32, toI32 } from "../core/safetensors.ts";
+import type { Backend } from "../kernels/backend.ts";
+import { keep, type Tensor, tensor } from "../kernels/tensor.ts";
+import { readBytes, writeAtomic } from "../io/files.ts";
+import { type Agg, showAgg } from "./objective.ts";
+import { aggWeights, type Batch } from "./reference.ts";
+
+/** A batch on the host: N sequences of T ids (row-major, padded), prompt/response lengths, advantages. */
+export interface RolloutHost {
+  readonly ids: Int32Array;
+  readonly N: number;
+  readonly T: number;
+  /** (N) prompt tokens per sequence (>= 1); ignored when `mask` is given. */
+  readonly promptLens: readonly number[];
+  /** (N) response tokens per sequence; default: the rest of the row, T - promptLen. */
+  readonly responseLens?: readonly number[];
+  /** (N) the sequence advantage. */
+  readonly advantages: ArrayLike<number>;
+  /** (N*T) per position: an explicit mask (token weights) replacing the one the lengths imply. */
+  readonly mask?: ArrayLike<number>;
+  /** (N*T) per position: the final policy's log-prob at sampling time (used by truncated importance weights). */
+  readonly behaviour?: ArrayLike<number>;
+  /** (N*T) per position, keyed by `showPolicy`: old log-probs of each policy (detached). */
+  readonly old?: ReadonlyMap<string, ArrayLike<number>>;
+  /** (N*T) per position, keyed by `showPolicy`: the reference model's log-probs read at that policy. */
+  readonly ref?: ReadonlyMap<string, ArrayLike<number>>;
+}
+
+/** A batch on a backend, ready for `lowerLoss` / `lowerStep`. Dispose it when done. */
+export interface BatchTensors {
+  readonly N: number;
+  readonly T: number;
+  readonly backend: Backend;
+  /** (N, T) i32 token ids. */
+  readonly ids: Tensor;
+  /** (T) i32 positions 0..T-1. */
+  readonly positions: Tensor;
+  /** (N*T) i32: the id each position predicts (ids shifted left; 0 at the last position). */
+  readonly targets: Tensor;
+  /** (N*T) response mask over positions (0 = not a predicted response token). */
+  readonly mask: Tensor;
+  /** (N*T) the advantage of each position's sequence. */
+  readonly advantages: Tensor;
+  /** (N) the sequence advantages. */
+  readonly seqAdvantages: Tensor;
+  /** (N) sum of the mask over each sequence, and its inverse (0 where the sum is 0). */
+  readonly lens: Tensor;
+  readonly invLens: Tensor;
+  /** (N) lens with 0 replaced by 1 (a safe divisor). */
+  readonly lensOrOne: Tensor;
+  /** [] 1 / sum of the mask (0 when the batch has no response token). */
+  readonly invCount: Tensor;
+  readonly behaviour?: Tensor;
+  readonly old: ReadonlyMap<string, Tensor>;
+  readonly ref: ReadonlyMap<string, Tensor>;
+  /** The same batch in f64 for the reference interpreter (absent behaviour reads as NaN). */
+  readonly host: Batch;
+  /** (N*T) aggregation coefficients c of `agg` (loss = sum c L; see `aggWeights`), uploaded once per kind. */
+  agg(agg: Agg): Tensor;
+  dispose(): void;
+}
+
+const fail = (message: string): never => {
+  throw new ShapeError({ op: "batchTensors", message: `batchTensors: ${message}` });
+};
+
+/** The response mask over positions implied by prompt and response lengths. */
+export const responseMask = (
+  N: number,
+  T: number,
+  promptLens: readonly number[],
+  responseLens?: readonly number[],
+): Float64Array => {
+  const m = new Float64Array(N * T);
+  for (let n = 0; n < N; n++) {
+    const p = promptLens[n], len = responseLens?.[n] ?? T - p;
+    if (!Number.isInteger(p) || p < 1 || p > T) {
+      fail(`promptLens[${n}] = ${p}, expected an integer in 1..${T}`);
+    }
+    if (!Number.isInteger(len) || len < 0 || p + len > T) {
+      fail(`responseLens[${n}] = ${len} with prompt ${p} does not fit in T = ${T}`);
+    }
+    for (let t = p - 1; t < p + len - 1; t++) m[n * T + t] = 1;
+  }
+  return m;
+};
+
+/** Upload a host batch. Every array is checked against N and T (ShapeError naming it). */
+export const batchTensors = (backend: Backend, h: RolloutHost): BatchTensors => {
+  const { N, T, ids } = h;
+  const n = N * T;
+  const len = (what: string, x: ArrayLike<number> | undefined, want: number) => {
+    if (x && x.length !== want) fail(`${what} has length ${x.length}, expected ${want}`);
+  };
+  if (!Number.isInteger(N) || !Number.isInteger(T) || N < 1 || T < 1) {
+    fail(`N and T must be >= 1, got ${N}, ${T}`);
+  }
+  len("ids", ids, n);
+  if (!h.mask) {
+    len("promptLens", h.promptLens, N);
+    len("responseLens", h.responseLens, N);
+  }
+  len("advantages", h.advantages, N);
+  len("mask", h.mask, n);
+  len("behaviour", h.behaviour, n);
+  for (const [k, v] of h.old ?? []) len(`old[${k}]`, v, n);
+  for (const [k, v] of h.ref ?? []) len(`ref[${k}]`, v, n);
+  const mask = h.mask ? Float64Array.from(h.mask) : responseMask(N, T, h.promptLens, h.responseLens);
+  const targets = new Int32Array(n);
+  for (let r = 0; r < N; r++) for (let t = 0; t + 1 < T; t++) targets[r * T + t] = ids[r * T + t + 1];
+  const adv = Float64Array.from(h.advantages);
+  const advTok = Float64Array.from({ length: n }, (_, i) => adv[Math.floor(i / T)]);
+  const lens = new Float64Array(N);
+  let count = 0;
+  for (let i = 0; i < n; i++) {
+    lens[Math.floor(i / T)] += mask[i];
+    count += mask[i];
+  }
+  const up = (x: ArrayLike<number>, shape: number[], dtype: "f32" | "i32" = "f32") =>
+    keep(tensor(backend, x, shape, dtype));
+  const f64 = (m: ReadonlyMap<string, ArrayLike<number>> | undefined) =>
+    new Map([...(m ?? [])].map(([k, v]) => [k, Float64Array.from(v)]));
+  const host: Batch = {
+    N,
+    T,
+    mask,
+    advantages: adv,
+    behaviour: h.behaviour ? Float64Array.from(h.behaviour) : new Float64Array(n).fill(NaN),
+    old: f64(h.old),
+    ref: f64(h.ref),
+  };
+  const aggCache = new Map<string, Tensor>();
+  const owned: Tensor[] = [];
+  const own = (t: Tensor) => (owned.push(t), t);
+  const b: BatchTensors = {
+    N,
+    T,
+    backend,
+    ids: own(up(ids, [N, T], "i32")),
+    positions: own(up(Int32Array.from({ length: T }, (_, i) => i), [T], "i32")),
+    targets: own(up(targets, [n], "i32")),
+    mask: own(up(mask, [n])),
+    advantages: own(up(advTok, [n])),
+    seqAdvantages: own(up(adv, [N])),
+    lens: own(up(lens, [N])),
+    invLens: own(up(lens.map((l) => (l === 0 ? 0 : 1 / l)), [N])),
+    lensOrOne: own(up(lens.map((l) => (l === 0 ? 1 : l)), [N])),
+    invCount: own(up([count === 0 ? 0 : 1 / count], [])),
+    behaviour: h.behaviour ? own(up(h.behaviour, [n])) : undefined,
+    old: new Map([...(h.old ?? [])].map(([k, v]) => [k, own(up(v, [n]))])),
+    ref: new Map([...(h.ref ?? [])].map(([k, v]) => [k, own(up(v, [n]))])),
+    host,
+    agg: (a: Agg) => {
+      const key = showAgg(a);
+      let t = aggCache.get(key);
+      if (!t) aggCache.set(key, t = own(up(aggWeights(a, mask, N, T), [n])));
+      return t;
+    },
+    dispose: () => {
+      for (const t of owned) t.dispose();
+      owned.length = 0;
+    },
+  };
+  return b;
+};
+
+/** Pad sequences of ids (each prompt + response) into a host batch; `pad` fills the tail (default 0). */
+export const rolloutFromSequences = (
+  seqs: readonly (readonly number[])[],
+  promptLens: number | readonly number[],
+  advantages: readonly number[],
+  pad = 0,
+): RolloutHost => {
+  const N = seqs.length;
+  if (N === 0) fail("no sequences");
+  const T = Math.max(...seqs.map((s) => s.length));
+  const pl = typeof promptLens === "number" ? seqs.map(() => promptLens) : promptLens;
+  if (pl.length !== N) fail(`${pl.length} prompt lengths for ${N} sequences`);
+  if (advantages.length !== N) fail(`${advantages.length} advantages for ${N} sequences`);
+  const ids = new Int32Array(N * T).fill(pad);
+  seqs.forEach((s, i) => ids.set(s, i * T));
+  return { ids, N, T, promptLens: pl, responseLens: seqs.map((s, i) => s.length - pl[i]), advantages };
+};
+
+// ---- rollout files ------------------------------------------------------------------------------------------
+
+/**
+ * A rollout file is a safetensors file: `ids` I32 (N, T), `prompt_lens` I32 (N), `response_lens` I32 (N),
+ * `advantages` F32 (N); optional F32 (N, T) per position: `behaviour`, `old.<policy>` and `ref.<policy>` (policy
+ * keys as `showPolicy`: `old.final`, `old.layer(5)`). Written atomically.
+ */
+export const writeRolloutFile = (path: string, r: RolloutHost): Effect.Effect<void, FileFormatError> => {
+  const { N, T } = r;
+  const f32 = (name: string, x: ArrayLike<number>, shape: number[]): StWrite => ({
+    name,
+    shape,
+    data: Float32Array.from(x),
+  });
+  const tensors: StWrite[] = [
+    { name: "ids", shape: [N, T], data: r.ids },
+    { name: "prompt_lens", shape: [N], data: Int32Array.from(r.promptLens) },
+    {
+      name: "response_lens",
+      shape: [N],
+      data: Int32Array.from(r.responseLens ?? r.promptLens.map((p) => T - p)),
+    },
+    f32("advantages", r.advantages, [N]),
+  ];
+  if (r.behaviour) tensors.push(f32("behaviour", r.behaviour, [N, T]));
+  for (const [k, v] of r.old ?? []) tensors.push(f32(`old.${k}`, v, [N, T]));
+  for (const [k, v] of r.ref ?? []) tensors.push(f32(`ref.${k}`, v, [N, T]));
+  return writeAtomic(path, serializeSafetensors(tensors, { format: "bupo-rollout" }));
+};
+
+/** Read a rollout file (see `writeRolloutFile`); a missing or mis-shaped tensor is a FileFormatError naming it. */
+export const readRolloutFile = (path: string): Effect.Effect<RolloutHost, FileFormatError> =>
+  Effect.gen(function* () {
+    const bytes = yield* readBytes(path);
+    return yield* Effect.try({
+      try: () => {
+        const st = parseSafetensors(path, bytes);
+        const get = (name: string) => {
+          const e = st.tensors.get(name);
+          if (!e) {
+            throw new FileFormatError({ file: path, message: `${path}: rollout file has no tensor ${name}` });
+          }
+          return e;
+        };
+        const idsE = get("ids");
+        if (idsE.shape.length !== 2) {
+          throw new FileFormatError({
+            file: path,
+            message: `${path}: ids must be (N, T), got [${idsE.shape}]`,
+          });
+        }
+        const [N, T] = idsE.shape;
+        const old = new Map<string, Float32Array>(), ref = new Map<string, Float32Array>();
+        for (const [name, e] of st.tensors) {
+          if (name.startsWith("old.")) old.set(name.slice(4), toF32(path, e));
+          if (name.startsWith("ref.")) ref.set(name.slice(4), toF32(path, e));
+        }
+        const beh = st.tensors.get("behaviour");
+        return {
+          ids: toI32(path, idsE),
+          N,
+          T,
+          promptLens: Array.from(toI32(path, get("prompt_lens"))),
+          responseLens: Array.from(toI32(path, get("response_lens"))),
+          advantages: toF32(path, get("advantages")),
+          behaviour: beh ? toF32(path, beh) : undefined,
+          old,
+          ref,
+        };
+      },
+      catch: (e) =>
+        e instanceof FileFormatError
+          ? e
+          : new FileFormatError({ file: path, message: `${path}: ${String(e)}` }),
+    });
+  });

@@ -1,0 +1,163 @@
+/** Gradient inspection: the loss of an objective on a batch and the gradient of every parameter, by HF name. */
+import { Effect } from "effect";
+import type { ConfigError, FileFormatError } from "../core/errors.ts";
+import { serializeSafetensors } from "../core/safetensors.ts";
+import { size } from "../core/shape.ts";
+import type { Backend } from "../kernels/backend.ts";
+import { tidy } from "../kernels/tensor.ts";
+import { writeAtomic } from "../io/files.ts";
+import { batchTensors, readRolloutFile, rolloutFromSequences, type RolloutHost } from "./batch.ts";
+import type { DecoderConfig } from "../policies/config.ts";
+import { readModelDir, toParams } from "../policies/hf.ts";
+import type { Params } from "../policies/params.ts";
+import { lowerStep, type StepOptions } from "./lower.ts";
+import { type Objective, show } from "./objective.ts";
+
+/** A batch given inline (sequences = prompt + response ids), as a rollout file, or as a host batch. */
+export type GradientsBatch =
+  | {
+    readonly ids: readonly (readonly number[])[];
+    /** prompt length of every sequence, or one per sequence. */
+    readonly promptLen: number | readonly number[];
+    /** one advantage per sequence. */
+    readonly advantages: readonly number[];
+  }
+  | { readonly rolloutFile: string }
+  | { readonly rollout: RolloutHost };
+
+/** What `gradients` needs. */
+export interface GradientsInput {
+  readonly backend: Backend;
+  /** A Hugging Face model folder, or a config with parameters already on `backend`. */
+  readonly model: { readonly dir: string } | { readonly config: DecoderConfig; readonly params: Params };
+  readonly batch: GradientsBatch;
+  readonly objective: Objective;
+  /** 1-based training step (selects the phase and the weights); default 1. */
+  readonly step?: number;
+  /** Readout temperature / chunk and KL detaching (`StepOptions`); old log-probs are always on-policy here. */
+  readonly readout?: Omit<StepOptions, "onPolicy">;
+}
+
+/** The result: the loss, each parameter's gradient and its L2 norm by Hugging Face name, and metrics. */
+export interface GradientsResult {
+  readonly loss: number;
+  readonly grads: Map<string, Float32Array>;
+  readonly norms: Map<string, number>;
+  readonly shapes: Map<string, readonly number[]>;
+  readonly metrics: {
+    readonly clipFraction: number;
+    readonly approxKl: number;
+    readonly perTerm: readonly { readonly show: string; readonly weight: number; readonly value: number }[];
+  };
+  /** `show(objective)` and the step, for logs and the output file. */
+  readonly objective: string;
+  readonly step: number;
+}
+
+const hostBatch = (b: GradientsBatch): Effect.Effect<RolloutHost, FileFormatError> =>
+  "rollout" in b
+    ? Effect.succeed(b.rollout)
+    : "rolloutFile" in b
+    ? readRolloutFile(b.rolloutFile)
+    : Effect.sync(() => rolloutFromSequences(b.ids, b.promptLen, b.advantages));
+
+/**
+ * Loss and gradients of `objective` at `step` on one batch. Old log-probs (and behaviour log-probs) that the
+ * batch does not carry are on-policy: the current readouts, detached, so every ratio is exactly 1; a rollout file
+ * may carry its own (`old.<policy>`, `behaviour`). Reads back once, at the end. An Effect: files are read when it
+ * runs (`Effect.runPromise(gradients(...))`).
+ */
+export const gradients = (
+  input: GradientsInput,
+): Effect.Effect<GradientsResult, FileFormatError | ConfigError | Error> =>
+  Effect.gen(function* () {
+    const be = input.backend;
+    const m = "dir" in input.model ? yield* readModelDir(input.model.dir) : null;
+    const host = yield* hostBatch(input.batch);
+    return yield* Effect.tryPromise({
+      try: () =>
+        compute(
+          input,
+          m
+            ? { config: m.config, params: toParams(be, m), owned: true }
+            : { ...(input.model as { config: DecoderConfig; params: Params }), owned: false },
+          host,
+        ),
+      catch: (e) => e as Error,
+    });
+  });
+
+const compute = async (
+  input: GradientsInput,
+  model: { config: DecoderConfig; params: Params; owned: boolean },
+  host: RolloutHost,
+): Promise<GradientsResult> => {
+  const be = input.backend;
+  const { config, params, owned } = model;
+  const step = input.step ?? 1;
+  const batch = batchTensors(be, host);
+  try {
+    return await tidy(async () => {
+      const r = lowerStep(config, params, batch, input.objective, step, { ...input.readout, onPolicy: true });
+      const flat = await r.grads.data();
+      const one = async (t: { data(): Promise<ArrayLike<number>> }) => (await t.data())[0];
+      const grads = new Map<string, Float32Array>(), norms = new Map<string, number>();
+      const shapes = new Map<string, readonly number[]>();
+      params.layout.specs.forEach((s, i) => {
+        const o = params.layout.offsets[i];
+        const g = Float32Array.from(flat.subarray(o, o + size(s.shape)));
+        grads.set(s.name, g);
+        shapes.set(s.name, s.shape);
+        norms.set(s.name, Math.sqrt(g.reduce((a, x) => a + x * x, 0)));
+      });
+      const perTerm = [];
+      for (const m of r.metrics.perTerm) {
+        perTerm.push({ show: m.show, weight: m.weight, value: await one(m.value) });
+      }
+      return {
+        loss: await one(r.loss),
+        grads,
+        norms,
+        shapes,
+        metrics: {
+          clipFraction: await one(r.metrics.clipFraction),
+          approxKl: await one(r.metrics.approxKl),
+          perTerm,
+        },
+        objective: show(input.objective),
+        step,
+      };
+    });
+  } finally {
+    batch.dispose();
+    if (owned) params.dispose();
+  }
+};
+
+/**
+ * Write the gradients to a safetensors file keyed by Hugging Face names (F32), atomically; the loss, step and
+ * objective go in `__metadata__` (`loss` as a decimal string that round-trips the f64).
+ */
+export const writeGradients = (path: string, r: GradientsResult): Effect.Effect<void, FileFormatError> =>
+  writeAtomic(
+    path,
+    serializeSafetensors(
+      [...r.grads].map(([name, data]) => ({ name, shape: r.shapes.get(name)!, data })),
+      { format: "pt", loss: String(r.loss), step: String(r.step), objective: r.objective },
+    ),
+  );
+
+/** A fixed-width table of per-tensor gradient norms (and the global norm), one line per tensor. */
+export const normTable = (r: GradientsResult): string => {
+  const w = Math.max(6, ...[...r.norms.keys()].map((k) => k.length));
+  const lines = [`${"tensor".padEnd(w)}  ${"shape".padEnd(14)}  grad L2 norm`];
+  let total = 0;
+  for (const [name, n] of r.norms) {
+    total += n * n;
+    lines.push(
+      `${name.padEnd(w)}  ${`[${r.shapes.get(name)!.join(",")}]`.padEnd(14)}  ${n.toExponential(4)}`,
+    );
+  }
+  lines.push(`${"(global)".padEnd(w)}  ${"".padEnd(14)}  ${Math.sqrt(total).toExponential(4)}`);
+  return lines.join("\n");
+};

@@ -1,0 +1,355 @@
+/**
+ * The entropy-flow analysis of the paper: for every layer, the mean entropy of the internal layer policy, the
+ * attention and FFN output policies and the module-input readouts, and the entropy changes of each module,
+ * all read by streaming over the vocabulary, many readouts per pass, chunked over tokens for long inputs.
+ *
+ * Layers are 0-based: the paper's "layer i" (1-based) is layer i-1 here.
+ */
+import { ShapeError } from "../core/errors.ts";
+import { embedding } from "../kernels/embedding.ts";
+import { concatRows } from "../kernels/layout.ts";
+import { reshape, type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import type { DecoderConfig } from "./config.ts";
+import { attn, ffn, layer, type ReadoutNorm } from "./internal.ts";
+import { forward, type ForwardResult, type LayerTaps } from "./model.ts";
+import type { Params } from "./params.ts";
+import { pointOf, policyPoint, readPoints } from "./policy.ts";
+import type { ReadoutOptions } from "./readout.ts";
+
+/** Token ids to score, which positions count, and the id whose log-prob is read at each position. */
+export interface EntropyBatch {
+  /** Row-major ids (B, T). */
+  readonly ids: Int32Array;
+  readonly B: number;
+  readonly T: number;
+  /** (B*T): weight of each position in the means; 0 = not scored (prompt, padding). */
+  readonly mask: ArrayLike<number>;
+  /** (B*T): the id whose log-prob is read at each position (usually the next id); -1 = none (entropy only). */
+  readonly targets: ArrayLike<number>;
+}
+
+export interface EntropyFlowOptions extends ReadoutOptions {
+  /** Readout norms to report (default both). `raw` is the paper's convention. */
+  readonly norms?: readonly ReadoutNorm[];
+  /** Keep per-token values (default false). */
+  readonly perToken?: boolean;
+  /** Bytes one streaming pass may use for its logits block and stacked rows (default 256 MiB). */
+  readonly memoryBudget?: number;
+  /** Most rows (readouts x tokens) in one streaming pass; overrides memoryBudget. */
+  readonly maxRows?: number;
+  /** Most tokens in one forward pass (whole sequences; at least one); default from a 1 GiB activation budget. */
+  readonly forwardTokens?: number;
+  /** Called after every streaming pass. */
+  readonly onProgress?: (done: number, total: number) => void;
+}
+
+/** Token-weighted means of one readout: entropy in nats, and log-prob of the targets (NaN when none). */
+export interface ReadoutMeans {
+  readonly entropy: number;
+  readonly logp: number;
+}
+
+/** The readouts around one layer l under one readout norm. */
+export interface LayerEntropies {
+  /** H(E_u h_{l-1}): the layer input (the embedding output h_{-1} for l = 0). */
+  readonly input: ReadoutMeans;
+  /** H(E_u RMSNorm_1^l(h_{l-1})): what attention reads. */
+  readonly attnIn: ReadoutMeans;
+  /** H(E_u A_l): the attention output policy attn(l). */
+  readonly attn: ReadoutMeans;
+  /** H(E_u RMSNorm_2^l(h_{l-1} + A_l)): what the FFN reads. */
+  readonly ffnIn: ReadoutMeans;
+  /** H(E_u F_l): the FFN output policy ffn(l). */
+  readonly ffn: ReadoutMeans;
+  /** H(E_u h_l): the layer policy layer(l) (raw: read after the final norm for l = L-1). */
+  readonly output: ReadoutMeans;
+  /** attn: H(A_l) - H(attnIn); ffn: H(F_l) - H(ffnIn); layer: H(h_l) - H(h_{l-1}). */
+  readonly change: { readonly attn: number; readonly ffn: number; readonly layer: number };
+}
+
+/** One layer (0-based; the paper's layer `layer + 1`). */
+export interface LayerFlow {
+  readonly layer: number;
+  readonly raw?: LayerEntropies;
+  readonly normed?: LayerEntropies;
+}
+
+/** Per-token values of every readout, keyed like `readoutKeys`. */
+export interface PerToken {
+  /** Flat position b*T + t of each scored token, in order. */
+  readonly index: Int32Array;
+  readonly entropy: ReadonlyMap<string, Float64Array>;
+  /** NaN where the position has no target. */
+  readonly logp: ReadonlyMap<string, Float64Array>;
+}
+
+export interface EntropyFlow {
+  readonly numLayers: number;
+  readonly vocabSize: number;
+  readonly temperature: number;
+  readonly norms: readonly ReadoutNorm[];
+  /** Scored positions (mask != 0) and those with a target. */
+  readonly tokens: number;
+  readonly targets: number;
+  /** The model's own policy. */
+  readonly final: ReadoutMeans;
+  readonly layers: readonly LayerFlow[];
+  /** Means of every readout by key (`embed`, `attnIn(3)`, `ffn(0,normed)`, `layer(5)`, `final`, ...). */
+  readonly means: ReadonlyMap<string, ReadoutMeans>;
+  /** Streaming passes and forward passes run. */
+  readonly passes: number;
+  readonly forwards: number;
+  readonly perToken?: PerToken;
+}
+
+const sfx = (n: ReadoutNorm) => (n === "normed" ? ",normed" : "");
+const key = (name: string, l: number | null, n: ReadoutNorm) =>
+  l === null ? (n === "normed" ? `${name}(normed)` : name) : `${name}(${l}${sfx(n)})`;
+
+/** Every readout key the analysis computes, in a fixed order (`final` first). */
+export const readoutKeys = (numLayers: number, norms: readonly ReadoutNorm[]): string[] => {
+  const out = ["final"];
+  for (const n of norms) {
+    out.push(key("embed", null, n));
+    for (let l = 0; l < numLayers; l++) {
+      for (const m of ["attnIn", "attn", "ffnIn", "ffn", "layer"]) out.push(key(m, l, n));
+    }
+  }
+  return out;
+};
+
+/** The readout points of a (sliced) forward pass, in `readoutKeys` order. */
+const pointsOf = (
+  c: DecoderConfig,
+  p: Params,
+  f: ForwardResult,
+  norms: readonly ReadoutNorm[],
+): Tensor[] => {
+  const out: Tensor[] = [f.final];
+  for (const n of norms) {
+    out.push(pointOf(c, p, f.embed, n));
+    for (let l = 0; l < c.numLayers; l++) {
+      const t = f.layers[l];
+      out.push(pointOf(c, p, t.attnIn, n), policyPoint(c, p, f, attn(l, n)));
+      out.push(pointOf(c, p, t.ffnIn, n), policyPoint(c, p, f, ffn(l, n)), policyPoint(c, p, f, layer(l, n)));
+    }
+  }
+  return out;
+};
+
+/** Bytes of activations the forward pass keeps per token (every intermediate lives until the group ends). */
+const forwardBytesPerToken = (c: DecoderConfig): number => {
+  const d = c.hiddenSize, qd = c.numHeads * c.headDim, kvd = c.numKvHeads * c.headDim;
+  return 4 * (2 * d + c.numLayers * (8 * d + 4 * qd + 4 * kvd + 3 * c.intermediateSize));
+};
+
+/** Batch for `--tokens`-style scoring: every position counts; position t's target is id t+1 (none at the end). */
+export const nextTokenBatch = (ids: Int32Array, B: number, T: number): EntropyBatch => {
+  const targets = new Int32Array(B * T).fill(-1);
+  for (let b = 0; b < B; b++) for (let t = 0; t + 1 < T; t++) targets[b * T + t] = ids[b * T + t + 1];
+  return { ids, B, T, mask: new Float32Array(B * T).fill(1), targets };
+};
+
+/**
+ * Batch for generated responses: the scored positions are those that predict a response token, t in
+ * [promptLen - 1, promptLen + responseLen - 2], each with the response token t+1 as target.
+ */
+export const responseBatch = (r: {
+  ids: Int32Array;
+  B: number;
+  T: number;
+  promptLens: readonly number[];
+  responseLens: readonly number[];
+}): EntropyBatch => {
+  const { B, T } = r;
+  const mask = new Float32Array(B * T), targets = new Int32Array(B * T).fill(-1);
+  for (let b = 0; b < B; b++) {
+    for (let t = r.promptLens[b] - 1; t < r.promptLens[b] + r.responseLens[b] - 1 && t + 1 < T; t++) {
+      mask[b * T + t] = 1;
+      targets[b * T + t] = r.ids[b * T + t + 1];
+    }
+  }
+  return { ids: r.ids, B, T, mask, targets };
+};
+
+const checkBatch = (c: DecoderConfig, b: EntropyBatch) => {
+  const n = b.B * b.T;
+  const bad = (m: string) => new ShapeError({ op: "entropyFlow", message: `entropyFlow: ${m}` });
+  if (!(b.B >= 1 && b.T >= 1) || b.ids.length !== n) {
+    throw bad(`ids has ${b.ids.length} elements, expected B*T = ${b.B}*${b.T}`);
+  }
+  if (b.mask.length !== n || b.targets.length !== n) {
+    throw bad(`mask has ${b.mask.length} and targets ${b.targets.length} elements, expected B*T = ${n}`);
+  }
+  for (let i = 0; i < n; i++) {
+    if (!(b.ids[i] >= 0 && b.ids[i] < c.vocabSize)) {
+      throw bad(`token id ${b.ids[i]} at position ${i} is outside the vocabulary [0, ${c.vocabSize})`);
+    }
+    if (b.mask[i] !== 0 && !(b.targets[i] >= -1 && b.targets[i] < c.vocabSize)) {
+      throw bad(`target id ${b.targets[i]} at position ${i} is outside the vocabulary [0, ${c.vocabSize})`);
+    }
+  }
+};
+
+/** Gather rows `idx` (n) i32 of a tap (Bg, T, d) into (1, n, d). */
+const gather = (x: Tensor, idx: Tensor): Tensor => {
+  const [Bg, T, d] = x.shape;
+  return reshape(embedding(reshape(x, [Bg * T, d]), idx), [1, idx.shape[0], d]); // (1, n, d)
+};
+
+const sliceForward = (f: ForwardResult, idx: Tensor): ForwardResult => ({
+  embed: gather(f.embed, idx),
+  layers: f.layers.map((t): LayerTaps => ({
+    attnIn: gather(t.attnIn, idx),
+    attn: gather(t.attn, idx),
+    ffnIn: gather(t.ffnIn, idx),
+    ffn: gather(t.ffn, idx),
+    out: gather(t.out, idx),
+  })),
+  final: gather(f.final, idx),
+});
+
+/**
+ * Entropy flow of a batch. One forward pass per group of sequences; the scored positions' taps are gathered
+ * and every readout of a token slice is computed in ONE streaming pass over the vocabulary (peak extra memory
+ * one (rows, chunk) logits block, never (tokens, V) per readout). Means are token-weighted by `mask`.
+ */
+export const entropyFlow = async (
+  c: DecoderConfig,
+  p: Params,
+  batch: EntropyBatch,
+  opts: EntropyFlowOptions = {},
+): Promise<EntropyFlow> => {
+  checkBatch(c, batch);
+  const norms = opts.norms ?? ["raw", "normed"];
+  if (norms.length === 0) {
+    throw new ShapeError({ op: "entropyFlow", message: "entropyFlow: no readout norm" });
+  }
+  const { B, T } = batch;
+  const V = c.vocabSize, d = c.hiddenSize, L = c.numLayers;
+  const keys = readoutKeys(L, norms);
+  const P = keys.length;
+  const chunk = opts.chunk ?? 8192;
+  const maxRows = opts.maxRows ??
+    Math.floor((opts.memoryBudget ?? 256 * 2 ** 20) / (4 * (Math.min(chunk, V) + 4 * d)));
+  const perPass = Math.max(1, Math.floor(maxRows / P));
+  const seqsPerGroup = Math.max(
+    1,
+    Math.floor((opts.forwardTokens ?? Math.floor(2 ** 30 / forwardBytesPerToken(c))) / T),
+  );
+
+  // Scored positions grouped by forward pass, and the passes that will run.
+  const scored: number[] = [];
+  for (let i = 0; i < B * T; i++) if (batch.mask[i] !== 0) scored.push(i);
+  const groups: { b0: number; b1: number; rows: number[] }[] = [];
+  for (let b0 = 0; b0 < B; b0 += seqsPerGroup) {
+    const b1 = Math.min(B, b0 + seqsPerGroup);
+    const rows = scored.filter((i) => i >= b0 * T && i < b1 * T);
+    if (rows.length) groups.push({ b0, b1, rows });
+  }
+  const totalPasses = groups.reduce((a, g) => a + Math.ceil(g.rows.length / perPass), 0);
+
+  const sumE = new Float64Array(P), sumL = new Float64Array(P);
+  let wE = 0, wL = 0, done = 0, forwards = 0, at = 0;
+  const per = opts.perToken
+    ? {
+      index: Int32Array.from(scored),
+      entropy: new Map(keys.map((k) => [k, new Float64Array(scored.length)])),
+      logp: new Map(keys.map((k) => [k, new Float64Array(scored.length)])),
+    }
+    : undefined;
+  const positions = tensor(p.backend, Int32Array.from({ length: T }, (_, i) => i), [T], "i32");
+  try {
+    for (const g of groups) {
+      await tidy(async () => {
+        const Bg = g.b1 - g.b0;
+        const ids = tensor(p.backend, batch.ids.subarray(g.b0 * T, g.b1 * T), [Bg, T], "i32");
+        const f = forward(c, p, ids, positions);
+        forwards++;
+        for (let s = 0; s < g.rows.length; s += perPass) {
+          const rows = g.rows.slice(s, s + perPass);
+          const n = rows.length;
+          const host = tidy(() => {
+            const idx = tensor(p.backend, Int32Array.from(rows, (i) => i - g.b0 * T), [n], "i32");
+            const tg = tensor(
+              p.backend,
+              Int32Array.from(rows, (i) => Math.max(0, batch.targets[i])),
+              [n],
+              "i32",
+            );
+            const pts = pointsOf(c, p, sliceForward(f, idx), norms);
+            // Readouts that are the same tensor (raw layer(L-1) IS final) are read once.
+            const uniq = [...new Set(pts)];
+            const outs = readPoints(c, p, uniq, tg, opts);
+            const all = concatRows([...outs.map((o) => o.entropy), ...outs.map((o) => o.logp)]); // (2U*n)
+            return { all, where: pts.map((x) => uniq.indexOf(x)), U: uniq.length };
+          });
+          const data = await host.all.data(); // one read-back per streaming pass
+          host.all.dispose();
+          for (let j = 0; j < n; j++) {
+            const i = rows[j], w = batch.mask[i], hasT = batch.targets[i] >= 0;
+            wE += w;
+            if (hasT) wL += w;
+            for (let k = 0; k < P; k++) {
+              const u = host.where[k];
+              const e = data[u * n + j], lp = data[(host.U + u) * n + j];
+              sumE[k] += w * e;
+              if (hasT) sumL[k] += w * lp;
+              if (per) {
+                per.entropy.get(keys[k])![at + j] = e;
+                per.logp.get(keys[k])![at + j] = hasT ? lp : NaN;
+              }
+            }
+          }
+          at += n;
+          done++;
+          opts.onProgress?.(done, totalPasses); // (not ?.(++done): optional calls skip their arguments)
+        }
+      });
+    }
+  } finally {
+    positions.dispose();
+  }
+
+  const means = new Map<string, ReadoutMeans>(
+    keys.map((k, i) => [k, { entropy: wE > 0 ? sumE[i] / wE : NaN, logp: wL > 0 ? sumL[i] / wL : NaN }]),
+  );
+  const m = (k: string) => means.get(k)!;
+  const layerOf = (l: number, n: ReadoutNorm): LayerEntropies => {
+    const input = l === 0 ? m(key("embed", null, n)) : m(key("layer", l - 1, n));
+    const attnIn = m(key("attnIn", l, n)), at = m(key("attn", l, n));
+    const ffnIn = m(key("ffnIn", l, n)), ff = m(key("ffn", l, n)), output = m(key("layer", l, n));
+    return {
+      input,
+      attnIn,
+      attn: at,
+      ffnIn,
+      ffn: ff,
+      output,
+      change: {
+        attn: at.entropy - attnIn.entropy,
+        ffn: ff.entropy - ffnIn.entropy,
+        layer: output.entropy - input.entropy,
+      },
+    };
+  };
+  const layers: LayerFlow[] = Array.from({ length: L }, (_, l) => ({
+    layer: l,
+    ...(norms.includes("raw") ? { raw: layerOf(l, "raw") } : {}),
+    ...(norms.includes("normed") ? { normed: layerOf(l, "normed") } : {}),
+  }));
+  return {
+    numLayers: L,
+    vocabSize: V,
+    temperature: opts.temperature ?? 1,
+    norms,
+    tokens: scored.length,
+    targets: scored.filter((i) => batch.targets[i] >= 0).length,
+    final: m("final"),
+    layers,
+    means,
+    passes: done,
+    forwards,
+    ...(per ? { perToken: per } : {}),
+  };
+};

@@ -26,7 +26,7 @@ const { values: a } = parseArgs({
   options: {
     out: { type: "string", default: "models/tiny-arith" },
     seed: { type: "string", default: "1" },
-    steps: { type: "string", default: "400" },
+    steps: { type: "string", default: "300" },
     batch: { type: "string", default: "64" },
     lr: { type: "string", default: "3e-3" },
     "eval-every": { type: "string", default: "100" },

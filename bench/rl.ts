@@ -1,0 +1,57 @@
+/**
+ * One RL step of the default run (BuPO on the shipped model): seconds split into rollout, old log-probs and
+ * update, tokens per second of each phase, and the GPU memory the step needs at its peak.
+ */
+import { Effect } from "effect";
+import { withGpu } from "../kernels/gpu/device.ts";
+import type { GpuBackend } from "../kernels/gpu/backend.ts";
+import { readModelDir, toParams } from "../policies/hf.ts";
+import { createOptimizer } from "../policies/sft.ts";
+import { readTokenizerDir } from "../policies/tokenizer.ts";
+import { arithTask } from "../tasks/arith.ts";
+import { DEFAULTS } from "../training/config.ts";
+import { resolveObjective } from "../training/run.ts";
+import { rlStep, type StepMetrics } from "../training/rl.ts";
+
+export async function benchRl(gpu: GpuBackend, steps = 3): Promise<string> {
+  const cfg = DEFAULTS;
+  const host = await Effect.runPromise(readModelDir(cfg.model));
+  const tok = await Effect.runPromise(readTokenizerDir(cfg.model));
+  const params = toParams(gpu, host);
+  const opt = createOptimizer(params, {
+    lr: cfg.lr,
+    weightDecay: cfg.weightDecay,
+    maxGradNorm: cfg.gradClip,
+  });
+  const objective = await resolveObjective(cfg);
+  const ctx = { cfg, config: host.config, params, opt, tok, task: arithTask(), objective };
+  await rlStep(ctx, 1); // warm-up: compiles every pipeline
+  await gpu.sync();
+  gpu.resetPeak();
+  const live0 = gpu.memory().live;
+  const ms: StepMetrics[] = [];
+  for (let s = 2; s < 2 + steps; s++) ms.push(await rlStep(ctx, s));
+  const peak = gpu.memory().peak - live0;
+  const avg = (f: (m: StepMetrics) => number) => ms.reduce((a, m) => a + f(m), 0) / ms.length;
+  const rows = [
+    ["rollout", avg((m) => m.time.rollout), avg((m) => m.tokens.rollout)],
+    ["old log-probs", avg((m) => m.time.old), avg((m) => m.tokens.trained / cfg.epochs)],
+    ["update", avg((m) => m.time.update), avg((m) => m.tokens.trained)],
+  ] as const;
+  const lines = [
+    `## RL step: ${cfg.objective} on ${cfg.model}, ${cfg.prompts} prompts x ${cfg.group}, ${cfg.minibatches} minibatches (${gpu.name})`,
+    "| phase | s / step | tokens / step | tokens / s |",
+    "| --- | ---: | ---: | ---: |",
+    ...rows.map(([n, t, tok]) => `| ${n} | ${t.toFixed(2)} | ${tok.toFixed(0)} | ${(tok / t).toFixed(0)} |`),
+    `| total | ${avg((m) => m.time.total).toFixed(2)} | | |`,
+    `peak GPU memory above the model and optimizer state: ${(peak / 2 ** 20).toFixed(1)} MiB ` +
+    `(model + AdamW state: ${
+      (live0 / 2 ** 20).toFixed(1)
+    } MiB); mean of ${steps} steps after one warm-up step`,
+  ];
+  params.dispose();
+  console.log(lines.join("\n"));
+  return lines.join("\n");
+}
+
+if (import.meta.main) await withGpu((gpu) => benchRl(gpu));

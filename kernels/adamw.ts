@@ -11,7 +11,7 @@ import { sameShape, showShape, size } from "../core/shape.ts";
 import { defineKernel, type GpuTarget, type Kernel } from "./kernel.ts";
 import { apply } from "./run.ts";
 import type { Tensor } from "./tensor.ts";
-import { flatIndex, grid1d, storage } from "./wgsl.ts";
+import { flatIndex, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
 const WG = 256;
 /**
@@ -193,7 +193,14 @@ export const adamwKernel: Kernel<AdamWParams> = defineKernel<AdamWParams>({
   },
   gpu: (h, inputs, target) => {
     const n = size(inputs[0].shape);
-    const groups = Math.max(1, Math.min(maxPartials(target), Math.ceil(n / WG)));
+    // At least n / (WG LOOP_SAFE) groups: each invocation of the partial pass loops n / (groups WG) times, and
+    // llvmpipe silently cuts loops short past 65,535 iterations per invocation (16 groups alone would break
+    // past 2.7e8 elements there).
+    const groups = Math.max(
+      1,
+      Math.min(maxPartials(target), Math.ceil(n / WG)),
+      Math.ceil(n / (WG * LOOP_SAFE)),
+    );
     const grid = grid1d(n, WG, target);
     const mask = inputs.length === 5;
     const scratch = [

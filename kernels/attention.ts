@@ -1,7 +1,14 @@
 /** Causal multi-head attention with grouped KV heads: fused online-softmax forward and fused backward passes. */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import { defineKernel, type GpuPass, type GpuTarget, type Kernel, type TensorSpec } from "./kernel.ts";
+import {
+  defineKernel,
+  type GpuPass,
+  type GpuTarget,
+  type Kernel,
+  type PassBinding,
+  type TensorSpec,
+} from "./kernel.ts";
 import { apply } from "./run.ts";
 import { keep, type Tensor, zeros } from "./tensor.ts";
 import {
@@ -14,7 +21,9 @@ import {
   backwardQWgsl,
   forwardTiledWgsl,
   forwardWgsl,
+  kvCombineWgsl,
 } from "./attention_wgsl.ts";
+import { grid1d, LOOP_SAFE, withinLoopBudget } from "./wgsl.ts";
 
 export interface AttentionParams {
   /** Multiplier of q.k; default 1/sqrt(D). */
@@ -23,7 +32,31 @@ export interface AttentionParams {
   readonly offset?: number;
   /** Force a GPU lowering (tests and benchmarks); default `attentionVariant(target)`. */
   readonly variant?: AttentionVariant;
+  /**
+   * Queries per chunk of the dk/dv pass (tests); default `kvChunk(G, T)`: all T unless G T would pass the loop
+   * budget.
+   */
+  readonly kvChunk?: number;
+  /** Force the head-dimension loops unrolled or looped (tests); default by the loop budget (`unrollD`). */
+  readonly unroll?: boolean;
 }
+
+/**
+ * Whether an invocation that visits `visits` keys (or queries) must unroll its head-dimension loops: looped,
+ * each visit costs 2 D + 1 loop iterations against llvmpipe's per-invocation budget (LOOP_SAFE), plus ~2 D
+ * around the visits. Unrolled text compiles ~2x slower there, so only past the budget.
+ */
+export const unrollD = (visits: number, d: number): boolean =>
+  !withinLoopBudget(visits * (2 * d + 1) + 2 * d);
+
+/**
+ * Queries per chunk of the dk/dv pass: an invocation loops over the G = Hq / Hkv heads of its group times its
+ * queries, which must stay within the loop budget (llvmpipe silently cuts loops past 65,535 iterations per
+ * invocation; G = 8, T = 8192 is 65,536). Longer ranges are split into chunks whose partial dk/dv are summed
+ * by a second pass.
+ */
+export const kvChunk = (g: number, t: number): number =>
+  g * t <= LOOP_SAFE ? Math.max(1, t) : Math.max(1, Math.floor(LOOP_SAFE / g));
 
 /** Parameters of the backward passes: the forward's, plus whether the log-sum-exp output got a cotangent. */
 export interface AttentionBwdParams extends AttentionParams {
@@ -72,7 +105,13 @@ const dims = (op: string, p: AttentionParams, [q, k, v]: readonly TensorSpec[]):
   return { b, t, s, hq, hkv, d, scale, offset };
 };
 
-const shapeOf = (x: Dims): AttentionShape => ({ hq: x.hq, hkv: x.hkv, d: x.d, scale: x.scale });
+const shapeOf = (x: Dims, unroll: boolean): AttentionShape => ({
+  hq: x.hq,
+  hkv: x.hkv,
+  d: x.d,
+  scale: x.scale,
+  unroll,
+});
 
 /**
  * Which lowering: "row" = one invocation per query (or key) row, rows packed across the workgroup;
@@ -103,8 +142,9 @@ const pass = (
   ios: [number, number],
   target: GpuTarget,
   label: string,
+  chunk?: { tc: number; chunks: number; cstride: number; outs: readonly PassBinding[] },
 ): GpuPass => {
-  const n = v === "row" ? heads * len : heads * Math.ceil(len / ATTN_WG);
+  const n = (chunk?.chunks ?? 1) * (v === "row" ? heads * len : heads * Math.ceil(len / ATTN_WG));
   const groups = Math.max(1, v === "row" ? Math.ceil(n / ATTN_WG) : n);
   const gy = Math.ceil(groups / target.maxWorkgroupsPerDimension);
   const gx = Math.ceil(groups / gy);
@@ -113,8 +153,11 @@ const pass = (
     workgroups: [gx, gy, 1],
     bindings: [
       ...Array.from({ length: ios[0] }, (_, index) => ({ kind: "input" as const, index })),
-      ...Array.from({ length: ios[1] }, (_, index) => ({ kind: "output" as const, index })),
-      { kind: "uniform", data: attentionUniform(x.t, x.s, x.offset, n, v === "row" ? gx * ATTN_WG : gx) },
+      ...(chunk?.outs ?? Array.from({ length: ios[1] }, (_, index) => ({ kind: "output" as const, index }))),
+      {
+        kind: "uniform",
+        data: attentionUniform(x.t, x.s, x.offset, n, v === "row" ? gx * ATTN_WG : gx, chunk),
+      },
     ],
     label: `${label}.${v}`,
   };
@@ -167,7 +210,8 @@ export const attentionKernel: Kernel<AttentionParams> = defineKernel<AttentionPa
   },
   gpu: (p, inputs, target) => {
     const x = dims("attention", p, inputs), v = p.variant ?? attentionVariant(target);
-    const wgsl = v === "row" ? forwardWgsl(shapeOf(x)) : forwardTiledWgsl(shapeOf(x));
+    const sh = shapeOf(x, p.unroll ?? unrollD(x.s, x.d));
+    const wgsl = v === "row" ? forwardWgsl(sh) : forwardTiledWgsl(sh);
     return [pass(v, wgsl, x.b * x.hq, x.t, x, [3, 2], target, "attention")];
   },
   vjp: ({ params, inputs: [q, k, v], outputs: [o, lse] }, [dO, dL]) => {
@@ -239,7 +283,8 @@ export const attentionBwdQKernel: Kernel<AttentionBwdParams> = defineKernel<Atte
   },
   gpu: (p, inputs, target) => {
     const x = dims("attentionBwdQ", p, inputs), v = p.variant ?? attentionVariant(target);
-    const wgsl = (v === "row" ? backwardQWgsl : backwardQTiledWgsl)(shapeOf(x), !!p.withDL);
+    const sh = shapeOf(x, p.unroll ?? unrollD(x.s, x.d));
+    const wgsl = (v === "row" ? backwardQWgsl : backwardQTiledWgsl)(sh, !!p.withDL);
     return [pass(v, wgsl, x.b * x.hq, x.t, x, [p.withDL ? 7 : 6, 2], target, "attentionBwdQ")];
   },
 });
@@ -288,8 +333,35 @@ export const attentionBwdKVKernel: Kernel<AttentionParams> = defineKernel<Attent
   },
   gpu: (p, inputs, target) => {
     const x = dims("attentionBwdKV", p, inputs), v = p.variant ?? attentionVariant(target);
-    const wgsl = (v === "row" ? backwardKVWgsl : backwardKVTiledWgsl)(shapeOf(x));
-    return [pass(v, wgsl, x.b * x.hkv, x.s, x, [6, 2], target, "attentionBwdKV")];
+    // Looped D when G T visits fit the budget that way; otherwise unrolled, in chunks of kvChunk queries.
+    const g = x.hq / x.hkv;
+    const unroll = p.unroll ?? unrollD(g * Math.min(x.t, p.kvChunk ?? x.t), x.d);
+    const tc = Math.max(1, Math.min(p.kvChunk ?? (unroll ? kvChunk(g, x.t) : x.t), x.t));
+    const wgsl = (v === "row" ? backwardKVWgsl : backwardKVTiledWgsl)(shapeOf(x, unroll));
+    const chunks = Math.max(1, Math.ceil(x.t / tc));
+    if (chunks === 1) return [pass(v, wgsl, x.b * x.hkv, x.s, x, [6, 2], target, "attentionBwdKV")];
+    // Split queries: chunk c writes its partial dk/dv at c E of two scratch buffers; a second pass sums them.
+    const e = x.b * x.s * x.hkv * x.d;
+    const pk: PassBinding = { kind: "scratch", id: "pk", bytes: chunks * e * 4 };
+    const pv: PassBinding = { kind: "scratch", id: "pv", bytes: chunks * e * 4 };
+    const grid = grid1d(e, 256, target);
+    return [
+      pass(v, wgsl, x.b * x.hkv, x.s, x, [6, 2], target, "attentionBwdKV", {
+        tc,
+        chunks,
+        cstride: e,
+        outs: [pk, pv],
+      }),
+      {
+        wgsl: kvCombineWgsl,
+        workgroups: grid,
+        bindings: [pk, pv, { kind: "output", index: 0 }, { kind: "output", index: 1 }, {
+          kind: "uniform",
+          data: new Uint32Array([e, chunks, grid[0] * 256, 0]),
+        }],
+        label: "attentionBwdKV.combine",
+      },
+    ];
   },
 });
 
@@ -305,7 +377,13 @@ export const attentionWithLse = (
   v: Tensor,
   opts: AttentionParams = {},
 ): [Tensor, Tensor] => {
-  const [o, lse] = apply(attentionKernel, { scale: opts.scale, offset: opts.offset, variant: opts.variant }, [
+  const [o, lse] = apply(attentionKernel, {
+    scale: opts.scale,
+    offset: opts.offset,
+    variant: opts.variant,
+    kvChunk: opts.kvChunk,
+    unroll: opts.unroll,
+  }, [
     q,
     k,
     v,

@@ -1,41 +1,223 @@
 /** WGSL of the fused causal attention kernels: forward with online softmax, and the two backward passes. */
 import { f32Lit, storage } from "./wgsl.ts";
 
+// Two forms of the loops over the head dimension D (`AttentionShape.unroll`). llvmpipe counts every loop
+// iteration of an invocation against a budget of 65,535 (LOOP_BUDGET in kernels/wgsl.ts) and silently cuts
+// loops short past it.
+// - looped: scalar loops over D (fast to compile); a visited key (query, in dk/dv) costs 2 D + 1 iterations,
+//   so it only fits short ranges (S = 256 keys at D = 128 already broke);
+// - unrolled: vec4 steps (D4 = ceil(D / 4), the last padded with zeros) written out in the text, reading vec4
+//   bindings when D % 4 == 0; a visit costs one iteration. It compiles slower on llvmpipe (D = 128 forward +
+//   backward: ~6 s instead of ~2.7 s, measured with Mesa's shader cache off), so the host picks it only where
+//   the looped form would not fit (`unrollD` in attention.ts).
+
 /**
- * What is baked into the shader text: head counts, head dimension and scale (constants of a model). The
- * sequence lengths T and S, the causal offset and the grid size come from a uniform (see `attentionUniform`),
- * so sampling with a growing KV cache reuses one pipeline.
+ * What is baked into the shader text: head counts, head dimension and scale (constants of a model), and the
+ * form of the D loops. The sequence lengths T and S, the causal offset and the grid size come from a uniform
+ * (see `attentionUniform`), so sampling with a growing KV cache reuses one pipeline (two: the form switches
+ * once, when S passes the size where the looped form would exceed the loop budget).
  */
 export interface AttentionShape {
   readonly hq: number;
   readonly hkv: number;
   readonly d: number;
   readonly scale: number;
+  readonly unroll: boolean;
 }
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+/** Number of vec4 steps over D. */
+const d4 = (d: number): number => Math.ceil(d / 4);
+/** Element type of the q, k, v, o, dO, dq, dk, dv bindings: vec4 when unrolled and D % 4 == 0. */
+const vt = (p: AttentionShape): string => (p.unroll && p.d % 4 === 0 ? "vec4f" : "f32");
+/**
+ * Step c of the row at element offset `off` of `buf`: element off + c when looped (c is the loop variable);
+ * when unrolled (c a literal), the vec4 of elements off + 4c .. off + 4c + 3, zeros past D.
+ */
+const ld = (p: AttentionShape, buf: string, off: string, c: string): string => {
+  if (!p.unroll) return `${buf}[${off} + c]`;
+  if (p.d % 4 === 0) return `${buf}[${off} / 4u + ${c}u]`;
+  const k = Number(c);
+  return `vec4f(${
+    range(4).map((e) => (4 * k + e < p.d ? `${buf}[${off} + ${4 * k + e}u]` : "0.0")).join(", ")
+  })`;
+};
+/** Store the step expression `x` (evaluated once) as step c of the row at `off`: components inside D only. */
+const st = (p: AttentionShape, buf: string, off: string, c: string, x: string): string => {
+  if (!p.unroll) return `${buf}[${off} + c] = ${x};`;
+  if (p.d % 4 === 0) return `${buf}[${off} / 4u + ${c}u] = ${x};`;
+  const k = Number(c);
+  const parts = range(4).filter((e) => 4 * k + e < p.d).map((e) =>
+    `${buf}[${off} + ${4 * k + e}u] = w4[${e}];`
+  );
+  return `{ let w4 = ${x}; ${parts.join(" ")} }`;
+};
+/** Sum of the products of two steps: a dot product of vec4s, or a product of scalars. */
+const dot = (
+  p: AttentionShape,
+  a: string,
+  b: string,
+): string => (p.unroll ? `dot(${a}, ${b})` : `${a} * ${b}`);
+/** `f(c)` for every step c of D: a loop over `c`, or one line per vec4 step with c a literal when unrolled. */
+const each = (p: AttentionShape, f: (c: string) => string, indent = "  "): string =>
+  p.unroll
+    ? range(d4(p.d)).map((c) => `${indent}{ ${f(String(c))} }`).join("\n")
+    : `${indent}for (var c = 0u; c < D; c++) { ${f("c")} }`;
+/** Private arrays over D: scalars when looped, vec4 steps when unrolled. */
+const vecs = (p: AttentionShape, names: string[]): string =>
+  names.map((n) => `  var ${n}: array<${p.unroll ? `vec4f, ${d4(p.d)}` : `f32, ${p.d}`}>;`).join("\n");
+
+/** Forward body from the row's `qo`, `li`, `last`, `hk`, `b` and the key loop's bound `bound`. */
+const forwardBody = (p: AttentionShape, bound: string, masked: boolean, store: string) =>
+  `${vecs(p, ["qv", "acc"])}
+${each(p, (c) => `qv[${c}] = ${ld(p, "q", "qo", c)} * ${f32Lit(p.scale)};`)}
+  var m = -3.0e38;
+  var l = 0.0;
+  for (var s = 0u; s <= ${bound}; s++) {
+    let ko = ((b * u.s + s) * ${p.hkv}u + hk) * D;
+    var sc = 0.0;
+${each(p, (c) => `sc += ${dot(p, `qv[${c}]`, ld(p, "k", "ko", c))};`, "    ")}
+    let sm = ${masked ? "select(-3.0e38, sc, s <= last)" : "sc"};
+    let mn = max(m, sm);
+    let cr = exp(m - mn);
+    let e = exp(sm - mn);
+    l = l * cr + e;
+${each(p, (c) => `acc[${c}] = acc[${c}] * cr + e * ${ld(p, "v", "ko", c)};`, "    ")}
+    m = mn;
+  }
+${store}`;
+
+/** dq body (after the row's indices), with the key loop bound and the P mask; ends before the stores. */
+const dqBody = (p: AttentionShape, withDL: boolean, bound: string, masked: boolean) =>
+  `${vecs(p, ["qv", "gv", "acc"])}
+  var dt = 0.0;
+${
+    each(p, (c) =>
+      `qv[${c}] = ${ld(p, "q", "qo", c)} * ${f32Lit(p.scale)}; gv[${c}] = ${ld(p, "dout", "qo", c)}; dt += ${
+        dot(p, `gv[${c}]`, ld(p, "o", "qo", c))
+      };`)
+  }
+  ${withDL ? "dt -= dlse[li];" : ""}
+  let lrow = lse[li];
+  for (var s = 0u; s <= ${bound}; s++) {
+    let ko = ((b * u.s + s) * ${p.hkv}u + hk) * D;
+    var sc = 0.0;
+    var dp = 0.0;
+${
+    each(
+      p,
+      (c) =>
+        `sc += ${dot(p, `qv[${c}]`, ld(p, "k", "ko", c))}; dp += ${dot(p, `gv[${c}]`, ld(p, "v", "ko", c))};`,
+      "    ",
+    )
+  }
+    let ds = ${masked ? "select(0.0, exp(sc - lrow) * (dp - dt), s <= last)" : "exp(sc - lrow) * (dp - dt)"};
+${each(p, (c) => `acc[${c}] += ds * ${ld(p, "k", "ko", c)};`, "    ")}
+  }`;
+
+/** dk/dv body from the key's `ko`, `s`, `b`, `hk` and the first query `first0`; ends before the stores. */
+const kvBody = (p: AttentionShape, first0: string, masked: boolean) => {
+  const g = p.hq / p.hkv;
+  return `${vecs(p, ["kv", "vv", "ak", "av"])}
+${
+    each(p, (c) =>
+      `kv[${c}] = ${ld(p, "k", "ko", c)} * ${f32Lit(p.scale)}; vv[${c}] = ${ld(p, "v", "ko", c)};`)
+  }
+  let t0 = max(select(0u, ${first0} - u.offset, ${first0} > u.offset), ch * u.tc);
+  let t1 = min(u.t, (ch + 1u) * u.tc);
+  for (var j = 0u; j < ${g}u; j++) {
+    let h = hk * ${g}u + j;
+    for (var t = t0; t < t1; t++) {
+      let qo = ((b * u.t + t) * ${p.hq}u + h) * D;
+      let li = (b * ${p.hq}u + h) * u.t + t;
+      var sc = 0.0;
+      var dp = 0.0;
+${
+    each(
+      p,
+      (c) =>
+        `sc += ${dot(p, ld(p, "q", "qo", c), `kv[${c}]`)}; dp += ${
+          dot(p, ld(p, "dout", "qo", c), `vv[${c}]`)
+        };`,
+      "      ",
+    )
+  }
+      let pr = ${masked ? "select(0.0, exp(sc - lse[li]), s <= u.offset + t)" : "exp(sc - lse[li])"};
+      let ds = pr * (dp - delta[li]);
+${
+    each(
+      p,
+      (c) => `av[${c}] += pr * ${ld(p, "dout", "qo", c)}; ak[${c}] += ds * ${ld(p, "q", "qo", c)};`,
+      "      ",
+    )
+  }
+    }
+  }`;
+};
+
+/** dk/dv stores of this chunk at element offset `wo`. */
+const kvStore = (p: AttentionShape, indent = "  "): string =>
+  each(
+    p,
+    (c) => `${st(p, "dk", "wo", c, `ak[${c}] * ${f32Lit(p.scale)}`)} ${st(p, "dv", "wo", c, `av[${c}]`)}`,
+    indent,
+  );
+
+/**
+ * Sums the chunks of a split dk/dv pass: out[e] = sum_c part[c E + e] in chunk order (E = elements of dk).
+ * Bindings: pk, pv, dk, dv, uniform (E, chunks, grid row stride, -).
+ */
+export const kvCombineWgsl = `${storage(0, "pk", "f32", "read")}
+${storage(1, "pv", "f32", "read")}
+${storage(2, "dk", "f32", "read_write")}
+${storage(3, "dv", "f32", "read_write")}
+@group(0) @binding(4) var<uniform> u: vec4u;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let e = gid.x + gid.y * u.z;
+  if (e >= u.x) { return; }
+  var a = 0.0;
+  var b = 0.0;
+  for (var c = 0u; c < u.y; c++) {
+    a += pk[c * u.x + e];
+    b += pv[c * u.x + e];
+  }
+  dk[e] = a;
+  dv[e] = b;
+}`;
 
 /** Invocations per workgroup of every attention pass. */
 export const ATTN_WG = 64;
 
-/** Uniform block: T, S, offset, number of invocations n, and the row stride of the folded grid. */
+/**
+ * Uniform block: T, S, offset, number of invocations (or workgroups) n over all chunks, the row stride of the
+ * folded grid, the dk/dv query chunking (chunk length tc: queries t in [ch tc, (ch + 1) tc), ceil(T / tc)
+ * chunks; the element offset between the chunks' partial outputs).
+ */
 const UNIFORM =
-  `struct Dims { t: u32, s: u32, offset: u32, n: u32, stride: u32, pad0: u32, pad1: u32, pad2: u32 }`;
+  `struct Dims { t: u32, s: u32, offset: u32, n: u32, stride: u32, tc: u32, cstride: u32, pad: u32 }`;
 
-/** The data of the `Dims` uniform. */
+/** The data of the `Dims` uniform (one chunk of all T queries unless given). */
 export const attentionUniform = (
   t: number,
   s: number,
   offset: number,
   n: number,
   stride: number,
-): Uint32Array => new Uint32Array([t, s, offset, n, stride, 0, 0, 0]);
+  chunk: { tc: number; cstride: number } = { tc: Math.max(1, t), cstride: 0 },
+): Uint32Array => new Uint32Array([t, s, offset, n, stride, chunk.tc, chunk.cstride, 0]);
 
+/** Entry of the row variant: `i` = this invocation's row within its chunk `ch`. */
 const header = (idx: number) =>
   `${UNIFORM}
 @group(0) @binding(${idx}) var<uniform> u: Dims;
 @compute @workgroup_size(${ATTN_WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = gid.x + gid.y * u.stride;
-  if (i >= u.n) { return; }`;
+  let i0 = gid.x + gid.y * u.stride;
+  if (i0 >= u.n) { return; }
+  let per = u.n / ((u.t + u.tc - 1u) / u.tc);
+  let ch = i0 / per;
+  let i = i0 % per;`;
 
 /** Row index i = (b T + t) Hq + h of a query row, unpacked, with its kv head and its last visible key. */
 const queryRow = ({ hq, hkv }: AttentionShape) =>
@@ -55,32 +237,23 @@ const queryRow = ({ hq, hkv }: AttentionShape) =>
  */
 export const forwardWgsl = (p: AttentionShape): string =>
   `const D = ${p.d}u;
-${storage(0, "q", "f32", "read")}
-${storage(1, "k", "f32", "read")}
-${storage(2, "v", "f32", "read")}
-${storage(3, "o", "f32", "read_write")}
+${storage(0, "q", vt(p), "read")}
+${storage(1, "k", vt(p), "read")}
+${storage(2, "v", vt(p), "read")}
+${storage(3, "o", vt(p), "read_write")}
 ${storage(4, "lse", "f32", "read_write")}
 ${header(5)}
 ${queryRow(p)}
-  var qv: array<f32, ${p.d}>;
-  var acc: array<f32, ${p.d}>;
-  for (var d = 0u; d < D; d++) { qv[d] = q[qo + d] * ${f32Lit(p.scale)}; }
-  var m = -3.0e38;
-  var l = 0.0;
-  for (var s = 0u; s <= last; s++) {
-    let ko = ((b * u.s + s) * ${p.hkv}u + hk) * D;
-    var sc = 0.0;
-    for (var d = 0u; d < D; d++) { sc += qv[d] * k[ko + d]; }
-    let mn = max(m, sc);
-    let c = exp(m - mn);
-    let e = exp(sc - mn);
-    l = l * c + e;
-    for (var d = 0u; d < D; d++) { acc[d] = acc[d] * c + e * v[ko + d]; }
-    m = mn;
+${
+    forwardBody(
+      p,
+      "last",
+      false,
+      `  let r = 1.0 / l;
+${each(p, (c) => st(p, "o", "qo", c, `acc[${c}] * r`))}
+  lse[li] = m + log(l);`,
+    )
   }
-  let r = 1.0 / l;
-  for (var d = 0u; d < D; d++) { o[qo + d] = acc[d] * r; }
-  lse[li] = m + log(l);
 }`;
 
 /**
@@ -92,101 +265,49 @@ ${queryRow(p)}
 export const backwardQWgsl = (p: AttentionShape, withDL: boolean): string => {
   const x = withDL ? 1 : 0;
   return `const D = ${p.d}u;
-${storage(0, "q", "f32", "read")}
-${storage(1, "k", "f32", "read")}
-${storage(2, "v", "f32", "read")}
-${storage(3, "o", "f32", "read")}
-${storage(4, "dout", "f32", "read")}
+${storage(0, "q", vt(p), "read")}
+${storage(1, "k", vt(p), "read")}
+${storage(2, "v", vt(p), "read")}
+${storage(3, "o", vt(p), "read")}
+${storage(4, "dout", vt(p), "read")}
 ${storage(5, "lse", "f32", "read")}
 ${withDL ? storage(6, "dlse", "f32", "read") : ""}
-${storage(6 + x, "dq", "f32", "read_write")}
+${storage(6 + x, "dq", vt(p), "read_write")}
 ${storage(7 + x, "delta", "f32", "read_write")}
 ${header(8 + x)}
 ${queryRow(p)}
-  var qv: array<f32, ${p.d}>;
-  var gv: array<f32, ${p.d}>;
-  var acc: array<f32, ${p.d}>;
-  var dt = 0.0;
-  for (var d = 0u; d < D; d++) {
-    qv[d] = q[qo + d] * ${f32Lit(p.scale)};
-    gv[d] = dout[qo + d];
-    dt += gv[d] * o[qo + d];
-  }
-  ${withDL ? "dt -= dlse[li];" : ""}
-  let lrow = lse[li];
-  for (var s = 0u; s <= last; s++) {
-    let ko = ((b * u.s + s) * ${p.hkv}u + hk) * D;
-    var sc = 0.0;
-    var dp = 0.0;
-    for (var d = 0u; d < D; d++) {
-      sc += qv[d] * k[ko + d];
-      dp += gv[d] * v[ko + d];
-    }
-    let ds = exp(sc - lrow) * (dp - dt);
-    for (var d = 0u; d < D; d++) { acc[d] += ds * k[ko + d]; }
-  }
-  for (var d = 0u; d < D; d++) { dq[qo + d] = acc[d] * ${f32Lit(p.scale)}; }
+${dqBody(p, withDL, "last", false)}
+${each(p, (c) => st(p, "dq", "qo", c, `acc[${c}] * ${f32Lit(p.scale)}`))}
   delta[li] = dt;
 }`;
 };
 
 /**
- * Backward for dk and dv, one invocation per key row (b, s, kv head): loops over the query heads of the group
- * and the queries t with offset + t >= s, in a fixed order (deterministic, no atomics):
- *   dv_s = sum P_ts dO_t,  dk_s = scale sum dS_ts q_t.
- * Bindings: q, k, v, dO, lse, delta, dk, dv, uniform.
+ * Backward for dk and dv, one invocation per key row (b, s, kv head) and query chunk: loops over the query
+ * heads of the group and the chunk's queries t with offset + t >= s, in a fixed order (deterministic, no
+ * atomics):   dv_s = sum P_ts dO_t,  dk_s = scale sum dS_ts q_t.
+ * Bindings: q, k, v, dO, lse, delta, dk, dv (or the chunk partials), uniform.
  */
-export const backwardKVWgsl = (p: AttentionShape): string => {
-  const g = p.hq / p.hkv;
-  return `const D = ${p.d}u;
-${storage(0, "q", "f32", "read")}
-${storage(1, "k", "f32", "read")}
-${storage(2, "v", "f32", "read")}
-${storage(3, "dout", "f32", "read")}
+export const backwardKVWgsl = (p: AttentionShape): string =>
+  `const D = ${p.d}u;
+${storage(0, "q", vt(p), "read")}
+${storage(1, "k", vt(p), "read")}
+${storage(2, "v", vt(p), "read")}
+${storage(3, "dout", vt(p), "read")}
 ${storage(4, "lse", "f32", "read")}
 ${storage(5, "delta", "f32", "read")}
-${storage(6, "dk", "f32", "read_write")}
-${storage(7, "dv", "f32", "read_write")}
+${storage(6, "dk", vt(p), "read_write")}
+${storage(7, "dv", vt(p), "read_write")}
 ${header(8)}
   let hk = i % ${p.hkv}u;
   let bs = i / ${p.hkv}u;
   let s = bs % u.s;
   let b = bs / u.s;
   let ko = i * D;
-  var kv: array<f32, ${p.d}>;
-  var vv: array<f32, ${p.d}>;
-  var ak: array<f32, ${p.d}>;
-  var av: array<f32, ${p.d}>;
-  for (var d = 0u; d < D; d++) {
-    kv[d] = k[ko + d] * ${f32Lit(p.scale)};
-    vv[d] = v[ko + d];
-  }
-  let t0 = select(0u, s - u.offset, s > u.offset);
-  for (var j = 0u; j < ${g}u; j++) {
-    let h = hk * ${g}u + j;
-    for (var t = t0; t < u.t; t++) {
-      let qo = ((b * u.t + t) * ${p.hq}u + h) * D;
-      let li = (b * ${p.hq}u + h) * u.t + t;
-      var sc = 0.0;
-      var dp = 0.0;
-      for (var d = 0u; d < D; d++) {
-        sc += q[qo + d] * kv[d];
-        dp += dout[qo + d] * vv[d];
-      }
-      let pr = exp(sc - lse[li]);
-      let ds = pr * (dp - delta[li]);
-      for (var d = 0u; d < D; d++) {
-        av[d] += pr * dout[qo + d];
-        ak[d] += ds * q[qo + d];
-      }
-    }
-  }
-  for (var d = 0u; d < D; d++) {
-    dk[ko + d] = ak[d] * ${f32Lit(p.scale)};
-    dv[ko + d] = av[d];
-  }
+${kvBody(p, "s", false)}
+  let wo = ch * u.cstride + ko;
+${kvStore(p)}
 }`;
-};
 
 // ---- tiled variant: a workgroup = ATTN_WG consecutive positions of one (b, head) ------------------------------
 //
@@ -200,8 +321,11 @@ const tiledHeader = (idx: number, rows: string) =>
 @group(0) @binding(${idx}) var<uniform> u: Dims;
 @compute @workgroup_size(${ATTN_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
-  let w = wid.x + wid.y * u.stride;
-  if (w >= u.n) { return; }
+  let w0 = wid.x + wid.y * u.stride;
+  if (w0 >= u.n) { return; }
+  let per = u.n / ((u.t + u.tc - 1u) / u.tc);
+  let ch = w0 / per;
+  let w = w0 % per;
   let tiles = (${rows} + ${ATTN_WG - 1}u) / ${ATTN_WG}u;
   let tile = w % tiles;
   let first = tile * ${ATTN_WG}u;`;
@@ -222,34 +346,24 @@ const tiledQueryRow = ({ hq, hkv }: AttentionShape) =>
 /** Tiled forward (same bindings and outputs as `forwardWgsl`). */
 export const forwardTiledWgsl = (p: AttentionShape): string =>
   `const D = ${p.d}u;
-${storage(0, "q", "f32", "read")}
-${storage(1, "k", "f32", "read")}
-${storage(2, "v", "f32", "read")}
-${storage(3, "o", "f32", "read_write")}
+${storage(0, "q", vt(p), "read")}
+${storage(1, "k", vt(p), "read")}
+${storage(2, "v", vt(p), "read")}
+${storage(3, "o", vt(p), "read_write")}
 ${storage(4, "lse", "f32", "read_write")}
 ${tiledHeader(5, "u.t")}
 ${tiledQueryRow(p)}
-  var qv: array<f32, ${p.d}>;
-  var acc: array<f32, ${p.d}>;
-  for (var d = 0u; d < D; d++) { qv[d] = q[qo + d] * ${f32Lit(p.scale)}; }
-  var m = -3.0e38;
-  var l = 0.0;
-  for (var s = 0u; s <= tileLast; s++) {
-    let ko = ((b * u.s + s) * ${p.hkv}u + hk) * D;
-    var sc = 0.0;
-    for (var d = 0u; d < D; d++) { sc += qv[d] * k[ko + d]; }
-    let sm = select(-3.0e38, sc, s <= last);
-    let mn = max(m, sm);
-    let c = exp(m - mn);
-    let e = exp(sm - mn);
-    l = l * c + e;
-    for (var d = 0u; d < D; d++) { acc[d] = acc[d] * c + e * v[ko + d]; }
-    m = mn;
-  }
-  if (live) {
+${
+    forwardBody(
+      p,
+      "tileLast",
+      true,
+      `  if (live) {
     let r = 1.0 / l;
-    for (var d = 0u; d < D; d++) { o[qo + d] = acc[d] * r; }
+${each(p, (c) => st(p, "o", "qo", c, `acc[${c}] * r`), "    ")}
     lse[li] = m + log(l);
+  }`,
+    )
   }
 }`;
 
@@ -257,58 +371,36 @@ ${tiledQueryRow(p)}
 export const backwardQTiledWgsl = (p: AttentionShape, withDL: boolean): string => {
   const x = withDL ? 1 : 0;
   return `const D = ${p.d}u;
-${storage(0, "q", "f32", "read")}
-${storage(1, "k", "f32", "read")}
-${storage(2, "v", "f32", "read")}
-${storage(3, "o", "f32", "read")}
-${storage(4, "dout", "f32", "read")}
+${storage(0, "q", vt(p), "read")}
+${storage(1, "k", vt(p), "read")}
+${storage(2, "v", vt(p), "read")}
+${storage(3, "o", vt(p), "read")}
+${storage(4, "dout", vt(p), "read")}
 ${storage(5, "lse", "f32", "read")}
 ${withDL ? storage(6, "dlse", "f32", "read") : ""}
-${storage(6 + x, "dq", "f32", "read_write")}
+${storage(6 + x, "dq", vt(p), "read_write")}
 ${storage(7 + x, "delta", "f32", "read_write")}
 ${tiledHeader(8 + x, "u.t")}
 ${tiledQueryRow(p)}
-  var qv: array<f32, ${p.d}>;
-  var gv: array<f32, ${p.d}>;
-  var acc: array<f32, ${p.d}>;
-  var dt = 0.0;
-  for (var d = 0u; d < D; d++) {
-    qv[d] = q[qo + d] * ${f32Lit(p.scale)};
-    gv[d] = dout[qo + d];
-    dt += gv[d] * o[qo + d];
-  }
-  ${withDL ? "dt -= dlse[li];" : ""}
-  let lrow = lse[li];
-  for (var s = 0u; s <= tileLast; s++) {
-    let ko = ((b * u.s + s) * ${p.hkv}u + hk) * D;
-    var sc = 0.0;
-    var dp = 0.0;
-    for (var d = 0u; d < D; d++) {
-      sc += qv[d] * k[ko + d];
-      dp += gv[d] * v[ko + d];
-    }
-    let ds = select(0.0, exp(sc - lrow) * (dp - dt), s <= last);
-    for (var d = 0u; d < D; d++) { acc[d] += ds * k[ko + d]; }
-  }
+${dqBody(p, withDL, "tileLast", true)}
   if (live) {
-    for (var d = 0u; d < D; d++) { dq[qo + d] = acc[d] * ${f32Lit(p.scale)}; }
+${each(p, (c) => st(p, "dq", "qo", c, `acc[${c}] * ${f32Lit(p.scale)}`), "    ")}
     delta[li] = dt;
   }
 }`;
 };
 
 /** Tiled dk/dv pass: a workgroup = ATTN_WG consecutive keys of one (b, kv head) (bindings of `backwardKVWgsl`). */
-export const backwardKVTiledWgsl = (p: AttentionShape): string => {
-  const g = p.hq / p.hkv;
-  return `const D = ${p.d}u;
-${storage(0, "q", "f32", "read")}
-${storage(1, "k", "f32", "read")}
-${storage(2, "v", "f32", "read")}
-${storage(3, "dout", "f32", "read")}
+export const backwardKVTiledWgsl = (p: AttentionShape): string =>
+  `const D = ${p.d}u;
+${storage(0, "q", vt(p), "read")}
+${storage(1, "k", vt(p), "read")}
+${storage(2, "v", vt(p), "read")}
+${storage(3, "dout", vt(p), "read")}
 ${storage(4, "lse", "f32", "read")}
 ${storage(5, "delta", "f32", "read")}
-${storage(6, "dk", "f32", "read_write")}
-${storage(7, "dv", "f32", "read_write")}
+${storage(6, "dk", vt(p), "read_write")}
+${storage(7, "dv", vt(p), "read_write")}
 ${tiledHeader(8, "u.s")}
   let bk = w / tiles;
   let hk = bk % ${p.hkv}u;
@@ -316,39 +408,9 @@ ${tiledHeader(8, "u.s")}
   let live = first + lid.x < u.s;
   let s = min(first + lid.x, u.s - 1u);
   let ko = ((b * u.s + s) * ${p.hkv}u + hk) * D;
-  var kv: array<f32, ${p.d}>;
-  var vv: array<f32, ${p.d}>;
-  var ak: array<f32, ${p.d}>;
-  var av: array<f32, ${p.d}>;
-  for (var d = 0u; d < D; d++) {
-    kv[d] = k[ko + d] * ${f32Lit(p.scale)};
-    vv[d] = v[ko + d];
-  }
-  let t0 = select(0u, first - u.offset, first > u.offset);
-  for (var j = 0u; j < ${g}u; j++) {
-    let h = hk * ${g}u + j;
-    for (var t = t0; t < u.t; t++) {
-      let qo = ((b * u.t + t) * ${p.hq}u + h) * D;
-      let li = (b * ${p.hq}u + h) * u.t + t;
-      var sc = 0.0;
-      var dp = 0.0;
-      for (var d = 0u; d < D; d++) {
-        sc += q[qo + d] * kv[d];
-        dp += dout[qo + d] * vv[d];
-      }
-      let pr = select(0.0, exp(sc - lse[li]), s <= u.offset + t);
-      let ds = pr * (dp - delta[li]);
-      for (var d = 0u; d < D; d++) {
-        av[d] += pr * dout[qo + d];
-        ak[d] += ds * q[qo + d];
-      }
-    }
-  }
+${kvBody(p, "first", true)}
   if (live) {
-    for (var d = 0u; d < D; d++) {
-      dk[ko + d] = ak[d] * ${f32Lit(p.scale)};
-      dv[ko + d] = av[d];
-    }
+    let wo = ch * u.cstride + ko;
+${kvStore(p, "    ")}
   }
 }`;
-};

@@ -4,9 +4,13 @@ import { broadcastShapes, broadcastStrides, type Shape, showShape, size, strides
 import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
 import { apply1 } from "./run.ts";
 import { keep, type Tensor, tensor } from "./tensor.ts";
-import { f32Lit, flatIndex, grid1d, storage } from "./wgsl.ts";
+import { f32Lit, flatIndex, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
 const WG = 256;
+/** sumTo reductions up to this length run one invocation per output; longer ones take two levels. */
+const SUMTO_DIRECT = 4096;
+/** Smallest chunk of the first level of a two-level sumTo. */
+const SUMTO_CHUNK = 1024;
 
 const requireF32 = (op: string, inputs: readonly TensorSpec[]) => {
   inputs.forEach((t, i) => {
@@ -357,7 +361,6 @@ export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
   },
   gpu: ({ shape }, [x], target) => {
     const n = size(shape);
-    const grid = grid1d(n, WG, target);
     // Output coordinate -> base offset in x; reduced axes walked by a flat counter r.
     const xs = strides(x.shape);
     const pad = x.shape.length - shape.length;
@@ -374,17 +377,56 @@ export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
       rterms.push(`((r / ${rstride}u) % ${x.shape[k]}u) * ${xs[k]}u`);
       rstride *= x.shape[k];
     }
-    const body = `  let base = ${base.length ? base.join(" + ") : "0u"};
+    const load = `acc += in0[base + ${rterms.length ? rterms.join(" + ") : "0u"}];`;
+    const baseLine = `let base = ${base.length ? base.join(" + ") : "0u"};`;
+    if (rsize <= SUMTO_DIRECT) {
+      // One invocation per output element loops over its rsize inputs.
+      const grid = grid1d(n, WG, target);
+      const body = `  ${baseLine}
   var acc = 0.0;
-  for (var r = 0u; r < ${rsize}u; r++) {
-    acc += in0[base + ${rterms.length ? rterms.join(" + ") : "0u"}];
-  }
+  for (var r = 0u; r < ${rsize}u; r++) { ${load} }
   out[i] = acc;`;
-    return [{
-      wgsl: mapWgsl(n, grid, body, 1),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
-    }];
+      return [{
+        wgsl: mapWgsl(n, grid, body, 1),
+        workgroups: grid,
+        bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
+      }];
+    }
+    // Two levels (long reductions, e.g. a bias gradient over B*T rows): invocation (c, i) sums chunk c of
+    // output i's inputs into part[c n + i], then one invocation per output sums its chunks in order. Chunks of
+    // at least SUMTO_CHUNK, and at most LOOP_SAFE of them, so both loops stay in the loop budget (llvmpipe cuts
+    // a longer loop short, silently) up to rsize = LOOP_SAFE^2.
+    const chunk = Math.max(SUMTO_CHUNK, Math.ceil(rsize / LOOP_SAFE));
+    const chunks = Math.ceil(rsize / chunk);
+    const g1 = grid1d(n * chunks, WG, target);
+    const partial = `  let c = i / ${n}u;
+  let o = i % ${n}u;
+  {
+    let i = o;
+    ${baseLine}
+    var acc = 0.0;
+    for (var r = c * ${chunk}u; r < min((c + 1u) * ${chunk}u, ${rsize}u); r++) { ${load} }
+    out[c * ${n}u + o] = acc;
+  }`;
+    const g2 = grid1d(n, WG, target);
+    const total = `  var acc = 0.0;
+  for (var c = 0u; c < ${chunks}u; c++) { acc += in0[c * ${n}u + i]; }
+  out[i] = acc;`;
+    const part = { kind: "scratch", id: "part", bytes: n * chunks * 4 } as const;
+    return [
+      {
+        wgsl: mapWgsl(n * chunks, g1, partial, 1),
+        workgroups: g1,
+        bindings: [{ kind: "input", index: 0 }, part],
+        label: "sumTo.partial",
+      },
+      {
+        wgsl: mapWgsl(n, g2, total, 1),
+        workgroups: g2,
+        bindings: [part, { kind: "output", index: 0 }],
+        label: "sumTo",
+      },
+    ];
   },
   vjp: ({ inputs: [x] }, [dy]) => [broadcastTo(dy!, x.shape)],
 });

@@ -1,12 +1,17 @@
 /** Embedding lookup (a gather of table rows by i32 ids) and its deterministic scatter-add gradient. */
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
-import { defineKernel, type Kernel, type PassBinding } from "./kernel.ts";
+import { defineKernel, type GpuPass, type GpuTarget, type Kernel, type PassBinding } from "./kernel.ts";
 import { apply1 } from "./run.ts";
 import type { Tensor } from "./tensor.ts";
-import { grid1d, storage } from "./wgsl.ts";
+import { grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
 const WG = 256;
+/**
+ * Positions per block of the embedding gradient: a chain walk and a repeat scan never leave their block, so
+ * no invocation loops more than this many times (llvmpipe silently cuts loops past 65,535 iterations).
+ */
+export const EMB_BLOCK = 16384;
 
 /** A 4 x u32 uniform binding. */
 const vec4 = (x: number, y: number, z: number, w: number): PassBinding => ({
@@ -100,6 +105,10 @@ export interface EmbeddingGradParams {
  * O(T^2) comparisons in the worst case (all ids distinct), cheap for T up to a few thousand;
  * (3) per (v, j), walk the chain head[v] -> next -> ... summing dy: O(V d + T d). Measured on llvmpipe:
  * V = 32000, d = 256, T = 2048 takes ~0.4 s, dominated by writing the dense [V, d] result.
+ * Past EMB_BLOCK positions (a scan or a chain of a repeated id, such as padding, would exceed the per-invocation
+ * loop budget) the positions split into blocks of EMB_BLOCK: chains stay inside their block (head per block
+ * and id), each block's first occurrence of an id sums its chain into part[t, :], and the final pass adds, per
+ * (v, j), the block sums in block order. Still deterministic; scans cost O(EMB_BLOCK T) at worst.
  */
 export const embeddingGrad: Kernel<EmbeddingGradParams> = defineKernel<EmbeddingGradParams>({
   name: "embeddingGrad",
@@ -189,6 +198,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   dt[i] = acc;
 }`;
+    if (T > EMB_BLOCK) return blockedGradPasses(vocab, d, T, target);
     return [
       {
         wgsl: init,
@@ -217,6 +227,132 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     ];
   },
 });
+
+/** Uniform of the blocked gradient passes: (n, d, T, V, grid row stride, blocks, -, -). */
+const u8 = (n: number, d: number, T: number, V: number, gx: number, nb: number): PassBinding => ({
+  kind: "uniform",
+  data: new Uint32Array([n, d, T, V, gx, nb, 0, 0]),
+});
+const U8 = `struct U8 { n: u32, d: u32, T: u32, V: u32, gx: u32, nb: u32, p0: u32, p1: u32 }`;
+
+/** The passes of `embeddingGrad` for T > EMB_BLOCK positions (see its comment). */
+const blockedGradPasses = (vocab: number, d: number, T: number, target: GpuTarget): GpuPass[] => {
+  const nb = Math.ceil(T / EMB_BLOCK);
+  if (nb > LOOP_SAFE) {
+    throw new ShapeError({ op: "embeddingGrad", message: `embeddingGrad: ${T} positions are too many` });
+  }
+  const head: PassBinding = { kind: "scratch", id: "head", bytes: Math.max(1, nb * vocab) * 4 };
+  const next: PassBinding = { kind: "scratch", id: "next", bytes: T * 4 };
+  const part: PassBinding = { kind: "scratch", id: "part", bytes: T * d * 4 };
+  const g0 = grid1d(nb * vocab, WG, target);
+  const init = `${storage(0, "head", "u32", "read_write")}
+${U8}
+@group(0) @binding(1) var<uniform> u: U8;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let v = gid.x + gid.y * u.gx;
+  if (v >= u.n) { return; }
+  head[v] = 0xffffffffu;
+}`;
+  // head[b V + id] = the first position of id in block b; nxt[t] = the next position of ids[t] in its block.
+  const g1 = grid1d(T, WG, target);
+  const link = `${storage(0, "ids", "i32", "read")}
+${storage(1, "head", "atomic<u32>", "read_write")}
+${storage(2, "nxt", "u32", "read_write")}
+${U8}
+@group(0) @binding(3) var<uniform> u: U8;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let t = gid.x + gid.y * u.gx;
+  let T = u.T;
+  if (t >= T) { return; }
+  let id = ids[t];
+  let blk = t / ${EMB_BLOCK}u;
+  let end = min((blk + 1u) * ${EMB_BLOCK}u, T);
+  var n = T;
+  if (id >= 0 && id < i32(u.V)) {
+    atomicMin(&head[blk * u.V + u32(id)], t);
+    for (var s = t + 1u; s < end; s++) {
+      if (ids[s] == id) { n = s; break; }
+    }
+  }
+  nxt[t] = n;
+}`;
+  // part[t, j] = the sum of dy[., j] over t's chain in its block, for the first occurrence t of an id in a block.
+  const g2 = grid1d(T * d, WG, target);
+  const partial = `${storage(0, "ids", "i32", "read")}
+${storage(1, "head", "u32", "read")}
+${storage(2, "nxt", "u32", "read")}
+${storage(3, "dy", "f32", "read")}
+${storage(4, "part", "f32", "read_write")}
+${U8}
+@group(0) @binding(5) var<uniform> u: U8;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * u.gx;
+  if (i >= u.n) { return; }
+  let d = u.d;
+  let t = i / d;
+  let j = i % d;
+  let id = ids[t];
+  if (id < 0 || id >= i32(u.V)) { return; }
+  if (head[(t / ${EMB_BLOCK}u) * u.V + u32(id)] != t) { return; }
+  var p = t;
+  var acc = 0.0;
+  while (p < u.T) {
+    acc += dy[p * d + j];
+    p = nxt[p];
+  }
+  part[i] = acc;
+}`;
+  const n3 = vocab * d;
+  const g3 = grid1d(n3, WG, target);
+  const gather = `${storage(0, "head", "u32", "read")}
+${storage(1, "part", "f32", "read")}
+${storage(2, "dt", "f32", "read_write")}
+${U8}
+@group(0) @binding(3) var<uniform> u: U8;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * u.gx;
+  if (i >= u.n) { return; }
+  let d = u.d;
+  let v = i / d;
+  var acc = 0.0;
+  for (var b = 0u; b < u.nb; b++) {
+    let p = head[b * u.V + v];
+    if (p < u.T) { acc += part[p * d + i % d]; }
+  }
+  dt[i] = acc;
+}`;
+  const ids: PassBinding = { kind: "input", index: 1 };
+  return [
+    {
+      wgsl: init,
+      workgroups: nb * vocab > 0 ? g0 : [0, 1, 1],
+      bindings: [head, u8(nb * vocab, d, T, vocab, g0[0] * WG, nb)],
+      label: "embeddingGrad.init",
+    },
+    {
+      wgsl: link,
+      workgroups: g1,
+      bindings: [ids, head, next, u8(T, d, T, vocab, g1[0] * WG, nb)],
+      label: "embeddingGrad.link",
+    },
+    {
+      wgsl: partial,
+      workgroups: T * d > 0 ? g2 : [0, 1, 1],
+      bindings: [ids, head, next, { kind: "input", index: 0 }, part, u8(T * d, d, T, vocab, g2[0] * WG, nb)],
+      label: "embeddingGrad.blocks",
+    },
+    {
+      wgsl: gather,
+      workgroups: n3 > 0 ? g3 : [0, 1, 1],
+      bindings: [head, part, { kind: "output", index: 0 }, u8(n3, d, T, vocab, g3[0] * WG, nb)],
+      label: "embeddingGrad.sum",
+    },
+  ];
+};
 
 /**
  * Embedding lookup: table [V, d] f32, ids [...] i32 -> [..., d]. Differentiable in the table only; an id

@@ -7,7 +7,7 @@
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "./kernel.ts";
-import { f32Lit, storage } from "./wgsl.ts";
+import { f32Lit, storage, withinLoopBudget } from "./wgsl.ts";
 
 const WG = 256;
 /** Initial running max: a large negative finite number (exp(-inf - -inf) would be NaN). */
@@ -95,9 +95,10 @@ ${storage(2, "ids", "i32", "read")}
 struct U { start: i32, valid: u32 }
 @group(0) @binding(3) var<uniform> u: U;`;
     const inv = f32Lit(1 / temperature);
-    if (target.software) {
+    if (target.software && withinLoopBudget(C)) {
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup barrier costs ~60 us there);
-      // invocations of a workgroup run as SIMD lanes over 64 rows.
+      // invocations of a workgroup run as SIMD lanes over 64 rows. Only for chunks within the loop budget:
+      // llvmpipe silently cuts a loop short past 65,535 iterations (longer chunks take the workgroup variant).
       const groups = Math.ceil(N / 64);
       const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
       const wgsl = `${head}

@@ -5,7 +5,7 @@ import { broadcastTo, scale } from "./elementwise.ts";
 import { defineKernel, type GpuTarget, type Kernel, type PassBinding, type TensorSpec } from "./kernel.ts";
 import { apply1 } from "./run.ts";
 import { reshape, type Tensor } from "./tensor.ts";
-import { grid1d, storage } from "./wgsl.ts";
+import { grid1d, LOOP_SAFE, storage, withinLoopBudget } from "./wgsl.ts";
 
 /** Threads per workgroup of the workgroup-per-row variant (the tree reductions assume this power of two). */
 export const ROW_WG = 256;
@@ -58,7 +58,10 @@ fn wgArgMax(t: u32, v: f32, i: u32) -> u32 {
  * How a row kernel is laid out on the GPU. Two variants with the same kernel bodies:
  * - "workgroup" (real GPUs): one workgroup of 256 per row, strided loops, tree reductions in workgroup memory;
  * - "thread" (`target.software`, llvmpipe): one invocation per row, plain loops, no barriers. On llvmpipe a
- *   256-wide workgroup with barriers costs ~60 us, so a [4096, 512] row sum took 265 ms that way.
+ *   256-wide workgroup with barriers costs ~60 us, so a [4096, 512] row sum took 265 ms that way. Only when
+ *   `passes * cols` fits the per-invocation loop budget (`LOOP_SAFE`, kernels/wgsl.ts): llvmpipe silently
+ *   cuts every loop short past 65,535 iterations per invocation, so longer rows (a 151,936-token vocabulary)
+ *   take the workgroup variant there too, whose invocations loop passes * cols / 256 times.
  * Bodies loop `for (var j = t; j < C; j += stride)` and reduce with `wgSum(t, v)`, `wgMax(t, v)` and
  * `wgArgMax(t, v, i)` (the max's smallest index), which every invocation of a row must call (uniform
  * control flow). The shape travels in the `dims` uniform (rows, cols, grid row stride), so the text (the
@@ -71,14 +74,25 @@ export interface RowPlan {
   readonly main: string;
   /** Loop stride of a row's invocations. */
   readonly stride: number;
+  /** True for the one-invocation-per-row variant. */
+  readonly thread: boolean;
   readonly workgroups: [number, number, number];
   /** The `dims` uniform binding. */
   readonly dims: PassBinding;
 }
 
-/** The plan of a row kernel over `rows` rows of `cols`, with its uniform at binding `binding`. */
-export const rowPlan = (rows: number, cols: number, target: GpuTarget, binding: number): RowPlan => {
-  const thread = target.software;
+/**
+ * The plan of a row kernel over `rows` rows of `cols`, with its uniform at binding `binding`; `passes` is how
+ * many loops over the row the body runs (it decides whether one invocation per row fits the loop budget).
+ */
+export const rowPlan = (
+  rows: number,
+  cols: number,
+  target: GpuTarget,
+  binding: number,
+  passes: number,
+): RowPlan => {
+  const thread = target.software && withinLoopBudget(passes * cols);
   const wg = thread ? THREAD_WG : ROW_WG;
   const workgroups = grid1d(thread ? rows : rows * ROW_WG, wg, target);
   const gx = thread ? workgroups[0] * THREAD_WG : workgroups[0];
@@ -106,6 +120,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) t: u
     prelude: `${uniform}\n${helpers}`,
     main,
     stride: thread ? 1 : ROW_WG,
+    thread,
     workgroups,
     dims: { kind: "uniform", data: new Uint32Array([rows, cols, gx, 0]) },
   };
@@ -165,7 +180,7 @@ export const reduceRows: Kernel<ReduceParams> = defineKernel<ReduceParams>({
   },
   gpu: ({ op }, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 2);
+    const p = rowPlan(rows, cols, target, 2, 1);
     let init: string, step: string, finish: string;
     switch (op) {
       case "sum":
@@ -248,7 +263,7 @@ export const maxGrad: Kernel<Record<never, never>> = defineKernel<Record<never, 
   },
   gpu: (_p, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 3);
+    const p = rowPlan(rows, cols, target, 3, 2);
     // Each invocation keeps its first (value, index) best with a strict >; wgArgMax keeps the smaller index
     // on ties, so the result is the row's first argmax.
     const wgsl = `${storage(0, "x", "f32", "read")}
@@ -301,9 +316,13 @@ export const sumSquaresKernel: Kernel<Record<never, never>> = defineKernel<Recor
   gpu: (_p, [x], target) => {
     const n = size(x.shape);
     // First level: `groups` workgroups stride over x (n and the stride travel in a uniform). On llvmpipe a
-    // workgroup with barriers is expensive, so fewer groups with more values per invocation.
+    // workgroup with barriers is expensive, so fewer groups with more values per invocation, but never more
+    // than LOOP_SAFE values per invocation (past 8 x 256 x 65,535 elements llvmpipe would cut the loop short).
     const [cap, per] = target.software ? [8, 256] : [1024, 16];
-    const groups = Math.min(cap, Math.max(1, Math.ceil(n / (ROW_WG * per))));
+    const groups = Math.max(
+      Math.min(cap, Math.max(1, Math.ceil(n / (ROW_WG * per)))),
+      Math.ceil(n / (ROW_WG * LOOP_SAFE)),
+    );
     const dims = `struct SsDims { n: u32, stride: u32, groups: u32, pad: u32 }
 @group(0) @binding(2) var<uniform> dims: SsDims;`;
     const partial = `${storage(0, "x", "f32", "read")}

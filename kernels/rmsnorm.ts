@@ -5,14 +5,17 @@ import { defineKernel, type Kernel, type PassBinding, type TensorSpec } from "./
 import { requireRows, ROW_WG, type RowPlan, rowPlan, rowsCols } from "./reduce.ts";
 import { apply, apply1 } from "./run.ts";
 import type { Tensor } from "./tensor.ts";
-import { f32Lit, grid1d, storage } from "./wgsl.ts";
+import { f32Lit, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
 export interface RmsNormParams {
   /** Added to mean(x^2) before the square root (1e-6 for Qwen2, 1e-5 or 1e-6 for Llama). */
   readonly eps: number;
 }
 
-/** Rows per chunk of the first level of the dw reduction (the second level sums the chunks per column). */
+/**
+ * Rows per chunk of the first level of the dw reduction (the second level sums the chunks per column). Past
+ * 64 x LOOP_SAFE rows the chunks grow so that the second level's loop over chunks stays in the loop budget.
+ */
 const DW_CHUNK = 64;
 
 /** Validate x [..., d] f32 and weight [d] f32 (and eps); returns d. */
@@ -63,7 +66,7 @@ export const rmsNormKernel: Kernel<RmsNormParams> = defineKernel<RmsNormParams>(
   },
   gpu: ({ eps }, [x], target) => {
     const { rows, cols: d } = rowsCols(x.shape);
-    const p = rowPlan(rows, d, target, 3);
+    const p = rowPlan(rows, d, target, 3, 2);
     const wgsl = `${storage(0, "x", "f32", "read")}
 ${storage(1, "w", "f32", "read")}
 ${storage(2, "y", "f32", "read_write")}
@@ -92,7 +95,7 @@ ${rowR(p, eps)}
 
 /**
  * [dx, dw] from x [..., d], weight [d], dy [..., d]. Passes: (1) per row, dx and r into scratch; (2) per
- * (chunk of DW_CHUNK rows, column) partial sums of dy x r; (3) per column, the sum of its chunk partials.
+ * (chunk of DW_CHUNK rows or more, column) partial sums of dy x r; (3) per column, the sum of its chunk partials.
  * Every sum runs in a fixed order, so dw is deterministic.
  */
 export const rmsNormGrad: Kernel<RmsNormParams> = defineKernel<RmsNormParams>({
@@ -126,7 +129,7 @@ export const rmsNormGrad: Kernel<RmsNormParams> = defineKernel<RmsNormParams>({
   },
   gpu: ({ eps }, [x], target) => {
     const { rows, cols: d } = rowsCols(x.shape);
-    const p = rowPlan(rows, d, target, 5);
+    const p = rowPlan(rows, d, target, 5, 3);
     const rBuf: PassBinding = { kind: "scratch", id: "r", bytes: Math.max(1, rows) * 4 };
     const rowPass = `${storage(0, "x", "f32", "read")}
 ${storage(1, "w", "f32", "read")}
@@ -145,7 +148,8 @@ ${rowR(p, eps)}
   }
   if (t == 0u) { rs[row] = r; }
 }`;
-    const chunks = Math.max(1, Math.ceil(rows / DW_CHUNK));
+    const chunk = Math.max(DW_CHUNK, Math.ceil(rows / LOOP_SAFE));
+    const chunks = Math.max(1, Math.ceil(rows / chunk));
     const direct = chunks === 1;
     const n2 = chunks * d;
     const g2 = grid1d(n2, ROW_WG, target);
@@ -157,7 +161,7 @@ ${rowR(p, eps)}
     });
     const dimsDecl = `struct DwDims { rows: u32, d: u32, chunks: u32, gx: u32 }
 @group(0) @binding(4) var<uniform> dims: DwDims;`;
-    // Invocation (k, j): rows [k*DW_CHUNK, min((k+1)*DW_CHUNK, rows)) of column j, in row order. With one
+    // Invocation (k, j): rows [k*chunk, min((k+1)*chunk, rows)) of column j, in row order. With one
     // chunk it writes dw itself.
     const chunkPass = `${storage(0, "x", "f32", "read")}
 ${storage(1, "dy", "f32", "read")}
@@ -170,9 +174,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (i >= dims.chunks * dims.d) { return; }
   let k = i / dims.d;
   let j = i % dims.d;
-  let end = min((k + 1u) * ${DW_CHUNK}u, dims.rows);
+  let end = min((k + 1u) * ${chunk}u, dims.rows);
   var acc = 0.0;
-  for (var row = k * ${DW_CHUNK}u; row < end; row++) {
+  for (var row = k * ${chunk}u; row < end; row++) {
     let q = row * dims.d + j;
     acc += dy[q] * x[q] * rs[row];
   }

@@ -8,6 +8,27 @@ import type { Tensor } from "./tensor.ts";
 import { PHILOX_WGSL } from "./philox_wgsl.ts";
 
 const WG = 256;
+/**
+ * Elements per invocation per iteration of the strided loops over a row (unrolled in the text). llvmpipe cuts
+ * an invocation's loops short past 65,535 iterations in total (LOOP_BUDGET, kernels/wgsl.ts); with top-k and
+ * top-p the kernel runs ~70 strided passes over V, ~72 V / 256 iterations one element at a time (V = 262,144:
+ * 73,700, broken). Four per iteration: ~18 V / 256 + 3 V / 256 (the contiguous-range passes), V up to ~500k.
+ */
+const UNROLL = 4;
+
+/**
+ * WGSL of a loop over this invocation's strided elements i = lid + WG k of the row (i < V), running `body`
+ * (which reads `i`) UNROLL elements per iteration, in increasing i per invocation.
+ */
+const strided = (body: string): string =>
+  `for (var i0 = lid; i0 < V; i0 += ${WG * UNROLL}u) {
+${
+    Array.from({ length: UNROLL }, (_, k) =>
+      k === 0
+        ? `    { let i = i0; ${body.trim()} }`
+        : `    { let i = i0 + ${WG * k}u; if (i < V) { ${body.trim()} } }`).join("\n")
+  }
+  }`;
 
 /**
  * Sampling settings. The semantics, identical on every backend (up to f32 rounding of the masses):
@@ -222,13 +243,11 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
 
   // The largest key; greedy decoding is its lowest id.
   var mk = 0u;
-  for (var i = lid; i < V; i += ${WG}u) { mk = max(mk, okey(logits[base + i])); }
+  ${strided(`mk = max(mk, okey(logits[base + i]));`)}
   let kmax = redU(lid, mk, 1u);
   if (prm.temp == 0.0) {
     var best = 0xffffffffu;
-    for (var i = lid; i < V; i += ${WG}u) {
-      if (okey(logits[base + i]) == kmax) { best = min(best, i); }
-    }
+    ${strided(`      if (okey(logits[base + i]) == kmax) { best = min(best, i); }`)}
     let b = redU(lid, best, 2u);
     if (lid == 0u) { ids[row] = i32(b); }
     return;
@@ -245,11 +264,11 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
     for (var j = 0u; j < 32u; j++) {
       let cand = t | (0x80000000u >> j);
       var c = 0u;
-      for (var i = lid; i < V; i += ${WG}u) { c += select(0u, 1u, okey(logits[base + i]) >= cand); }
+      ${strided(`c += select(0u, 1u, okey(logits[base + i]) >= cand);`)}
       if (redU(lid, c, 0u) >= prm.topK) { t = cand; }
     }
     var c = 0u;
-    for (var i = lid; i < V; i += ${WG}u) { c += select(0u, 1u, okey(logits[base + i]) > t); }
+    ${strided(`c += select(0u, 1u, okey(logits[base + i]) > t);`)}
     th = t;
     ties = prm.topK - redU(lid, c, 0u);
   }
@@ -257,10 +276,10 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
   // Top-p: th' = largest key whose {key >= th'} (within the top-k set) holds mass >= p S, then the fewest ties.
   if (prm.topP < 1.0) {
     var sg = 0.0;
-    for (var i = lid; i < V; i += ${WG}u) {
-      let x = logits[base + i];
-      if (okey(x) > th || !kOn) { sg += mass(x, xmax); }
-    }
+    ${
+  strided(`      let x = logits[base + i];
+      if (okey(x) > th || !kOn) { sg += mass(x, xmax); }`)
+}
     var S = sumF(lid, sg);
     if (kOn) { S += f32(ties) * mass(unkey(th), xmax); }
     let PS = prm.topP * S;
@@ -271,21 +290,21 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
         t = cand; // the whole top-k set has mass S >= p S
       } else {
         var s = 0.0;
-        for (var i = lid; i < V; i += ${WG}u) {
-          let x = logits[base + i];
-          if (okey(x) >= cand) { s += mass(x, xmax); }
-        }
+        ${
+  strided(`          let x = logits[base + i];
+          if (okey(x) >= cand) { s += mass(x, xmax); }`)
+}
         if (sumF(lid, s) >= PS) { t = cand; }
       }
     }
     var sgt = 0.0;
     var nt = 0u;
-    for (var i = lid; i < V; i += ${WG}u) {
-      let x = logits[base + i];
+    ${
+  strided(`      let x = logits[base + i];
       let k = okey(x);
       if (k > t) { sgt += mass(x, xmax); }
-      nt += select(0u, 1u, k == t);
-    }
+      nt += select(0u, 1u, k == t);`)
+}
     let mgt = sumF(lid, sgt);
     var ntie = redU(lid, nt, 0u);
     if (kOn && t == th) { ntie = min(ntie, ties); }

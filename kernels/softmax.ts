@@ -70,7 +70,7 @@ export const softmaxKernel: Kernel<SoftmaxParams> = defineKernel<SoftmaxParams>(
   },
   gpu: ({ log }, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 2);
+    const p = rowPlan(rows, cols, target, 2, 3);
     const write = log ? "x[base + j] - mx - lse" : "exp(x[base + j] - mx) / tot";
     const wgsl = `${storage(0, "x", "f32", "read")}
 ${storage(1, "y", "f32", "read_write")}
@@ -114,7 +114,7 @@ export const softmaxGrad: Kernel<SoftmaxParams> = defineKernel<SoftmaxParams>({
   },
   gpu: ({ log }, [y], target) => {
     const { rows, cols } = rowsCols(y.shape);
-    const p = rowPlan(rows, cols, target, 3);
+    const p = rowPlan(rows, cols, target, 3, 2);
     const term = log ? "dy[base + j]" : "dy[base + j] * y[base + j]";
     const write = log ? "dy[k] - exp(y[k]) * sg" : "y[k] * (dy[k] - sg)";
     const wgsl = `${storage(0, "y", "f32", "read")}
@@ -200,7 +200,7 @@ export const crossEntropyKernel: Kernel<CrossEntropyParams> = defineKernel<Cross
   },
   gpu: ({ negate }, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 3);
+    const p = rowPlan(rows, cols, target, 3, 2);
     const wgsl = `${storage(0, "x", "f32", "read")}
 ${storage(1, "tg", "i32", "read")}
 ${storage(2, "y", "f32", "read_write")}
@@ -258,7 +258,7 @@ export const crossEntropyGrad: Kernel<CrossEntropyParams> = defineKernel<CrossEn
   },
   gpu: ({ negate }, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 4);
+    const p = rowPlan(rows, cols, target, 4, 3);
     const wgsl = `${storage(0, "x", "f32", "read")}
 ${storage(1, "tg", "i32", "read")}
 ${storage(2, "dy", "f32", "read")}

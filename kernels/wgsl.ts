@@ -31,3 +31,23 @@ export const flatIndex = (wg: number, grid: readonly [number, number, number]): 
 /** Binding declaration line. */
 export const storage = (binding: number, name: string, type: string, access: "read" | "read_write"): string =>
   `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<${type}>;`;
+
+/**
+ * Loop-iteration budget of one shader invocation on Mesa's llvmpipe/lavapipe (gallivm's
+ * LP_MAX_TGSI_LOOP_ITERATIONS): one counter per invocation, decremented by every iteration of every loop
+ * (sequential and nested loops, inner iterations included; loops in called functions too), never reset. Past
+ * it every loop exits after its first iteration, silently: results are wrong, with no error. Measured: a loop
+ * of n counts min(n, 65535); two sequential loops of n >= 65535 give 65536; nested 700 x 100 gives 64251.
+ * Loops the compiler unrolls (constant trip counts of about 32 or less, or loops unrolled in the generated
+ * WGSL text) do not count. Real GPUs have no such cap, but the hardware variants also run on llvmpipe (tests,
+ * forced variants), so every kernel keeps each invocation's total loop count under `LOOP_SAFE`.
+ */
+export const LOOP_BUDGET = 65535;
+/**
+ * The per-invocation loop count a plan may spend: `LOOP_BUDGET` less a margin for the small loops a plan does
+ * not count exactly (workgroup tree reductions, prologues, loop-exit checks).
+ */
+export const LOOP_SAFE = 49152;
+
+/** Whether a plan whose invocations each run `iterations` loop iterations stays within `LOOP_SAFE`. */
+export const withinLoopBudget = (iterations: number): boolean => iterations <= LOOP_SAFE;

@@ -120,6 +120,23 @@ gpuTest(
 );
 
 gpuTest(
+  "sample: V = 262,144 with top-k and top-p (~70 passes over V: past llvmpipe's loop budget unless unrolled)",
+  async (g) => {
+    const V = 262144, N = 2;
+    const logits = makeLogits(N * V, 6, 10, false);
+    // A top-k set past the median key makes every top-p bisection round scan the row (64 scans in all).
+    await compare(
+      g,
+      N,
+      V,
+      { temperature: 0.8, topK: 200000, topP: 0.9, key: { seed: 4, step: 1 } },
+      logits,
+      23,
+    );
+  },
+);
+
+gpuTest(
   "sample: empirical frequencies match the probabilities (chi-square, df = kept - 1, p = 0.001)",
   async (g) => {
     const V = 12, N = 2500;

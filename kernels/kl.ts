@@ -10,7 +10,7 @@ import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
 import { NEG_BIG } from "./readout.ts";
-import { f32Lit, storage } from "./wgsl.ts";
+import { f32Lit, storage, withinLoopBudget } from "./wgsl.ts";
 
 const WG = 256;
 
@@ -103,7 +103,7 @@ struct U { valid: u32, rows: u32, cols: u32, gx: u32 }
     const uniform = (gx: number) => ({ kind: "uniform", data: new Uint32Array([valid, N, C, gx]) }) as const;
     const bindings = (gx: number) =>
       [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, uniform(gx)] as const;
-    if (target.software) {
+    if (target.software && withinLoopBudget(C)) {
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup with barriers costs ~60 us there
       // and compiles slowly); the 64 invocations of a workgroup run as SIMD lanes over 64 rows.
       const groups = Math.max(1, Math.ceil(N / 64));

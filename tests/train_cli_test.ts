@@ -109,7 +109,7 @@ const assertOutputs = async (dir: string, steps: number) => {
   ) {
     throw new Error(`metrics.jsonl: ${JSON.stringify(lines.map((m) => m.step))}`);
   }
-  if (!(await Deno.readTextFile(`${dir}/plots.svg`)).startsWith("<svg")) {
+  if (!/^(<\?xml[^>]*>\s*)?<svg/.test(await Deno.readTextFile(`${dir}/plots.svg`))) {
     throw new Error("plots.svg is not an SVG");
   }
 };
@@ -127,18 +127,29 @@ gpuTest("a short run on the GPU completes and writes every output file", async (
 gpuTest(
   "BuPO's internal phase leaves every parameter above layer k unchanged (weight decay off)",
   async (g) => {
-    await run(g, small(`${tmp}/bupo`, { objective: "bupo", layer: 0, phaseSteps: 5, weightDecay: 0 }));
-    const before = await tensorsOf(`${modelDir}/model.safetensors`);
+    // The shipped base model solves part of the task, so groups have reward variance and gradients flow.
+    const shipped = `${root}models/tiny-arith`;
+    const cfg = {
+      model: shipped,
+      objective: "bupo",
+      layer: 1,
+      phaseSteps: 5,
+      weightDecay: 0,
+      prompts: 4,
+      group: 4,
+    };
+    await run(g, small(`${tmp}/bupo`, cfg));
+    const before = await tensorsOf(`${shipped}/model.safetensors`);
     const after = await tensorsOf(`${tmp}/bupo/checkpoints/step-000002/model.safetensors`);
     let changedBelow = 0;
     for (const [name, a] of before) {
       const b = after.get(name)!;
       const same = a.every((x, i) => Object.is(x, b[i]));
-      const above = /^model\.layers\.([1-9]\d*)\./.test(name) || name === "model.norm.weight";
-      if (above && !same) throw new Error(`${name} changed during BuPO's internal phase on layer 0`);
+      const above = /^model\.layers\.([2-9]|\d\d+)\./.test(name) || name === "model.norm.weight";
+      if (above && !same) throw new Error(`${name} changed during BuPO's internal phase on layer 1`);
       if (!above && !same) changedBelow++;
     }
-    if (changedBelow === 0) throw new Error("nothing at or below layer 0 was trained");
+    if (changedBelow === 0) throw new Error("nothing at or below layer 1 was trained");
   },
 );
 
@@ -166,6 +177,10 @@ gpuTest("a killed run resumes to exactly the parameters of an uninterrupted run"
     "1",
     "--checkpoint-every",
     "1",
+    "--layer",
+    "0",
+    "--phase-steps",
+    "1",
     "--quiet",
   ];
   await run(g, small(`${tmp}/whole`, { steps: 4, evalEvery: 4, evalProblems: 2 }));
@@ -174,8 +189,9 @@ gpuTest("a killed run resumes to exactly the parameters of an uninterrupted run"
     args: ["run", "-A", `${root}train.ts`, ...args(`${tmp}/killed`)],
     cwd: root,
     stdout: "null",
-    stderr: "null",
+    stderr: "piped",
   }).spawn();
+  const childErr = new Response(child.stderr).text();
   const t0 = Date.now();
   for (;;) {
     const step = await Deno.readTextFile(`${tmp}/killed/latest.json`).then(
@@ -183,11 +199,15 @@ gpuTest("a killed run resumes to exactly the parameters of an uninterrupted run"
       () => 0,
     );
     if (step >= 2) break;
-    if (Date.now() - t0 > 120_000) throw new Error("the child never checkpointed step 2");
+    if (Date.now() - t0 > 120_000) {
+      child.kill("SIGKILL");
+      throw new Error(`the child never checkpointed step 2: ${await childErr}`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
   child.kill("SIGKILL");
   await child.status;
+  await childErr;
   const resumed = await cli([...args(`${tmp}/killed`), "--resume"]);
   if (resumed.code !== 0) throw new Error(`resume failed: ${resumed.text}`);
   const a = await tensorsOf(`${tmp}/whole/checkpoints/step-000004/model.safetensors`);

@@ -3,7 +3,8 @@ import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
 import { defineKernel, type GpuPass, type GpuTarget, type Kernel, type PassBinding } from "./kernel.ts";
 import { apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
+import { type Tensor, tidy, view } from "./tensor.ts";
+import { custom } from "./tape.ts";
 import { grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
 const WG = 256;
@@ -358,4 +359,101 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
  * Embedding lookup: table [V, d] f32, ids [...] i32 -> [..., d]. Differentiable in the table only; an id
  * outside [0, V) reads a row of zeros (and sends no gradient) on every backend.
  */
-export const embedding = (table: Tensor, ids: Tensor): Tensor => apply1(embeddingKernel, {}, [table, ids]);
+export const embedding = (table: Tensor, ids: Tensor): Tensor => {
+  const [V, d] = table.shape;
+  if (table.rank !== 2 || V * d * 4 <= MAX_BINDING_BYTES) return apply1(embeddingKernel, {}, [table, ids]);
+  // A table larger than one storage binding (llvmpipe allows 128 MiB; a 151,936 x 1,024 vocabulary is 622 MB):
+  // gather from row blocks that each fit, every block writing only the ids that fall in it. Differentiable
+  // through the same gradient rule (which needs the whole table's gradient in one buffer).
+  return custom("embedding", {}, [table, ids], () => {
+    const rows = Math.max(64, Math.floor(MAX_BINDING_BYTES / (4 * d) / 64) * 64); // a multiple of 64: aligned views
+    const out = apply1(zerosOfKernel, { shape: [...ids.shape, d] }, [table]);
+    for (let start = 0; start < V; start += rows) {
+      tidy(() => {
+        const block = view(table, start * d, [Math.min(rows, V - start), d]);
+        apply1(embeddingBlockKernel, { start }, [out, block, ids]);
+      });
+    }
+    return [out];
+  }, embeddingKernel.vjp)[0];
+};
+
+/** Largest table gathered in one binding: the WebGPU default maxStorageBufferBindingSize (and llvmpipe's). */
+export const MAX_BINDING_BYTES = 128 * 1024 * 1024;
+
+/** out[t, :] = block[ids[t] - start, :] where that row is in the block, in place (other rows untouched). */
+export const embeddingBlockKernel: Kernel<{ readonly start: number }> = defineKernel<
+  { readonly start: number }
+>({
+  name: "embeddingBlock",
+  infer: (_p, [out, block, ids]) => {
+    requireIds("embedding", ids);
+    if (out.shape.length < 1 || out.shape[out.shape.length - 1] !== block.shape[1]) {
+      throw new ShapeError({
+        op: "embedding",
+        message: `embedding: block ${showShape(block.shape)} vs output ${showShape(out.shape)}`,
+      });
+    }
+    return [{ shape: out.shape, dtype: "f32", alias: 0 }];
+  },
+  cpu: ({ start }, [_o, block, ids], [out]) => {
+    const [v, d] = block.shape;
+    for (let t = 0; t < ids.data.length; t++) {
+      const r = ids.data[t] - start;
+      if (r >= 0 && r < v) { for (let j = 0; j < d; j++) out.data[t * d + j] = block.data[r * d + j]; }
+    }
+  },
+  gpu: ({ start }, [_o, block, ids], target) => {
+    const [v, d] = block.shape;
+    const n = size(ids.shape) * d;
+    const grid = grid1d(n, WG, target);
+    const wgsl = `${storage(0, "out", "f32", "read_write")}
+${storage(1, "block", "f32", "read")}
+${storage(2, "ids", "i32", "read")}
+@group(0) @binding(3) var<uniform> u: vec4u;
+@group(0) @binding(4) var<uniform> s: vec4i;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * u.w;
+  if (i >= u.x) { return; }
+  let r = ids[i / u.y] - s.x;
+  if (r >= 0 && r < i32(u.z)) { out[i] = block[u32(r) * u.y + i % u.y]; }
+}`;
+    return [{
+      wgsl,
+      workgroups: grid,
+      bindings: [
+        { kind: "input", index: 0 },
+        { kind: "input", index: 1 },
+        { kind: "input", index: 2 },
+        vec4(n, d, v, grid[0] * WG),
+        { kind: "uniform", data: new Uint32Array(new Int32Array([start, 0, 0, 0]).buffer) },
+      ],
+    }];
+  },
+});
+
+/** Zeros of `shape` on the backend of its input (the input is only a backend witness). */
+const zerosOfKernel: Kernel<{ readonly shape: readonly number[] }> = defineKernel<
+  { readonly shape: readonly number[] }
+>({
+  name: "zerosOf",
+  infer: ({ shape }) => [{ shape, dtype: "f32" }],
+  cpu: (_p, _i, [y]) => y.data.fill(0),
+  gpu: ({ shape }, _i, target) => {
+    const n = size(shape);
+    const grid = grid1d(n, WG, target);
+    return [{
+      wgsl: `${storage(0, "y", "f32", "read_write")}
+@group(0) @binding(1) var<uniform> u: vec4u;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * u.w;
+  if (i >= u.x) { return; }
+  y[i] = 0.0;
+}`,
+      workgroups: grid,
+      bindings: [{ kind: "output", index: 0 }, vec4(n, 0, 0, grid[0] * WG)],
+    }];
+  },
+});

@@ -152,3 +152,24 @@ Deno.test("embedding of scalar ids gives [d]; ids of shape [2, 3] give [2, 3, d]
   if (a.shape.join() !== "2" || b.shape.join() !== "2,3,2") throw new Error(`${a}, ${b}`);
   assertClose(await a.data(), [5, 6], { atol: 0, rtol: 0 });
 });
+
+gpuTest(
+  "embedding of a table larger than one storage binding (135 MB > 128 MiB) gathers from row blocks",
+  async (g) => {
+    const V = 33_000, d = 1024; // 135 MB: past llvmpipe's 128 MiB maxStorageBufferBindingSize
+    const table = new Float32Array(V * d);
+    for (let i = 0; i < table.length; i += 97) table[i] = (i % 1013) / 1013;
+    for (let v = 0; v < V; v++) table[v * d] = v; // column 0 names the row
+    const ids = [0, 32_767, 32_768, 32_999, 5, -1, 33_000, 16_383, 16_384];
+    const out = await tidy(() => embedding(tensor(g, table, [V, d]), tensor(g, ids, [3, 3], "i32")).data());
+    ids.forEach((id, t) => {
+      const ok = id >= 0 && id < V;
+      for (const j of [0, 1, 97 % d, 500, d - 1]) {
+        const want = ok ? table[id * d + j] : 0;
+        if (out[t * d + j] !== want) {
+          throw new Error(`row ${t} (id ${id}) col ${j}: ${out[t * d + j]} != ${want}`);
+        }
+      }
+    });
+  },
+);

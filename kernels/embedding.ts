@@ -5,6 +5,7 @@ import { defineKernel, type GpuPass, type GpuTarget, type Kernel, type PassBindi
 import { apply1 } from "./run.ts";
 import { type Tensor, tidy, view } from "./tensor.ts";
 import { custom } from "./tape.ts";
+import { zerosLike } from "./layout.ts";
 import { grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
 const WG = 256;
@@ -367,7 +368,7 @@ export const embedding = (table: Tensor, ids: Tensor): Tensor => {
   // through the same gradient rule (which needs the whole table's gradient in one buffer).
   return custom("embedding", {}, [table, ids], () => {
     const rows = Math.max(64, Math.floor(MAX_BINDING_BYTES / (4 * d) / 64) * 64); // a multiple of 64: aligned views
-    const out = apply1(zerosOfKernel, { shape: [...ids.shape, d] }, [table]);
+    const out = zerosLike(table, [...ids.shape, d]);
     for (let start = 0; start < V; start += rows) {
       tidy(() => {
         const block = view(table, start * d, [Math.min(rows, V - start), d]);
@@ -429,31 +430,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
         vec4(n, d, v, grid[0] * WG),
         { kind: "uniform", data: new Uint32Array(new Int32Array([start, 0, 0, 0]).buffer) },
       ],
-    }];
-  },
-});
-
-/** Zeros of `shape` on the backend of its input (the input is only a backend witness). */
-const zerosOfKernel: Kernel<{ readonly shape: readonly number[] }> = defineKernel<
-  { readonly shape: readonly number[] }
->({
-  name: "zerosOf",
-  infer: ({ shape }) => [{ shape, dtype: "f32" }],
-  cpu: (_p, _i, [y]) => y.data.fill(0),
-  gpu: ({ shape }, _i, target) => {
-    const n = size(shape);
-    const grid = grid1d(n, WG, target);
-    return [{
-      wgsl: `${storage(0, "y", "f32", "read_write")}
-@group(0) @binding(1) var<uniform> u: vec4u;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = gid.x + gid.y * u.w;
-  if (i >= u.x) { return; }
-  y[i] = 0.0;
-}`,
-      workgroups: grid,
-      bindings: [{ kind: "output", index: 0 }, vec4(n, 0, 0, grid[0] * WG)],
     }];
   },
 });

@@ -175,7 +175,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   },
 });
 
-const zerosLike = (t: Tensor, shape: readonly number[]): Tensor => apply1(unaryZero, { shape }, [t]);
+/** Zeros of `shape` (any dtype of `t`) on `t`'s backend, written by a kernel: no host upload. */
+export const zerosLike = (t: Tensor, shape: readonly number[]): Tensor => apply1(unaryZero, { shape }, [t]);
 
 /** A kernel that ignores its input and writes zeros of `shape` (keeps the backend implicit). */
 const unaryZero: Kernel<{ readonly shape: readonly number[] }> = defineKernel<

@@ -7,12 +7,12 @@ import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { add, addc, div, exp, minimum, mul, neg, scale, square, sub, sumTo } from "../kernels/elementwise.ts";
 import { binary } from "../kernels/elementwise.ts";
-import { copyInto } from "../kernels/layout.ts";
+import { copyInto, zerosLike } from "../kernels/layout.ts";
 import { sum as sumRows } from "../kernels/reduce.ts";
 import { apply1 } from "../kernels/run.ts";
 import { clampClosed, keepWhere, maxSplit, minSplit, where } from "../kernels/select.ts";
 import { Tape } from "../kernels/tape.ts";
-import { reshape, type Tensor, tensor, tidy, zeros } from "../kernels/tensor.ts";
+import { reshape, type Tensor, tensor, tidy } from "../kernels/tensor.ts";
 import type { BatchTensors } from "./batch.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { final, type InternalPolicy, showPolicy } from "../policies/internal.ts";
@@ -264,7 +264,7 @@ export interface StepOptions {
 }
 
 /** A tensor's value with no gradient path (a copy through a kernel without a gradient rule). */
-export const detach = (x: Tensor): Tensor => copyInto(zeros(x.backend, x.shape), x);
+export const detach = (x: Tensor): Tensor => copyInto(zerosLike(x, x.shape), x);
 
 /**
  * One lowered step: forward with taps, the policies `requiredReadouts` lists read in ONE streaming pass (KL

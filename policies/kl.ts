@@ -6,12 +6,12 @@ import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { add } from "../kernels/elementwise.ts";
 import { klFinish, klFold, klGrad } from "../kernels/kl.ts";
-import { concatRows, copyInto, sliceRows } from "../kernels/layout.ts";
+import { concatRows, copyInto, sliceRows, zerosLike } from "../kernels/layout.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { NEG_BIG } from "../kernels/readout.ts";
 import { apply, apply1 } from "../kernels/run.ts";
 import { custom } from "../kernels/tape.ts";
-import { reshape, type Tensor, tensor, tidy, view, zeros } from "../kernels/tensor.ts";
+import { reshape, type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
 import { type InternalPolicy, showPolicy } from "./internal.ts";
 import { type ForwardResult, unembedding } from "./model.ts";
@@ -72,7 +72,7 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
   }, (_ctx, [g]) => {
     if (!g) return [null, null, null];
     const x = concatRows([xa, xb]); // (2N, d)
-    const dE = zeros(xa.backend, [V, d]);
+    const dE = zerosLike(xa, [V, d]);
     let dx: Tensor | null = null;
     for (let start = 0; start < V; start += chunk) {
       const next: Tensor = tidy(() => {

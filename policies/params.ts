@@ -2,8 +2,8 @@
 import { ShapeError } from "../core/errors.ts";
 import { type Shape, showShape, size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
-import { copyInto } from "../kernels/layout.ts";
-import { keep, type Tensor, tensor, tidy, view, zeros } from "../kernels/tensor.ts";
+import { copyInto, zerosLike } from "../kernels/layout.ts";
+import { keep, type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
 import type { ParamSpec } from "./config.ts";
 
 /** Views start at multiples of 64 elements (256 bytes), the GPU's storage-offset alignment. */
@@ -116,7 +116,7 @@ export const initParams = (
 /** Gather per-parameter gradients into one flat tensor laid out like `params` (zeros where none flowed). */
 export const flattenGrads = (params: Params, grads: readonly (Tensor | null)[]): Tensor =>
   tidy(() => {
-    const flat = zeros(params.backend, [params.layout.total]);
+    const flat = zerosLike(params.flat, [params.layout.total]);
     grads.forEach((g, i) => {
       if (g) copyInto(view(flat, params.layout.offsets[i], params.layout.specs[i].shape), g);
     });

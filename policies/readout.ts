@@ -7,12 +7,12 @@
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { add } from "../kernels/elementwise.ts";
-import { copyInto } from "../kernels/layout.ts";
+import { copyInto, zerosLike } from "../kernels/layout.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { NEG_BIG, readoutFinish, readoutFold, readoutGrad } from "../kernels/readout.ts";
 import { apply, apply1 } from "../kernels/run.ts";
 import { custom } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy, view, zeros } from "../kernels/tensor.ts";
+import { type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
 
 export interface ReadoutOptions {
   /** Softmax temperature T (default 1). */
@@ -78,10 +78,10 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
     fin = outs[0];
     return [outs[1], outs[2]];
   }, (_ctx, [dEnt, dLogp]) => {
-    const a = dLogp ?? zeros(x.backend, [N]);
-    const b = dEnt ?? zeros(x.backend, [N]);
+    const a = dLogp ?? zerosLike(x, [N]);
+    const b = dEnt ?? zerosLike(x, [N]);
     let dx: Tensor | null = null;
-    const dE = zeros(x.backend, [V, d]);
+    const dE = zerosLike(x, [V, d]);
     for (let start = 0; start < V; start += chunk) {
       const next: Tensor = tidy(() => {
         const Ec = view(E, start * d, [Math.min(chunk, V - start), d]); // (C, d)

@@ -4,6 +4,7 @@ import { type Shape, showShape, size, strides } from "../core/shape.ts";
 import { sumTo } from "./elementwise.ts";
 import { defineKernel, type GpuPass, type Kernel, type TensorSpec } from "./kernel.ts";
 import {
+  BUFFER_TILE,
   bufferPass,
   type MatmulGeom,
   SOFT_TILE,
@@ -17,7 +18,7 @@ import { apply1 } from "./run.ts";
 import { reshape, type Tensor } from "./tensor.ts";
 import { flatIndex, grid1d } from "./wgsl.ts";
 
-export { MAX_TEXTURE, SOFT_TILE, type SoftTile } from "./matmul_wgsl.ts";
+export { BUFFER_TILE, MAX_TEXTURE, SOFT_TILE, type SoftTile } from "./matmul_wgsl.ts";
 
 /**
  * GPU lowering: "texture" packs both operands into rgba32float textures then runs a register-blocked kernel
@@ -34,7 +35,7 @@ export interface MatmulParams {
   readonly transB: boolean;
   /** Force a GPU lowering (tests, benchmarks); chosen by the adapter when absent. */
   readonly variant?: MatmulVariant;
-  /** Register block of the software variants (tuning); `SOFT_TILE` when absent. */
+  /** Register block of the software variants (tuning); `SOFT_TILE` (texture), `BUFFER_TILE` when absent. */
   readonly tile?: SoftTile;
 }
 
@@ -198,7 +199,7 @@ export const matmulKernel: Kernel<MatmulParams> = defineKernel<MatmulParams>({
       case "texture":
         return texturePasses(g, tile);
       case "buffer":
-        return [bufferPass(g, tile)];
+        return [bufferPass(g, p.tile ?? BUFFER_TILE)];
       case "tiled":
         return [tiledPass(g)];
       default:

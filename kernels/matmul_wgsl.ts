@@ -28,8 +28,11 @@ export interface SoftTile {
   readonly WY: number;
 }
 
-/** The measured default on llvmpipe (see bench/matmul.ts). */
-export const SOFT_TILE: SoftTile = { TM: 8, TN: 16, WX: 8, WY: 1 };
+/** The measured default on llvmpipe: 16x16 beat 8x16 (~1.5x) and 16x32 (~equal at 1024^3, slower at d = 128-256). */
+export const SOFT_TILE: SoftTile = { TM: 16, TN: 16, WX: 8, WY: 1 };
+
+/** The measured default of the buffer kernel (a larger block measured no faster there, and compiles slower). */
+export const BUFFER_TILE: SoftTile = { TM: 8, TN: 16, WX: 8, WY: 1 };
 
 /** Texture limit every WebGPU device has (maxTextureDimension2D default); larger operands use buffers. */
 export const MAX_TEXTURE = 8192;
@@ -45,13 +48,30 @@ const addrA = (g: MatmulGeom, ia: string, m: string, k: string): string =>
 const addrB = (g: MatmulGeom, ib: string, k: string, n: string): string =>
   `${ib} * ${u(g.K * g.N)} + ` + (g.transB ? `${n} * ${u(g.K)} + ${k}` : `${k} * ${u(g.N)} + ${n}`);
 
-/** Guarded scalar stores of the register block c_i_j (vec4 over 4 columns) to out[z, m0 + i, n0 + 4j + e]. */
+/** Whether the output is bound as `array<vec4f>` (every row starts on a vec4 when N % 4 == 0). */
+const vecOut = (g: MatmulGeom): boolean => g.N % 4 === 0;
+
+/** Declaration of the output binding `out` at `binding`. */
+const outDecl = (g: MatmulGeom, binding: number): string =>
+  `@group(0) @binding(${binding}) var<storage, read_write> out: array<${vecOut(g) ? "vec4f" : "f32"}>;`;
+
+/**
+ * Guarded stores of the register block c_i_j (vec4 over 4 columns) to out[z, m0 + i, n0 + 4j ..]: one vec4
+ * store per c_i_j when N % 4 == 0 (scalar stores at dynamic addresses run one lane at a time on llvmpipe),
+ * else 4 scalar stores.
+ */
 const storeBlock = (g: MatmulGeom, TM: number, TN: number): string => {
+  const vec = vecOut(g);
   const lines: string[] = [`  let cbase = z * ${u(g.M * g.N)};`];
   const rowGuard = g.M % TM !== 0, colGuard = g.N % TN !== 0;
   for (const i of range(TM)) {
     const body: string[] = [`    let r${i} = cbase + (m0 + ${u(i)}) * ${u(g.N)} + n0;`];
     for (const j of range(TN / 4)) {
+      if (vec) {
+        const st = `out[r${i} / 4u + ${u(j)}] = c${i}_${j};`;
+        body.push(colGuard ? `    if (n0 + ${u(4 * j)} < ${u(g.N)}) { ${st} }` : `    ${st}`);
+        continue;
+      }
       for (const e of range(4)) {
         const c = 4 * j + e;
         const st = `out[r${i} + ${u(c)}] = c${i}_${j}[${e}];`;
@@ -86,7 +106,94 @@ export const texturesFit = (g: MatmulGeom, t: SoftTile): boolean => {
   return Math.max(d.a.width, d.a.height, d.b.width, d.b.height) <= MAX_TEXTURE;
 };
 
-const PACK_WG = 8;
+/**
+ * One pack pass: `count` stored row-major matrices S[z] of R x C (input `input`) into a texture whose texel
+ * (x, z * H + y) holds 4 consecutive entries along one axis of S, zero padded:
+ * - `across` false: texel = S[z][y, 4x .. 4x+3] (op(A) = A, op(B) = B: the texel runs along S's rows);
+ * - `across` true: texel = S[z][4x .. 4x+3, y] (the transposed operands).
+ * Neighbouring lanes (x of the dispatch) always walk S's contiguous axis; with C % 4 == 0 they load vec4s
+ * (and the transposed case transposes a 4x4 block in registers, storing 4 texels).
+ */
+const packPass = (
+  input: number,
+  tex: { readonly id: string; readonly width: number; readonly height: number },
+  count: number,
+  R: number,
+  C: number,
+  H: number,
+  across: boolean,
+  label: string,
+): GpuPass => {
+  const vec = C % 4 === 0;
+  const [WX, WY] = [16, 4];
+  const PR = 1;
+  const body: string[] = [];
+  let grid: [number, number];
+  if (!across && vec) {
+    // (x = texel column, y = row of S)
+    grid = [tex.width, Math.ceil(H / PR)];
+    for (const r of range(PR)) {
+      body.push(
+        `  { let y = gid.y * ${u(PR)} + ${u(r)};`,
+        `    let v = select(vec4f(0.0), src[min(z * ${u(R * C / 4)} + y * ${u(C / 4)} + gid.x, ${
+          u(count * R * C / 4 - 1)
+        })], y < ${u(R)} && gid.x < ${u(C / 4)});`,
+        `    if (y < ${u(H)}) { textureStore(dst, vec2u(gid.x, z * ${u(H)} + y), v); } }`,
+      );
+    }
+  } else if (!across) {
+    grid = [tex.width, H];
+    const el = (e: number) =>
+      `select(0.0, src[min(z * ${u(R * C)} + gid.y * ${u(C)} + gid.x * 4u + ${u(e)}, ${
+        u(count * R * C - 1)
+      })], gid.y < ${u(R)} && gid.x * 4u + ${u(e)} < ${u(C)})`;
+    body.push(
+      `  textureStore(dst, vec2u(gid.x, z * ${u(H)} + gid.y), vec4f(${range(4).map(el).join(", ")}));`,
+    );
+  } else if (vec) {
+    // (x = group of 4 columns of S, y = texel column = group of 4 rows of S): a 4x4 block, transposed.
+    grid = [Math.ceil(H / 4), tex.width];
+    for (const e of range(4)) {
+      body.push(
+        `  let r${e} = select(vec4f(0.0), src[min(z * ${u(R * C / 4)} + (gid.y * 4u + ${u(e)}) * ${
+          u(C / 4)
+        } + gid.x, ${u(count * R * C / 4 - 1)})], gid.y * 4u + ${u(e)} < ${u(R)} && gid.x < ${u(C / 4)});`,
+      );
+    }
+    for (const q of range(4)) {
+      const c = "xyzw"[q];
+      body.push(
+        `  if (gid.x * 4u + ${u(q)} < ${u(H)}) { textureStore(dst, vec2u(gid.y, z * ${u(H)} + gid.x * 4u + ${
+          u(q)
+        }), vec4f(r0.${c}, r1.${c}, r2.${c}, r3.${c})); }`,
+      );
+    }
+  } else {
+    // (x = column of S, y = texel column = group of 4 rows of S)
+    grid = [H, tex.width];
+    const el = (e: number) =>
+      `select(0.0, src[min(z * ${u(R * C)} + (gid.y * 4u + ${u(e)}) * ${u(C)} + gid.x, ${
+        u(count * R * C - 1)
+      })], gid.y * 4u + ${u(e)} < ${u(R)} && gid.x < ${u(C)})`;
+    body.push(
+      `  textureStore(dst, vec2u(gid.y, z * ${u(H)} + gid.x), vec4f(${range(4).map(el).join(", ")}));`,
+    );
+  }
+  const wgsl = `@group(0) @binding(0) var<storage, read> src: array<${vec ? "vec4f" : "f32"}>;
+@group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
+@compute @workgroup_size(${WX}, ${WY})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x >= ${u(grid[0])} || gid.y >= ${u(grid[1])}) { return; }
+  let z = gid.z;
+${body.join("\n")}
+}`;
+  return {
+    wgsl,
+    workgroups: [Math.ceil(grid[0] / WX), Math.ceil(grid[1] / WY), count],
+    bindings: [{ kind: "input", index: input }, { kind: "texture", ...tex, access: "write" }],
+    label,
+  };
+};
 
 /**
  * Three passes: pack op(A) row-major into texture "A" (texel = 4 consecutive k of one row, zero padded),
@@ -97,37 +204,9 @@ const PACK_WG = 8;
 export const texturePasses = (g: MatmulGeom, t: SoftTile): GpuPass[] => {
   const { TM, TN, WX, WY } = t;
   const d = textureDims(g, t);
-  const texel = (cond: (e: number) => string, addr: (e: number) => string) =>
-    `vec4f(${
-      range(4).map((e) => `select(0.0, src[min(${addr(e)}, arrayLength(&src) - 1u)], ${cond(e)})`).join(", ")
-    })`;
-  const packA = `@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
-@compute @workgroup_size(${PACK_WG}, ${PACK_WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  if (gid.x >= ${u(d.a.width)} || gid.y >= ${u(d.a.height)}) { return; }
-  let ia = gid.y / ${u(d.Mp)};
-  let m = gid.y % ${u(d.Mp)};
-  let k = gid.x * 4u;
-  let v = ${
-    texel((e) => `m < ${u(g.M)} && k + ${u(e)} < ${u(g.K)}`, (e) => addrA(g, "ia", "m", `(k + ${u(e)})`))
-  };
-  textureStore(dst, vec2u(gid.x, gid.y), v);
-}`;
-  const packB = `@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
-@compute @workgroup_size(${PACK_WG}, ${PACK_WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  if (gid.x >= ${u(d.b.width)} || gid.y >= ${u(d.b.height)}) { return; }
-  let ib = gid.y / ${u(d.Kp)};
-  let k = gid.y % ${u(d.Kp)};
-  let n = gid.x * 4u;
-  let v = ${
-    texel((e) => `k < ${u(g.K)} && n + ${u(e)} < ${u(g.N)}`, (e) => addrB(g, "ib", "k", `(n + ${u(e)})`))
-  };
-  textureStore(dst, vec2u(gid.x, gid.y), v);
-}`;
   const ncb = d.Np / TN, nrb = d.Mp / TM;
+  // Per 4-step of k: TM texels of A (4 k's of one row each), 4 x TN/4 texels of B; TM x TN/4 vec4 updates,
+  // each summing its 4 products before touching the (spilled) accumulator once.
   // Per 4-step of k: TM texels of A (4 k's of one row each), 4 x TN/4 texels of B; TM x TN/4 vec4 updates,
   // each summing its 4 products before touching the (spilled) accumulator once.
   const step: string[] = [];
@@ -147,7 +226,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   const main = `@group(0) @binding(0) var tA: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(1) var tB: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+${outDecl(g, 2)}
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (gid.x >= ${u(ncb)} || gid.y >= ${u(nrb)}) { return; }
@@ -168,18 +247,12 @@ ${storeBlock(g, TM, TN)}
   const aTex = { kind: "texture", id: "A", ...d.a } as const;
   const bTex = { kind: "texture", id: "B", ...d.b } as const;
   return [
-    {
-      wgsl: packA,
-      workgroups: [Math.ceil(d.a.width / PACK_WG), Math.ceil(d.a.height / PACK_WG), 1],
-      bindings: [{ kind: "input", index: 0 }, { ...aTex, access: "write" }],
-      label: "matmul.packA",
-    },
-    {
-      wgsl: packB,
-      workgroups: [Math.ceil(d.b.width / PACK_WG), Math.ceil(d.b.height / PACK_WG), 1],
-      bindings: [{ kind: "input", index: 1 }, { ...bTex, access: "write" }],
-      label: "matmul.packB",
-    },
+    g.transA
+      ? packPass(0, aTex, g.aCount, g.K, g.M, d.Mp, true, "matmul.packA")
+      : packPass(0, aTex, g.aCount, g.M, g.K, d.Mp, false, "matmul.packA"),
+    g.transB
+      ? packPass(1, bTex, g.bCount, g.N, g.K, d.Kp, true, "matmul.packB")
+      : packPass(1, bTex, g.bCount, g.K, g.N, d.Kp, false, "matmul.packB"),
     {
       wgsl: main,
       workgroups: [Math.ceil(ncb / WX), Math.ceil(nrb / WY), g.batch],
@@ -239,7 +312,7 @@ export const bufferPass = (g: MatmulGeom, t: SoftTile): GpuPass => {
   }
   const wgsl = `@group(0) @binding(0) var<storage, read> A: array<${vecA ? "vec4f" : "f32"}>;
 @group(0) @binding(1) var<storage, read> B: array<${vecB ? "vec4f" : "f32"}>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+${outDecl(g, 2)}
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (gid.x >= ${u(ncb)} || gid.y >= ${u(nrb)}) { return; }

@@ -108,6 +108,38 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "matmul texture: 4-aligned shapes (vec4 pack, 4x4 transposed pack, vec4 stores) and the old 8x16 block",
+  async (g) => {
+    // M, K, N multiples of 4 but not of the 16-row/16-column block: padded rows and columns, vec4 paths.
+    for (const [transA, transB] of [[false, false], [true, false], [false, true], [true, true]]) {
+      for (const tile of [undefined, { TM: 8, TN: 16, WX: 8, WY: 1 }]) {
+        const [M, K, N] = [20, 36, 44];
+        const p: Problem = {
+          sa: [2, 1, ...(transA ? [K, M] : [M, K])],
+          sb: [3, ...(transB ? [N, K] : [K, N])],
+          transA,
+          transB,
+          K,
+        };
+        const got = await tidy(() =>
+          matmul(
+            tensor(g, randomData(size(p.sa), 7), p.sa),
+            tensor(g, randomData(size(p.sb), 8), p.sb),
+            { transA, transB, variant: "texture", tile },
+          ).data()
+        );
+        assertClose(
+          got,
+          await runMatmul(cpu32, p, 7),
+          tolFor(K),
+          `aligned tA=${transA} tB=${transB} ${tile}`,
+        );
+      }
+    }
+  },
+);
+
 gpuTest("matmul: operands too large for an 8192-texel texture fall back to the buffer kernel", async (g) => {
   const p: Problem = { sa: [2, 4100, 3], sb: [3, 5], transA: false, transB: false, K: 3 }; // folded M = 8200
   const spec = (s: number[]) => ({ shape: s, dtype: "f32" as const });

@@ -60,6 +60,8 @@ export interface AppendParams {
   readonly t: number;
   readonly eos: number;
   readonly pad: number;
+  /** A second id that also ends a row (e.g. the task's stop character); default: eos. */
+  readonly stop?: number;
 }
 
 /**
@@ -83,18 +85,18 @@ export const appendKernel: Kernel<AppendParams> = defineKernel<AppendParams>({
     }
     return [{ shape: ids.shape, dtype: "i32", alias: 0 }, { shape: done.shape, dtype: "i32", alias: 1 }];
   },
-  cpu: ({ t, eos, pad }, [_i, _d, sampled, plen], [ids, done]) => {
+  cpu: ({ t, eos, pad, stop = eos }, [_i, _d, sampled, plen], [ids, done]) => {
     const [B, T] = ids.shape;
     for (let b = 0; b < B; b++) {
       if (t < plen.data[b]) continue;
       if (done.data[b]) ids.data[b * T + t] = pad;
       else {
         ids.data[b * T + t] = sampled.data[b];
-        if (sampled.data[b] === eos) done.data[b] = 1;
+        if (sampled.data[b] === eos || sampled.data[b] === stop) done.data[b] = 1;
       }
     }
   },
-  gpu: ({ t, eos, pad }, [ids]) => {
+  gpu: ({ t, eos, pad, stop = eos }, [ids]) => {
     const [B, T] = ids.shape;
     return [{
       wgsl: `${storage(0, "ids", "i32", "read_write")}
@@ -112,7 +114,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (done[b] != 0) { ids[at] = u.z; return; }
   let s = sampled[b];
   ids[at] = s;
-  if (s == u.y) { done[b] = 1; }
+  if (s == u.y || s == u.w) { done[b] = 1; }
 }`,
       workgroups: [Math.ceil(B / 64), 1, 1],
       bindings: [
@@ -120,7 +122,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
         { kind: "input", index: 1 },
         { kind: "input", index: 2 },
         { kind: "input", index: 3 },
-        { kind: "uniform", data: new Uint32Array(new Int32Array([t, eos, pad, 0]).buffer) },
+        { kind: "uniform", data: new Uint32Array(new Int32Array([t, eos, pad, stop]).buffer) },
       ],
     }];
   },

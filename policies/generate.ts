@@ -18,6 +18,8 @@ export interface GenerateOptions {
   readonly maxNew: number;
   readonly eos: number;
   readonly pad: number;
+  /** Another token id that ends a response (kept in it), e.g. the task's stop character. */
+  readonly stop?: number;
   readonly temperature: number;
   readonly topK?: number;
   readonly topP?: number;
@@ -81,7 +83,7 @@ export const generate = async (
           sequences: seqs,
           positions: col,
         });
-        appendToken(ids, done, s, promptLen, { t, eos: o.eos, pad: o.pad });
+        appendToken(ids, done, s, promptLen, { t, eos: o.eos, pad: o.pad, stop: o.stop ?? o.eos });
       });
       o.onToken?.(t - start + 1, T - start);
       if (every > 0 && (t - start + 1) % every === 0 && t + 1 < T) {
@@ -94,13 +96,13 @@ export const generate = async (
     for (let b = 0; b < B; b++) {
       let end = T;
       for (let t = plens[b]; t < T; t++) {
-        if (out[b * T + t] === o.eos) {
+        if (out[b * T + t] === o.eos || out[b * T + t] === o.stop) {
           end = t + 1;
           break;
         }
       }
       responseLens.push(end - plens[b]);
-      finished.push(end < T || out[b * T + T - 1] === o.eos);
+      finished.push(end < T || out[b * T + T - 1] === o.eos || out[b * T + T - 1] === o.stop);
     }
     return { ids: out, B, T, promptLens: plens, responseLens, finished };
   } finally {

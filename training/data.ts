@@ -45,3 +45,10 @@ export const responseText = (
   }
   return tok.decode(out);
 };
+
+/** The token id of the task's stop string when it is one token (rollouts end there, as the Task contract allows). */
+export const stopId = (tok: TextTokenizer, task: Task): number | undefined => {
+  if (!task.stop) return undefined;
+  const ids = tok.encode(task.stop);
+  return ids.length === 1 ? ids[0] : undefined;
+};

@@ -4,7 +4,7 @@ import { generate } from "../policies/generate.ts";
 import type { Params } from "../policies/params.ts";
 import type { TextTokenizer } from "../policies/tokenizer.ts";
 import { batch, type Task } from "../tasks/task.ts";
-import { promptIds, responseText } from "./data.ts";
+import { promptIds, responseText, stopId } from "./data.ts";
 
 export interface EvalOptions {
   readonly problems: number;
@@ -37,7 +37,7 @@ const rollTexts = async (
   p: Params,
   tok: TextTokenizer,
   prompts: string[],
-  o: { temperature: number; maxNew: number; seed: number; step: number; batchSize: number },
+  o: { temperature: number; maxNew: number; seed: number; step: number; batchSize: number; stop?: number },
 ): Promise<string[]> => {
   const out: string[] = [];
   for (let i = 0; i < prompts.length; i += o.batchSize) {
@@ -45,6 +45,7 @@ const rollTexts = async (
     const r = await generate(c, p, part.map((x) => promptIds(tok, x)), {
       maxNew: o.maxNew,
       eos: tok.eos,
+      stop: o.stop,
       pad: tok.pad,
       temperature: o.temperature,
       seed: o.seed,
@@ -75,6 +76,7 @@ export const evaluate = async (
     seed: o.seed,
     step: 0x7fff0000,
     batchSize: bs,
+    stop: stopId(tok, task),
   });
   const greedyTexts = await rollTexts(c, p, tok, probs.map((q) => q.prompt), {
     temperature: 0,
@@ -82,6 +84,7 @@ export const evaluate = async (
     seed: o.seed,
     step: 0x7fff0001,
     batchSize: bs,
+    stop: stopId(tok, task),
   });
   let sum = 0, pass = 0, greedy = 0;
   const samples: EvalResult["samples"] = [];

@@ -23,7 +23,7 @@ import { activeAt, type Objective, showActive } from "../objectives/objective.ts
 import { requiredReadouts } from "../objectives/reference.ts";
 import { batch, type Task } from "../tasks/task.ts";
 import type { TrainConfig } from "./config.ts";
-import { promptIds, responseText } from "./data.ts";
+import { promptIds, responseText, stopId } from "./data.ts";
 
 /** Everything a step needs. */
 export interface RlContext {
@@ -95,6 +95,7 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
   const roll = await generate(config, params, prompts, {
     maxNew: cfg.maxNew,
     eos: tok.eos,
+    stop: stopId(tok, task),
     pad: tok.pad,
     temperature: cfg.temperature,
     seed: cfg.seed,

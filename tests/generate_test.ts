@@ -66,3 +66,19 @@ gpuTest("column and appendToken: GPU equals CPU", async (g) => {
     "append",
   );
 });
+
+gpuTest("appendToken: a second stop id ends a row like eos (GPU equals CPU)", async (g) => {
+  const run = async (b: Backend) => {
+    const ids = tensor(b, [1, 0, 1, 0], [2, 2], "i32");
+    const done = tensor(b, [0, 0], [2], "i32");
+    appendToken(ids, done, tensor(b, [7, 9], [2], "i32"), tensor(b, [1, 1], [2], "i32"), {
+      t: 1,
+      eos: 2,
+      pad: 0,
+      stop: 7,
+    });
+    return [...await ids.data(), ...await done.data()];
+  };
+  assertClose(await run(g), await run(cpu32), { atol: 0, rtol: 0 }, "append");
+  assertClose(await run(cpu32), [1, 7, 1, 9, 1, 0], { atol: 0, rtol: 0 }, "stop ends row 0 only");
+});

@@ -31,6 +31,8 @@ export interface Progress {
   update(step: number): void;
   /** Change the total (e.g. when generation stops early). */
   setTotal(total: number): void;
+  /** Text shown after the bar (e.g. `reward 0.62`); empty for none. */
+  setNote(note: string): void;
   /** Finish: draw the final state and end the line. */
   done(): void;
 }
@@ -92,14 +94,16 @@ export const progress = (label: string, total: number, opts: ProgressOptions = {
     }
   };
   const t0 = now();
-  let step = 0, lastDraw = t0, lastDecile = 0, finished = false;
+  let step = 0, lastDraw = t0, lastDecile = 0, finished = false, note = "";
+  const line = (elapsed: number) =>
+    progressLine(label, step, total, elapsed, unit, width, finished) + (note ? `  ${note}` : "");
   const draw = (force: boolean) => {
     const t = now();
     const elapsed = (t - t0) / 1000;
     if (tty) {
       if (!force && t - lastDraw < redrawMs && step > 1) return;
       lastDraw = t;
-      write(`\r${progressLine(label, step, total, elapsed, unit, width, finished)}\x1b[K`);
+      write(`\r${line(elapsed)}\x1b[K`);
       return;
     }
     const decile = total > 0 ? Math.floor((10 * Math.min(step, total)) / total) : 0;
@@ -107,7 +111,7 @@ export const progress = (label: string, total: number, opts: ProgressOptions = {
     if (force || (step < total && (decile > lastDecile || t - lastDraw >= everyMs))) {
       lastDraw = t;
       lastDecile = decile;
-      write(`${progressLine(label, step, total, elapsed, unit, width, finished)}\n`);
+      write(`${line(elapsed)}\n`);
     }
   };
   return {
@@ -121,6 +125,9 @@ export const progress = (label: string, total: number, opts: ProgressOptions = {
     },
     setTotal(t) {
       total = t;
+    },
+    setNote(n) {
+      note = n;
     },
     done() {
       if (finished) return;

@@ -160,6 +160,13 @@ Deno.test("progress: plain mode prints a line per 10% or per 5 s; terminal mode 
   if (!text.startsWith("\rtty [") || (text.match(/\n/g) ?? []).length !== 1 || !text.includes("\x1b[K")) {
     throw new Error(`tty output ${JSON.stringify(text)}`);
   }
+  const u = sink();
+  const v = progress("train", 2, { sink: u, tty: false, now: () => now });
+  v.setNote("reward 0.625");
+  v.update(1);
+  if (!/train \[.*\] 1\/2 .*ETA .*  reward 0\.625$/.test(u.out.join("").trim())) {
+    throw new Error(`note: ${JSON.stringify(u.out.join(""))}`);
+  }
   if (!progressLine("x", 1, 4, 2).endsWith("ETA 0:06") || formatDuration(3725) !== "1:02:05") {
     throw new Error("eta");
   }

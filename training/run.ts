@@ -295,6 +295,7 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
       yield* Effect.promise(() =>
         Deno.writeTextFile(`${dir}/metrics.jsonl`, JSON.stringify(sm) + "\n", { append: true })
       );
+      bar?.setNote(`reward ${sm.rewardMean.toFixed(3)}  acc ${(100 * sm.accuracy).toFixed(0)}%`);
       bar?.update(step);
       if (!o.quiet && (step % 5 === 0 || step === cfg.steps)) {
         console.log(

@@ -310,3 +310,136 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     }];
   },
 });
+
+export interface TopKParams extends ChunkParams {
+  /** How many of the largest logits to keep per row (1..16). */
+  readonly k: number;
+}
+
+/**
+ * Fold one chunk of logits (N, C) into a running top-k per row, in place: state (N, 2k) holds the k largest
+ * z/T seen so far in descending order, then their ids (as f32, exact below 2^24). Ties keep the lower id first.
+ * The insertion is unrolled in the generated text (no inner loop: llvmpipe counts every loop iteration).
+ * Inputs: [state, logits]. Each invocation loops over the chunk once: keep chunks within the loop budget.
+ */
+export const readoutTopK: Kernel<TopKParams> = defineKernel<TopKParams>({
+  name: "readoutTopK",
+  infer: ({ k }, [state, z]) => {
+    if (!Number.isInteger(k) || k < 1 || k > 16) {
+      throw new ShapeError({
+        op: "readoutTopK",
+        message: `readoutTopK: k = ${k} must be an integer in 1..16`,
+      });
+    }
+    if (z.shape.length !== 2 || state.shape.join() !== `${z.shape[0]},${2 * k}`) {
+      throw new ShapeError({
+        op: "readoutTopK",
+        message: `readoutTopK: state must be (${z.shape[0]}, ${2 * k}) for logits ${
+          showShape(z.shape)
+        }, got ${showShape(state.shape)}`,
+      });
+    }
+    return [{ shape: state.shape, dtype: "f32", alias: 0 }];
+  },
+  cpu: ({ start, vocab, temperature, k }, [_s, z], [st]) => {
+    const [N, C] = z.shape;
+    for (let i = 0; i < N; i++) {
+      const vals = Array.from(st.data.subarray(2 * k * i, 2 * k * i + k));
+      const ids = Array.from(st.data.subarray(2 * k * i + k, 2 * k * (i + 1)));
+      for (let c = 0; c < C && start + c < vocab; c++) {
+        let v = Math.fround(z.data[i * C + c] * Math.fround(1 / temperature)), id = start + c;
+        for (let j = 0; j < k; j++) {
+          if (v > vals[j]) [v, vals[j], id, ids[j]] = [vals[j], v, ids[j], id];
+        }
+      }
+      st.data.set(vals, 2 * k * i);
+      st.data.set(ids, 2 * k * i + k);
+    }
+  },
+  gpu: ({ start, vocab, temperature, k }, [_s, z], target) => {
+    const [N, C] = z.shape;
+    const valid = Math.max(0, Math.min(C, vocab - start));
+    const groups = Math.ceil(N / 64);
+    const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    const js = Array.from({ length: k }, (_, j) => j);
+    const wgsl = `${storage(0, "st", "f32", "read_write")}
+${storage(1, "z", "f32", "read")}
+struct U { start: u32, valid: u32 }
+@group(0) @binding(2) var<uniform> u: U;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let row = gid.x + gid.y * ${gx * 64}u;
+  if (row >= ${N}u) { return; }
+  let b = row * ${2 * k}u;
+${js.map((j) => `  var v${j} = st[b + ${j}u];\n  var i${j} = st[b + ${k + j}u];`).join("\n")}
+  for (var c = 0u; c < u.valid; c++) {
+    var v = z[row * ${C}u + c] * ${f32Lit(1 / temperature)};
+    var id = f32(u.start + c);
+${
+      js.map((j) =>
+        `    if (v > v${j}) { let tv = v${j}; v${j} = v; v = tv; let ti = i${j}; i${j} = id; id = ti; }`
+      ).join("\n")
+    }
+  }
+${js.map((j) => `  st[b + ${j}u] = v${j};\n  st[b + ${k + j}u] = i${j};`).join("\n")}
+}`;
+    return [{
+      wgsl,
+      workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1],
+      bindings: [
+        { kind: "input", index: 0 },
+        { kind: "input", index: 1 },
+        { kind: "uniform", data: new Uint32Array([start, valid, 0, 0]) },
+      ],
+    }];
+  },
+});
+
+/** From the top-k state (N, 2k) and the final stats (N, 3): log-probs (N, k) (z/T - lse) and ids (N, k) i32. */
+export const readoutTopKFinish: Kernel<{ readonly k: number }> = defineKernel<{ readonly k: number }>({
+  name: "readoutTopKFinish",
+  infer: ({ k }, [st, fin]) => {
+    const N = st.shape[0];
+    if (st.shape.join() !== `${N},${2 * k}` || fin.shape.join() !== `${N},3`) {
+      throw new ShapeError({
+        op: "readoutTopKFinish",
+        message: `readoutTopKFinish: state (${N}, ${2 * k}) and final (${N}, 3) expected, got ${
+          showShape(st.shape)
+        }, ${showShape(fin.shape)}`,
+      });
+    }
+    return [{ shape: [N, k], dtype: "f32" }, { shape: [N, k], dtype: "i32" }];
+  },
+  cpu: ({ k }, [st, fin], [lp, ids]) => {
+    const N = st.shape[0];
+    for (let i = 0; i < N; i++) {
+      for (let j = 0; j < k; j++) {
+        lp.data[i * k + j] = st.data[2 * k * i + j] - fin.data[3 * i];
+        ids.data[i * k + j] = st.data[2 * k * i + k + j];
+      }
+    }
+  },
+  gpu: ({ k }, [st]) => {
+    const n = st.shape[0] * k;
+    return [{
+      wgsl: `${storage(0, "st", "f32", "read")}
+${storage(1, "fin", "f32", "read")}
+${storage(2, "lp", "f32", "read_write")}
+${storage(3, "ids", "i32", "read_write")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * 4194240u;
+  if (i >= ${n}u) { return; }
+  let row = i / ${k}u;
+  let j = i % ${k}u;
+  lp[i] = st[row * ${2 * k}u + j] - fin[row * 3u];
+  ids[i] = i32(st[row * ${2 * k}u + ${k}u + j]);
+}`,
+      workgroups: [Math.min(65535, Math.ceil(n / 64)), Math.ceil(Math.ceil(n / 64) / 65535), 1],
+      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }, {
+        kind: "output",
+        index: 1,
+      }],
+    }];
+  },
+});

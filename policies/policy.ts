@@ -43,6 +43,8 @@ export const pointOf = (c: DecoderConfig, p: Params, x: Tensor, norm: "raw" | "n
 export interface PolicyReadout {
   readonly entropy: Tensor;
   readonly logp: Tensor;
+  /** With `opts.topK`: the k most likely ids (B*T, k) i32 and their log-probs (B*T, k). */
+  readonly top?: { readonly ids: Tensor; readonly logp: Tensor };
 }
 
 /**
@@ -62,9 +64,11 @@ export const readPoints = (
   const rows = concatRows(points.map((x) => reshape(x, [N, d]))); // (P*N, d)
   const tg = concatRows(points.map(() => targets)); // (P*N)
   const r = streamReadout(rows, unembedding(c, p), tg, opts);
+  const part = (t: Tensor, i: number) => (points.length === 1 ? t : sliceRows(t, i * N, N));
   return points.map((_, i) => ({
-    entropy: points.length === 1 ? r.entropy : sliceRows(r.entropy, i * N, N),
-    logp: points.length === 1 ? r.logp : sliceRows(r.logp, i * N, N),
+    entropy: part(r.entropy, i),
+    logp: part(r.logp, i),
+    ...(r.top ? { top: { ids: part(r.top.ids, i), logp: part(r.top.logp, i) } } : {}),
   }));
 };
 

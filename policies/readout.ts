@@ -9,7 +9,15 @@ import { showShape } from "../core/shape.ts";
 import { add } from "../kernels/elementwise.ts";
 import { copyInto, zerosLike } from "../kernels/layout.ts";
 import { matmul } from "../kernels/matmul.ts";
-import { NEG_BIG, readoutFinish, readoutFold, readoutGrad } from "../kernels/readout.ts";
+import {
+  NEG_BIG,
+  readoutFinish,
+  readoutFold,
+  readoutGrad,
+  readoutTopK,
+  readoutTopKFinish,
+} from "../kernels/readout.ts";
+import { LOOP_SAFE } from "../kernels/wgsl.ts";
 import { apply, apply1 } from "../kernels/run.ts";
 import { custom } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
@@ -19,6 +27,8 @@ export interface ReadoutOptions {
   readonly temperature?: number;
   /** Vocabulary ids per chunk, a multiple of 64 (default 8192). */
   readonly chunk?: number;
+  /** Also return the k most likely ids and their log-probs per row (1..16; not differentiated). */
+  readonly topK?: number;
 }
 
 export interface Readout {
@@ -26,6 +36,8 @@ export interface Readout {
   readonly entropy: Tensor;
   /** Log-prob of the target id per row. (N) */
   readonly logp: Tensor;
+  /** With `topK`: the k most likely ids (N, k) i32, most likely first (ties: lower id first), and log-probs (N, k). */
+  readonly top?: { readonly ids: Tensor; readonly logp: Tensor };
 }
 
 /**
@@ -63,19 +75,40 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
     }
   };
   const params = { temperature, vocab: V };
+  const k = opts.topK ?? 0;
+  if (k > 0 && chunk > LOOP_SAFE) {
+    throw new ShapeError({
+      op: "streamReadout",
+      message:
+        `streamReadout: topK needs chunk <= ${LOOP_SAFE} (one loop per row per chunk on llvmpipe), got ${chunk}`,
+    });
+  }
   let fin: Tensor;
+  let top: Readout["top"];
   const [entropy, logp] = custom("streamReadout", params, [x, E, targets], () => {
     const state = tensor(x.backend, new Float32Array(4 * N).map((_, i) => (i % 4 === 0 ? NEG_BIG : 0)), [
       N,
       4,
     ]);
+    const topState = k > 0
+      ? tensor(x.backend, new Float32Array(2 * k * N).map((_, i) => (i % (2 * k) < k ? NEG_BIG : -1)), [
+        N,
+        2 * k,
+      ])
+      : null;
     chunks((start, Ec) => {
       const z = matmul(x, Ec, { transB: true }); // (N, C)
       apply(readoutFold, { start, vocab: V, temperature }, [state, z, targets]);
+      if (topState) apply(readoutTopK, { start, vocab: V, temperature, k }, [topState, z]);
     });
     const outs = apply(readoutFinish, {}, [state]);
     state.dispose();
     fin = outs[0];
+    if (topState) {
+      const [tl, ti] = apply(readoutTopKFinish, { k }, [topState, fin]);
+      top = { ids: ti, logp: tl };
+      topState.dispose();
+    }
     return [outs[1], outs[2]];
   }, (_ctx, [dEnt, dLogp]) => {
     const a = dLogp ?? zerosLike(x, [N]);
@@ -96,5 +129,5 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
     }
     return [dx, dE, null];
   });
-  return { entropy, logp };
+  return top ? { entropy, logp, top } : { entropy, logp };
 };

@@ -59,3 +59,59 @@ gpuTest("readout fold/finish/grad: software and hardware variants equal the CPU 
     { numRuns: Math.max(4, GPU_RUNS / 2) }, // each new (N, C) compiles 6 pipelines on llvmpipe
   );
 });
+
+gpuTest("streamed top-k: ids and log-probs equal a full sort of log-softmax (GPU and CPU)", async (g) => {
+  const { streamReadout } = await import("../policies/readout.ts");
+  await fc.assert(
+    fc.asyncProperty(
+      fc.constantFrom(1, 5, 33),
+      fc.integer({ min: 20, max: 300 }),
+      fc.constantFrom(1, 4, 16),
+      fc.nat(),
+      async (N, V, k, seed) => {
+        const d = 8;
+        const x = randomData(N * d, seed, 2), E = randomData(V * d, seed + 1, 2);
+        // Duplicate a row of E so two ids tie exactly: the lower id must come first.
+        E.copyWithin(d * (V - 1), d * 3, d * 4);
+        const run = (b: Backend) =>
+          tidy(async () => {
+            const r = streamReadout(
+              tensor(b, x, [N, d]),
+              tensor(b, E, [V, d]),
+              tensor(b, new Int32Array(N), [N], "i32"),
+              {
+                chunk: 64,
+                topK: k,
+              },
+            );
+            return { ids: await r.top!.ids.data(), lp: await r.top!.logp.data() };
+          });
+        const kk = Math.min(k, V);
+        for (const b of [g, cpu32]) {
+          const got = await run(b);
+          for (let i = 0; i < N; i++) {
+            const z = Array.from({ length: V }, (_, v) => {
+              let s = 0;
+              for (let j = 0; j < d; j++) s += Math.fround(x[i * d + j]) * Math.fround(E[v * d + j]);
+              return s;
+            });
+            const m = Math.max(...z), lse = m + Math.log(z.reduce((a, zv) => a + Math.exp(zv - m), 0));
+            const order = z.map((zv, v) => [zv, v] as const).sort((p, q) => q[0] - p[0] || p[1] - q[1]);
+            for (let j = 0; j < kk; j++) {
+              const [zv, v] = order[j];
+              const gotId = got.ids[i * k + j], gotLp = got.lp[i * k + j];
+              // f32 logits: ids may swap only where two logits are within 1e-5 of each other.
+              if (gotId !== v && Math.abs(z[gotId] - zv) > 1e-5) {
+                throw new Error(`row ${i} rank ${j}: id ${gotId}, expected ${v}`);
+              }
+              if (Math.abs(gotLp - (zv - lse)) > 1e-4) {
+                throw new Error(`row ${i} rank ${j}: logp ${gotLp}, expected ${zv - lse}`);
+              }
+            }
+          }
+        }
+      },
+    ),
+    { numRuns: Math.max(3, GPU_RUNS / 3) },
+  );
+});

@@ -19,7 +19,7 @@ if (want("train")) {
   await withGpu((gpu) => benchTrainStep(gpu));
   await withGpu((gpu) => profileTrainStep(gpu), { profile: true });
 }
-if (want("entropy")) await withGpu((gpu) => benchEntropy(gpu));
+if (want("entropy")) console.log(await withGpu((gpu) => benchEntropy(gpu)));
 if (want("objective")) {
   await withGpu(async (gpu) => {
     console.log("## objective: loss + gradient of a GRPO batch (64 x 64 tokens, 4-layer model)");

@@ -80,7 +80,7 @@ export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => 
 };
 
 /** Settings a resumed run may change; every other flag must match the checkpoint. */
-const RESUME_MAY_CHANGE = ["steps", "evalEvery", "checkpointEvery", "evalProblems", "evalK", "out"];
+const RESUME_MAY_CHANGE = ["steps", "evalEvery", "checkpointEvery", "evalProblems", "evalK", "out", "device"];
 
 export interface RunOptions {
   readonly resume: boolean;

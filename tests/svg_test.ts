@@ -164,7 +164,7 @@ Deno.test("progress: plain mode prints a line per 10% or per 5 s; terminal mode 
   const v = progress("train", 2, { sink: u, tty: false, now: () => now });
   v.setNote("reward 0.625");
   v.update(1);
-  if (!/train \[.*\] 1\/2 .*ETA .*  reward 0\.625$/.test(u.out.join("").trim())) {
+  if (!/train \[.*\] 1\/2 .*ETA .* {2}reward 0\.625$/.test(u.out.join("").trim())) {
     throw new Error(`note: ${JSON.stringify(u.out.join(""))}`);
   }
   if (!progressLine("x", 1, 4, 2).endsWith("ETA 0:06") || formatDuration(3725) !== "1:02:05") {

@@ -242,7 +242,7 @@ Deno.test("bad inputs give clear errors and leave good files alone", async () =>
   );
   // A finished run: rerunning into it without --resume is refused; a corrupt checkpoint fails to resume.
   const dir = `${tmp}/cpu`;
-  const snapshot = async () =>
+  const snapshot = () =>
     Promise.all(
       ["metrics.jsonl", "latest.json", "checkpoints/step-000001/model.safetensors"].map((f) =>
         Deno.readFile(`${dir}/${f}`)

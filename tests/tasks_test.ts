@@ -92,12 +92,26 @@ Deno.test("train and eval are disjoint sets of expressions, for every seed", () 
   for (const x of evalSet) eq(splitOf(x), "eval", `split of ${x}`);
 });
 
+/**
+ * Some random option sets allow only a handful of expressions (e.g. only "-" from operands >= 5 with four
+ * operands), so one split may hold none: the task then throws its documented ConfigError. Such draws say
+ * nothing about disjointness or solutions, so they are skipped (as a fast-check precondition).
+ */
+const tooFew = <T>(f: () => T[]): T[] => {
+  try {
+    return f();
+  } catch (e) {
+    fc.pre(!(e instanceof ConfigError && /too few distinct expressions/.test(e.message)));
+    throw e;
+  }
+};
+
 Deno.test("disjointness holds for random options too", () => {
   fc.assert(
     fc.property(arbOptions, fc.nat(1000), (o, seed) => {
       const t = arithTask(o);
-      const tr = new Set(batch(t, "train", seed, 0, 300).map((p) => p.prompt));
-      for (const p of batch(t, "eval", seed, 0, 100)) {
+      const tr = new Set(tooFew(() => batch(t, "train", seed, 0, 300)).map((p) => p.prompt));
+      for (const p of tooFew(() => batch(t, "eval", seed, 0, 100))) {
         if (tr.has(p.prompt)) throw new Error(`${p.prompt} in both splits`);
         eq(splitOf(p.prompt, o.evalEvery), "eval", `split of ${p.prompt}`);
       }
@@ -115,7 +129,7 @@ Deno.test("solutions recompute: running results, answer, operand and result rang
     fc.property(arbOptions, fc.nat(1000), fc.nat(10000), (o, seed, start) => {
       const task = arithTask(o);
       for (const split of ["train", "eval"] as const) {
-        for (const p of batch(task, split, seed, start, 20)) checkProblem(p, o);
+        for (const p of tooFew(() => batch(task, split, seed, start, 20))) checkProblem(p, o);
       }
     }),
     { numRuns: 60 },

@@ -80,6 +80,11 @@ export {
 export { decodeObjective, ObjectiveCodec } from "./objectives/codec.ts";
 export { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "./objectives/advantages.ts";
 export { evaluate as evaluateReference, requiredReadouts } from "./objectives/reference.ts";
+export { lowerLoss, lowerStep } from "./objectives/lower.ts";
+export { batchTensors, readRolloutFile, rolloutFromSequences, writeRolloutFile } from "./objectives/batch.ts";
+export { gradients, normTable, writeGradients } from "./objectives/grad.ts";
+export { readKl, streamKl } from "./policies/kl.ts";
+export { entropyFlow } from "./policies/analysis.ts";
 
 // tasks
 export * from "./tasks/mod.ts";

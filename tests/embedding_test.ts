@@ -7,7 +7,7 @@ import { embedding } from "../kernels/embedding.ts";
 import { checkGrad, uniforms } from "../kernels/gradcheck.ts";
 import { Tape } from "../kernels/tape.ts";
 import { tensor, tidy } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData, throwsShape } from "./util.ts";
 
 const U = 2 ** -24;
 
@@ -116,30 +116,18 @@ Deno.test("embedding gradient equals central finite differences (f64), including
   );
 });
 
-const throws = (f: () => unknown, re: RegExp) => {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !re.test(err.message)) {
-    throw new Error(`expected ShapeError ${re}, got ${err}`);
-  }
-};
-
 Deno.test("bad inputs throw ShapeError naming the op and the shapes", () => {
   const table = tensor(cpu64, new Float32Array(6), [3, 2]);
-  throws(
+  throwsShape(
     () => embedding(table, tensor(cpu64, [0, 1], [2])),
     /^embedding: ids have dtype f32 and shape \[2\], expected i32/,
   );
-  throws(() => embedding(table, tensor(cpu64, [0, 1], [2], "u32")), /^embedding: ids have dtype u32/);
-  throws(
+  throwsShape(() => embedding(table, tensor(cpu64, [0, 1], [2], "u32")), /^embedding: ids have dtype u32/);
+  throwsShape(
     () => embedding(tensor(cpu64, [1, 2], [2]), tensor(cpu64, [0], [1], "i32")),
     /^embedding: table has shape \[2\] \(f32\), expected \[V, d\] \(f32\)/,
   );
-  throws(
+  throwsShape(
     () => embedding(tensor(cpu64, [1, 2], [1, 2], "i32"), tensor(cpu64, [0], [1], "i32")),
     /^embedding: table has shape \[1,2\] \(i32\)/,
   );

@@ -10,7 +10,17 @@ import { max, mean, type ReduceParams, reduceRows, sum, sumSquares } from "../ke
 import { apply1 } from "../kernels/run.ts";
 import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
+import {
+  assertClose,
+  awkwardDim,
+  cpu32,
+  cpu64,
+  GPU_RUNS,
+  gpuTest,
+  hwGpu,
+  randomData,
+  throwsShape,
+} from "./util.ts";
 
 /** A second backend forced to the real-GPU ("workgroup per row") variant; the default one on llvmpipe uses the
  * software ("thread per row") variant. Both are tested. */
@@ -190,21 +200,9 @@ gpuTest("sumSquares: GPU equals CPU reference, including sizes past the first le
   y.dispose();
 });
 
-const throws = (f: () => unknown, re: RegExp) => {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !re.test(err.message)) {
-    throw new Error(`expected ShapeError ${re}, got ${err}`);
-  }
-};
-
 Deno.test("bad inputs throw ShapeError naming the op and the shape", () => {
-  throws(() => sum(tensor(cpu64, [1], [])), /^sum: x has shape \[\] \(rank 0\)/);
-  throws(() => max(tensor(cpu64, [], [3, 0])), /^max: x has shape \[3,0\]; the last axis is empty/);
-  throws(() => mean(tensor(cpu64, [1, 2], [2], "i32")), /^mean: x has dtype i32, expected f32/);
-  throws(() => sumSquares(tensor(cpu64, [1, 2], [2], "u32")), /^sumSquares: x has dtype u32/);
+  throwsShape(() => sum(tensor(cpu64, [1], [])), /^sum: x has shape \[\] \(rank 0\)/);
+  throwsShape(() => max(tensor(cpu64, [], [3, 0])), /^max: x has shape \[3,0\]; the last axis is empty/);
+  throwsShape(() => mean(tensor(cpu64, [1, 2], [2], "i32")), /^mean: x has dtype i32, expected f32/);
+  throwsShape(() => sumSquares(tensor(cpu64, [1, 2], [2], "u32")), /^sumSquares: x has dtype u32/);
 });

@@ -8,7 +8,17 @@ import { checkGrad } from "../kernels/gradcheck.ts";
 import { rmsNorm } from "../kernels/rmsnorm.ts";
 import { Tape } from "../kernels/tape.ts";
 import { tensor, tidy } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
+import {
+  assertClose,
+  awkwardDim,
+  cpu32,
+  cpu64,
+  GPU_RUNS,
+  gpuTest,
+  hwGpu,
+  randomData,
+  throwsShape,
+} from "./util.ts";
 
 /** The real-GPU ("workgroup per row") variant; the default backend on llvmpipe runs the thread-per-row one. */
 const hw = hwGpu;
@@ -129,29 +139,23 @@ Deno.test("rmsNorm gradients (x and weight) equal central finite differences (f6
   );
 });
 
-const throws = (f: () => unknown, re: RegExp) => {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !re.test(err.message)) {
-    throw new Error(`expected ShapeError ${re}, got ${err}`);
-  }
-};
-
 Deno.test("bad inputs throw ShapeError naming the op and the shapes", () => {
   const x = tensor(cpu64, new Float32Array(6), [2, 3]);
-  throws(
+  throwsShape(
     () => rmsNorm(x, tensor(cpu64, [1, 1], [2]), 1e-6),
     /^rmsNorm: x has shape \[2,3\], so weight needs shape \[3\] \(f32\); got \[2\] \(f32\)/,
   );
-  throws(
+  throwsShape(
     () => rmsNorm(x, tensor(cpu64, [1, 1, 1], [1, 3]), 1e-6),
     /weight needs shape \[3\] \(f32\); got \[1,3\]/,
   );
-  throws(() => rmsNorm(x, tensor(cpu64, [1, 1, 1], [3], "i32"), 1e-6), /got \[3\] \(i32\)/);
-  throws(() => rmsNorm(tensor(cpu64, [1], []), tensor(cpu64, [1], [1]), 1e-6), /^rmsNorm: x has shape \[\]/);
-  throws(() => rmsNorm(x, tensor(cpu64, [1, 1, 1], [3]), -1), /^rmsNorm: eps must be a finite number >= 0/);
+  throwsShape(() => rmsNorm(x, tensor(cpu64, [1, 1, 1], [3], "i32"), 1e-6), /got \[3\] \(i32\)/);
+  throwsShape(
+    () => rmsNorm(tensor(cpu64, [1], []), tensor(cpu64, [1], [1]), 1e-6),
+    /^rmsNorm: x has shape \[\]/,
+  );
+  throwsShape(
+    () => rmsNorm(x, tensor(cpu64, [1, 1, 1], [3]), -1),
+    /^rmsNorm: eps must be a finite number >= 0/,
+  );
 });

@@ -10,7 +10,17 @@ import { sum } from "../kernels/reduce.ts";
 import { crossEntropy, logProbOf, logSoftmax, softmax } from "../kernels/softmax.ts";
 import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
+import {
+  assertClose,
+  awkwardDim,
+  cpu32,
+  cpu64,
+  GPU_RUNS,
+  gpuTest,
+  hwGpu,
+  randomData,
+  throwsShape,
+} from "./util.ts";
 
 /** The real-GPU ("workgroup per row") variant; the default backend on llvmpipe runs the thread-per-row one. */
 const hw = hwGpu;
@@ -228,34 +238,22 @@ Deno.test("softmax/logSoftmax/crossEntropy/logProbOf gradients equal central fin
   );
 });
 
-const throws = (f: () => unknown, re: RegExp) => {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !re.test(err.message)) {
-    throw new Error(`expected ShapeError ${re}, got ${err}`);
-  }
-};
-
 Deno.test("bad inputs throw ShapeError naming the op and the shapes", () => {
   const x = tensor(cpu64, new Float32Array(6), [2, 3]);
-  throws(() => softmax(tensor(cpu64, [1], [])), /^softmax: x has shape \[\] \(rank 0\)/);
-  throws(
+  throwsShape(() => softmax(tensor(cpu64, [1], [])), /^softmax: x has shape \[\] \(rank 0\)/);
+  throwsShape(
     () => logSoftmax(tensor(cpu64, [], [2, 0])),
     /^logSoftmax: x has shape \[2,0\]; the last axis is empty/,
   );
-  throws(
+  throwsShape(
     () => crossEntropy(x, tensor(cpu64, [0, 1], [2])),
     /^crossEntropy: targets have dtype f32, expected i32/,
   );
-  throws(
+  throwsShape(
     () => crossEntropy(x, tensor(cpu64, [0, 1, 2], [3], "i32")),
     /^crossEntropy: logits have shape \[2,3\], so targets need shape \[2\]; got \[3\]/,
   );
-  throws(
+  throwsShape(
     () => logProbOf(tensor(cpu64, [1, 2], [2], "i32"), tensor(cpu64, [0], [], "i32")),
     /^logProbOf: logits has dtype i32, expected f32/,
   );

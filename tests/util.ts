@@ -1,6 +1,7 @@
 /** Test helpers: the shared GPU backend (a missing adapter fails under CI=true), closeness checks, arbitraries. */
 import { Effect } from "effect";
 import fc from "fast-check";
+import { ShapeError } from "../core/errors.ts";
 import { CpuBackend } from "../kernels/cpu.ts";
 import type { GpuBackend } from "../kernels/gpu/backend.ts";
 import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
@@ -92,3 +93,16 @@ export const GPU_RUNS = Number(
     }
   })() ?? 12,
 );
+
+/** Assert that `f` throws a ShapeError whose message matches `re`. */
+export const throwsShape = (f: () => unknown, re: RegExp): void => {
+  let err: unknown;
+  try {
+    f();
+  } catch (e) {
+    err = e;
+  }
+  if (!(err instanceof ShapeError) || !re.test(err.message)) {
+    throw new Error(`expected ShapeError ${re}, got ${err}`);
+  }
+};

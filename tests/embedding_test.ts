@@ -1,6 +1,5 @@
 /** Embedding: GPU gather equals the CPU reference; the deterministic scatter-add gradient; out-of-range ids. */
 import fc from "fast-check";
-import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { embedding } from "../kernels/embedding.ts";

@@ -1,6 +1,5 @@
 /** Row reductions: GPU equals the CPU reference (sum, mean, max, sumSquares); gradients equal finite differences. */
 import fc from "fast-check";
-import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";

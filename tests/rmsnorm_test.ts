@@ -1,6 +1,5 @@
 /** RMSNorm: GPU equals the CPU reference (forward, fused backward, chunked dw); gradients; shape errors. */
 import fc from "fast-check";
-import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 

@@ -1,6 +1,5 @@
 /** Softmax, log-softmax and cross-entropy: GPU equals the CPU reference; identities; gradients; NaN targets. */
 import fc from "fast-check";
-import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { log } from "../kernels/elementwise.ts";

@@ -105,12 +105,10 @@ export interface EmbeddingGradParams {
  * (1) head[v] = sentinel, O(V); (2) per position, head[id] = atomicMin (an integer atomic: order-free) and
  * next[t] = the next position with the same id, found by a forward scan that stops at the first repeat:
  * O(T^2) comparisons in the worst case (all ids distinct), cheap for T up to a few thousand;
- * (3) per (v, j), walk the chain head[v] -> next -> ... summing dy: O(V d + T d). Measured on llvmpipe:
- * V = 32000, d = 256, T = 2048 takes ~0.4 s, dominated by writing the dense [V, d] result.
- * Past EMB_BLOCK positions (a scan or a chain of a repeated id, such as padding, would exceed the per-invocation
- * loop budget) the positions split into blocks of EMB_BLOCK: chains stay inside their block (head per block
- * and id), each block's first occurrence of an id sums its chain into part[t, :], and the final pass adds, per
- * (v, j), the block sums in block order. Still deterministic; scans cost O(EMB_BLOCK T) at worst.
+ * (3) per block, each first occurrence of an id walks its chain summing dy into part[t, :]; (4) per (v, j),
+ * the block sums added in block order: O(V d + T d). Positions split into blocks of EMB_BLOCK so that no scan or
+ * chain (a repeated id, such as padding) exceeds the per-invocation loop budget; T <= EMB_BLOCK is one block.
+ * Deterministic; scans cost O(EMB_BLOCK T) at worst.
  */
 export const embeddingGrad: Kernel<EmbeddingGradParams> = defineKernel<EmbeddingGradParams>({
   name: "embeddingGrad",
@@ -143,91 +141,9 @@ export const embeddingGrad: Kernel<EmbeddingGradParams> = defineKernel<Embedding
     }
     dt.data.set(acc);
   },
-  gpu: ({ vocab }, [dy, ids], target) => {
-    const d = dy.shape[dy.shape.length - 1];
-    const T = size(ids.shape);
-    const head: PassBinding = { kind: "scratch", id: "head", bytes: Math.max(1, vocab) * 4 };
-    const next: PassBinding = { kind: "scratch", id: "next", bytes: Math.max(1, T) * 4 };
-    const g0 = grid1d(vocab, WG, target);
-    const init = `${storage(0, "head", "u32", "read_write")}
-@group(0) @binding(1) var<uniform> u: vec4u;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let v = gid.x + gid.y * u.w;
-  if (v >= u.x) { return; }
-  head[v] = 0xffffffffu;
-}`;
-    const g1 = grid1d(T, WG, target);
-    // u = (T, V, -, grid row stride)
-    const link = `${storage(0, "ids", "i32", "read")}
-${storage(1, "head", "atomic<u32>", "read_write")}
-${storage(2, "nxt", "u32", "read_write")}
-@group(0) @binding(3) var<uniform> u: vec4u;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let t = gid.x + gid.y * u.w;
-  let T = u.x;
-  if (t >= T) { return; }
-  let id = ids[t];
-  var n = T;
-  if (id >= 0 && id < i32(u.y)) {
-    atomicMin(&head[u32(id)], t);
-    for (var s = t + 1u; s < T; s++) {
-      if (ids[s] == id) { n = s; break; }
-    }
-  }
-  nxt[t] = n;
-}`;
-    const n3 = vocab * d;
-    const g3 = grid1d(n3, WG, target);
-    // u = (V d, d, T, grid row stride)
-    const gather = `${storage(0, "head", "u32", "read")}
-${storage(1, "nxt", "u32", "read")}
-${storage(2, "dy", "f32", "read")}
-${storage(3, "dt", "f32", "read_write")}
-@group(0) @binding(4) var<uniform> u: vec4u;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = gid.x + gid.y * u.w;
-  if (i >= u.x) { return; }
-  let d = u.y;
-  let j = i % d;
-  var p = head[i / d];
-  var acc = 0.0;
-  while (p < u.z) {
-    acc += dy[p * d + j];
-    p = nxt[p];
-  }
-  dt[i] = acc;
-}`;
-    if (T > EMB_BLOCK) return blockedGradPasses(vocab, d, T, target);
-    return [
-      {
-        wgsl: init,
-        workgroups: vocab > 0 ? g0 : [0, 1, 1],
-        bindings: [head, vec4(vocab, 0, 0, g0[0] * WG)],
-        label: "embeddingGrad.init",
-      },
-      {
-        wgsl: link,
-        workgroups: T > 0 ? g1 : [0, 1, 1],
-        bindings: [{ kind: "input", index: 1 }, head, next, vec4(T, vocab, 0, g1[0] * WG)],
-        label: "embeddingGrad.link",
-      },
-      {
-        wgsl: gather,
-        workgroups: n3 > 0 ? g3 : [0, 1, 1],
-        bindings: [
-          head,
-          next,
-          { kind: "input", index: 0 },
-          { kind: "output", index: 0 },
-          vec4(n3, d, T, g3[0] * WG),
-        ],
-        label: "embeddingGrad.sum",
-      },
-    ];
-  },
+  gpu: ({ vocab }, [dy, ids], target) =>
+    // One set of passes for every size: T <= EMB_BLOCK is simply a single block.
+    gradPasses(vocab, dy.shape[dy.shape.length - 1], size(ids.shape), target),
 });
 
 /** Uniform of the blocked gradient passes: (n, d, T, V, grid row stride, blocks, -, -). */
@@ -237,8 +153,8 @@ const u8 = (n: number, d: number, T: number, V: number, gx: number, nb: number):
 });
 const U8 = `struct U8 { n: u32, d: u32, T: u32, V: u32, gx: u32, nb: u32, p0: u32, p1: u32 }`;
 
-/** The passes of `embeddingGrad` for T > EMB_BLOCK positions (see its comment). */
-const blockedGradPasses = (vocab: number, d: number, T: number, target: GpuTarget): GpuPass[] => {
+/** The passes of `embeddingGrad`: positions in blocks of EMB_BLOCK (one block when T <= EMB_BLOCK). */
+const gradPasses = (vocab: number, d: number, T: number, target: GpuTarget): GpuPass[] => {
   const nb = Math.ceil(T / EMB_BLOCK);
   if (nb > LOOP_SAFE) {
     throw new ShapeError({ op: "embeddingGrad", message: `embeddingGrad: ${T} positions are too many` });

@@ -4,7 +4,7 @@ import { broadcastShapes, broadcastStrides, type Shape, showShape, size, strides
 import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
 import { apply1 } from "./run.ts";
 import { keep, type Tensor, tensor } from "./tensor.ts";
-import { f32Lit, flatIndex, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
+import { f32Lit, flatWgsl, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
 const WG = 256;
 /** sumTo reductions up to this length run one invocation per output; longer ones take two levels. */
@@ -128,14 +128,7 @@ const unaryWgsl = (op: UnaryOp, c: number): string => {
 
 const mapWgsl = (n: number, grid: [number, number, number], body: string, inputs: number): string => {
   const decl = Array.from({ length: inputs }, (_, i) => storage(i, `in${i}`, "f32", "read")).join("\n");
-  return `${decl}
-${storage(inputs, "out", "f32", "read_write")}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-${body}
-}`;
+  return flatWgsl(`${decl}\n${storage(inputs, "out", "f32", "read_write")}`, n, WG, grid, body);
 };
 
 /** y = f(x) elementwise. */

@@ -4,7 +4,7 @@ import { type Shape, showShape, size, strides } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "./kernel.ts";
 import { apply1 } from "./run.ts";
 import type { Tensor } from "./tensor.ts";
-import { flatIndex, grid1d, storage, wgslType } from "./wgsl.ts";
+import { flatWgsl, grid1d, storage, wgslType } from "./wgsl.ts";
 
 const WG = 256;
 
@@ -56,14 +56,14 @@ export const permuteKernel: Kernel<PermuteParams> = defineKernel<PermuteParams>(
     ) => t);
     const ty = wgslType(x.dtype);
     return [{
-      wgsl: `${storage(0, "x", ty, "read")}
-${storage(1, "y", ty, "read_write")}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  y[i] = x[${terms.length ? terms.join(" + ") : "0u"}];
-}`,
+      wgsl: flatWgsl(
+        `${storage(0, "x", ty, "read")}
+${storage(1, "y", ty, "read_write")}`,
+        n,
+        WG,
+        grid,
+        `  y[i] = x[${terms.length ? terms.join(" + ") : "0u"}];`,
+      ),
       workgroups: grid,
       bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
     }];
@@ -108,14 +108,14 @@ export const copyKernel: Kernel<Record<string, never>> = defineKernel<Record<str
     const grid = grid1d(n, WG, target);
     const ty = wgslType(dst.dtype);
     return [{
-      wgsl: `${storage(0, "dst", ty, "read_write")}
-${storage(1, "src", ty, "read")}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  dst[i] = src[i];
-}`,
+      wgsl: flatWgsl(
+        `${storage(0, "dst", ty, "read_write")}
+${storage(1, "src", ty, "read")}`,
+        n,
+        WG,
+        grid,
+        `  dst[i] = src[i];`,
+      ),
       workgroups: grid,
       bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }],
     }];
@@ -153,14 +153,14 @@ export const sliceRowsKernel: Kernel<SliceRowsParams> = defineKernel<SliceRowsPa
     const grid = grid1d(n, WG, target);
     const ty = wgslType(x.dtype);
     return [{
-      wgsl: `${storage(0, "x", ty, "read")}
-${storage(1, "y", ty, "read_write")}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  y[i] = x[${start * row}u + i];
-}`,
+      wgsl: flatWgsl(
+        `${storage(0, "x", ty, "read")}
+${storage(1, "y", ty, "read_write")}`,
+        n,
+        WG,
+        grid,
+        `  y[i] = x[${start * row}u + i];`,
+      ),
       workgroups: grid,
       bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
     }];
@@ -190,13 +190,13 @@ const unaryZero: Kernel<{ readonly shape: readonly number[] }> = defineKernel<
     const grid = grid1d(n, WG, target);
     const ty = wgslType(t.dtype);
     return [{
-      wgsl: `${storage(0, "y", ty, "read_write")}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  y[i] = ${ty}(0);
-}`,
+      wgsl: flatWgsl(
+        `${storage(0, "y", ty, "read_write")}`,
+        n,
+        WG,
+        grid,
+        `  y[i] = ${ty}(0);`,
+      ),
       workgroups: grid,
       bindings: [{ kind: "output", index: 0 }],
     }];
@@ -237,14 +237,14 @@ export const concatKernel: Kernel<Record<string, never>> = defineKernel<Record<s
       const off = at;
       at += n;
       return {
-        wgsl: `${storage(0, "x", ty, "read")}
-${storage(1, "y", ty, "read_write")}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  y[${off}u + i] = x[i];
-}`,
+        wgsl: flatWgsl(
+          `${storage(0, "x", ty, "read")}
+${storage(1, "y", ty, "read_write")}`,
+          n,
+          WG,
+          grid,
+          `  y[${off}u + i] = x[i];`,
+        ),
         workgroups: grid,
         bindings: [{ kind: "input", index: k }, { kind: "output", index: 0 }],
         label: "concatRows",

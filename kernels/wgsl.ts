@@ -51,3 +51,22 @@ export const LOOP_SAFE = 49152;
 
 /** Whether a plan whose invocations each run `iterations` loop iterations stays within `LOOP_SAFE`. */
 export const withinLoopBudget = (iterations: number): boolean => iterations <= LOOP_SAFE;
+
+/**
+ * A shader with one invocation per flat index i in [0, n) over a `grid1d` grid of workgroups of `wg`:
+ * `decls` (bindings), then `body` run for every i (the bounds check is included).
+ */
+export const flatWgsl = (
+  decls: string,
+  n: number,
+  wg: number,
+  grid: readonly [number, number, number],
+  body: string,
+): string =>
+  `${decls}
+@compute @workgroup_size(${wg})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${flatIndex(wg, grid)};
+  if (i >= ${n}u) { return; }
+${body}
+}`;

@@ -30,12 +30,12 @@ export { embedding } from "./kernels/embedding.ts";
 export { rope } from "./kernels/rope.ts";
 export { attention } from "./kernels/attention.ts";
 export { swiglu } from "./kernels/mlp.ts";
-export { adamwStep, adamwStepChecked } from "./kernels/adamw.ts";
+export { adamwSegments, adamwStep, adamwStepChecked } from "./kernels/adamw.ts";
 export { sample } from "./kernels/sample.ts";
 
 // policies: the decoder, its parameters, internal policies and their readouts
 export * from "./policies/config.ts";
-export { flattenGrads, initParams, Params, paramsFromHost } from "./policies/params.ts";
+export { initParams, layoutOf, Params, paramsFromHost, segmentGrads } from "./policies/params.ts";
 export {
   forward,
   type ForwardResult,
@@ -51,7 +51,14 @@ export { paramsToHost, readModelDir, toParams, writeModelDir } from "./policies/
 export { CharTokenizer, HfTokenizer, type TextTokenizer } from "./policies/tokenizer.ts";
 export { loadTokenizer, saveTokenizer } from "./io/tokenizer.ts";
 export { generate, type Rollout } from "./policies/generate.ts";
-export { createOptimizer, lossAndGrads, supervisedStep } from "./policies/sft.ts";
+export {
+  createOptimizer,
+  disposeOptimizer,
+  loadMoments,
+  lossAndGrads,
+  momentsToHost,
+  supervisedStep,
+} from "./policies/sft.ts";
 
 // objectives: the loss algebra (the whole module as `objectives`; the everyday names directly)
 export * as objectives from "./objectives/mod.ts";

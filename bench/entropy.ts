@@ -10,29 +10,31 @@ import { concatRows, copyInto, transpose } from "../kernels/layout.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { sum } from "../kernels/reduce.ts";
 import { logProbOf, logSoftmax, softmax } from "../kernels/softmax.ts";
-import { keep, reshape, type Tensor, tensor, tidy, view, zeros } from "../kernels/tensor.ts";
+import { reshape, type Tensor, tensor, tidy, view, zeros } from "../kernels/tensor.ts";
 import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
 import { attn, ffn, layer } from "../policies/internal.ts";
 import { forward, unembedding } from "../policies/model.ts";
-import { layoutOf, Params } from "../policies/params.ts";
+import { layoutOn, Params, segmentsFromHost } from "../policies/params.ts";
 import { policyPoint, readPoints } from "../policies/policy.ts";
 
-/** Random parameters built straight into one flat host array (no per-tensor copies: the Qwen3 shape is 0.6 GB). */
+/** Random parameters built straight into the host segments (no per-tensor copies: the Qwen3 shape is 0.6 GB). */
 const fastParams = (gpu: GpuBackend, c: DecoderConfig, seed: number, std = 0.02): Params => {
-  const layout = layoutOf(paramSpecs(c));
-  const host = new Float32Array(layout.total);
+  const layout = layoutOn(gpu, paramSpecs(c));
   let s = seed >>> 0 || 1;
-  layout.specs.forEach((spec, i) => {
-    const n = spec.shape.reduce((a, x) => a * x, 1), o = layout.offsets[i];
-    if (spec.init === "ones") host.fill(1, o, o + n);
-    else if (spec.init === "normal") {
-      for (let j = 0; j < n; j++) {
-        s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-        host[o + j] = (s / 2 ** 31 - 1) * std * 1.732; // uniform with standard deviation `std`
+  return new Params(
+    layout,
+    segmentsFromHost(gpu, layout, (i, host, o) => {
+      const spec = layout.specs[i];
+      const n = spec.shape.reduce((a, x) => a * x, 1);
+      if (spec.init === "ones") host.fill(1, o, o + n);
+      else if (spec.init === "normal") {
+        for (let j = 0; j < n; j++) {
+          s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+          host[o + j] = (s / 2 ** 31 - 1) * std * 1.732; // uniform with standard deviation `std`
+        }
       }
-    }
-  });
-  return new Params(layout, keep(tensor(gpu, host, [layout.total])));
+    }),
+  );
 };
 
 interface Measure {

@@ -75,7 +75,7 @@ export const benchObjective = async (backend: Backend): Promise<ObjectiveBenchRo
     ms: await time(() =>
       tidy(async () => {
         const r = lowerStep(cfg, p, batch, o, 1);
-        await r.grads.data();
+        for (const g of r.grads) await g.data();
       })
     ),
     includes:

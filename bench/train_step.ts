@@ -24,7 +24,7 @@ const run = async (gpu: GpuBackend, B: number, T: number, iters: number) => {
   const step = () => {
     const r = lossAndGrads(config, params, { ids, B, T });
     r.loss.dispose();
-    r.grads.dispose();
+    r.grads.forEach((g) => g.dispose());
   };
   step();
   await gpu.sync();

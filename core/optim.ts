@@ -83,7 +83,24 @@ export const adamwReference = (
   decayMask?: ArrayLike<number>,
 ): number => {
   const norm = globalNorm([g]);
-  if (!Number.isFinite(norm)) return norm;
+  adamwUpdateReference(p, g, m, v, h, norm, decayMask);
+  return norm;
+};
+
+/**
+ * The update half of `adamwReference` with the global norm given (it may span several parameter segments): the
+ * same per-element math; nothing changes when `norm` is not finite.
+ */
+export const adamwUpdateReference = (
+  p: FloatArray,
+  g: ArrayLike<number>,
+  m: FloatArray,
+  v: FloatArray,
+  h: AdamWHyper,
+  norm: number,
+  decayMask?: ArrayLike<number>,
+): void => {
+  if (!Number.isFinite(norm)) return;
   const s = clipScale(norm, h.maxGradNorm);
   const c1 = 1 - h.beta1 ** h.step, c2 = 1 - h.beta2 ** h.step;
   for (let i = 0; i < p.length; i++) {
@@ -96,7 +113,6 @@ export const adamwReference = (
     m[i] = mi;
     v[i] = vi;
   }
-  return norm;
 };
 
 /** Throw NonFiniteError naming `what` when a gradient norm is NaN or infinite (the step was refused). */

@@ -1,16 +1,21 @@
-/** Fused AdamW step on the GPU: global gradient norm (two-level reduction), clipping and the update in place. */
+/**
+ * Fused AdamW step on the GPU: global gradient norm (two-level reduction), clipping and the update in place; over
+ * several parameter segments and in binding-sized chunks for models past one storage binding (`adamwSegments`).
+ */
 import { ShapeError } from "../core/errors.ts";
 import {
   type AdamWHyper,
   adamwProblem,
   adamwReference,
+  adamwUpdateReference,
   type FloatArray,
   requireFinite,
 } from "../core/optim.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
 import { defineKernel, type GpuTarget, type Kernel } from "./kernel.ts";
-import { apply } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
+import { bindingElems, fitsBinding, ranges } from "./chunked.ts";
+import { apply, apply1 } from "./run.ts";
+import { type Tensor, tidy, view, zeros } from "./tensor.ts";
 import { flatIndex, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
 const WG = 256;
@@ -44,11 +49,15 @@ const hyperUniform = (h: AdamWHyper): Uint32Array => {
   return new Uint32Array(f.buffer);
 };
 
-/** Pass 1: each workgroup folds a strided slice of g into sum(g^2) and a flag (1 = saw inf, 2 = saw NaN). */
-const partialWgsl = (n: number, groups: number): string =>
+/**
+ * Pass 1: each workgroup folds a strided slice of g into sum(g^2) and a flag (1 = saw inf, 2 = saw NaN). With
+ * `based`, the results go to part[base + w] (base from a uniform at binding 3: one chunk of a segmented step).
+ */
+const partialWgsl = (n: number, groups: number, based = false): string =>
   `${storage(0, "g", "f32", "read")}
 ${storage(1, "part", "f32", "read_write")}
 ${storage(2, "flag", "u32", "read_write")}
+${based ? "@group(0) @binding(3) var<uniform> base: vec4u;" : ""}
 var<workgroup> ss: array<f32, ${WG}>;
 var<workgroup> sf: array<u32, ${WG}>;
 @compute @workgroup_size(${WG})
@@ -73,15 +82,15 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
     workgroupBarrier();
   }
   if (lid == 0u) {
-    part[w3.x] = ss[0];
-    flag[w3.x] = sf[0];
+    part[${based ? "base.x + " : ""}w3.x] = ss[0];
+    flag[${based ? "base.x + " : ""}w3.x] = sf[0];
   }
 }`;
 
 /** Pass 2: one workgroup folds the partials; norm = sqrt(sum), or +inf / NaN when the flags say so. */
-const finishWgsl = (groups: number): string =>
-  `${storage(0, "part", "f32", "read_write")}
-${storage(1, "flag", "u32", "read_write")}
+const finishWgsl = (groups: number, access: "read" | "read_write" = "read_write"): string =>
+  `${storage(0, "part", "f32", access)}
+${storage(1, "flag", "u32", access)}
 ${storage(2, "norm", "f32", "read_write")}
 var<workgroup> ss: array<f32, ${WG}>;
 var<workgroup> sf: array<u32, ${WG}>;
@@ -112,14 +121,19 @@ fn main(@builtin(local_invocation_id) l3: vec3u) {
 }`;
 
 /** Pass 3: clip + AdamW per element, reading the norm written by pass 2; a non-finite norm changes nothing. */
-const updateWgsl = (n: number, grid: [number, number, number], mask: boolean): string => {
+const updateWgsl = (
+  n: number,
+  grid: [number, number, number],
+  mask: boolean,
+  normAccess: "read" | "read_write" = "read_write",
+): string => {
   const b = mask ? 5 : 4;
   return `${storage(0, "p", "f32", "read_write")}
 ${storage(1, "g", "f32", "read")}
 ${storage(2, "m", "f32", "read_write")}
 ${storage(3, "v", "f32", "read_write")}
 ${mask ? storage(4, "dmask", "f32", "read") : ""}
-${storage(b, "norm", "f32", "read_write")}
+${storage(b, "norm", "f32", normAccess)}
 struct Hyper { lr: f32, b1: f32, omb1: f32, b2: f32, omb2: f32, eps: f32, lrwd: f32, c1: f32, c2: f32,
   maxNorm: f32, pad0: f32, pad1: f32 }
 @group(0) @binding(${b + 1}) var<uniform> h: Hyper;
@@ -193,14 +207,7 @@ export const adamwKernel: Kernel<AdamWParams> = defineKernel<AdamWParams>({
   },
   gpu: (h, inputs, target) => {
     const n = size(inputs[0].shape);
-    // At least n / (WG LOOP_SAFE) groups: each invocation of the partial pass loops n / (groups WG) times, and
-    // llvmpipe silently cuts loops short past 65,535 iterations per invocation (16 groups alone would break
-    // past 2.7e8 elements there).
-    const groups = Math.max(
-      1,
-      Math.min(maxPartials(target), Math.ceil(n / WG)),
-      Math.ceil(n / (WG * LOOP_SAFE)),
-    );
+    const groups = partialGroups(n, target);
     const grid = grid1d(n, WG, target);
     const mask = inputs.length === 5;
     const scratch = [
@@ -238,6 +245,215 @@ export const adamwKernel: Kernel<AdamWParams> = defineKernel<AdamWParams>({
   },
 });
 
+/** Workgroups of the partial-sum pass over n elements. */
+const partialGroups = (n: number, target: GpuTarget): number =>
+  // At least n / (WG LOOP_SAFE) groups: each invocation of the partial pass loops n / (groups WG) times, and
+  // llvmpipe silently cuts loops short past 65,535 iterations per invocation (16 groups alone would break
+  // past 2.7e8 elements there).
+  Math.max(
+    1,
+    Math.min(maxPartials(target), Math.ceil(n / WG)),
+    Math.ceil(n / (WG * LOOP_SAFE)),
+  );
+
+// ---- segmented steps: one global norm over several buffers, every binding within the device limit ----------
+
+/** Partial-sum slots reserved per chunk of a segmented step (at least the partial pass's workgroups). */
+export const SLOT = 1024;
+
+/**
+ * Chunk `slot` of a segmented step: inputs (sums (S), flags (S) u32, g chunk); sums/flags[slot SLOT ..] get the
+ * chunk's partial sums of g^2 and non-finite flags (the other slots of its range stay as they were: zeros).
+ */
+export const adamwSumsqKernel: Kernel<{ readonly slot: number }> = defineKernel<{ readonly slot: number }>({
+  name: "adamwSumsq",
+  infer: ({ slot }, [sums, flags, g]) => {
+    if (
+      sums.dtype !== "f32" || flags.dtype !== "u32" || g.dtype !== "f32" ||
+      sums.shape.length !== 1 || !sameShape(sums.shape, flags.shape) || (slot + 1) * SLOT > sums.shape[0]
+    ) {
+      throw new ShapeError({
+        op: "adamw",
+        message: `adamw: partial sums ${sums.dtype}${showShape(sums.shape)}, flags ${flags.dtype}${
+          showShape(flags.shape)
+        }, grads ${g.dtype}${showShape(g.shape)} at slot ${slot} disagree`,
+      });
+    }
+    return [{ shape: sums.shape, dtype: "f32", alias: 0 }, { shape: flags.shape, dtype: "u32", alias: 1 }];
+  },
+  cpu: ({ slot }, [, , g], [sums, flags]) => {
+    let acc = 0, fl = 0;
+    for (let i = 0; i < g.data.length; i++) {
+      const x = g.data[i];
+      if (!Number.isFinite(x)) fl = Math.max(fl, Number.isNaN(x) ? 2 : 1);
+      acc += x * x;
+    }
+    sums.data[slot * SLOT] = acc;
+    flags.data[slot * SLOT] = fl;
+  },
+  gpu: ({ slot }, [, , g], target) => {
+    const n = size(g.shape);
+    const groups = partialGroups(n, target);
+    if (groups > SLOT) {
+      throw new ShapeError({
+        op: "adamw",
+        message: `adamw: a chunk of ${n} elements needs ${groups} partials`,
+      });
+    }
+    return [{
+      wgsl: partialWgsl(n, groups, true),
+      workgroups: [groups, 1, 1],
+      bindings: [
+        { kind: "input", index: 2 },
+        { kind: "input", index: 0 },
+        { kind: "input", index: 1 },
+        { kind: "uniform", data: new Uint32Array([slot * SLOT, 0, 0, 0]) },
+      ],
+      label: "adamw.sumsq",
+    }];
+  },
+});
+
+/** The global norm from all chunks' partial sums and flags: sqrt(sum), or +inf / NaN when a flag says so. */
+export const adamwNormKernel: Kernel<Record<string, never>> = defineKernel<Record<string, never>>({
+  name: "adamwNorm",
+  infer: (_p, [sums, flags]) => {
+    if (sums.dtype !== "f32" || flags.dtype !== "u32" || !sameShape(sums.shape, flags.shape)) {
+      throw new ShapeError({
+        op: "adamw",
+        message: `adamw: partial sums ${sums.dtype}${showShape(sums.shape)} and flags ${flags.dtype}${
+          showShape(flags.shape)
+        } disagree`,
+      });
+    }
+    return [{ shape: [], dtype: "f32" }];
+  },
+  cpu: (_p, [sums, flags], [norm]) => {
+    let acc = 0, fl = 0;
+    for (let i = 0; i < sums.data.length; i++) {
+      acc += sums.data[i];
+      fl = Math.max(fl, flags.data[i]);
+    }
+    norm.data[0] = fl === 2 ? NaN : fl === 1 ? Infinity : Math.sqrt(acc);
+  },
+  gpu: (_p, [sums]) => [{
+    wgsl: finishWgsl(sums.shape[0], "read"),
+    workgroups: [1, 1, 1],
+    bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
+    label: "adamw.norm",
+  }],
+});
+
+/**
+ * Clip + AdamW on one chunk with the global norm given: inputs (params, grads, m, v, norm[, decayMask]) chunks of
+ * one shape; outputs params, m, v in place. A non-finite norm changes nothing.
+ */
+export const adamwUpdateKernel: Kernel<AdamWParams> = defineKernel<AdamWParams>({
+  name: "adamwUpdate",
+  infer: (h, inputs) => {
+    const [p, g, m, v, norm, mask] = inputs;
+    if (!norm || norm.dtype !== "f32" || norm.shape.length !== 0) {
+      throw new ShapeError({ op: "adamw", message: `adamw: the norm must be an f32 scalar` });
+    }
+    return adamwKernel.infer(h, mask ? [p, g, m, v, mask] : [p, g, m, v]).slice(0, 3);
+  },
+  cpu: (h, [, g, , , norm, mask], [p, m, v]) =>
+    adamwUpdateReference(
+      p.data as FloatArray,
+      g.data,
+      m.data as FloatArray,
+      v.data as FloatArray,
+      h,
+      norm.data[0],
+      mask?.data,
+    ),
+  gpu: (h, inputs, target) => {
+    const n = size(inputs[0].shape);
+    const grid = grid1d(n, WG, target);
+    const mask = inputs.length === 6;
+    return [{
+      wgsl: updateWgsl(n, grid, mask, "read"),
+      workgroups: grid,
+      bindings: [
+        { kind: "input", index: 0 },
+        { kind: "input", index: 1 },
+        { kind: "input", index: 2 },
+        { kind: "input", index: 3 },
+        ...(mask ? [{ kind: "input", index: 5 } as const] : []),
+        { kind: "input", index: 4 },
+        { kind: "uniform", data: hyperUniform(h) },
+      ],
+      label: "adamw.update",
+    }];
+  },
+});
+
+/**
+ * One AdamW step over parameters stored in several segments (policies/params.ts): `params[k]`, `grads[k]`, `m[k]`,
+ * `v[k]` (and `decayMasks[k]`) share a shape per k. The clipping norm is ONE global norm over all segments. A
+ * single segment that fits one storage binding runs the fused `adamwKernel` (3 dispatches); otherwise every
+ * segment is cut into views of at most maxStorageBufferBindingSize (64-element aligned): one partial-sum dispatch
+ * per chunk, one norm dispatch, one update dispatch per chunk. The chunked norm sums the same squares in another
+ * order (agrees with the fused kernel to f32 rounding). Returns the norm before clipping, not read back.
+ */
+export const adamwSegments = (
+  params: readonly Tensor[],
+  grads: readonly Tensor[],
+  m: readonly Tensor[],
+  v: readonly Tensor[],
+  hyper: AdamWHyper,
+  decayMasks?: readonly Tensor[],
+): { norm: Tensor } => {
+  const k = params.length;
+  if (
+    k === 0 || grads.length !== k || m.length !== k || v.length !== k ||
+    (decayMasks && decayMasks.length !== k)
+  ) {
+    throw new ShapeError({
+      op: "adamw",
+      message: `adamw: ${k} parameter segments, ${grads.length} gradient, ${m.length} m, ${v.length} v${
+        decayMasks ? `, ${decayMasks.length} mask` : ""
+      } segments`,
+    });
+  }
+  const b = params[0].backend;
+  const single = (i: number) =>
+    apply(
+      adamwKernel,
+      hyper,
+      decayMasks ? [params[i], grads[i], m[i], v[i], decayMasks[i]] : [
+        params[i],
+        grads[i],
+        m[i],
+        v[i],
+      ],
+    );
+  if (k === 1 && fitsBinding(b, params[0].size)) return { norm: single(0)[3] };
+  params.forEach((p, i) =>
+    adamwKernel.infer(
+      hyper,
+      decayMasks ? [p, grads[i], m[i], v[i], decayMasks[i]] : [p, grads[i], m[i], v[i]],
+    )
+  );
+  const chunks = params.flatMap((p, seg) => ranges(p.size, bindingElems(b)).map(([s, n]) => ({ seg, s, n })));
+  const sums = zeros(b, [chunks.length * SLOT]);
+  const flags = zeros(b, [chunks.length * SLOT], "u32");
+  const part = (t: Tensor, s: number, n: number) => view(t, s, [n]);
+  chunks.forEach(({ seg, s, n }, slot) =>
+    tidy(() => apply(adamwSumsqKernel, { slot }, [sums, flags, part(grads[seg], s, n)]))
+  );
+  const norm = apply1(adamwNormKernel, {}, [sums, flags]);
+  sums.dispose();
+  flags.dispose();
+  for (const { seg, s, n } of chunks) {
+    tidy(() => {
+      const ins = [params, grads, m, v].map((ts) => part(ts[seg], s, n));
+      apply(adamwUpdateKernel, hyper, [...ins, norm, ...(decayMasks ? [part(decayMasks[seg], s, n)] : [])]);
+    });
+  }
+  return { norm };
+};
+
 /**
  * One AdamW step, in place on `params`, `m` and `v` (same shape, f32). `hyper.step` is 1-based. Elements
  * where `decayMask` is 0 get no weight decay (the mask holds 0/1 per element; absent = decay everywhere).
@@ -252,13 +468,8 @@ export const adamwStep = (
   hyper: AdamWHyper,
   decayMask?: Tensor,
 ): { norm: Tensor } => {
-  const outs = apply(
-    adamwKernel,
-    hyper,
-    decayMask ? [params, grads, m, v, decayMask] : [params, grads, m, v],
-  );
-  // outs[0..2] are params, m and v themselves (updated in place).
-  return { norm: outs[3] };
+  // params, m and v are updated in place; one fused kernel when they fit one binding, else chunked.
+  return adamwSegments([params], [grads], [m], [v], hyper, decayMask && [decayMask]);
 };
 
 /**

@@ -21,8 +21,40 @@ export interface MemoryStats {
   readonly allocations: number;
 }
 
+/**
+ * Size limits that ops and the parameter store respect, in bytes. On the GPU they come from the device (and can be
+ * lowered for tests through `openGpu({ limits })`); absent fields take the defaults of `limitsOf`.
+ */
+export interface BackendLimits {
+  /** Largest range one storage binding may cover (WebGPU maxStorageBufferBindingSize; llvmpipe: 128 MiB). */
+  readonly maxStorageBufferBindingSize: number;
+  /** Largest single buffer (WebGPU maxBufferSize; llvmpipe: 2 GiB - 1). */
+  readonly maxBufferSize: number;
+  /** Cap of one parameter-store segment (policies/params.ts); never above maxBufferSize. */
+  readonly paramSegmentBytes: number;
+}
+
+/**
+ * Default parameter segment cap: 256 MiB. Large enough that a 0.6B model is a dozen segments (few dispatches per
+ * optimizer step), small enough that reading one segment back (checkpoints) needs a modest staging buffer and
+ * that allocations never approach a device's maxBufferSize (2 GiB on llvmpipe, 256 MiB minimum in WebGPU).
+ */
+export const DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024;
+
+/** The limits of a backend with defaults filled in (CPU: no binding or buffer limit, 256 MiB segments). */
+export const limitsOf = (b: Backend): BackendLimits => ({
+  maxStorageBufferBindingSize: b.limits?.maxStorageBufferBindingSize ?? Infinity,
+  maxBufferSize: b.limits?.maxBufferSize ?? Infinity,
+  paramSegmentBytes: Math.min(
+    b.limits?.paramSegmentBytes ?? DEFAULT_SEGMENT_BYTES,
+    b.limits?.maxBufferSize ?? Infinity,
+  ),
+});
+
 export interface Backend {
   readonly kind: "cpu" | "gpu";
+  /** Size limits (absent or partial: see `limitsOf`). */
+  readonly limits?: Partial<BackendLimits>;
   /** Human-readable description, e.g. "cpu f64" or the adapter's description. */
   readonly name: string;
   /** The host array type of float tensors on this backend. */

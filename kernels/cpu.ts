@@ -1,5 +1,5 @@
 /** The CPU backend: runs every kernel's reference on host arrays, in f32 or f64. The oracle for the GPU. */
-import { type Backend, byteSize, type MemoryStats, type Storage } from "./backend.ts";
+import { type Backend, type BackendLimits, byteSize, type MemoryStats, type Storage } from "./backend.ts";
 import type { HostArray, Kernel, TensorSpec } from "./kernel.ts";
 import type { Tensor } from "./tensor.ts";
 
@@ -24,7 +24,8 @@ export class CpuBackend implements Backend {
   #live = 0;
   #peak = 0;
   #allocations = 0;
-  constructor(readonly floatArray: "f32" | "f64" = "f32") {
+  /** `limits` (optional) makes CPU runs take the same chunked and segmented paths as a GPU with those limits. */
+  constructor(readonly floatArray: "f32" | "f64" = "f32", readonly limits?: Partial<BackendLimits>) {
     this.name = `cpu ${floatArray}`;
   }
   #note(bytes: number) {

@@ -2,7 +2,8 @@
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
 import { defineKernel, type GpuPass, type GpuTarget, type Kernel, type PassBinding } from "./kernel.ts";
-import { apply1 } from "./run.ts";
+import { allocLike, fitsBinding, ranges, rowsPerBinding } from "./chunked.ts";
+import { apply, apply1 } from "./run.ts";
 import { type Tensor, tidy, view } from "./tensor.ts";
 import { custom } from "./tape.ts";
 import { zerosLike } from "./layout.ts";
@@ -87,10 +88,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     }];
   },
   // d table[v, j] = sum over positions t with ids[t] == v of dy[t, j]; ids get no gradient.
-  vjp: (
-    { inputs: [table, ids] },
-    [dy],
-  ) => [apply1(embeddingGrad, { vocab: table.shape[0] }, [dy!, ids]), null],
+  vjp: ({ inputs: [table, ids] }, [dy]) => [embeddingGradOf(dy!, ids, table.shape[0]), null],
   saveOutputs: false,
 });
 
@@ -141,27 +139,169 @@ export const embeddingGrad: Kernel<EmbeddingGradParams> = defineKernel<Embedding
     }
     dt.data.set(acc);
   },
-  gpu: ({ vocab }, [dy, ids], target) =>
+  gpu: ({ vocab }, [dy, ids], target) => {
     // One set of passes for every size: T <= EMB_BLOCK is simply a single block.
-    gradPasses(vocab, dy.shape[dy.shape.length - 1], size(ids.shape), target),
+    const d = dy.shape[dy.shape.length - 1], T = size(ids.shape);
+    const { nb, head, part } = gradScratch(vocab, d, T);
+    return [
+      ...prepPasses(vocab, d, T, target, head, part),
+      sumPass(vocab, d, T, nb, 0, vocab, target, head, part, { kind: "output", index: 0 }),
+    ];
+  },
 });
 
-/** Uniform of the blocked gradient passes: (n, d, T, V, grid row stride, blocks, -, -). */
-const u8 = (n: number, d: number, T: number, V: number, gx: number, nb: number): PassBinding => ({
+/**
+ * dTable [V, d] of `embeddingGrad`, bound in row blocks when the table is larger than one storage binding (a
+ * 151,936 x 1,024 f32 table is 622 MB; llvmpipe binds 128 MiB): `embeddingGradPrep` builds the per-block chains
+ * and partial sums once, then `embeddingGradRows` writes each row block through a view. Every element is the same
+ * sum in the same order as the one-binding kernel (bit-identical). Not differentiable (a gradient).
+ */
+export const embeddingGradOf = (dy: Tensor, ids: Tensor, vocab: number): Tensor => {
+  const d = dy.shape[dy.shape.length - 1];
+  if (fitsBinding(dy.backend, vocab * d)) return apply1(embeddingGrad, { vocab }, [dy, ids]);
+  embeddingGrad.infer({ vocab }, [dy, ids]); // the same shape errors
+  const [head, part] = apply(embeddingGradPrep, { vocab }, [dy, ids]);
+  const out = allocLike(dy, [vocab, d]);
+  const rows = rowsPerBinding(dy.backend, d);
+  for (const [start, n] of ranges(vocab, rows)) {
+    tidy(() => apply1(embeddingGradRows, { start, vocab }, [view(out, start * d, [n, d]), head, part]));
+  }
+  head.dispose();
+  part.dispose();
+  return out;
+};
+
+/** Host copy of the chain structure: head[b V + v] = first position of v in block b (or 0xffffffff). */
+const hostChains = (vocab: number, ids: ArrayLike<number>): Uint32Array => {
+  const T = ids.length, nb = Math.max(1, Math.ceil(T / EMB_BLOCK));
+  const head = new Uint32Array(nb * vocab).fill(0xffffffff);
+  for (let t = T - 1; t >= 0; t--) {
+    const id = ids[t];
+    if (id >= 0 && id < vocab) head[Math.floor(t / EMB_BLOCK) * vocab + id] = t;
+  }
+  return head;
+};
+
+/**
+ * Passes 1-3 of the embedding gradient as a kernel: inputs (dy [..., d], ids [...]) -> head (blocks * V) u32 and
+ * part (T, d) f32, where part[t] (t the first position of its id in its block) = sum of dy over the id's positions
+ * in that block, in increasing order; other rows of part are unspecified.
+ */
+export const embeddingGradPrep: Kernel<EmbeddingGradParams> = defineKernel<EmbeddingGradParams>({
+  name: "embeddingGradPrep",
+  infer: ({ vocab }, [dy, ids]) => {
+    const [g] = embeddingGrad.infer({ vocab }, [dy, ids]);
+    const T = size(ids.shape), nb = Math.max(1, Math.ceil(T / EMB_BLOCK));
+    return [{ shape: [nb * vocab], dtype: "u32" }, { shape: [T, g.shape[1]], dtype: "f32" }];
+  },
+  cpu: ({ vocab }, [dy, ids], [head, part]) => {
+    const d = dy.shape[dy.shape.length - 1];
+    const h = hostChains(vocab, ids.data);
+    head.data.set(h);
+    part.data.fill(0);
+    for (let t = 0; t < ids.data.length; t++) {
+      const id = ids.data[t], blk = Math.floor(t / EMB_BLOCK);
+      if (id < 0 || id >= vocab || h[blk * vocab + id] !== t) continue;
+      const end = Math.min((blk + 1) * EMB_BLOCK, ids.data.length);
+      for (let j = 0; j < d; j++) {
+        let acc = 0;
+        for (let p = t; p < end; p++) if (ids.data[p] === id) acc += dy.data[p * d + j];
+        part.data[t * d + j] = acc;
+      }
+    }
+  },
+  gpu: ({ vocab }, [dy, ids], target) => {
+    const d = dy.shape[dy.shape.length - 1], T = size(ids.shape);
+    return prepPasses(vocab, d, T, target, { kind: "output", index: 0 }, { kind: "output", index: 1 });
+  },
+});
+
+/** Rows [start, start + rows) of dTable from `embeddingGradPrep`'s head and part: inputs (block (rows, d), head, part). */
+export const embeddingGradRows: Kernel<{ readonly start: number; readonly vocab: number }> = defineKernel<
+  { readonly start: number; readonly vocab: number }
+>({
+  name: "embeddingGradRows",
+  infer: ({ start, vocab }, [block, head, part]) => {
+    if (
+      block.shape.length !== 2 || part.shape.length !== 2 || block.shape[1] !== part.shape[1] ||
+      start + block.shape[0] > vocab || head.dtype !== "u32" || head.shape[0] % Math.max(1, vocab) !== 0
+    ) {
+      throw new ShapeError({
+        op: "embeddingGrad",
+        message: `embeddingGrad: row block ${showShape(block.shape)} at ${start} of ${vocab} rows, head ${
+          showShape(head.shape)
+        }, part ${showShape(part.shape)} disagree`,
+      });
+    }
+    return [{ shape: block.shape, dtype: "f32", alias: 0 }];
+  },
+  cpu: ({ start, vocab }, [block, head, part], [out]) => {
+    const [rows, d] = block.shape, T = part.shape[0], nb = head.data.length / vocab;
+    for (let r = 0; r < rows; r++) {
+      for (let j = 0; j < d; j++) {
+        let acc = 0;
+        for (let b = 0; b < nb; b++) {
+          const p = head.data[b * vocab + start + r];
+          if (p < T) acc += part.data[p * d + j];
+        }
+        out.data[r * d + j] = acc;
+      }
+    }
+  },
+  gpu: ({ start, vocab }, [block, head, part], target) => {
+    const [rows, d] = block.shape, T = part.shape[0], nb = head.shape[0] / vocab;
+    return [
+      sumPass(
+        vocab,
+        d,
+        T,
+        nb,
+        start,
+        rows,
+        target,
+        { kind: "input", index: 1 },
+        { kind: "input", index: 2 },
+        {
+          kind: "input",
+          index: 0,
+        },
+      ),
+    ];
+  },
+});
+
+/** Uniform of the blocked gradient passes: (n, d, T, V, grid row stride, blocks, first row, -). */
+const u8 = (n: number, d: number, T: number, V: number, gx: number, nb: number, start = 0): PassBinding => ({
   kind: "uniform",
-  data: new Uint32Array([n, d, T, V, gx, nb, 0, 0]),
+  data: new Uint32Array([n, d, T, V, gx, nb, start, 0]),
 });
-const U8 = `struct U8 { n: u32, d: u32, T: u32, V: u32, gx: u32, nb: u32, p0: u32, p1: u32 }`;
+const U8 = `struct U8 { n: u32, d: u32, T: u32, V: u32, gx: u32, nb: u32, start: u32, p1: u32 }`;
 
-/** The passes of `embeddingGrad`: positions in blocks of EMB_BLOCK (one block when T <= EMB_BLOCK). */
-const gradPasses = (vocab: number, d: number, T: number, target: GpuTarget): GpuPass[] => {
+/** Blocks of positions and the head/part scratch of the one-kernel gradient. */
+const gradScratch = (vocab: number, d: number, T: number) => {
+  const nb = Math.ceil(T / EMB_BLOCK);
+  const head: PassBinding = { kind: "scratch", id: "head", bytes: Math.max(1, nb * vocab) * 4 };
+  const part: PassBinding = { kind: "scratch", id: "part", bytes: T * d * 4 };
+  return { nb, head, part };
+};
+
+/**
+ * Passes 1-3 of the gradient (positions in blocks of EMB_BLOCK; one block when T <= EMB_BLOCK): head init, chain
+ * links, per-block chain sums into part.
+ */
+const prepPasses = (
+  vocab: number,
+  d: number,
+  T: number,
+  target: GpuTarget,
+  head: PassBinding,
+  part: PassBinding,
+): GpuPass[] => {
   const nb = Math.ceil(T / EMB_BLOCK);
   if (nb > LOOP_SAFE) {
     throw new ShapeError({ op: "embeddingGrad", message: `embeddingGrad: ${T} positions are too many` });
   }
-  const head: PassBinding = { kind: "scratch", id: "head", bytes: Math.max(1, nb * vocab) * 4 };
   const next: PassBinding = { kind: "scratch", id: "next", bytes: T * 4 };
-  const part: PassBinding = { kind: "scratch", id: "part", bytes: T * d * 4 };
   const g0 = grid1d(nb * vocab, WG, target);
   const init = `${storage(0, "head", "u32", "read_write")}
 ${U8}
@@ -223,26 +363,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   part[i] = acc;
 }`;
-  const n3 = vocab * d;
-  const g3 = grid1d(n3, WG, target);
-  const gather = `${storage(0, "head", "u32", "read")}
-${storage(1, "part", "f32", "read")}
-${storage(2, "dt", "f32", "read_write")}
-${U8}
-@group(0) @binding(3) var<uniform> u: U8;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = gid.x + gid.y * u.gx;
-  if (i >= u.n) { return; }
-  let d = u.d;
-  let v = i / d;
-  var acc = 0.0;
-  for (var b = 0u; b < u.nb; b++) {
-    let p = head[b * u.V + v];
-    if (p < u.T) { acc += part[p * d + i % d]; }
-  }
-  dt[i] = acc;
-}`;
   const ids: PassBinding = { kind: "input", index: 1 };
   return [
     {
@@ -263,13 +383,48 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
       bindings: [ids, head, next, { kind: "input", index: 0 }, part, u8(T * d, d, T, vocab, g2[0] * WG, nb)],
       label: "embeddingGrad.blocks",
     },
-    {
-      wgsl: gather,
-      workgroups: n3 > 0 ? g3 : [0, 1, 1],
-      bindings: [head, part, { kind: "output", index: 0 }, u8(n3, d, T, vocab, g3[0] * WG, nb)],
-      label: "embeddingGrad.sum",
-    },
   ];
+};
+
+/** Pass 4: rows [start, start + rows) of dTable: per (v, j), the block sums added in block order. */
+const sumPass = (
+  vocab: number,
+  d: number,
+  T: number,
+  nb: number,
+  start: number,
+  rows: number,
+  target: GpuTarget,
+  head: PassBinding,
+  part: PassBinding,
+  out: PassBinding,
+): GpuPass => {
+  const n3 = rows * d;
+  const g3 = grid1d(n3, WG, target);
+  const gather = `${storage(0, "head", "u32", "read")}
+${storage(1, "part", "f32", "read")}
+${storage(2, "dt", "f32", "read_write")}
+${U8}
+@group(0) @binding(3) var<uniform> u: U8;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x + gid.y * u.gx;
+  if (i >= u.n) { return; }
+  let d = u.d;
+  let v = u.start + i / d;
+  var acc = 0.0;
+  for (var b = 0u; b < u.nb; b++) {
+    let p = head[b * u.V + v];
+    if (p < u.T) { acc += part[p * d + i % d]; }
+  }
+  dt[i] = acc;
+}`;
+  return {
+    wgsl: gather,
+    workgroups: n3 > 0 ? g3 : [0, 1, 1],
+    bindings: [head, part, out, u8(n3, d, T, vocab, g3[0] * WG, nb, start)],
+    label: "embeddingGrad.sum",
+  };
 };
 
 /**
@@ -278,12 +433,12 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
  */
 export const embedding = (table: Tensor, ids: Tensor): Tensor => {
   const [V, d] = table.shape;
-  if (table.rank !== 2 || V * d * 4 <= MAX_BINDING_BYTES) return apply1(embeddingKernel, {}, [table, ids]);
+  if (table.rank !== 2 || fitsBinding(table.backend, V * d)) return apply1(embeddingKernel, {}, [table, ids]);
   // A table larger than one storage binding (llvmpipe allows 128 MiB; a 151,936 x 1,024 vocabulary is 622 MB):
   // gather from row blocks that each fit, every block writing only the ids that fall in it. Differentiable
-  // through the same gradient rule (which needs the whole table's gradient in one buffer).
+  // through the same gradient rule, whose result is written in row blocks too (`embeddingGradOf`).
   return custom("embedding", {}, [table, ids], () => {
-    const rows = Math.max(64, Math.floor(MAX_BINDING_BYTES / (4 * d) / 64) * 64); // a multiple of 64: aligned views
+    const rows = rowsPerBinding(table.backend, d); // a multiple of 64: aligned views
     const out = zerosLike(table, [...ids.shape, d]);
     for (let start = 0; start < V; start += rows) {
       tidy(() => {
@@ -295,7 +450,10 @@ export const embedding = (table: Tensor, ids: Tensor): Tensor => {
   }, embeddingKernel.vjp)[0];
 };
 
-/** Largest table gathered in one binding: the WebGPU default maxStorageBufferBindingSize (and llvmpipe's). */
+/**
+ * The WebGPU default maxStorageBufferBindingSize (and llvmpipe's). The limit actually used is the backend's
+ * (`limitsOf(backend).maxStorageBufferBindingSize`, which tests lower to a few KiB).
+ */
 export const MAX_BINDING_BYTES = 128 * 1024 * 1024;
 
 /** out[t, :] = block[ids[t] - start, :] where that row is in the block, in place (other rows untouched). */

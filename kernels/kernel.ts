@@ -59,6 +59,8 @@ export interface GpuTarget {
   readonly maxWorkgroupsPerDimension: number;
   readonly maxWorkgroupStorageSize: number;
   readonly maxInvocationsPerWorkgroup: number;
+  /** Largest range one storage binding may cover, in bytes (absent: the WebGPU default, 128 MiB). */
+  readonly maxStorageBufferBindingSize?: number;
 }
 
 /** What a gradient rule sees of the forward call. Saved tensors are retained by the tape until backward ends. */

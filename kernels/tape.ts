@@ -7,8 +7,9 @@ import { sameShape, showShape } from "../core/shape.ts";
 import type { Kernel } from "./kernel.ts";
 import type { Tensor } from "./tensor.ts";
 import { tidy } from "./tensor.ts";
-// A cycle (elementwise -> run -> tape -> elementwise) that is safe: `add` is only called during backward.
-import { add } from "./elementwise.ts";
+// A cycle (chunked -> elementwise -> run -> tape -> chunked) that is safe: `addChunked` (`add`, range by range
+// past one storage binding, e.g. a 150k-token embedding's gradient) is only called during backward.
+import { addChunked } from "./chunked.ts";
 
 interface Node {
   // deno-lint-ignore no-explicit-any
@@ -100,7 +101,7 @@ export class Tape {
             });
           }
           const old = ct.get(t.id);
-          ct.set(t.id, old ? add(old, g) : g);
+          ct.set(t.id, old ? addChunked(old, g) : g);
         };
         for (let i = this.#nodes.length - 1; i >= 0; i--) {
           const n = this.#nodes[i];

@@ -2,14 +2,13 @@
 import { Effect } from "effect";
 import type { ConfigError, FileFormatError } from "../core/errors.ts";
 import { serializeSafetensors } from "../core/safetensors.ts";
-import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { tidy } from "../kernels/tensor.ts";
 import { writeAtomic } from "../io/files.ts";
 import { batchTensors, readRolloutFile, rolloutFromSequences, type RolloutHost } from "./batch.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { readModelDir, toParams } from "../policies/hf.ts";
-import type { Params } from "../policies/params.ts";
+import { type Params, paramsToHostArrays } from "../policies/params.ts";
 import { lowerStep, type StepOptions } from "./lower.ts";
 import { type Objective, show } from "./objective.ts";
 
@@ -99,13 +98,12 @@ const compute = async (
   try {
     return await tidy(async () => {
       const r = lowerStep(config, params, batch, input.objective, step, { ...input.readout, onPolicy: true });
-      const flat = await r.grads.data();
+      const host = await paramsToHostArrays(params, r.grads);
       const one = async (t: { data(): Promise<ArrayLike<number>> }) => (await t.data())[0];
       const grads = new Map<string, Float32Array>(), norms = new Map<string, number>();
       const shapes = new Map<string, readonly number[]>();
       params.layout.specs.forEach((s, i) => {
-        const o = params.layout.offsets[i];
-        const g = Float32Array.from(flat.subarray(o, o + size(s.shape)));
+        const g = host[i];
         grads.set(s.name, g);
         shapes.set(s.name, s.shape);
         norms.set(s.name, Math.sqrt(g.reduce((a, x) => a + x * x, 0)));

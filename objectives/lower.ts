@@ -18,7 +18,7 @@ import type { DecoderConfig } from "../policies/config.ts";
 import { final, type InternalPolicy, showPolicy } from "../policies/internal.ts";
 import { readKl } from "../policies/kl.ts";
 import { forward } from "../policies/model.ts";
-import { flattenGrads, type Params } from "../policies/params.ts";
+import { type Params, segmentGrads } from "../policies/params.ts";
 import { readPolicies } from "../policies/policy.ts";
 import {
   activeAt,
@@ -268,8 +268,8 @@ export const detach = (x: Tensor): Tensor => copyInto(zerosLike(x, x.shape), x);
 
 /**
  * One lowered step: forward with taps, the policies `requiredReadouts` lists read in ONE streaming pass (KL
- * pairs in one more), the loss built by `lowerLoss`, and its gradient w.r.t. every parameter as one flat
- * tensor laid out like `p` (exact zeros where no gradient flows). Nothing is read back.
+ * pairs in one more), the loss built by `lowerLoss`, and its gradient w.r.t. every parameter as segment
+ * tensors laid out like `p.segments` (exact zeros where no gradient flows). Nothing is read back.
  */
 export const lowerStep = (
   c: DecoderConfig,
@@ -278,7 +278,7 @@ export const lowerStep = (
   objective: Objective,
   step: number,
   o: StepOptions = {},
-): Lowered & { grads: Tensor } =>
+): Lowered & { grads: Tensor[] } =>
   tidy(() => {
     const req = requiredReadouts(objective, step);
     const needsBehaviour = activeAt(objective, step).some((a) => a.term.kind === "pg" && a.term.tis !== null);
@@ -306,5 +306,5 @@ export const lowerStep = (
       });
     });
     const grads = tape.backward(lowered.loss, p.views, tensor(p.backend, [1], []));
-    return { ...lowered, grads: flattenGrads(p, grads) };
+    return { ...lowered, grads: segmentGrads(p, grads) };
   });

@@ -5,13 +5,13 @@
  * causal attention makes the not-yet-written columns irrelevant. Cost O(T^2) per sequence: fine for the short
  * responses of embedded tasks; long generations on big models want a KV cache (not built yet).
  */
-import { matmul } from "../kernels/matmul.ts";
 import { appendToken, column } from "../kernels/decode.ts";
 import { sample } from "../kernels/sample.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
 import { forward, unembedding } from "./model.ts";
 import type { Params } from "./params.ts";
+import { unembed } from "./readout.ts";
 
 export interface GenerateOptions {
   /** Most tokens to generate per sequence (eos included). */
@@ -73,7 +73,7 @@ export const generate = async (
       tidy(() => {
         const f = forward(c, p, ids, positions);
         const h = column(f.final, t - 1); // (B, d): the state that predicts column t
-        const z = matmul(h, E, { transB: true }); // (B, V)
+        const z = unembed(h, E); // (B, V)
         const col = tensor(be, new Int32Array(B).fill(t), [B], "i32");
         const s = sample(z, {
           temperature: o.temperature,

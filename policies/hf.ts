@@ -7,11 +7,11 @@ import * as t from "io-ts";
 import { isLeft } from "fp-ts/Either.js";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { parseSafetensors, serializeSafetensors, type StEntry, toF32 } from "../core/safetensors.ts";
-import { type Shape, showShape, size } from "../core/shape.ts";
+import { type Shape, showShape } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { exists, readBytes, readJson, writeAtomic } from "../io/files.ts";
 import { decodeHfConfig, type DecoderConfig, encodeHfConfig, paramSpecs } from "./config.ts";
-import { Params, paramsFromHost } from "./params.ts";
+import { Params, paramsFromHost, paramsToHostArrays } from "./params.ts";
 
 const IndexJson = t.type({ weight_map: t.record(t.string, t.string) });
 
@@ -81,7 +81,7 @@ export const readModelDir = (dir: string): Effect.Effect<HostModel, FileFormatEr
     return { dir, config, tensors };
   });
 
-/** Upload a host model to a backend as one flat parameter buffer. */
+/** Upload a host model to a backend, segmented by the backend's limits (policies/params.ts). */
 export const toParams = (backend: Backend, m: HostModel): Params =>
   paramsFromHost(backend, paramSpecs(m.config), (n) => m.tensors.get(n));
 
@@ -89,12 +89,8 @@ export const toParams = (backend: Backend, m: HostModel): Params =>
 export const paramsToHost = async (
   p: Params,
 ): Promise<{ name: string; shape: Shape; data: Float32Array }[]> => {
-  const flat = await p.flat.data();
-  return p.layout.specs.map((s, i) => ({
-    name: s.name,
-    shape: s.shape,
-    data: Float32Array.from(flat.subarray(p.layout.offsets[i], p.layout.offsets[i] + size(s.shape))),
-  }));
+  const data = await paramsToHostArrays(p);
+  return p.layout.specs.map((s, i) => ({ name: s.name, shape: s.shape, data: data[i] }));
 };
 
 /** Write config.json and model.safetensors (F32) into `dir`, each atomically. */

@@ -6,7 +6,8 @@ import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { add } from "../kernels/elementwise.ts";
 import { klFinish, klFold, klGrad } from "../kernels/kl.ts";
-import { concatRows, copyInto, sliceRows, zerosLike } from "../kernels/layout.ts";
+import { allocLike, chunkRows } from "../kernels/chunked.ts";
+import { concatRows, copyInto, sliceRows } from "../kernels/layout.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { NEG_BIG } from "../kernels/readout.ts";
 import { apply, apply1 } from "../kernels/run.ts";
@@ -30,11 +31,11 @@ export interface KlOptions extends ReadoutOptions {
  * respect to xa, xb and E (one fused gradient kernel per chunk; see kernels/kl.ts for the math).
  */
 export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}): Tensor => {
-  const temperature = opts.temperature ?? 1, chunk = opts.chunk ?? 8192, detach = opts.detach ?? "none";
-  if (!(chunk > 0) || chunk % 64 !== 0) {
+  const temperature = opts.temperature ?? 1, want = opts.chunk ?? 8192, detach = opts.detach ?? "none";
+  if (!(want > 0) || want % 64 !== 0) {
     throw new ShapeError({
       op: "streamKl",
-      message: `streamKl: chunk ${chunk} must be a positive multiple of 64`,
+      message: `streamKl: chunk ${want} must be a positive multiple of 64`,
     });
   }
   if (!(temperature > 0)) {
@@ -53,6 +54,8 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
     });
   }
   const [N] = xa.shape, [V, d] = E.shape;
+  // Chunks of E (C, d) and of the stacked logits (2N, C) each stay within one storage binding.
+  const chunk = chunkRows(xa.backend, want, Math.max(d, 2 * N));
   let fin: Tensor;
   const [kl] = custom("streamKl", { temperature, vocab: V }, [xa, xb, E], () => {
     const x = concatRows([xa, xb]); // (2N, d)
@@ -72,7 +75,7 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
   }, (_ctx, [g]) => {
     if (!g) return [null, null, null];
     const x = concatRows([xa, xb]); // (2N, d)
-    const dE = zerosLike(xa, [V, d]);
+    const dE = allocLike(xa, [V, d]); // every row block is written below: never bound whole
     let dx: Tensor | null = null;
     for (let start = 0; start < V; start += chunk) {
       const next: Tensor = tidy(() => {

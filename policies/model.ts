@@ -11,7 +11,7 @@ import { embedding } from "../kernels/embedding.ts";
 import { rope } from "../kernels/rope.ts";
 import { attention } from "../kernels/attention.ts";
 import { swiglu } from "../kernels/mlp.ts";
-import { streamReadout } from "./readout.ts";
+import { streamReadout, unembed } from "./readout.ts";
 import type { DecoderConfig } from "./config.ts";
 import type { Params } from "./params.ts";
 
@@ -82,9 +82,9 @@ export const forward = (c: DecoderConfig, p: Params, ids: Tensor, positions: Ten
 export const unembedding = (c: DecoderConfig, p: Params): Tensor =>
   p.get(c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
 
-/** Logits of the model's own policy. (B, T, V) */
+/** Logits of the model's own policy (E_u read in row blocks when it exceeds one storage binding). (B, T, V) */
 export const logits = (c: DecoderConfig, p: Params, f: ForwardResult): Tensor =>
-  linear(f.final, unembedding(c, p));
+  unembed(f.final, unembedding(c, p));
 
 /**
  * Next-token cross-entropy of a batch: the mean over counted positions of -log pi(ids[t+1] | ids[..t]), with

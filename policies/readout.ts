@@ -7,6 +7,13 @@
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { add } from "../kernels/elementwise.ts";
+import {
+  allocLike,
+  chunkRows,
+  fitsBinding,
+  putColumnsKernel,
+  takeColumnsKernel,
+} from "../kernels/chunked.ts";
 import { copyInto, zerosLike } from "../kernels/layout.ts";
 import { matmul } from "../kernels/matmul.ts";
 import {
@@ -25,7 +32,10 @@ import { type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
 export interface ReadoutOptions {
   /** Softmax temperature T (default 1). */
   readonly temperature?: number;
-  /** Vocabulary ids per chunk, a multiple of 64 (default 8192). */
+  /**
+   * Vocabulary ids per chunk, a multiple of 64 (default 8192); lowered where a chunk of E or of the logits would
+   * exceed the backend's maxStorageBufferBindingSize.
+   */
   readonly chunk?: number;
   /** Also return the k most likely ids and their log-probs per row (1..16; not differentiated). */
   readonly topK?: number;
@@ -46,11 +56,11 @@ export interface Readout {
  */
 export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: ReadoutOptions = {}): Readout => {
   const temperature = opts.temperature ?? 1;
-  const chunk = opts.chunk ?? 8192;
-  if (chunk % 64 !== 0 || chunk <= 0) {
+  const want = opts.chunk ?? 8192;
+  if (want % 64 !== 0 || want <= 0) {
     throw new ShapeError({
       op: "streamReadout",
-      message: `streamReadout: chunk ${chunk} must be a positive multiple of 64`,
+      message: `streamReadout: chunk ${want} must be a positive multiple of 64`,
     });
   }
   if (x.rank !== 2 || E.rank !== 2 || x.shape[1] !== E.shape[1]) {
@@ -69,6 +79,8 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
   }
   const [N] = x.shape;
   const [V, d] = E.shape;
+  // Chunks of E (C, d) and of the logits (N, C) each stay within one storage binding.
+  const chunk = chunkRows(x.backend, want, Math.max(d, N));
   const chunks = (fn: (start: number, Ec: Tensor) => void) => {
     for (let start = 0; start < V; start += chunk) {
       tidy(() => fn(start, view(E, start * d, [Math.min(chunk, V - start), d])));
@@ -114,7 +126,7 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
     const a = dLogp ?? zerosLike(x, [N]);
     const b = dEnt ?? zerosLike(x, [N]);
     let dx: Tensor | null = null;
-    const dE = zerosLike(x, [V, d]);
+    const dE = allocLike(x, [V, d]); // every row block is written below: never bound whole
     for (let start = 0; start < V; start += chunk) {
       const next: Tensor = tidy(() => {
         const Ec = view(E, start * d, [Math.min(chunk, V - start), d]); // (C, d)
@@ -130,4 +142,66 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
     return [dx, dE, null];
   });
   return top ? { entropy, logp, top } : { entropy, logp };
+};
+
+/**
+ * Logits x E^T: x (..., d), E (V, d) -> (..., V), differentiable in x and E. When E is larger than one storage
+ * binding (a 151,936 x 1,024 f32 table on llvmpipe) it is read in row blocks, each block's logits written into
+ * its columns of the output (the output itself is one binding: keep the rows few, as in sampling). Prefer
+ * `streamReadout` for statistics over the vocabulary: it never materializes (..., V).
+ */
+export const unembed = (x: Tensor, E: Tensor): Tensor => {
+  if (fitsBinding(E.backend, E.size)) return matmul(x, E, { transB: true });
+  const [V, d] = E.shape;
+  const lead = x.shape.slice(0, -1);
+  const N = lead.reduce((a, b) => a * b, 1);
+  if (E.rank !== 2 || x.shape[x.rank - 1] !== d) {
+    throw new ShapeError({
+      op: "unembed",
+      message: `unembed: x ${showShape(x.shape)} and E ${showShape(E.shape)} (expected (..., d) and (V, d))`,
+    });
+  }
+  const chunk = chunkRows(E.backend, 8192, Math.max(d, N));
+  const blocks = (fn: (start: number, Ec: Tensor) => void) => {
+    for (let start = 0; start < V; start += chunk) {
+      tidy(() => fn(start, view(E, start * d, [Math.min(chunk, V - start), d]))); // Ec (C, d)
+    }
+  };
+  // Rank-2 views of rank-2 tensors are the tensors themselves (no alignment question for views of views).
+  const flat = (t: Tensor, shape: number[]) => (t.rank === 2 ? t : view(t, 0, shape));
+  const done = (t: Tensor, of: Tensor) => t !== of && t.dispose();
+  return custom("unembed", {}, [x, E], () => {
+    const x2 = flat(x, [N, d]); // (N, d)
+    const out = allocLike(x, [N, V]); // every column block is written below
+    blocks((start, Ec) => apply(putColumnsKernel, { start }, [out, matmul(x2, Ec, { transB: true })]));
+    done(x2, x);
+    if (lead.length === 1) return [out];
+    const y = view(out, 0, [...lead, V]); // (..., V)
+    out.dispose();
+    return [y];
+  }, (_ctx, [dy]) => {
+    if (!dy) return [null, null];
+    const x2 = flat(x, [N, d]); // (N, d)
+    const dy2 = flat(dy, [N, V]); // (N, V)
+    const dE = allocLike(x, [V, d]); // every row block is written below
+    let dx: Tensor | null = null;
+    for (let start = 0; start < V; start += chunk) {
+      const next: Tensor = tidy(() => {
+        // z_c = x Ec^T: dEc = dz_c^T x (C, d); dx += dz_c Ec (N, d)
+        const Ec = view(E, start * d, [Math.min(chunk, V - start), d]); // (C, d)
+        const dz = apply1(takeColumnsKernel, { start, count: Ec.shape[0] }, [dy2]); // (N, C)
+        copyInto(view(dE, start * d, Ec.shape), matmul(dz, x2, { transA: true }));
+        const part = matmul(dz, Ec); // (N, d)
+        return dx ? add(dx, part) : part;
+      });
+      dx?.dispose();
+      dx = next;
+    }
+    dx = dx!; // (N, d)
+    const g = x.rank === 2 ? dx : view(dx, 0, x.shape);
+    done(dx, g);
+    done(x2, x);
+    done(dy2, dy);
+    return [g, dE];
+  })[0];
 };

@@ -10,7 +10,7 @@ import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
 import { batchTensors, rolloutFromSequences } from "../objectives/batch.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { attn, final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
-import { initParams, type Params } from "../policies/params.ts";
+import { initParams, type Params, paramsToHostArrays } from "../policies/params.ts";
 import { lowerLoss, lowerStep } from "../objectives/lower.ts";
 import {
   type Agg,
@@ -289,13 +289,10 @@ const gradsOf = (be: Backend, p: Params, o: Objective, step: number) =>
   tidy(async () => {
     const b = batchTensors(be, host);
     const r = lowerStep(cfg, p, b, o, step, { onPolicy: true, chunk: 64 });
-    const flat = await r.grads.data(), loss = (await r.loss.data())[0];
+    const gs = await paramsToHostArrays(p, r.grads), loss = (await r.loss.data())[0];
     b.dispose();
     const by = new Map<string, Float64Array>();
-    p.layout.specs.forEach((s, i) => {
-      const n = s.shape.reduce((a, x) => a * x, 1);
-      by.set(s.name, Float64Array.from(flat.subarray(p.layout.offsets[i], p.layout.offsets[i] + n)));
-    });
+    p.layout.specs.forEach((s, i) => by.set(s.name, Float64Array.from(gs[i])));
     return { loss, by };
   });
 const norm = (x: Float64Array) => Math.sqrt(x.reduce((s, v) => s + v * v, 0));

@@ -1,6 +1,6 @@
 /** The README's novel objectives, run verbatim: build, show, JSON round trip, one training step on a tiny model. */
 import { adamwHyper } from "../core/optim.ts";
-import { adamwStep } from "../kernels/adamw.ts";
+import { adamwSegments } from "../kernels/adamw.ts";
 import { CpuBackend } from "../kernels/cpu.ts";
 import { tidy } from "../kernels/tensor.ts";
 import { objectiveFromJson, objectiveToJson } from "../objectives/codec.ts";
@@ -10,8 +10,8 @@ import { requiredReadouts } from "../objectives/reference.ts";
 import { batchTensors, rolloutFromSequences } from "../objectives/batch.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { showPolicy } from "../policies/internal.ts";
-import { initParams } from "../policies/params.ts";
-import { createOptimizer } from "../policies/sft.ts";
+import { initParams, paramsToHostArrays } from "../policies/params.ts";
+import { createOptimizer, disposeOptimizer } from "../policies/sft.ts";
 
 const root = new URL("..", import.meta.url);
 
@@ -74,19 +74,18 @@ Deno.test("README objectives: one AdamW step on an 8-layer tiny model, finite lo
       const opt = createOptimizer(p, { lr: 1e-3 });
       const batch = batchTensors(be, host);
       await tidy(async () => {
-        const before = Float32Array.from(await p.flat.data());
+        const before = (await paramsToHostArrays(p)).flatMap((x) => [...x]);
         const r = lowerStep(cfg, p, batch, objectives[name], step, { onPolicy: true, chunk: 64 });
-        adamwStep(p.flat, r.grads, opt.m, opt.v, adamwHyper(opt.config, ++opt.step));
+        adamwSegments(p.segments, r.grads, opt.m, opt.v, adamwHyper(opt.config, ++opt.step));
         const loss = (await r.loss.data())[0];
         if (!Number.isFinite(loss)) throw new Error(`${name} step ${step}: loss ${loss}`);
-        const after = await p.flat.data();
+        const after = (await paramsToHostArrays(p)).flatMap((x) => [...x]);
         if (!after.some((x, i) => x !== before[i]) || after.some((x) => !Number.isFinite(x))) {
           throw new Error(`${name} step ${step}: parameters did not move or went non-finite`);
         }
       });
       batch.dispose();
-      opt.m.dispose();
-      opt.v.dispose();
+      disposeOptimizer(opt);
       p.dispose();
     }
   }

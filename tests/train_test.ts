@@ -1,7 +1,7 @@
 /** A stack of transformer blocks trained on both backends: same loss curve; a steady loop does not grow memory. */
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { initParams } from "../policies/params.ts";
-import { createOptimizer, supervisedStep, type TokenBatch } from "../policies/sft.ts";
+import { createOptimizer, disposeOptimizer, supervisedStep, type TokenBatch } from "../policies/sft.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { cpu64, gpuTest } from "./util.ts";
 
@@ -32,8 +32,7 @@ const curve = async (backend: Backend, steps: number): Promise<number[]> => {
   for (const l of losses) out.push((await l.data())[0]);
   losses.forEach((l) => l.dispose());
   p.dispose();
-  opt.m.dispose();
-  opt.v.dispose();
+  disposeOptimizer(opt);
   return out;
 };
 
@@ -72,6 +71,5 @@ gpuTest("1,000 training steps of the block stack allocate no new GPU memory", as
     throw new Error(`GPU memory grew over 1,000 steps: ${JSON.stringify(warm)} -> ${JSON.stringify(after)}`);
   }
   p.dispose();
-  opt.m.dispose();
-  opt.v.dispose();
+  disposeOptimizer(opt);
 });

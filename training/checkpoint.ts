@@ -1,14 +1,15 @@
 /**
- * Checkpoints of an RL run: model (HF layout), optimizer moments, step, objective JSON and run config, written
+ * Checkpoints of an RL run: model (HF layout), optimizer moments (per parameter), step, objective JSON and run config, written
  * into a temporary folder that is renamed into place, then `latest.json` is replaced atomically. A crash at any
  * moment leaves the previous checkpoint intact and `latest.json` pointing at a complete one.
  */
 import { Effect } from "effect";
 import { type ConfigError, FileFormatError } from "../core/errors.ts";
-import { parseSafetensors, serializeSafetensors, toF32 } from "../core/safetensors.ts";
-import type { Shape } from "../core/shape.ts";
+import { parseSafetensors, serializeSafetensors, type StEntry, toF32 } from "../core/safetensors.ts";
+import { type Shape, showShape, size } from "../core/shape.ts";
 import { exists, readBytes, readJson, writeAtomic } from "../io/files.ts";
-import type { DecoderConfig } from "../policies/config.ts";
+import { type DecoderConfig, paramSpecs } from "../policies/config.ts";
+import { flatLayoutOf } from "../policies/params.ts";
 import { type HostModel, readModelDir, writeModelDir } from "../policies/hf.ts";
 import { type CharTokenizer, writeTokenizerDir } from "../policies/tokenizer.ts";
 
@@ -25,24 +26,38 @@ export interface CheckpointState {
   readonly metrics?: unknown;
 }
 
-export interface Checkpoint {
-  readonly dir: string;
-  readonly state: CheckpointState;
-  readonly model: HostModel;
+/** AdamW moments of one parameter, by its Hugging Face name. */
+export interface ParamMoments {
+  readonly name: string;
+  readonly shape: Shape;
   readonly m: Float32Array;
   readonly v: Float32Array;
 }
 
+export interface Checkpoint {
+  readonly dir: string;
+  readonly state: CheckpointState;
+  readonly model: HostModel;
+  /**
+   * AdamW moments per parameter in `paramSpecs(model.config)` order: independent of how a backend segments its
+   * buffers. Older checkpoints (one flat "m" and one flat "v" in the single-buffer layout) are converted.
+   */
+  readonly moments: readonly ParamMoments[];
+}
+
 const fail = (file: string, message: string) => new FileFormatError({ file, message: `${file}: ${message}` });
 
-/** Write a checkpoint for `state.step` into `<run>/checkpoints/step-NNNNNN` and point latest.json at it. */
+/**
+ * Write a checkpoint for `state.step` into `<run>/checkpoints/step-NNNNNN` and point latest.json at it. The
+ * optimizer file holds one tensor per parameter and moment, `m.<name>` and `v.<name>` (the parameter's shape), so it
+ * reads back under any segmentation of the parameter store.
+ */
 export const saveCheckpoint = (
   run: string,
   config: DecoderConfig,
   tensors: readonly { name: string; shape: Shape; data: Float32Array }[],
   tok: CharTokenizer,
-  m: Float32Array,
-  v: Float32Array,
+  moments: readonly ParamMoments[],
   state: CheckpointState,
   keep = 2,
 ): Effect.Effect<string, FileFormatError> =>
@@ -61,13 +76,13 @@ export const saveCheckpoint = (
     yield* writeTokenizerDir(tmp, tok);
     yield* writeAtomic(
       `${tmp}/optimizer.safetensors`,
-      serializeSafetensors([{ name: "m", shape: [m.length], data: m }, {
-        name: "v",
-        shape: [v.length],
-        data: v,
-      }], {
-        optimizerStep: String(state.optimizerStep),
-      }),
+      serializeSafetensors(
+        moments.flatMap((x) => [
+          { name: `m.${x.name}`, shape: x.shape, data: x.m },
+          { name: `v.${x.name}`, shape: x.shape, data: x.v },
+        ]),
+        { optimizerStep: String(state.optimizerStep), layout: "per-parameter" },
+      ),
     );
     yield* writeAtomic(`${tmp}/state.json`, JSON.stringify(state, null, 1) + "\n");
     const final = `${root}/${name}`;
@@ -121,13 +136,42 @@ export const loadCheckpoint = (run: string): Effect.Effect<Checkpoint, FileForma
       try: () => parseSafetensors(optPath, bytes),
       catch: (e) => e as FileFormatError,
     });
+    const f32 = (e: StEntry) =>
+      Effect.try({ try: () => toF32(optPath, e), catch: (x) => x as FileFormatError });
+    const specs = paramSpecs(model.config);
     const me = st.tensors.get("m"), ve = st.tensors.get("v");
-    if (!me || !ve) return yield* fail(optPath, "tensors m and v are required");
-    return {
-      dir,
-      state: s as CheckpointState,
-      model,
-      m: yield* Effect.try({ try: () => toF32(optPath, me), catch: (e) => e as FileFormatError }),
-      v: yield* Effect.try({ try: () => toF32(optPath, ve), catch: (e) => e as FileFormatError }),
-    };
+    const moments: ParamMoments[] = [];
+    if (me && ve) {
+      // The old format: flat m and v in the single-buffer layout (every parameter 64-aligned, in order).
+      const flat = flatLayoutOf(specs);
+      const [m, v] = [yield* f32(me), yield* f32(ve)];
+      if (m.length !== flat.total || v.length !== flat.total) {
+        return yield* fail(
+          optPath,
+          `optimizer state has ${m.length} (m) and ${v.length} (v) elements, the model needs ${flat.total}`,
+        );
+      }
+      specs.forEach((p, i) => {
+        const at = flat.offsets[i], n = size(p.shape);
+        moments.push({ name: p.name, shape: p.shape, m: m.slice(at, at + n), v: v.slice(at, at + n) });
+      });
+    } else {
+      for (const p of specs) {
+        const pm = st.tensors.get(`m.${p.name}`), pv = st.tensors.get(`v.${p.name}`);
+        if (!pm || !pv) {
+          return yield* fail(optPath, `moments m.${p.name} and v.${p.name} are required (or flat m and v)`);
+        }
+        const [m, v] = [yield* f32(pm), yield* f32(pv)];
+        if (m.length !== size(p.shape) || v.length !== size(p.shape)) {
+          return yield* fail(
+            optPath,
+            `moments of ${p.name} have ${m.length} and ${v.length} elements, the parameter ${
+              showShape(p.shape)
+            } has ${size(p.shape)}`,
+          );
+        }
+        moments.push({ name: p.name, shape: p.shape, m, v });
+      }
+    }
+    return { dir, state: s as CheckpointState, model, moments };
   });

@@ -6,7 +6,7 @@
  */
 import { NonFiniteError } from "../core/errors.ts";
 import { adamwHyper } from "../core/optim.ts";
-import { adamwStep } from "../kernels/adamw.ts";
+import { adamwSegments } from "../kernels/adamw.ts";
 import { type Tensor, tidy } from "../kernels/tensor.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { generate } from "../policies/generate.ts";
@@ -175,7 +175,13 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
         const out = tidy(() => {
           const r = lowerStep(config, params, part, objective, step);
           opt.step++;
-          const { norm } = adamwStep(params.flat, r.grads, opt.m, opt.v, adamwHyper(opt.config, opt.step));
+          const { norm } = adamwSegments(
+            params.segments,
+            r.grads,
+            opt.m,
+            opt.v,
+            adamwHyper(opt.config, opt.step),
+          );
           return { loss: r.loss, norm, clip: r.metrics.clipFraction, kl: r.metrics.approxKl };
         });
         scalars.push(out);

@@ -7,12 +7,11 @@ import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { exists, writeAtomic } from "../io/files.ts";
 import { progress } from "../io/progress.ts";
 import type { Backend } from "../kernels/backend.ts";
-import { keep, tensor } from "../kernels/tensor.ts";
 import { paramSpecs } from "../policies/config.ts";
 import { final } from "../policies/internal.ts";
 import { type HostModel, paramsToHost, readModelDir, toParams } from "../policies/hf.ts";
 import { paramsFromHost } from "../policies/params.ts";
-import { createOptimizer } from "../policies/sft.ts";
+import { createOptimizer, loadMoments, momentsToHost } from "../policies/sft.ts";
 import { CharTokenizer, readTokenizerDir } from "../policies/tokenizer.ts";
 import { decodeObjective } from "../objectives/codec.ts";
 import {
@@ -26,7 +25,7 @@ import {
 } from "../objectives/objective.ts";
 import { requiredReadouts } from "../objectives/reference.ts";
 import { arithTask } from "../tasks/arith.ts";
-import { loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.ts";
 import { resolveConfig, type TrainConfig } from "./config.ts";
 import { evaluate } from "./evaluate.ts";
 import { type EvalRecord, runPlots } from "./report.ts";
@@ -116,7 +115,7 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
     let cfg = cfgIn;
     let start = 1;
     let host: HostModel;
-    let m: Float32Array | null = null, v: Float32Array | null = null, optStep = 0;
+    let moments: readonly ParamMoments[] | null = null, optStep = 0;
     if (o.resume) {
       const ck = yield* loadCheckpoint(dir);
       const saved = resolveConfig(ck.state.config as Partial<TrainConfig>, {});
@@ -145,8 +144,7 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
         out: dir,
       };
       host = ck.model;
-      m = ck.m;
-      v = ck.v;
+      moments = ck.moments;
       optStep = ck.state.optimizerStep;
       start = ck.state.step + 1;
     } else {
@@ -202,17 +200,9 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
       weightDecay: cfg.weightDecay,
       maxGradNorm: cfg.gradClip,
     });
-    if (m && v) {
-      if (m.length !== params.layout.total || v.length !== params.layout.total) {
-        return yield* fileErr(
-          `${dir}/latest.json`,
-          `optimizer state has ${m.length} elements, the model needs ${params.layout.total}`,
-        );
-      }
-      opt.m.dispose();
-      opt.v.dispose();
-      Object.assign(opt, { m: keep(tensor(gpu, m, [m.length])), v: keep(tensor(gpu, v, [v.length])) });
-      opt.step = optStep;
+    if (moments) {
+      // loadCheckpoint checked every moment against paramSpecs(config), the order of params.layout.specs.
+      loadMoments(params, opt, moments.map((x) => x.m), moments.map((x) => x.v), optStep);
     }
     const needsRef = cfg.kl > 0;
     const ref = needsRef
@@ -270,9 +260,9 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
     const checkpoint = (step: number, last?: StepMetrics) =>
       Effect.gen(function* () {
         const tensors = yield* Effect.promise(() => paramsToHost(params));
-        const mh = Float32Array.from(yield* Effect.promise(() => opt.m.data()));
-        const vh = Float32Array.from(yield* Effect.promise(() => opt.v.data()));
-        yield* saveCheckpoint(dir, config, tensors, tok, mh, vh, {
+        const mv = yield* Effect.promise(() => momentsToHost(params, opt));
+        const moments = tensors.map((t, i) => ({ name: t.name, shape: t.shape, m: mv.m[i], v: mv.v[i] }));
+        yield* saveCheckpoint(dir, config, tensors, tok, moments, {
           step,
           optimizerStep: opt.step,
           objective: JSON.parse(JSON.stringify(objective)),

@@ -9,7 +9,14 @@ import {
   ShapeError,
   type WgslMessage,
 } from "../../core/errors.ts";
-import { type Backend, byteSize, type MemoryStats, type Storage } from "../backend.ts";
+import {
+  type Backend,
+  type BackendLimits,
+  byteSize,
+  DEFAULT_SEGMENT_BYTES,
+  type MemoryStats,
+  type Storage,
+} from "../backend.ts";
 import type { GpuTarget, HostArray, Kernel, PassBinding, TensorSpec } from "../kernel.ts";
 import type { Tensor } from "../tensor.ts";
 
@@ -26,6 +33,8 @@ const BUFFER_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBuffe
 const ARENA_BYTES = 1 << 16;
 const UNIFORM_ALIGN = 256;
 const MAX_DISPATCHES_PER_SUBMIT = 512;
+/** Staging buffers above this many bytes are destroyed after a read instead of pooled. */
+const LARGE_STAGING = 64 * 1024 * 1024;
 
 /** Round a byte count up to the pool's size classes: multiples of 256 bytes (at least 256). */
 const bucket = (bytes: number): number => Math.max(256, Math.ceil(bytes / 256) * 256);
@@ -42,6 +51,12 @@ export interface GpuBackendOptions {
   readonly variant?: "software" | "hardware";
   /** Time every dispatch with timestamp queries (one compute pass per dispatch; slower). */
   readonly profile?: boolean;
+  /**
+   * Lower the device's limits (never raise them): tests use a few KiB so that small models take every chunked
+   * and segmented path that a 2 GB checkpoint takes on llvmpipe. A binding or buffer over the (lowered) limit
+   * throws ShapeError naming the kernel.
+   */
+  readonly limits?: Partial<BackendLimits>;
 }
 
 /** A WebGPU backend over one device. Create it through the `Gpu` service (kernels/gpu/device.ts). */
@@ -50,6 +65,8 @@ export class GpuBackend implements Backend {
   readonly floatArray = "f32" as const;
   readonly name: string;
   readonly target: GpuTarget;
+  /** The limits kernels and the parameter store respect (the device's, lowered by `opts.limits`). */
+  readonly limits: BackendLimits;
   readonly #pipelines = new Map<string, GPUComputePipeline>();
   readonly #pool = new Map<number, GPUBuffer[]>();
   readonly #staging = new Map<number, GPUBuffer[]>();
@@ -86,11 +103,22 @@ export class GpuBackend implements Backend {
   ) {
     const software = opts.variant ? opts.variant === "software" : adapterInfo.isFallbackAdapter ||
       /llvmpipe|lavapipe|swiftshader|software/i.test(adapterInfo.description);
+    const lower = (dev: number, opt?: number) => Math.min(dev, opt ?? Infinity);
+    const maxBufferSize = lower(device.limits.maxBufferSize, opts.limits?.maxBufferSize);
+    this.limits = {
+      maxStorageBufferBindingSize: lower(
+        device.limits.maxStorageBufferBindingSize,
+        opts.limits?.maxStorageBufferBindingSize,
+      ),
+      maxBufferSize,
+      paramSegmentBytes: Math.min(opts.limits?.paramSegmentBytes ?? DEFAULT_SEGMENT_BYTES, maxBufferSize),
+    };
     this.target = {
       software,
       maxWorkgroupsPerDimension: device.limits.maxComputeWorkgroupsPerDimension,
       maxWorkgroupStorageSize: device.limits.maxComputeWorkgroupStorageSize,
       maxInvocationsPerWorkgroup: device.limits.maxComputeInvocationsPerWorkgroup,
+      maxStorageBufferBindingSize: this.limits.maxStorageBufferBindingSize,
     };
     this.name = `webgpu ${adapterInfo.description || adapterInfo.vendor || "adapter"}${
       software ? " (software kernels)" : ""
@@ -125,6 +153,13 @@ export class GpuBackend implements Backend {
 
   #take(bytes: number): GPUBuffer {
     const size = bucket(bytes);
+    if (size > this.limits.maxBufferSize) {
+      throw new ShapeError({
+        op: "alloc",
+        message:
+          `alloc: a buffer of ${bytes} bytes exceeds the device's maxBufferSize ${this.limits.maxBufferSize}`,
+      });
+    }
     const free = this.#pool.get(size);
     const buf = free?.pop() ?? this.#createBuffer(size, BUFFER_USAGE);
     this.#live += size;
@@ -345,6 +380,13 @@ export class GpuBackend implements Backend {
     temps: { buffers: GPUBuffer[]; textures: Map<string, GPUTexture> },
   ): GPUBindGroupEntry {
     const range = (s: GpuStorage): GPUBindGroupEntry => {
+      if (s.size > this.limits.maxStorageBufferBindingSize) {
+        throw new ShapeError({
+          op: kernel,
+          message:
+            `${kernel}: binding ${i} covers ${s.size} bytes, more than maxStorageBufferBindingSize ${this.limits.maxStorageBufferBindingSize} (chunk the op through views)`,
+        });
+      }
       this.#pending.add(s.buffer);
       return { binding: i, resource: { buffer: s.buffer, offset: s.offset, size: s.size } };
     };
@@ -502,9 +544,12 @@ export class GpuBackend implements Backend {
     }
     const copy = staging.getMappedRange(0, bytes).slice(0);
     staging.unmap();
-    let list = this.#staging.get(size);
-    if (!list) this.#staging.set(size, list = []);
-    list.push(staging);
+    if (size > LARGE_STAGING) staging.destroy(); // a parameter segment read for a checkpoint: do not hoard it
+    else {
+      let list = this.#staging.get(size);
+      if (!list) this.#staging.set(size, list = []);
+      list.push(staging);
+    }
     await this.#surface();
     const out = t.dtype === "f32"
       ? new Float32Array(copy)

@@ -1,0 +1,189 @@
+/** Ops on tensors larger than one storage binding: 64-aligned element ranges or row blocks, each bound alone. */
+import { ShapeError } from "../core/errors.ts";
+import { showShape } from "../core/shape.ts";
+import { type Backend, limitsOf } from "./backend.ts";
+import { add } from "./elementwise.ts";
+import { defineKernel, type Kernel } from "./kernel.ts";
+import { copyInto, zerosLike } from "./layout.ts";
+import { apply1 } from "./run.ts";
+import { Tensor, tidy, view } from "./tensor.ts";
+import { flatWgsl, grid1d, storage, wgslType } from "./wgsl.ts";
+
+const WG = 256;
+/** GPU views start at multiples of 64 elements (256 bytes). */
+export const VIEW_ALIGN = 64;
+
+/** Whether `n` 4-byte elements fit one storage binding on `b`. */
+export const fitsBinding = (b: Backend, n: number): boolean =>
+  n * 4 <= limitsOf(b).maxStorageBufferBindingSize;
+
+/** Elements one binding covers: the largest multiple of 64 whose bytes fit the limit (at least 64). */
+export const bindingElems = (b: Backend): number => {
+  const lim = limitsOf(b).maxStorageBufferBindingSize;
+  return Number.isFinite(lim)
+    ? Math.max(VIEW_ALIGN, Math.floor(lim / 4 / VIEW_ALIGN) * VIEW_ALIGN)
+    : Infinity;
+};
+
+/**
+ * Rows of `rowElems` elements per block such that a block fits one binding and every block starts 64-aligned:
+ * a multiple of 64 rows (at least 64, even if 64 rows exceed the limit: the backend then names the kernel).
+ */
+export const rowsPerBinding = (b: Backend, rowElems: number): number => {
+  const lim = limitsOf(b).maxStorageBufferBindingSize;
+  if (!Number.isFinite(lim)) return Infinity;
+  return Math.max(VIEW_ALIGN, Math.floor(lim / (4 * Math.max(1, rowElems)) / VIEW_ALIGN) * VIEW_ALIGN);
+};
+
+/**
+ * A vocabulary chunk for streaming readouts: `want` rows, lowered so that a (rows, rowElems) block still fits one
+ * binding (at least 64 rows; a multiple of 64 whenever it is lowered).
+ */
+export const chunkRows = (b: Backend, want: number, rowElems: number): number =>
+  Math.min(want, rowsPerBinding(b, rowElems));
+
+/** [start, length) ranges covering [0, n), each at most `max` long; starts are multiples of `max`. */
+export const ranges = (n: number, max: number): [number, number][] => {
+  const out: [number, number][] = [];
+  if (!Number.isFinite(max)) return n > 0 ? [[0, n]] : [];
+  for (let s = 0; s < n; s += max) out.push([s, Math.min(max, n - s)]);
+  return out;
+};
+
+/** A new tensor of `shape` on `like`'s backend with unspecified contents (every element must be written). */
+export const allocLike = (like: Tensor, shape: readonly number[]): Tensor => {
+  const spec = { shape, dtype: like.dtype };
+  return new Tensor(like.backend, like.backend.alloc(spec), shape, like.dtype);
+};
+
+/** Writes zeros into its input, in place. */
+export const fillZeroKernel: Kernel<Record<string, never>> = defineKernel<Record<string, never>>({
+  name: "fillZero",
+  infer: (_p, [t]) => [{ shape: t.shape, dtype: t.dtype, alias: 0 }],
+  cpu: (_p, _i, [y]) => y.data.fill(0),
+  gpu: (_p, [t], target) => {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    const grid = grid1d(n, WG, target);
+    const ty = wgslType(t.dtype);
+    return [{
+      wgsl: flatWgsl(storage(0, "y", ty, "read_write"), n, WG, grid, `  y[i] = ${ty}(0);`),
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }],
+    }];
+  },
+});
+
+/** Zeros of `shape` on `like`'s backend, written one binding-sized range at a time when the tensor is large. */
+export const zerosChunked = (like: Tensor, shape: readonly number[]): Tensor => {
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (fitsBinding(like.backend, n)) return zerosLike(like, shape);
+  const out = allocLike(like, shape);
+  for (const [s, len] of ranges(n, bindingElems(like.backend))) {
+    tidy(() => apply1(fillZeroKernel, {}, [view(out, s, [len])]));
+  }
+  return out;
+};
+
+/**
+ * dst := src (equal element counts), in place, one binding-sized range at a time when large. Both must start at
+ * 64-aligned elements of their storage on the GPU (parameter views and fresh tensors do). Not differentiable.
+ */
+export const copyChunked = (dst: Tensor, src: Tensor): Tensor => {
+  if (fitsBinding(dst.backend, dst.size)) return copyInto(dst, src);
+  for (const [s, len] of ranges(dst.size, bindingElems(dst.backend))) {
+    tidy(() => copyInto(view(dst, s, [len]), view(src, s, [len])));
+  }
+  return dst;
+};
+
+/**
+ * a + b for two tensors of one shape; past one binding, added range by range into a new tensor (bit-identical to
+ * `add`: elementwise). Not recorded on a tape: for gradient accumulation (kernels/tape.ts) and optimizer code.
+ */
+export const addChunked = (a: Tensor, b: Tensor): Tensor => {
+  if (fitsBinding(a.backend, a.size) || a.size !== b.size) return add(a, b);
+  const out = allocLike(a, a.shape);
+  for (const [s, len] of ranges(a.size, bindingElems(a.backend))) {
+    tidy(() => copyInto(view(out, s, [len]), add(view(a, s, [len]), view(b, s, [len]))));
+  }
+  return out;
+};
+
+/** Columns [start, start + C) of y (N, V) := z (N, C), in place (inputs: y, z; output aliases y). */
+export const putColumnsKernel: Kernel<{ readonly start: number }> = defineKernel<{ readonly start: number }>({
+  name: "putColumns",
+  infer: ({ start }, [y, z]) => {
+    if (
+      y.shape.length !== 2 || z.shape.length !== 2 || y.shape[0] !== z.shape[0] ||
+      start < 0 || start + z.shape[1] > y.shape[1] || y.dtype !== z.dtype
+    ) {
+      throw new ShapeError({
+        op: "putColumns",
+        message: `putColumns: block ${showShape(z.shape)} at column ${start} does not fit ${
+          showShape(y.shape)
+        }`,
+      });
+    }
+    return [{ shape: y.shape, dtype: y.dtype, alias: 0 }];
+  },
+  cpu: ({ start }, [y, z], [out]) => {
+    const [N, V] = y.shape, C = z.shape[1];
+    for (let n = 0; n < N; n++) out.data.set(z.data.subarray(n * C, (n + 1) * C), n * V + start);
+  },
+  gpu: ({ start }, [y, z], target) => {
+    const [N, C] = z.shape, V = y.shape[1];
+    const grid = grid1d(N * C, WG, target);
+    const ty = wgslType(y.dtype);
+    return [{
+      wgsl: flatWgsl(
+        `${storage(0, "y", ty, "read_write")}
+${storage(1, "z", ty, "read")}`,
+        N * C,
+        WG,
+        grid,
+        `  y[(i / ${C}u) * ${V}u + ${start}u + i % ${C}u] = z[i];`,
+      ),
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }],
+    }];
+  },
+});
+
+/** Columns [start, start + count) of y (N, V) as a new (N, count) tensor. */
+export const takeColumnsKernel: Kernel<{ readonly start: number; readonly count: number }> = defineKernel<
+  { readonly start: number; readonly count: number }
+>({
+  name: "takeColumns",
+  infer: ({ start, count }, [y]) => {
+    if (y.shape.length !== 2 || start < 0 || count < 0 || start + count > y.shape[1]) {
+      throw new ShapeError({
+        op: "takeColumns",
+        message: `takeColumns: columns [${start}, ${start + count}) out of range for ${showShape(y.shape)}`,
+      });
+    }
+    return [{ shape: [y.shape[0], count], dtype: y.dtype }];
+  },
+  cpu: ({ start, count }, [y], [out]) => {
+    const [N, V] = y.shape;
+    for (let n = 0; n < N; n++) {
+      out.data.set(y.data.subarray(n * V + start, n * V + start + count), n * count);
+    }
+  },
+  gpu: ({ start, count }, [y], target) => {
+    const [N, V] = y.shape;
+    const grid = grid1d(N * count, WG, target);
+    const ty = wgslType(y.dtype);
+    return [{
+      wgsl: flatWgsl(
+        `${storage(0, "y", ty, "read")}
+${storage(1, "z", ty, "read_write")}`,
+        N * count,
+        WG,
+        grid,
+        `  z[i] = y[(i / ${count}u) * ${V}u + ${start}u + i % ${count}u];`,
+      ),
+      workgroups: grid,
+      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
+    }];
+  },
+});

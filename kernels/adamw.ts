@@ -258,8 +258,11 @@ const partialGroups = (n: number, target: GpuTarget): number =>
 
 // ---- segmented steps: one global norm over several buffers, every binding within the device limit ----------
 
-/** Partial-sum slots reserved per chunk of a segmented step (at least the partial pass's workgroups). */
-export const SLOT = 1024;
+/**
+ * Partial-sum slots per chunk of a segmented step: the chunk's partial pass uses at most this many workgroups, so
+ * the norm pass binds only 256 bytes per chunk (a 2.4 GB model in 128 MiB chunks: about 5 KB).
+ */
+export const SLOT = 64;
 
 /**
  * Chunk `slot` of a segmented step: inputs (sums (S), flags (S) u32, g chunk); sums/flags[slot SLOT ..] get the
@@ -293,7 +296,8 @@ export const adamwSumsqKernel: Kernel<{ readonly slot: number }> = defineKernel<
   },
   gpu: ({ slot }, [, , g], target) => {
     const n = size(g.shape);
-    const groups = partialGroups(n, target);
+    // At most SLOT groups; a chunk within one binding (<= 2^30 elements) never needs more for the loop budget.
+    const groups = Math.max(Math.min(SLOT, partialGroups(n, target)), Math.ceil(n / (WG * LOOP_SAFE)));
     if (groups > SLOT) {
       throw new ShapeError({
         op: "adamw",

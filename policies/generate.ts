@@ -1,15 +1,19 @@
 /**
  * Sampling rollouts from the model's own policy on the GPU: every token is sampled and appended on the device;
  * the host reads the ids once at the end (and a done flag every `checkEvery` tokens to stop early).
- * No KV cache: each step runs the full fixed-length forward (shapes never change, so no shader recompiles);
- * causal attention makes the not-yet-written columns irrelevant. Cost O(T^2) per sequence: fine for the short
- * responses of embedded tasks; long generations on big models want a KV cache (not built yet).
+ * With the KV cache (default): one prefill forward over all T columns fills every layer's cache and gives the
+ * state that predicts the first new column; each later token is one decode step (one column through every layer,
+ * attending the cached keys), O(t) per token. Without it (`cache: false`, the oracle of the tests and the
+ * baseline of the benchmark): each step runs the full fixed-length forward and reads column t - 1, O(T^2) per
+ * sequence. Either way the shapes never change (no shader recompiles) and causal attention makes the
+ * not-yet-written columns irrelevant.
  */
 import { appendToken, column } from "../kernels/decode.ts";
+import { idsColumn } from "../kernels/kvcache.ts";
 import { sample } from "../kernels/sample.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
-import { forward, unembedding } from "./model.ts";
+import { decodeStep, forward, type KVCache, kvCache, prefill, unembedding } from "./model.ts";
 import type { Params } from "./params.ts";
 import { unembed } from "./readout.ts";
 
@@ -32,6 +36,11 @@ export interface GenerateOptions {
   readonly checkEvery?: number;
   /** Called after each generated column (for progress bars). */
   readonly onToken?: (t: number, total: number) => void;
+  /**
+   * Decode with a KV cache (default true): L x 2 x B x T x Hkv x D floats of cache for the call. False: a full
+   * forward per token (the reference path; same ids up to f32 rounding of the logits).
+   */
+  readonly cache?: boolean;
 }
 
 export interface Rollout {
@@ -68,11 +77,17 @@ export const generate = async (
   const E = unembedding(c, p);
   const start = Math.min(...plens);
   const every = o.checkEvery ?? 8;
+  const kv: KVCache | undefined = o.cache ?? true ? kvCache(c, be, B, T) : undefined;
+  /** The final state (B, d) that predicts column t. */
+  const state = (t: number): Tensor => {
+    if (!kv) return column(forward(c, p, ids, positions).final, t - 1);
+    if (t === start) return column(prefill(c, p, ids, positions, kv).final, t - 1);
+    return decodeStep(c, p, kv, idsColumn(ids, t - 1), t - 1);
+  };
   try {
     for (let t = start; t < T; t++) {
       tidy(() => {
-        const f = forward(c, p, ids, positions);
-        const h = column(f.final, t - 1); // (B, d): the state that predicts column t
+        const h = state(t); // (B, d): the state that predicts column t
         const z = unembed(h, E); // (B, V)
         const col = tensor(be, new Int32Array(B).fill(t), [B], "i32");
         const s = sample(z, {
@@ -107,5 +122,6 @@ export const generate = async (
     return { ids: out, B, T, promptLens: plens, responseLens, finished };
   } finally {
     for (const x of [ids, done, promptLen, seqs, positions] as Tensor[]) x.dispose();
+    kv?.dispose();
   }
 };

@@ -2,8 +2,12 @@
  * The decoder forward pass (Qwen3 / Qwen2 / Llama pre-norm blocks) over the engine's ops, with the residual
  * stream exposed at named taps. The same program runs on the CPU and the WebGPU backends.
  */
+import { ShapeError } from "../core/errors.ts";
+import { showShape } from "../core/shape.ts";
+import type { Backend } from "../kernels/backend.ts";
+import { decodeAttention, kvWrite } from "../kernels/kvcache.ts";
 import type { Tensor } from "../kernels/tensor.ts";
-import { reshape, tensor } from "../kernels/tensor.ts";
+import { keep, reshape, tensor, zeros } from "../kernels/tensor.ts";
 import { add, mul, scale, sumTo } from "../kernels/elementwise.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/rmsnorm.ts";
@@ -46,7 +50,17 @@ const linear = (x: Tensor, w: Tensor, b?: Tensor): Tensor => {
  * Run the decoder on token ids (B, T) (i32) at positions (T) (i32, usually 0..T-1). Every tap is a tensor in
  * the current scope.
  */
-export const forward = (c: DecoderConfig, p: Params, ids: Tensor, positions: Tensor): ForwardResult => {
+export const forward = (c: DecoderConfig, p: Params, ids: Tensor, positions: Tensor): ForwardResult =>
+  forwardWith(c, p, ids, positions);
+
+/** `forward`, handing each layer's rotated keys and values (B, T, Hkv, D) to `onKV` (the cache prefill). */
+const forwardWith = (
+  c: DecoderConfig,
+  p: Params,
+  ids: Tensor,
+  positions: Tensor,
+  onKV?: (l: number, k: Tensor, v: Tensor) => void,
+): ForwardResult => {
   const [B, T] = ids.shape;
   const D = c.headDim, Hq = c.numHeads, Hkv = c.numKvHeads;
   let h = embedding(p.get("model.embed_tokens.weight"), ids); // (B, T, d)
@@ -65,6 +79,7 @@ export const forward = (c: DecoderConfig, p: Params, ids: Tensor, positions: Ten
     }
     q = rope(q, positions, c.ropeTheta); // (B, T, Hq, D)
     k = rope(k, positions, c.ropeTheta); // (B, T, Hkv, D)
+    onKV?.(l, k, v);
     const o = reshape(attention(q, k, v), [B, T, Hq * D]); // (B, T, Hq*D)
     const attn = linear(o, n("self_attn.o_proj.weight")); // (B, T, d)
     const mid = add(h, attn);
@@ -76,6 +91,115 @@ export const forward = (c: DecoderConfig, p: Params, ids: Tensor, positions: Ten
   }
   const final = rmsNorm(h, p.get("model.norm.weight"), c.rmsNormEps);
   return { embed, layers, final };
+};
+
+// ---- KV cache -------------------------------------------------------------------------------------------------
+
+/**
+ * Per-layer key and value caches for decoding B sequences of up to T tokens: k[l], v[l] (B, T, Hkv, D) hold
+ * the rotated keys and the values of layer l at every written column. Memory: L x 2 x B x T x Hkv x D floats
+ * (4 bytes each); the shipped tiny model (L 4, Hkv 2, D 16) at B 128, T 24 takes 3 MiB.
+ */
+export interface KVCache {
+  readonly k: readonly Tensor[];
+  readonly v: readonly Tensor[];
+  readonly batch: number;
+  readonly length: number;
+  /** Free every layer's cache. */
+  readonly dispose: () => void;
+}
+
+/** Allocate a zeroed cache for B sequences of T positions (outside any scope: the caller disposes it). */
+export const kvCache = (c: DecoderConfig, backend: Backend, B: number, T: number): KVCache => {
+  const shape = [B, T, c.numKvHeads, c.headDim];
+  const make = () => Array.from({ length: c.numLayers }, () => keep(zeros(backend, shape)));
+  const k = make(), v = make();
+  return { k, v, batch: B, length: T, dispose: () => [...k, ...v].forEach((x) => x.dispose()) };
+};
+
+const checkCache = (op: string, c: DecoderConfig, cache: KVCache, B: number, what: string): void => {
+  const want = [B, cache.length, c.numKvHeads, c.headDim];
+  const ok = cache.k.length === c.numLayers && cache.v.length === c.numLayers &&
+    [...cache.k, ...cache.v].every((x) => x.shape.every((n, i) => n === want[i]) && x.rank === 4);
+  if (!ok) {
+    throw new ShapeError({
+      op,
+      message: `${op}: ${what}; the cache holds ${cache.k.length} layers of ${
+        showShape(cache.k[0]?.shape ?? [])
+      }, the model needs ${c.numLayers} layers of ${showShape(want)}`,
+    });
+  }
+};
+
+/**
+ * The prefill: `forward` over ids (B, T) at positions (T) that also writes every layer's keys and values of
+ * all T columns into `cache` (B, T, Hkv, D). Columns past a sequence's prompt hold whatever ids held there;
+ * decoding overwrites column t before any query reads it.
+ */
+export const prefill = (
+  c: DecoderConfig,
+  p: Params,
+  ids: Tensor,
+  positions: Tensor,
+  cache: KVCache,
+): ForwardResult => {
+  const [B, T] = ids.shape;
+  checkCache("prefill", c, cache, B, `ids ${showShape(ids.shape)}`);
+  if (T !== cache.length) {
+    throw new ShapeError({
+      op: "prefill",
+      message: `prefill: ids ${showShape(ids.shape)} must span the cache's T = ${cache.length} columns`,
+    });
+  }
+  return forwardWith(c, p, ids, positions, (l, k, v) => kvWrite(cache.k[l], cache.v[l], k, v, 0));
+};
+
+/**
+ * One decoding step at column t: the token ids (B) (i32) of column t run through every layer, each writing its
+ * rotated key and value at column t of `cache` and attending keys 0..t of it (grouped KV heads), so a token
+ * costs O(t), not a full forward. Returns RMSNorm_final(h) (B, d): the state that predicts column t + 1,
+ * equal to `forward(...).final` at column t when columns 0..t-1 of the cache hold that sequence's keys and
+ * values. Shader texts do not depend on t (it travels in uniforms and a one-element positions tensor).
+ */
+export const decodeStep = (c: DecoderConfig, p: Params, cache: KVCache, ids: Tensor, t: number): Tensor => {
+  const B = ids.shape[0];
+  const D = c.headDim, Hq = c.numHeads, Hkv = c.numKvHeads;
+  if (ids.rank !== 1 || ids.dtype !== "i32") {
+    throw new ShapeError({
+      op: "decodeStep",
+      message: `decodeStep: ids has shape ${showShape(ids.shape)} (${ids.dtype}), expected i32 (B)`,
+    });
+  }
+  checkCache("decodeStep", c, cache, B, `ids ${showShape(ids.shape)}`);
+  if (!(Number.isInteger(t) && t >= 0 && t < cache.length)) {
+    throw new ShapeError({
+      op: "decodeStep",
+      message: `decodeStep: position t = ${t} outside the cache's ${cache.length} columns`,
+    });
+  }
+  const pos = tensor(ids.backend, Int32Array.of(t), [1], "i32");
+  let h = embedding(p.get("model.embed_tokens.weight"), ids); // (B, d)
+  for (let l = 0; l < c.numLayers; l++) {
+    const n = (s: string) => p.get(`model.layers.${l}.${s}`);
+    const bias = (s: string) => (c.qkvBias ? n(`self_attn.${s}_proj.bias`) : undefined);
+    const attnIn = rmsNorm(h, n("input_layernorm.weight"), c.rmsNormEps); // (B, d)
+    let q = reshape(linear(attnIn, n("self_attn.q_proj.weight"), bias("q")), [B, 1, Hq, D]);
+    let k = reshape(linear(attnIn, n("self_attn.k_proj.weight"), bias("k")), [B, 1, Hkv, D]);
+    const v = reshape(linear(attnIn, n("self_attn.v_proj.weight"), bias("v")), [B, 1, Hkv, D]);
+    if (c.qkNorm) {
+      q = rmsNorm(q, n("self_attn.q_norm.weight"), c.rmsNormEps);
+      k = rmsNorm(k, n("self_attn.k_norm.weight"), c.rmsNormEps);
+    }
+    q = rope(q, pos, c.ropeTheta); // (B, 1, Hq, D)
+    k = rope(k, pos, c.ropeTheta); // (B, 1, Hkv, D)
+    kvWrite(cache.k[l], cache.v[l], k, v, t);
+    const o = reshape(decodeAttention(q, cache.k[l], cache.v[l], t), [B, Hq * D]); // (B, Hq*D)
+    const mid = add(h, linear(o, n("self_attn.o_proj.weight"))); // (B, d)
+    const ffnIn = rmsNorm(mid, n("post_attention_layernorm.weight"), c.rmsNormEps);
+    const gated = swiglu(linear(ffnIn, n("mlp.gate_proj.weight")), linear(ffnIn, n("mlp.up_proj.weight")));
+    h = add(mid, linear(gated, n("mlp.down_proj.weight"))); // (B, d)
+  }
+  return rmsNorm(h, p.get("model.norm.weight"), c.rmsNormEps); // (B, d)
 };
 
 /** The unembedding E_u: lm_head.weight, or the input embedding when tied. (V, d) */

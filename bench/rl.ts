@@ -1,6 +1,7 @@
 /**
  * One RL step of the default run (BuPO on the shipped model): seconds split into rollout, old log-probs and
- * update, tokens per second of each phase, and the GPU memory the step needs at its peak.
+ * update, tokens per second of each phase, and the GPU memory the step needs at its peak; then rollout tokens per
+ * second of the same batches with and without the KV cache.
  */
 import { Effect } from "effect";
 import { withGpu } from "../kernels/gpu/device.ts";
@@ -11,7 +12,29 @@ import { readTokenizerDir } from "../policies/tokenizer.ts";
 import { arithTask } from "../tasks/arith.ts";
 import { DEFAULTS } from "../training/config.ts";
 import { resolveObjective } from "../training/run.ts";
-import { rlStep, type StepMetrics } from "../training/rl.ts";
+import { type RlContext, rlStep, type StepMetrics } from "../training/rl.ts";
+import { generate } from "../policies/generate.ts";
+import { batch } from "../tasks/task.ts";
+import { promptIds, stopId } from "../training/data.ts";
+
+/** Seconds and sampled tokens of the rollouts of RL step `step` (as rlStep draws them), with or without cache. */
+const timeRollout = async (ctx: RlContext, step: number, cache: boolean): Promise<[number, number]> => {
+  const { cfg, config, params, tok, task } = ctx;
+  const problems = batch(task, "train", cfg.seed, (step - 1) * cfg.prompts, cfg.prompts);
+  const prompts = problems.flatMap((q) => Array.from({ length: cfg.group }, () => promptIds(tok, q.prompt)));
+  const t0 = performance.now();
+  const roll = await generate(config, params, prompts, {
+    maxNew: cfg.maxNew,
+    eos: tok.eos,
+    stop: stopId(tok, task),
+    pad: tok.pad,
+    temperature: cfg.temperature,
+    seed: cfg.seed,
+    step,
+    cache,
+  });
+  return [(performance.now() - t0) / 1000, roll.responseLens.reduce((a, b) => a + b, 0)];
+};
 
 export async function benchRl(gpu: GpuBackend, steps = 3): Promise<string> {
   const cfg = DEFAULTS;
@@ -24,7 +47,7 @@ export async function benchRl(gpu: GpuBackend, steps = 3): Promise<string> {
     maxGradNorm: cfg.gradClip,
   });
   const objective = await resolveObjective(cfg);
-  const ctx = { cfg, config: host.config, params, opt, tok, task: arithTask(), objective };
+  const ctx: RlContext = { cfg, config: host.config, params, opt, tok, task: arithTask(), objective };
   await rlStep(ctx, 1); // warm-up: compiles every pipeline
   await gpu.sync();
   gpu.resetPeak();
@@ -49,6 +72,27 @@ export async function benchRl(gpu: GpuBackend, steps = 3): Promise<string> {
       (live0 / 2 ** 20).toFixed(1)
     } MiB); mean of ${steps} steps after one warm-up step`,
   ];
+  // Rollouts alone, the same batches both ways (after one warm-up each): KV cache vs a full forward per token.
+  const rate = { cache: [0, 0], full: [0, 0] };
+  await timeRollout(ctx, 1, true);
+  await timeRollout(ctx, 1, false);
+  for (let s = 2; s < 2 + steps; s++) {
+    for (const cache of [true, false]) {
+      const [sec, n] = await timeRollout(ctx, s, cache);
+      const r = rate[cache ? "cache" : "full"];
+      r[0] += sec;
+      r[1] += n;
+    }
+  }
+  const tps = (r: number[]) => r[1] / r[0];
+  lines.push(
+    "| rollout | s / step | tokens / step | tokens / s |",
+    "| --- | ---: | ---: | ---: |",
+    ...([["KV cache", rate.cache], ["full forward per token", rate.full]] as const).map(([n, r]) =>
+      `| ${n} | ${(r[0] / steps).toFixed(2)} | ${(r[1] / steps).toFixed(0)} | ${tps(r).toFixed(0)} |`
+    ),
+    `rollout speed-up of the KV cache: ${(tps(rate.cache) / tps(rate.full)).toFixed(2)}x`,
+  );
   params.dispose();
   console.log(lines.join("\n"));
   return lines.join("\n");

@@ -103,7 +103,7 @@ export const generate = async (
       o.onToken?.(t - start + 1, T - start);
       if (every > 0 && (t - start + 1) % every === 0 && t + 1 < T) {
         const d = await done.data();
-        if (d.every((x, b) => x !== 0 || plens[b] > t)) break;
+        if (d.every((x) => x !== 0)) break; // a row still inside its prompt is not done
       }
     }
     const out = Int32Array.from(await ids.data());

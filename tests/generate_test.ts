@@ -82,3 +82,23 @@ gpuTest("appendToken: a second stop id ends a row like eos (GPU equals CPU)", as
   assertClose(await run(g), await run(cpu32), { atol: 0, rtol: 0 }, "append");
   assertClose(await run(cpu32), [1, 7, 1, 9, 1, 0], { atol: 0, rtol: 0 }, "stop ends row 0 only");
 });
+
+Deno.test("early stop waits for rows still inside their prompt (a short row's eos does not end a long one)", async () => {
+  const p = initParams(cpu32, paramSpecs(config), 99, 0.5);
+  try {
+    const greedy = { maxNew: 4, pad: 0, temperature: 1, topK: 1, seed: 1, step: 0, checkEvery: 1 };
+    // The greedy token after [1] becomes eos, so row 0 is done after one token while row 1 is still in its prompt.
+    const first = await generate(config, p, [[1]], { ...greedy, eos: 23, maxNew: 1 });
+    const eos = first.ids[1];
+    const long = [1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3];
+    const both = await generate(config, p, [[1], long], { ...greedy, eos });
+    const alone = await generate(config, p, [long], { ...greedy, eos, firstSequence: 1 });
+    if (both.responseLens[0] !== 1) throw new Error(`row 0 should stop at its eos: ${both.responseLens}`);
+    const row1 = Array.from(both.ids.subarray(both.T, 2 * both.T));
+    if (row1.join() !== Array.from(alone.ids).join() || both.responseLens[1] !== alone.responseLens[0]) {
+      throw new Error(`row 1 in a batch ${row1} differs from row 1 alone ${Array.from(alone.ids)}`);
+    }
+  } finally {
+    p.dispose();
+  }
+});

@@ -149,7 +149,7 @@ Deno.test("the alphabet covers every prompt and solution; lengths stay within th
     fc.property(arbOptions, fc.nat(1000), (o, seed) => {
       const t = arithTask(o);
       for (const split of ["train", "eval"] as const) {
-        for (const p of batch(t, split, seed, 0, 50)) {
+        for (const p of tooFew(() => batch(t, split, seed, 0, 50))) {
           const out = outsideAlphabet(t.alphabet, p.prompt + p.solution);
           if (out.length > 0) {
             throw new Error(`characters ${JSON.stringify(out)} of ${p.prompt}${p.solution}`);

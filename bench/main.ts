@@ -7,12 +7,15 @@ import { benchRl } from "./rl.ts";
 import { benchTrainStep, profileTrainStep } from "./train_step.ts";
 
 const only = Deno.args[0];
-const known = ["matmul", "train", "entropy", "objective", "rl"];
+const known = ["matmul", "train", "entropy", "objective", "rl", "large"];
 if (only && !known.includes(only)) {
   console.error(`bench: unknown benchmark ${JSON.stringify(only)}; one of ${known.join(", ")}`);
   Deno.exit(2);
 }
 const want = (name: string) => !only || only === name;
+
+// Real-size check (a synthetic Qwen3-0.6B, ~3-4 min, ~14 GB of RAM): only when asked for by name.
+if (only === "large") await import("./large_model.ts");
 
 if (want("matmul")) await withGpu((gpu) => benchMatmul(gpu));
 if (want("train")) {

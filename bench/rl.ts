@@ -12,27 +12,14 @@ import { readTokenizerDir } from "../policies/tokenizer.ts";
 import { arithTask } from "../tasks/arith.ts";
 import { DEFAULTS } from "../training/config.ts";
 import { resolveObjective } from "../training/run.ts";
-import { type RlContext, rlStep, type StepMetrics } from "../training/rl.ts";
+import { type RlContext, rlStep, rolloutPlan, type StepMetrics } from "../training/rl.ts";
 import { generate } from "../policies/generate.ts";
-import { batch } from "../tasks/task.ts";
-import { promptIds, stopId } from "../training/data.ts";
 
 /** Seconds and sampled tokens of the rollouts of RL step `step` (as rlStep draws them), with or without cache. */
 const timeRollout = async (ctx: RlContext, step: number, cache: boolean): Promise<[number, number]> => {
-  const { cfg, config, params, tok, task } = ctx;
-  const problems = batch(task, "train", cfg.seed, (step - 1) * cfg.prompts, cfg.prompts);
-  const prompts = problems.flatMap((q) => Array.from({ length: cfg.group }, () => promptIds(tok, q.prompt)));
+  const { prompts, options } = rolloutPlan(ctx, step);
   const t0 = performance.now();
-  const roll = await generate(config, params, prompts, {
-    maxNew: cfg.maxNew,
-    eos: tok.eos,
-    stop: stopId(tok, task),
-    pad: tok.pad,
-    temperature: cfg.temperature,
-    seed: cfg.seed,
-    step,
-    cache,
-  });
+  const roll = await generate(ctx.config, ctx.params, prompts, { ...options, cache });
   return [(performance.now() - t0) / 1000, roll.responseLens.reduce((a, b) => a + b, 0)];
 };
 

@@ -3,9 +3,7 @@ import { Effect } from "effect";
 import { serializeSafetensors } from "../core/safetensors.ts";
 import { size } from "../core/shape.ts";
 import { CpuBackend } from "../kernels/cpu.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
-import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
-import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
+import { paramSpecs } from "../policies/config.ts";
 import { paramsToHost, toParams } from "../policies/hf.ts";
 import { flatLayoutOf, initParams, type Params, paramsToHostArrays } from "../policies/params.ts";
 import {
@@ -18,22 +16,9 @@ import {
 } from "../policies/sft.ts";
 import { CharTokenizer } from "../policies/tokenizer.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "../training/checkpoint.ts";
-import { gpu, gpuTest } from "./util.ts";
+import { gpuTest } from "./util.ts";
+import { cfg, low } from "./segments_fixture.ts";
 
-const LIMITS = { maxStorageBufferBindingSize: 16384, paramSegmentBytes: 4096 };
-const low: GpuBackend | null = gpu
-  ? await Effect.runPromise(openGpu({ ...adapterOptionsFromEnv(), limits: LIMITS }))
-  : null;
-globalThis.addEventListener("unload", () => low?.destroy());
-
-const cfg: DecoderConfig = tinyConfig({
-  vocabSize: 1000,
-  hiddenSize: 16,
-  numHeads: 2,
-  numKvHeads: 1,
-  headDim: 8,
-  intermediateSize: 32,
-});
 const tok = new CharTokenizer("abcdefghij0123456789");
 const B = 2, T = 8;
 const batch = (s: number) => ({

@@ -1,5 +1,4 @@
 /** Segmented parameters and binding-limited ops: a tiny model under KiB-sized limits equals the normal-limit run. */
-import { Effect } from "effect";
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { adamwReference } from "../core/optim.ts";
@@ -8,44 +7,22 @@ import type { Backend } from "../kernels/backend.ts";
 import { CpuBackend } from "../kernels/cpu.ts";
 import { add } from "../kernels/elementwise.ts";
 import { embeddingGrad, embeddingGradOf } from "../kernels/embedding.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
-import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
 import { apply1 } from "../kernels/run.ts";
 import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
-import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
+import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { attn, final, layer } from "../policies/internal.ts";
 import { streamKl } from "../policies/kl.ts";
 import { forward, logits } from "../policies/model.ts";
 import { initParams, layoutOf, type Params, paramsToHostArrays } from "../policies/params.ts";
 import { readPolicies } from "../policies/policy.ts";
 import { createOptimizer, disposeOptimizer, lossAndGrads, supervisedStep } from "../policies/sft.ts";
-import { assertClose, cpu64, gpu, GPU_RUNS, gpuTest, randomData } from "./util.ts";
-
-/** Lowered limits: 16 KiB per binding, 4 KiB segments, 1 MiB buffers (llvmpipe: 128 MiB, 256 MiB, 2 GiB). */
-const LIMITS = { maxStorageBufferBindingSize: 16384, paramSegmentBytes: 4096, maxBufferSize: 1 << 20 };
-
-/** The same adapter with the lowered limits (null without an adapter). */
-const low: GpuBackend | null = gpu
-  ? await Effect.runPromise(openGpu({ ...adapterOptionsFromEnv(), limits: LIMITS }))
-  : null;
-globalThis.addEventListener("unload", () => low?.destroy());
+import { assertClose, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { cfg, LIMITS, low } from "./segments_fixture.ts";
 
 /** The f64 CPU backend under the same limits: the chunked and segmented paths of every CPU reference. */
 const lowCpu = new CpuBackend("f64", LIMITS);
 
-/**
- * Tied Qwen3 shape whose embedding (1000 x 16 f32 = 64,000 bytes) spans 4 row blocks of 256 rows under the
- * 16 KiB binding limit, and whose other tensors and activations (2 x 8 tokens) each fit one binding.
- */
-const cfg: DecoderConfig = tinyConfig({
-  vocabSize: 1000,
-  hiddenSize: 16,
-  numHeads: 2,
-  numKvHeads: 1,
-  headDim: 8,
-  intermediateSize: 32,
-});
 const B = 2, T = 8;
 const ids = Int32Array.from({ length: B * T }, (_, i) => (i * 389 + 7) % cfg.vocabSize);
 const init = (b: Backend, c = cfg) => initParams(b, paramSpecs(c), 5, 0.3);

@@ -9,7 +9,7 @@ import { adamwHyper } from "../core/optim.ts";
 import { adamwSegments } from "../kernels/adamw.ts";
 import { type Tensor, tidy } from "../kernels/tensor.ts";
 import type { DecoderConfig } from "../policies/config.ts";
-import { generate } from "../policies/generate.ts";
+import { generate, type GenerateOptions } from "../policies/generate.ts";
 import { final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
 import { forward } from "../policies/model.ts";
 import type { Params } from "../policies/params.ts";
@@ -37,6 +37,23 @@ export interface RlContext {
   /** Frozen reference model for KL terms (absent when no term needs it). */
   readonly ref?: Params;
 }
+
+/** The problems of RL step `step` (1-based), each prompt repeated once per group member, and the sampler's options. */
+export const rolloutPlan = (ctx: RlContext, step: number) => {
+  const { cfg, tok, task } = ctx;
+  const problems = batch(task, "train", cfg.seed, (step - 1) * cfg.prompts, cfg.prompts);
+  const prompts = problems.flatMap((q) => Array.from({ length: cfg.group }, () => promptIds(tok, q.prompt)));
+  const options: GenerateOptions = {
+    maxNew: cfg.maxNew,
+    eos: tok.eos,
+    stop: stopId(tok, task),
+    pad: tok.pad,
+    temperature: cfg.temperature,
+    seed: cfg.seed,
+    step,
+  };
+  return { problems, prompts, options };
+};
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -90,17 +107,8 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
   const t0 = performance.now();
   const P = cfg.prompts, G = cfg.group, N = P * G;
   // 1. rollouts from the final policy
-  const problems = batch(task, "train", cfg.seed, (step - 1) * P, P);
-  const prompts = problems.flatMap((q) => Array.from({ length: G }, () => promptIds(tok, q.prompt)));
-  const roll = await generate(config, params, prompts, {
-    maxNew: cfg.maxNew,
-    eos: tok.eos,
-    stop: stopId(tok, task),
-    pad: tok.pad,
-    temperature: cfg.temperature,
-    seed: cfg.seed,
-    step,
-  });
+  const { problems, prompts, options } = rolloutPlan(ctx, step);
+  const roll = await generate(config, params, prompts, options);
   const T = roll.T;
   const texts = roll.promptLens.map((pl, b) => responseText(tok, roll.ids, b * T + pl, (b + 1) * T));
   const rewards = texts.map((x, b) => task.reward(problems[Math.floor(b / G)], x));

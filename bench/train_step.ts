@@ -59,7 +59,7 @@ export async function profileTrainStep(gpu: GpuBackend): Promise<string> {
   const mm = prof.filter((p) => p.name.startsWith("matmul")).reduce((a, p) => a + p.ms, 0);
   const lines = [
     `matmul share of GPU time (8 x 128 tokens, timestamp queries): ${(100 * mm / total).toFixed(1)}% ` +
-    `(pack passes included); top kernels:`,
+    `(pack passes included; operand copies into textures are driver copies, outside any pass, not timed); top kernels:`,
     ...prof.slice(0, 8).map((p) => `  ${p.name.padEnd(24)} ${(100 * p.ms / total).toFixed(1)}%`),
   ];
   console.log(lines.join("\n"));

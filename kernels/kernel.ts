@@ -52,6 +52,31 @@ export interface GpuPass {
   readonly label?: string;
 }
 
+/**
+ * A copy of rows of an input buffer into a temporary texture by the driver (no shader; on llvmpipe ~5x faster
+ * than a compute pass that stores texels). `offset` must be a multiple of 16 bytes and `bytesPerRow` of 256.
+ */
+export interface TextureCopy {
+  readonly copy: {
+    readonly input: number;
+    readonly offset: number;
+    readonly bytesPerRow: number;
+    readonly texture: { readonly id: string; readonly width: number; readonly height: number };
+    /** First destination row. */
+    readonly y: number;
+    /** Copied texels: [width, height]. */
+    readonly size: readonly [number, number];
+  };
+  readonly label?: string;
+}
+
+/** One step of a kernel on the GPU: a compute dispatch or a buffer-to-texture copy. */
+export type GpuStep = GpuPass | TextureCopy;
+
+/** The compute passes of a list of steps (tests inspect shader texts). */
+export const computePasses = (steps: readonly GpuStep[]): GpuPass[] =>
+  steps.filter((s): s is GpuPass => !("copy" in s));
+
 /** What a kernel may know of the adapter when it picks a variant. */
 export interface GpuTarget {
   /** True on software adapters (llvmpipe, lavapipe, SwiftShader): register-blocked kernels win there. */
@@ -88,7 +113,7 @@ export interface Kernel<P> {
   /** The reference: naive loops, the living definition of the op. Writes into `outputs`. */
   readonly cpu: (params: P, inputs: readonly HostTensor[], outputs: readonly HostTensor[]) => void;
   /** The WGSL lowering. Pure: equal arguments give equal text. */
-  readonly gpu: (params: P, inputs: readonly TensorSpec[], target: GpuTarget) => readonly GpuPass[];
+  readonly gpu: (params: P, inputs: readonly TensorSpec[], target: GpuTarget) => readonly GpuStep[];
   /** The gradient rule; absent for kernels that are not differentiated (optimizer, sampling). */
   readonly vjp?: VjpRule<P>;
   /** When false the tape does not keep the outputs alive for backward (the rule recomputes them). */

@@ -1,5 +1,6 @@
 /** Causal GQA attention: GPU = CPU = definition, grouped heads = repeated heads, causality, gradients, errors. */
 import fc from "fast-check";
+import { computePasses } from "../kernels/kernel.ts";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import {
@@ -282,7 +283,7 @@ gpuTest("shader text does not depend on T, S or offset (one pipeline while a KV 
       const texts = [[1, 5, 0], [1, 6, 5], [3, 40, 2], [1, 7, 6]].map(([t, s, offset]) => {
         const q = spec([2, t, 4, 8]), k = spec([2, s, 2, 8]), l = spec([2, 4, t]);
         const ins = kernel === attentionBwdKVKernel ? [q, k, k, q, l, l] : [q, k, k, q, q, l];
-        return kernel.gpu({ offset, variant }, ins, g.target)[0].wgsl;
+        return computePasses(kernel.gpu({ offset, variant }, ins, g.target))[0].wgsl;
       });
       if (new Set(texts).size !== 1) {
         throw new Error(`${kernel.name}.${variant}: text changed with T/S/offset`);

@@ -5,9 +5,9 @@ import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 
-import { matmul, type MatmulVariant, matmulVariant } from "../kernels/matmul.ts";
+import { matmul, matmulKernel, type MatmulVariant, matmulVariant } from "../kernels/matmul.ts";
 import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
 
 interface Problem {
@@ -77,6 +77,69 @@ const variantProperty = (variant: MatmulVariant) =>
   );
 
 variantProperty("texture");
+
+gpuTest(
+  "matmul texture: operands copied into textures by the driver (rows of 64k floats) equal the CPU, stale textures never leak",
+  async (g) => {
+    const dim64 = fc.constantFrom(64, 128, 192);
+    await fc.assert(
+      fc.asyncProperty(
+        fc.record({ M: awkwardDim(70), K: dim64, N: dim64, batches: batchPair, transA: fc.boolean() }),
+        fc.boolean(),
+        fc.nat(),
+        async ({ M, K, N, batches: [ba, bb], transA }, transB, seed) => {
+          const p: Problem = {
+            sa: [...ba, ...(transA ? [K, M] : [M, K])],
+            sb: [...bb, ...(transB ? [N, K] : [K, N])],
+            transA,
+            transB,
+            K,
+          };
+          const steps = matmulKernel.gpu(
+            { transA, transB, variant: "texture" },
+            [{ shape: p.sa, dtype: "f32" }, { shape: p.sb, dtype: "f32" }],
+            g.target,
+          );
+          const copied = (l: string) => steps.some((st) => "copy" in st && st.label === l);
+          if (copied("matmul.copyA") !== (!transA && size(ba) <= 8)) throw new Error(`copyA for ${p.sa}`);
+          if (copied("matmul.copyB") !== (!transB && size(bb) <= 8)) throw new Error(`copyB for ${p.sb}`);
+          // Fill the pooled textures of this size with NaN first: rows and columns the copies leave unwritten
+          // (padding past M) must never reach a stored output.
+          tidy(() => {
+            const nan = (s: number[]) => tensor(g, new Float32Array(size(s)).fill(NaN), s);
+            matmul(nan(p.sa), nan(p.sb), { transA, transB, variant: "texture" });
+          });
+          // The operands as views 64 elements into a larger buffer (copies start at the view's offset).
+          const got = await tidy(() => {
+            const at = (data: Float32Array, s: number[]) => {
+              const big = new Float32Array(64 + data.length);
+              big.set(data, 64);
+              return view(tensor(g, big, [big.length]), 64, s);
+            };
+            return matmul(
+              at(randomData(size(p.sa), seed), p.sa),
+              at(randomData(size(p.sb), seed + 1), p.sb),
+              {
+                transA,
+                transB,
+                variant: "texture",
+              },
+            ).data();
+          });
+          const want = await runMatmul(cpu32, p, seed);
+          // K up to 192: K^2 * 6e-8 <= 2.3e-3 = 1.2e-5 K.
+          assertClose(
+            got,
+            want,
+            { atol: 1.2e-5 * K, rtol: 1e-6 },
+            `copied ${p.sa} x ${p.sb} tA=${transA} tB=${transB}`,
+          );
+        },
+      ),
+      { numRuns: GPU_RUNS },
+    );
+  },
+);
 variantProperty("buffer");
 // The tiled (hardware) kernel takes 20-50 s per shape to compile on llvmpipe (barriers): the random property
 // runs with BUPO_SLOW_TESTS=1; by default one awkward case (both transposes, broadcast batch) runs below.

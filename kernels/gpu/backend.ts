@@ -17,7 +17,7 @@ import {
   type MemoryStats,
   type Storage,
 } from "../backend.ts";
-import type { GpuTarget, HostArray, Kernel, PassBinding, TensorSpec } from "../kernel.ts";
+import type { GpuTarget, HostArray, Kernel, PassBinding, TensorSpec, TextureCopy } from "../kernel.ts";
 import type { Tensor } from "../tensor.ts";
 
 /** GPU storage: a range of a pooled buffer. */
@@ -344,6 +344,10 @@ export class GpuBackend implements Backend {
     const scratch = new Map<string, GPUBuffer>();
     try {
       for (const pass of passes) {
+        if ("copy" in pass) {
+          this.#copyToTexture(pass, kernel.name, inputs, temps);
+          continue;
+        }
         const [x, y, z] = pass.workgroups;
         if (x * y * z === 0) continue;
         if (this.#dispatches >= MAX_DISPATCHES_PER_SUBMIT) this.#submit();
@@ -368,6 +372,48 @@ export class GpuBackend implements Backend {
       for (const [key, t] of temps.textures) this.#textures.get(key.split("|")[1])!.push(t);
     }
     if (this.#dispatches >= MAX_DISPATCHES_PER_SUBMIT) this.#submit();
+  }
+
+  /** The run's temporary texture `id` of this size (from the pool). */
+  #tempTexture(
+    b: { readonly id: string; readonly width: number; readonly height: number },
+    temps: { textures: Map<string, GPUTexture> },
+  ): GPUTexture {
+    const size = `${b.width}x${b.height}`;
+    const key = `${b.id}|${size}`;
+    let tex = temps.textures.get(key);
+    if (!tex) {
+      let free = this.#textures.get(size);
+      if (!free) this.#textures.set(size, free = []);
+      tex = free.pop() ?? this.#createTexture(b.width, b.height);
+      temps.textures.set(key, tex);
+    }
+    return tex;
+  }
+
+  /** Encode a buffer-to-texture copy between compute passes (the open compute pass is ended first). */
+  #copyToTexture(
+    step: TextureCopy,
+    kernel: string,
+    inputs: readonly Tensor[],
+    temps: { textures: Map<string, GPUTexture> },
+  ): void {
+    const c = step.copy;
+    const t = inputs[c.input];
+    if (!t) throw new ShapeError({ op: kernel, message: `${kernel}: copy names missing input ${c.input}` });
+    const s = t.storage as GpuStorage;
+    if (this.#dispatches >= MAX_DISPATCHES_PER_SUBMIT) this.#submit();
+    this.#openScope();
+    this.#encoder ??= this.device.createCommandEncoder();
+    this.#pass?.end();
+    this.#pass = null;
+    this.#pending.add(s.buffer);
+    this.#encoder.copyBufferToTexture(
+      { buffer: s.buffer, offset: s.offset + c.offset, bytesPerRow: c.bytesPerRow, rowsPerImage: c.size[1] },
+      { texture: this.#tempTexture(c.texture, temps), origin: [0, c.y] },
+      [c.size[0], c.size[1]],
+    );
+    this.#dispatches++;
   }
 
   #entry(
@@ -420,18 +466,8 @@ export class GpuBackend implements Backend {
         }
         return range({ buffer: buf, offset: 0, size: Math.max(4, b.bytes), bytes: buf.size });
       }
-      case "texture": {
-        const size = `${b.width}x${b.height}`;
-        const key = `${b.id}|${size}`;
-        let tex = temps.textures.get(key);
-        if (!tex) {
-          let free = this.#textures.get(size);
-          if (!free) this.#textures.set(size, free = []);
-          tex = free.pop() ?? this.#createTexture(b.width, b.height);
-          temps.textures.set(key, tex);
-        }
-        return { binding: i, resource: tex.createView() };
-      }
+      case "texture":
+        return { binding: i, resource: this.#tempTexture(b, temps).createView() };
       case "uniform": {
         const off = this.#arenaUsed;
         this.#arenaHost.set(new Uint8Array(b.data.buffer, b.data.byteOffset, b.data.byteLength), off);
@@ -452,7 +488,7 @@ export class GpuBackend implements Backend {
     return this.device.createTexture({
       size: [width, height],
       format: "rgba32float",
-      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING,
+      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
     });
   }
 

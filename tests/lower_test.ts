@@ -1,5 +1,6 @@
 /** The GPU lowering equals the reference interpreter (loss and readout gradients) on arbitrary objectives; BuPO end to end. */
 import fc from "fast-check";
+import { leafArb, objectiveArb } from "./objective_arbs.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { ShapeError } from "../core/errors.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
@@ -13,21 +14,14 @@ import { attn, final, type InternalPolicy, layer, showPolicy } from "../policies
 import { initParams, type Params, paramsToHostArrays } from "../policies/params.ts";
 import { lowerLoss, lowerStep } from "../objectives/lower.ts";
 import {
-  type Agg,
   bupo,
-  entropy,
   entropyBonus,
   grpo,
-  klPolicies,
-  klToRef,
   linear,
-  nll,
   type Objective,
-  pg,
   phases,
   scale,
   selfDistill,
-  seqMeanTokenSumNorm,
   sum,
   type Weight,
 } from "../objectives/objective.ts";
@@ -92,44 +86,19 @@ gpuTest("select ops: GPU equals CPU (values and gradients)", async (g) => {
 
 // ---- arbitraries ----------------------------------------------------------------------------------------------
 
-const policyArb = fc.constantFrom(...POLICIES);
-const aggArb: fc.Arbitrary<Agg> = fc.oneof(
-  fc.constantFrom<Agg>("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
-  fc.integer({ min: 1, max: 8 }).map(seqMeanTokenSumNorm),
-);
 const weightArb: fc.Arbitrary<Weight> = fc.oneof(
   fc.constantFrom(1, -1, 0.5, 2.5, -0.01),
   fc.tuple(fc.constantFrom(-1, 2), fc.constantFrom(0.5, 3), fc.integer({ min: 0, max: 10 })).map((
     [a, b, s],
   ) => linear(a, b, s, s + 7)),
 );
-const pgArb = fc.record({
-  policy: policyArb,
-  clipLow: fc.constantFrom(0, 0.2),
-  clipHigh: fc.constantFrom(0, 0.2, 0.28),
-  dualClip: fc.constantFrom(null, 1.5, 3),
-  ratio: fc.constantFrom("token" as const, "sequence" as const),
-  agg: aggArb,
-  tis: fc.constantFrom(null, { cap: 1.2 }, { cap: 5 }),
-}).map(({ policy, ...o }) => pg(policy, o));
-const leafArb: fc.Arbitrary<Objective> = fc.oneof(
-  pgArb,
-  fc.tuple(policyArb, fc.constantFrom("k1" as const, "k2" as const, "k3" as const), aggArb)
-    .map(([p, estimator, agg]) => klToRef(p, { estimator, agg })),
-  fc.tuple(policyArb, aggArb).map(([p, a]) => entropy(p, a)),
-  fc.tuple(policyArb, aggArb).map(([p, a]) => nll(p, a)),
-  fc.tuple(policyArb, policyArb, aggArb).map(([p, q, a]) => klPolicies(p, q, a)),
-);
-const { objective: objArb } = fc.letrec<{ objective: Objective }>((tie) => ({
-  objective: fc.oneof(
-    { depthSize: "small", maxDepth: 3 },
-    leafArb,
-    fc.tuple(weightArb, tie("objective")).map(([w, o]) => scale(w)(o)),
-    fc.array(tie("objective"), { maxLength: 3 }).map((os) => sum(...os)),
-    fc.tuple(fc.integer({ min: 1, max: 12 }), tie("objective"), tie("objective"))
+const objArb = objectiveArb(
+  leafArb(POLICIES, [0, 0.2]),
+  weightArb,
+  (tree) =>
+    fc.tuple(fc.integer({ min: 1, max: 12 }), tree, tree)
       .map(([u, a, b]) => phases([{ until: u, objective: a }, { objective: b }])),
-  ),
-}));
+);
 
 /** Log-ratio offsets: on-policy, at and around the clip edges and the +-20 clamp (exact ties in f64). */
 const TIES = [0, Math.log(0.8), Math.log(1.2), Math.log(1.28), 20, -20, 25, -25, 0.05, -0.3];

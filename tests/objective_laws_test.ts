@@ -1,24 +1,19 @@
 /** Objective algebra laws, structurally and semantically (same loss and grads), finite differences, JSON round trip. */
 import fc from "fast-check";
+import { leafArb, objectiveArb } from "./objective_arbs.ts";
 import { attn, ffn, final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
 import {
   activeAt,
-  type Agg,
   canonicalJson,
-  entropy,
   EqObjective,
-  klPolicies,
-  klToRef,
   linear,
   MonoidObjective,
   nll,
   type Objective,
-  pg,
   phaseAt,
   phases,
   piecewise,
   scale,
-  seqMeanTokenSumNorm,
   show,
   sum,
   type Weight,
@@ -128,11 +123,6 @@ const randomProblem = (N: number, T: number, seed: number): { batch: Batch; read
 
 const num = (min: number, max: number) =>
   fc.double({ min, max, noNaN: true, noDefaultInfinity: true }).map((x) => x + 0);
-const policyArb = fc.constantFrom(...POLICIES);
-const aggArb: fc.Arbitrary<Agg> = fc.oneof(
-  fc.constantFrom<Agg>("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
-  fc.integer({ min: 1, max: 8 }).map(seqMeanTokenSumNorm),
-);
 const weightArb: fc.Arbitrary<Weight> = fc.oneof(
   num(-3, 3),
   fc.tuple(num(-3, 3), num(-3, 3), fc.integer({ min: 0, max: 20 }), fc.integer({ min: 1, max: 20 }))
@@ -143,40 +133,16 @@ const weightArb: fc.Arbitrary<Weight> = fc.oneof(
     )
     .map(([ss, vs]) => piecewise(ss.map((s, i) => [s, vs[i]] as const))),
 );
-const pgArb = fc.record({
-  policy: policyArb,
-  clipLow: fc.constantFrom(0, 0.1, 0.2),
-  clipHigh: fc.constantFrom(0, 0.2, 0.28),
-  dualClip: fc.constantFrom(null, 1.5, 3),
-  ratio: fc.constantFrom("token" as const, "sequence" as const),
-  agg: aggArb,
-  tis: fc.constantFrom(null, { cap: 1.2 }, { cap: 5 }),
-}).map(({ policy, ...o }) => pg(policy, o));
-const leafArb: fc.Arbitrary<Objective> = fc.oneof(
-  pgArb,
-  fc.tuple(policyArb, fc.constantFrom("k1" as const, "k2" as const, "k3" as const), aggArb)
-    .map(([p, estimator, agg]) => klToRef(p, { estimator, agg })),
-  fc.tuple(policyArb, aggArb).map(([p, a]) => entropy(p, a)),
-  fc.tuple(policyArb, aggArb).map(([p, a]) => nll(p, a)),
-  fc.tuple(policyArb, policyArb, aggArb).map(([p, q, a]) => klPolicies(p, q, a)),
-);
-const { objective: objArb } = fc.letrec<{ objective: Objective }>((tie) => ({
-  objective: fc.oneof(
-    { depthSize: "small", maxDepth: 3 },
-    leafArb,
-    fc.tuple(weightArb, tie("objective")).map(([w, o]) => scale(w)(o)),
-    fc.array(tie("objective"), { maxLength: 3 }).map((os) => sum(...os)),
-    fc.tuple(
-      fc.uniqueArray(fc.integer({ min: 1, max: 30 }), { maxLength: 2 }),
-      fc.array(tie("objective"), { minLength: 3, maxLength: 3 }),
-    ).map(([us, os]) => {
-      const until = us.sort((a, b) => a - b);
-      return phases([...until.map((u, i) => ({ until: u, objective: os[i] })), {
-        objective: os[until.length],
-      }]);
-    }),
-  ),
-}));
+const objArb = objectiveArb(leafArb(POLICIES, [0, 0.1, 0.2]), weightArb, (tree) =>
+  fc.tuple(
+    fc.uniqueArray(fc.integer({ min: 1, max: 30 }), { maxLength: 2 }),
+    fc.array(tree, { minLength: 3, maxLength: 3 }),
+  ).map(([us, os]) => {
+    const until = us.sort((a, b) => a - b);
+    return phases([...until.map((u, i) => ({ until: u, objective: os[i] })), {
+      objective: os[until.length],
+    }]);
+  }));
 const stepArb = fc.integer({ min: 1, max: 45 });
 const problemArb = fc.record({
   N: fc.integer({ min: 1, max: 4 }),

@@ -11,10 +11,9 @@ import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
 import { LOOP_BUDGET } from "../kernels/wgsl.ts";
 import { streamKl } from "../policies/kl.ts";
-import { assertClose, cpu32, gpu, gpuTest, hwGpu, randomData } from "./util.ts";
+import { assertClose, bothVariants, cpu32, gpu, gpuTest, randomData } from "./util.ts";
 
 /** Both kernel variants: the adapter's own (software on llvmpipe) and the forced hardware one. */
-const both = (g: Backend): Backend[] => [g, hwGpu!];
 const read = (f: () => Tensor): Promise<Float32Array> => tidy(() => f().data()) as Promise<Float32Array>;
 
 gpuTest(
@@ -91,7 +90,7 @@ gpuTest(
         read(() => sum(tensor(b, x, [2, V]))),
       ]);
     const want = await run(cpu32);
-    for (const b of both(g)) {
+    for (const b of bothVariants(g)) {
       const got = await run(b);
       assertClose(got[0], want[0], { atol: 1e-9, rtol: 1e-4 }, `${b.name} softmax`);
       assertClose(got[1], want[1], { atol: 1e-4, rtol: 1e-5 }, `${b.name} logSoftmax`);
@@ -118,7 +117,7 @@ gpuTest("sumTo: [70000, 3] -> [3] and [2, 70000, 3] -> [1, 1, 3] (two-level redu
     const n = shape.reduce((a, b) => a * b, 1);
     const x = randomData(n, 11);
     const want = await read(() => sumTo(tensor(cpu32, x, shape), to));
-    for (const b of both(g)) {
+    for (const b of bothVariants(g)) {
       const got = await read(() => sumTo(tensor(b, x, shape), to));
       // ~1.4e5 terms in [-1, 1): partial sums of 1024 in order, then the chunks; f32 error ~1e-4 absolute.
       assertClose(got, want, { atol: 2e-3, rtol: 1e-4 }, `${b.name} sumTo ${shape} -> ${to}`);
@@ -161,7 +160,7 @@ gpuTest("readoutFold: one chunk of 70,000 vocabulary ids (past the thread plan's
       ])[0]
     );
   const want = await f(cpu32);
-  for (const b of both(g)) {
+  for (const b of bothVariants(g)) {
     // State = (max, sum of exp, sum of exp * z/T, target z/T); sums of 70,000 terms ~1: rtol 1e-4.
     assertClose(await f(b), want, { atol: 1e-4, rtol: 1e-4 }, `${b.name} readoutFold`);
   }

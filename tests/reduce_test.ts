@@ -12,6 +12,7 @@ import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
 import {
   assertClose,
   awkwardDim,
+  bothVariants,
   cpu32,
   cpu64,
   GPU_RUNS,
@@ -21,10 +22,7 @@ import {
   throwsShape,
 } from "./util.ts";
 
-/** A second backend forced to the real-GPU ("workgroup per row") variant; the default one on llvmpipe uses the
- * software ("thread per row") variant. Both are tested. */
 const hw = hwGpu;
-const both = (g: Backend): Backend[] => [g, hw!];
 
 const U = 2 ** -24; // unit roundoff of f32
 
@@ -89,7 +87,7 @@ gpuTest("reductions of rows longer than a workgroup (C > 1024) and of rank-1 inp
     const c = shape[shape.length - 1];
     for (const op of ["sum", "mean", "max"] as const) {
       const want = await run(cpu32, ops[op], data, shape);
-      for (const b of both(g)) {
+      for (const b of bothVariants(g)) {
         const got = await run(b, ops[op], data, shape);
         const tol = op === "max" ? { atol: 0, rtol: 0 } : { atol: sumTol(c).atol, rtol: 2 * U };
         assertClose(got, want, tol, `${op} ${shape} on ${b.name}`);
@@ -118,7 +116,7 @@ gpuTest("more rows than workgroups per dimension fold the grid (both variants)",
     for (const op of ["sum", "max"] as const) {
       const want = await run(cpu32, ops[op], data, shape);
       const tol = op === "max" ? { atol: 0, rtol: 0 } : sumTol(c);
-      for (const b of rows > 1000 ? [g] : both(g)) {
+      for (const b of rows > 1000 ? [g] : bothVariants(g)) {
         for (const limit of [65_535, 7]) {
           const k = limited(reduceRows, limit);
           const got = await run(b, (x) => apply1(k, { op }, [x]), data, shape);
@@ -185,7 +183,7 @@ gpuTest("sumSquares: GPU equals CPU reference, including sizes past the first le
   for (const n of [0, 1, 7, 255, 257, 4097, 100_003, 5_000_000]) {
     const data = randomData(n, n + 3);
     const want = await run(cpu32, sumSquares, data, [n]);
-    for (const b of both(g)) {
+    for (const b of bothVariants(g)) {
       const got = await run(b, sumSquares, data, [n]);
       // All terms are >= 0, so the f32 error is relative: at most (values per invocation + 8 + 1 + 8) u of
       // the sum; values per invocation <= 20 (workgroup variant) or <= 2442 (software: 8 groups) for

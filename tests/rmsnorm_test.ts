@@ -10,18 +10,14 @@ import { tensor, tidy } from "../kernels/tensor.ts";
 import {
   assertClose,
   awkwardDim,
+  bothVariants,
   cpu32,
   cpu64,
   GPU_RUNS,
   gpuTest,
-  hwGpu,
   randomData,
   throwsShape,
 } from "./util.ts";
-
-/** The real-GPU ("workgroup per row") variant; the default backend on llvmpipe runs the thread-per-row one. */
-const hw = hwGpu;
-const both = (g: Backend): Backend[] => [g, hw!];
 
 const U = 2 ** -24;
 const EPS = 1e-6;
@@ -66,7 +62,7 @@ gpuTest("rmsNorm forward: GPU equals CPU reference on random shapes (both varian
     fc.asyncProperty(rowShape, fc.nat(), async (shape, seed) => {
       const p = problem(shape, seed);
       const want = await forward(cpu32, p, shape);
-      for (const b of both(g)) {
+      for (const b of bothVariants(g)) {
         assertClose(await forward(b, p, shape), want, FWD_TOL, `rmsNorm ${shape} on ${b.name}`);
       }
     }),
@@ -80,7 +76,7 @@ gpuTest("rmsNorm backward (fused dx, chunked dw): GPU equals CPU reference (both
       const p = problem(shape, seed);
       const rows = size(shape.slice(0, -1));
       const [wantDx, wantDw] = await backward(cpu32, p, shape);
-      for (const b of both(g)) {
+      for (const b of bothVariants(g)) {
         const [dx, dw] = await backward(b, p, shape);
         assertClose(dx, wantDx, DX_TOL, `dx ${shape} on ${b.name}`);
         assertClose(dw, wantDw, dwTol(rows), `dw ${shape} on ${b.name}`);
@@ -96,7 +92,7 @@ gpuTest("rmsNorm with d > 1024 (a workgroup loops), d = 1, one row, and many chu
     const rows = size(shape.slice(0, -1));
     const want = await forward(cpu32, p, shape);
     const [wantDx, wantDw] = await backward(cpu32, p, shape);
-    for (const b of both(g)) {
+    for (const b of bothVariants(g)) {
       assertClose(await forward(b, p, shape), want, FWD_TOL, `rmsNorm ${shape} on ${b.name}`);
       const [dx, dw] = await backward(b, p, shape);
       assertClose(dx, wantDx, DX_TOL, `dx ${shape} on ${b.name}`);
@@ -110,7 +106,7 @@ gpuTest(
   async (g) => {
     // Row [3, 4]: mean(x^2) = 12.5, r = 1/sqrt(12.5 + 1e-6).
     const r = 1 / Math.sqrt(12.5 + 1e-6);
-    for (const b of [cpu64, ...both(g)]) {
+    for (const b of [cpu64, ...bothVariants(g)]) {
       const y = await tidy(() => rmsNorm(tensor(b, [3, 4], [2]), tensor(b, [2, 0.5], [2]), 1e-6).data());
       assertClose(y, [3 * r * 2, 4 * r * 0.5], { atol: 0, rtol: 2e-7 }, `rmsNorm on ${b.name}`);
     }

@@ -12,18 +12,14 @@ import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
 import {
   assertClose,
   awkwardDim,
+  bothVariants,
   cpu32,
   cpu64,
   GPU_RUNS,
   gpuTest,
-  hwGpu,
   randomData,
   throwsShape,
 } from "./util.ts";
-
-/** The real-GPU ("workgroup per row") variant; the default backend on llvmpipe runs the thread-per-row one. */
-const hw = hwGpu;
-const both = (g: Backend): Backend[] => [g, hw!];
 
 /** [...lead, C]: at most 289 rows, C up to 700. */
 const rowShape = fc.tuple(fc.array(awkwardDim(17), { maxLength: 2 }), awkwardDim(700)).map(([lead, c]) => [
@@ -68,7 +64,7 @@ const LOG_TOL = { atol: 1e-5, rtol: 1e-6 };
 
 const compare = async (g: Backend, f: Fn, tol: { atol: number; rtol: number }, what: string) => {
   const want = await f(cpu32);
-  for (const b of both(g)) assertClose(await f(b), want, tol, `${what} on ${b.name}`);
+  for (const b of bothVariants(g)) assertClose(await f(b), want, tol, `${what} on ${b.name}`);
 };
 
 gpuTest("softmax and logSoftmax: GPU equals CPU reference on random shapes (both variants)", async (g) => {
@@ -97,7 +93,7 @@ gpuTest("softmax rows sum to 1 and logSoftmax equals log(softmax) on the GPU", a
     fc.asyncProperty(rowShape, fc.nat(), async (shape, seed) => {
       const data = randomData(size(shape), seed, 4);
       const c = shape[shape.length - 1];
-      for (const b of both(g)) {
+      for (const b of bothVariants(g)) {
         const [sums, ls, lsm] = await tidy(async () => {
           const x = tensor(b, data, shape);
           const p = softmax(x);
@@ -132,7 +128,7 @@ gpuTest("crossEntropy equals the naive formula; logProbOf is its negation (GPU a
     fc.asyncProperty(rowShape, fc.nat(), async (shape, seed) => {
       const { logits, targets, lead } = problem(shape, seed);
       const want = naiveCe(logits, targets, shape[shape.length - 1]);
-      for (const b of [cpu32, ...both(g)]) {
+      for (const b of [cpu32, ...bothVariants(g)]) {
         const [ce, lp] = await tidy(async () => {
           const x = tensor(b, logits, shape), t = tensor(b, targets, lead, "i32");
           return [await crossEntropy(x, t).data(), await logProbOf(x, t).data()];
@@ -161,7 +157,7 @@ gpuTest(
         return [await y.data(), await dx!.data()];
       });
     const [wantY, wantDx] = await run(cpu32);
-    for (const b of both(g)) {
+    for (const b of bothVariants(g)) {
       const [y, dx] = await run(b);
       assertClose(y, wantY, LOG_TOL, `crossEntropy on ${b.name}`);
       assertClose(dx, wantDx, SOFTMAX_TOL, `d crossEntropy on ${b.name}`);

@@ -2,6 +2,7 @@
 import { Effect } from "effect";
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
+import type { Backend } from "../kernels/backend.ts";
 import { CpuBackend } from "../kernels/cpu.ts";
 import type { GpuBackend } from "../kernels/gpu/backend.ts";
 import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
@@ -32,6 +33,9 @@ export const gpu: GpuBackend | null = await Effect.runPromise(
 export const hwGpu: GpuBackend | null = gpu
   ? await Effect.runPromise(openGpu({ ...adapterOptionsFromEnv(), variant: "hardware" }))
   : null;
+
+/** The default backend and the hardware-variant one: kernels with two variants are checked on both. */
+export const bothVariants = (g: Backend): Backend[] => [g, hwGpu!];
 
 // Destroy the devices before the process exits: letting the driver tear down live llvmpipe devices at exit
 // has aborted the process ("double free or corruption") after all tests passed.

@@ -83,6 +83,20 @@ const storeBlock = (g: MatmulGeom, TM: number, TN: number): string => {
   return lines.join("\n");
 };
 
+/**
+ * Entry point of the register-blocked kernels down to the block origin: invocation (x, y, z) owns rows m0 .. of
+ * C[z] (TM of them) and columns n0 .. (TN); ia / ib index the operands' matrices.
+ */
+const blockHead = (g: MatmulGeom, t: SoftTile, ncb: number, nrb: number): string =>
+  `@compute @workgroup_size(${t.WX}, ${t.WY})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x >= ${u(ncb)} || gid.y >= ${u(nrb)}) { return; }
+  let z = gid.z;
+  let ia = ${g.aIndex};
+  let ib = ${g.bIndex};
+  let m0 = gid.y * ${u(t.TM)};
+  let n0 = gid.x * ${u(t.TN)};`;
+
 const accDecl = (TM: number, TN: number): string =>
   range(TM).map((i) => range(TN / 4).map((j) => `  var c${i}_${j} = vec4f(0.0);`).join("\n")).join("\n");
 
@@ -258,14 +272,7 @@ export const texturePasses = (g: MatmulGeom, t: SoftTile): GpuStep[] => {
   const main = `@group(0) @binding(0) var tA: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(1) var tB: texture_storage_2d<rgba32float, read>;
 ${outDecl(g, 2)}
-@compute @workgroup_size(${WX}, ${WY})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  if (gid.x >= ${u(ncb)} || gid.y >= ${u(nrb)}) { return; }
-  let z = gid.z;
-  let ia = ${g.aIndex};
-  let ib = ${g.bIndex};
-  let m0 = gid.y * ${u(TM)};
-  let n0 = gid.x * ${u(TN)};
+${blockHead(g, t, ncb, nrb)}
   let ay = i32(ia * ${u(d.Mp)} + m0);
   let by = i32(ib * ${u(d.Kp)});
   let bx = i32(gid.x * ${u(TN / 4)});
@@ -353,14 +360,7 @@ export const bufferPass = (g: MatmulGeom, t: SoftTile): GpuPass => {
   const wgsl = `@group(0) @binding(0) var<storage, read> A: array<${vecA ? "vec4f" : "f32"}>;
 @group(0) @binding(1) var<storage, read> B: array<${vecB ? "vec4f" : "f32"}>;
 ${outDecl(g, 2)}
-@compute @workgroup_size(${WX}, ${WY})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  if (gid.x >= ${u(ncb)} || gid.y >= ${u(nrb)}) { return; }
-  let z = gid.z;
-  let ia = ${g.aIndex};
-  let ib = ${g.bIndex};
-  let m0 = gid.y * ${u(TM)};
-  let n0 = gid.x * ${u(TN)};
+${blockHead(g, t, ncb, nrb)}
 ${pre.join("\n")}
 ${accDecl(TM, TN)}
   for (var k = 0u; k < ${u(g.K)}; k += ${u(KS)}) {

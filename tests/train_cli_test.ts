@@ -153,30 +153,36 @@ gpuTest(
   },
 );
 
+/** Flags of a tiny CLI run: 2 prompts x 2, 5 new tokens, one minibatch, 2 eval problems at k = 1, a checkpoint
+ * every step. */
+const tinyRun = (out: string, steps: number, evalEvery: number): string[] => [
+  "--model",
+  modelDir,
+  "--out",
+  out,
+  "--steps",
+  `${steps}`,
+  "--prompts",
+  "2",
+  "--group",
+  "2",
+  "--max-new",
+  "5",
+  "--minibatches",
+  "1",
+  "--eval-every",
+  `${evalEvery}`,
+  "--eval-problems",
+  "2",
+  "--eval-k",
+  "1",
+  "--checkpoint-every",
+  "1",
+];
+
 gpuTest("a killed run resumes to exactly the parameters of an uninterrupted run", async (g) => {
   const args = (out: string) => [
-    "--model",
-    modelDir,
-    "--out",
-    out,
-    "--steps",
-    "4",
-    "--prompts",
-    "2",
-    "--group",
-    "2",
-    "--max-new",
-    "5",
-    "--minibatches",
-    "1",
-    "--eval-every",
-    "4",
-    "--eval-problems",
-    "2",
-    "--eval-k",
-    "1",
-    "--checkpoint-every",
-    "1",
+    ...tinyRun(out, 4, 4),
     "--layer",
     "0",
     "--phase-steps",
@@ -279,33 +285,7 @@ gpuTest(
         `export default scale(piecewise([[1, 1], [2, 1e39]]))(grpo(final));\n`,
     );
     const out = `${tmp}/nan`;
-    const r = await cli([
-      "--model",
-      modelDir,
-      "--out",
-      out,
-      "--objective",
-      mod,
-      "--steps",
-      "3",
-      "--prompts",
-      "2",
-      "--group",
-      "2",
-      "--max-new",
-      "5",
-      "--minibatches",
-      "1",
-      "--eval-every",
-      "10",
-      "--eval-problems",
-      "2",
-      "--eval-k",
-      "1",
-      "--checkpoint-every",
-      "1",
-      "--quiet",
-    ]);
+    const r = await cli([...tinyRun(out, 3, 10), "--objective", mod, "--quiet"]);
     if (r.code !== 1 || !/NonFiniteError: step 2: the (loss|gradient norm)/.test(r.text)) {
       throw new Error(
         `exit ${r.code}: ${r.text}`,

@@ -148,6 +148,24 @@ gpuTest("device loss surfaces as DeviceLostError on the next read", async () => 
   if (!(e instanceof DeviceLostError)) throw new Error("type");
 });
 
+gpuTest("profile mode: per-kernel dispatch counts and times, reset by each call", async () => {
+  const g = await Effect.runPromise(openGpu({ profile: true }));
+  try {
+    if (!g.device.features.has("timestamp-query")) return; // profile mode needs timestamp queries
+    const x = tensor(g, randomData(64, 1), [8, 8]);
+    for (let i = 0; i < 3; i++) mul(x, x).dispose();
+    sumTo(x, []).dispose();
+    const p = await g.profile();
+    const by = new Map(p.map((k) => [k.name, k]));
+    const m = p.find((k) => k.name.startsWith("binary"));
+    if (!m || m.dispatches !== 3 || !(m.ms >= 0)) throw new Error(`profile: ${JSON.stringify(p)}`);
+    if (by.size !== p.length || p.some((k, i) => i > 0 && k.ms > p[i - 1].ms)) throw new Error("order");
+    if ((await g.profile()).length !== 0) throw new Error("not reset");
+  } finally {
+    g.destroy();
+  }
+});
+
 gpuTest("steady loop of 1,000 steps allocates no new GPU memory after warm-up", async (g) => {
   const w = tensor(g, randomData(4096, 1), [64, 64]);
   const step = () =>

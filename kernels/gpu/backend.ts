@@ -19,6 +19,9 @@ import {
 } from "../backend.ts";
 import type { GpuTarget, HostArray, Kernel, PassBinding, TensorSpec, TextureCopy } from "../kernel.ts";
 import type { Tensor } from "../tensor.ts";
+import { type KernelProfile, Profiler } from "./profiler.ts";
+
+export type { KernelProfile } from "./profiler.ts";
 
 /** GPU storage: a range of a pooled buffer. */
 export interface GpuStorage extends Storage {
@@ -38,13 +41,6 @@ const LARGE_STAGING = 64 * 1024 * 1024;
 
 /** Round a byte count up to the pool's size classes: multiples of 256 bytes (at least 256). */
 const bucket = (bytes: number): number => Math.max(256, Math.ceil(bytes / 256) * 256);
-
-/** Per-kernel timing collected in profile mode. */
-export interface KernelProfile {
-  readonly name: string;
-  readonly dispatches: number;
-  readonly ms: number;
-}
 
 export interface GpuBackendOptions {
   /** Force the kernel variant instead of choosing by adapter ("software" = llvmpipe-tuned). */
@@ -89,12 +85,8 @@ export class GpuBackend implements Backend {
   #allocated = 0;
   #peak = 0;
   #allocations = 0;
-  // profiling
-  readonly #profile: boolean;
-  #querySet: GPUQuerySet | null = null;
-  #queryNames: string[] = [];
-  readonly #profiles = new Map<string, { dispatches: number; ms: number }>();
-  readonly #profileReads: Promise<void>[] = [];
+  /** Present in profile mode (where the device has timestamp queries). */
+  readonly #profiler: Profiler | null;
 
   constructor(
     readonly device: GPUDevice,
@@ -127,7 +119,9 @@ export class GpuBackend implements Backend {
       size: ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     });
-    this.#profile = !!opts.profile && device.features.has("timestamp-query");
+    this.#profiler = opts.profile && device.features.has("timestamp-query")
+      ? new Profiler(device, MAX_DISPATCHES_PER_SUBMIT)
+      : null;
     device.addEventListener("uncapturederror", (ev) => {
       const e = (ev as GPUUncapturedErrorEvent).error;
       this.#errors.push(new GpuError({ kind: e.constructor.name, message: e.message }));
@@ -307,21 +301,9 @@ export class GpuBackend implements Backend {
   #computePass(label: string): GPUComputePassEncoder {
     this.#openScope();
     this.#encoder ??= this.device.createCommandEncoder();
-    if (this.#profile) {
+    if (this.#profiler) {
       this.#pass?.end();
-      const i = this.#queryNames.length;
-      this.#querySet ??= this.device.createQuerySet({
-        type: "timestamp",
-        count: 2 * MAX_DISPATCHES_PER_SUBMIT,
-      });
-      this.#queryNames.push(label);
-      this.#pass = this.#encoder.beginComputePass({
-        timestampWrites: {
-          querySet: this.#querySet,
-          beginningOfPassWriteIndex: 2 * i,
-          endOfPassWriteIndex: 2 * i + 1,
-        },
-      });
+      this.#pass = this.#encoder.beginComputePass(this.#profiler.pass(label));
       return this.#pass;
     }
     this.#pass ??= this.#encoder.beginComputePass();
@@ -502,56 +484,21 @@ export class GpuBackend implements Backend {
       if (this.#arenaUsed > 0) {
         this.device.queue.writeBuffer(this.#arena, 0, this.#arenaHost, 0, this.#arenaUsed);
       }
-      let resolve: GPUBuffer | null = null;
-      const names = this.#queryNames;
-      if (this.#profile && this.#querySet && names.length) {
-        resolve = this.device.createBuffer({
-          size: names.length * 16,
-          usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
-        });
-        this.#encoder.resolveQuerySet(this.#querySet, 0, names.length * 2, resolve, 0);
-      }
-      let read: GPUBuffer | null = null;
-      if (resolve) {
-        read = this.device.createBuffer({
-          size: names.length * 16,
-          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-        });
-        this.#encoder.copyBufferToBuffer(resolve, 0, read, 0, names.length * 16);
-      }
+      const collect = this.#profiler?.resolve(this.#encoder);
       this.device.queue.submit([this.#encoder.finish()]);
       this.#encoder = null;
-      if (read) this.#profileReads.push(this.#collectProfile(read, resolve!, names));
+      collect?.();
     }
-    this.#queryNames = [];
     this.#arenaUsed = 0;
     this.#dispatches = 0;
     this.#pending = new Set();
     this.#closeScope();
   }
 
-  async #collectProfile(read: GPUBuffer, resolve: GPUBuffer, names: string[]): Promise<void> {
-    await read.mapAsync(GPUMapMode.READ);
-    const t = new BigUint64Array(read.getMappedRange().slice(0));
-    read.unmap();
-    read.destroy();
-    resolve.destroy();
-    names.forEach((name, i) => {
-      const ms = Number(t[2 * i + 1] - t[2 * i]) / 1e6;
-      const p = this.#profiles.get(name) ?? { dispatches: 0, ms: 0 };
-      p.dispatches++;
-      if (ms >= 0 && ms < 1e6) p.ms += ms;
-      this.#profiles.set(name, p);
-    });
-  }
-
   /** Per-kernel GPU time since the last call (profile mode only); resets the counters. */
   async profile(): Promise<KernelProfile[]> {
     await this.sync();
-    await Promise.all(this.#profileReads.splice(0));
-    const out = [...this.#profiles].map(([name, p]) => ({ name, ...p }));
-    this.#profiles.clear();
-    return out.sort((a, b) => b.ms - a.ms);
+    return this.#profiler ? await this.#profiler.totals() : [];
   }
 
   // ---- host interaction ---------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ export interface SoftTile {
   readonly WY: number;
 }
 
-/** The measured default on llvmpipe: 16x16 beat 8x16 (~1.5x) and 16x32 (~equal at 1024^3, slower at d = 128-256). */
-export const SOFT_TILE: SoftTile = { TM: 16, TN: 16, WX: 8, WY: 1 };
+/** The measured default on llvmpipe (see the note above texturePasses). */
+export const SOFT_TILE: SoftTile = { TM: 16, TN: 16, WX: 16, WY: 1 };
 
 /** The measured default of the buffer kernel (a larger block measured no faster there, and compiles slower). */
 export const BUFFER_TILE: SoftTile = { TM: 8, TN: 16, WX: 8, WY: 1 };
@@ -85,11 +85,18 @@ const storeBlock = (g: MatmulGeom, TM: number, TN: number): string => {
 
 /**
  * Entry point of the register-blocked kernels down to the block origin: invocation (x, y, z) owns rows m0 .. of
- * C[z] (TM of them) and columns n0 .. (TN); ia / ib index the operands' matrices.
+ * C[z] (TM of them) and columns n0 .. (TN); ia / ib index the operands' matrices. With `rowsFirst` the
+ * workgroups are dispatched row blocks first (workgroup id x walks rows), so the workgroups running together
+ * read one column strip of B (see ROWS_FIRST_B).
  */
-const blockHead = (g: MatmulGeom, t: SoftTile, ncb: number, nrb: number): string =>
+const blockHead = (g: MatmulGeom, t: SoftTile, ncb: number, nrb: number, rowsFirst = false): string =>
   `@compute @workgroup_size(${t.WX}, ${t.WY})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
+${
+    rowsFirst
+      ? `fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let gid = vec3u(wid.y * ${u(t.WX)} + lid.x, wid.x * ${u(t.WY)} + lid.y, wid.z);`
+      : "fn main(@builtin(global_invocation_id) gid: vec3u) {"
+  }
   if (gid.x >= ${u(ncb)} || gid.y >= ${u(nrb)}) { return; }
   let z = gid.z;
   let ia = ${g.aIndex};
@@ -101,6 +108,13 @@ const accDecl = (TM: number, TN: number): string =>
   range(TM).map((i) => range(TN / 4).map((j) => `  var c${i}_${j} = vec4f(0.0);`).join("\n")).join("\n");
 
 // ---- texture path (llvmpipe) ------------------------------------------------------------------------------
+
+/**
+ * Floats of packed B above which the product walks row blocks first. Measured (product pass alone, through GL,
+ * interleaved): 4096 x 1024 @ 1024 x 3072 48 -> 59 GFLOP/s, 1024 x 1024 @ 1024 x 2048 45 -> 57, 4096 x 2048 @
+ * 2048 x 2048 40 -> 50, but 1024^3 77 -> 57: with B at 4 MiB or less, walking column blocks first is better.
+ */
+export const ROWS_FIRST_B = 1 << 20;
 
 /** Texture sizes of the packed operands: A as [aCount*Mp, Kp/4] texels, B as [bCount*Kp, Np/4]. */
 export const textureDims = (g: MatmulGeom, t: SoftTile) => {
@@ -245,15 +259,20 @@ const copies = (
  * packed (at 1024^3 through GL: 40 -> 45.5 GFLOP/s, same process, three alternations). The
  * product reads the textures as read-only storage textures: on llvmpipe that image path measured ~1.4x
  * faster than `texture_2d` + textureLoad (whose sampler path dominated the loop), and both bind the same view.
+ *
+ * The update is written as a chain of `fma()` and run by 16-wide workgroups (SOFT_TILE). Mesa 22.3's llvmpipe
+ * lowers fma to a multiply and an add either way (its JIT code has no FMA instructions), but with this form and
+ * 16 invocations per workgroup LLVM emits 16-lane (zmm) code for the loop (5,740 instructions per 4-step of k,
+ * against 4,691 8-lane ones for the `+=` sum of products): the product pass alone at 1024^3 through GL measured
+ * 64-78 GFLOP/s against 46-60 for the old form with 8-wide workgroups, interleaved in one process (five
+ * processes). Elsewhere the gain is small (4096 x 1024 @ 1024 x 1024: 52 vs 50, 62 vs 62).
  */
 export const texturePasses = (g: MatmulGeom, t: SoftTile): GpuStep[] => {
   const { TM, TN, WX, WY } = t;
   const d = textureDims(g, t);
   const ncb = d.Np / TN, nrb = d.Mp / TM;
   // Per 4-step of k: TM texels of A (4 k's of one row each), 4 x TN/4 texels of B; TM x TN/4 vec4 updates,
-  // each summing its 4 products before touching the (spilled) accumulator once.
-  // Per 4-step of k: TM texels of A (4 k's of one row each), 4 x TN/4 texels of B; TM x TN/4 vec4 updates,
-  // each summing its 4 products before touching the (spilled) accumulator once.
+  // each a chain of 4 fma() into its accumulator (see SOFT_TILE for why this form).
   const step: string[] = [];
   for (const i of range(TM)) step.push(`    let a${i} = textureLoad(tA, vec2i(k4, ay + ${i}));`);
   step.push("    let kb = by + k4 * 4;");
@@ -264,15 +283,16 @@ export const texturePasses = (g: MatmulGeom, t: SoftTile): GpuStep[] => {
   }
   for (const i of range(TM)) {
     for (const j of range(TN / 4)) {
-      step.push(
-        `    c${i}_${j} += a${i}.x * b0_${j} + a${i}.y * b1_${j} + a${i}.z * b2_${j} + a${i}.w * b3_${j};`,
-      );
+      const c = `c${i}_${j}`;
+      const chain = range(4).reduce((acc, kk) => `fma(vec4f(a${i}.${"xyzw"[kk]}), b${kk}_${j}, ${acc})`, c);
+      step.push(`    ${c} = ${chain};`);
     }
   }
+  const rowsFirst = d.Kp * d.Np > ROWS_FIRST_B;
   const main = `@group(0) @binding(0) var tA: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(1) var tB: texture_storage_2d<rgba32float, read>;
 ${outDecl(g, 2)}
-${blockHead(g, t, ncb, nrb)}
+${blockHead(g, t, ncb, nrb, rowsFirst)}
   let ay = i32(ia * ${u(d.Mp)} + m0);
   let by = i32(ib * ${u(d.Kp)});
   let bx = i32(gid.x * ${u(TN / 4)});
@@ -302,7 +322,9 @@ ${storeBlock(g, TM, TN)}
     ]),
     {
       wgsl: main,
-      workgroups: [Math.ceil(ncb / WX), Math.ceil(nrb / WY), g.batch],
+      workgroups: rowsFirst
+        ? [Math.ceil(nrb / WY), Math.ceil(ncb / WX), g.batch]
+        : [Math.ceil(ncb / WX), Math.ceil(nrb / WY), g.batch],
       bindings: [{ ...aTex, access: "read" }, { ...bTex, access: "read" }, { kind: "output", index: 0 }],
       label: "matmul.texture",
     },

@@ -203,6 +203,44 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "matmul texture: a B of more than ROWS_FIRST_B floats walks row blocks first and equals the CPU",
+  async (g) => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.record({ M: awkwardDim(40), transA: fc.boolean(), transB: fc.boolean(), seed: fc.nat() }),
+        async ({ M, transA, transB, seed }) => {
+          const [K, N] = [1030, 1033]; // 1032 * 1040 packed floats > 2^20, neither a multiple of the block
+          const p: Problem = {
+            sa: [2, 1, ...(transA ? [K, M] : [M, K])],
+            sb: [3, ...(transB ? [N, K] : [K, N])],
+            transA,
+            transB,
+            K,
+          };
+          const steps = matmulKernel.gpu(
+            { transA, transB, variant: "texture" },
+            [{ shape: p.sa, dtype: "f32" }, { shape: p.sb, dtype: "f32" }],
+            g.target,
+          );
+          const product = steps.find((st) => "wgsl" in st && st.label === "matmul.texture");
+          if (!product || !("wgsl" in product) || !product.wgsl.includes("workgroup_id")) {
+            throw new Error("expected the rows-first product");
+          }
+          // K = 1030: the worst-case bound K^2 * 6e-8 = 0.064 of the f32 sum (outputs are ~10 in size).
+          assertClose(
+            await runMatmul(g, p, seed, "texture"),
+            await runMatmul(cpu32, p, seed),
+            { atol: K * K * 6e-8, rtol: 1e-6 },
+            `rows first ${p.sa} x ${p.sb} tA=${transA} tB=${transB}`,
+          );
+        },
+      ),
+      { numRuns: 4 },
+    );
+  },
+);
+
 gpuTest("matmul: operands too large for an 8192-texel texture fall back to the buffer kernel", async (g) => {
   const p: Problem = { sa: [2, 4100, 3], sb: [3, 5], transA: false, transB: false, K: 3 }; // folded M = 8200
   const spec = (s: number[]) => ({ shape: s, dtype: "f32" as const });

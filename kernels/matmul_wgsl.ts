@@ -56,29 +56,46 @@ const outDecl = (g: MatmulGeom, binding: number): string =>
   `@group(0) @binding(${binding}) var<storage, read_write> out: array<${vecOut(g) ? "vec4f" : "f32"}>;`;
 
 /**
- * Guarded stores of the register block c_i_j (vec4 over 4 columns) to out[z, m0 + i, n0 + 4j ..]: one vec4
- * store per c_i_j when N % 4 == 0 (scalar stores at dynamic addresses run one lane at a time on llvmpipe),
- * else 4 scalar stores.
+ * One block of a product: rows [m0, m0 + M) of op(A), columns [n0, n0 + N) of op(B), the k in [k0, k0 + K).
+ * The texture path splits a product whose operands do not fit one texture into such blocks.
  */
-const storeBlock = (g: MatmulGeom, TM: number, TN: number): string => {
+export interface Window {
+  readonly m0: number;
+  readonly M: number;
+  readonly n0: number;
+  readonly N: number;
+  readonly k0: number;
+  readonly K: number;
+}
+
+/** The whole product as one window. */
+const whole = (g: MatmulGeom): Window => ({ m0: 0, M: g.M, n0: 0, N: g.N, k0: 0, K: g.K });
+
+/**
+ * Guarded stores of the register block c_i_j (vec4 over 4 columns) to out[z, w.m0 + m0 + i, w.n0 + n0 + 4j ..]:
+ * one vec4 store per c_i_j when N % 4 == 0 (scalar stores at dynamic addresses run one lane at a time on
+ * llvmpipe), else 4 scalar stores. Guards keep to the window `w`; a window past k = 0 adds to what is there.
+ */
+const storeBlock = (g: MatmulGeom, TM: number, TN: number, w: Window = whole(g)): string => {
   const vec = vecOut(g);
   const lines: string[] = [`  let cbase = z * ${u(g.M * g.N)};`];
-  const rowGuard = g.M % TM !== 0, colGuard = g.N % TN !== 0;
+  const rowGuard = w.M % TM !== 0, colGuard = w.N % TN !== 0;
+  const put = (at: string, v: string) => w.k0 > 0 ? `out[${at}] = out[${at}] + ${v};` : `out[${at}] = ${v};`;
   for (const i of range(TM)) {
-    const body: string[] = [`    let r${i} = cbase + (m0 + ${u(i)}) * ${u(g.N)} + n0;`];
+    const body: string[] = [`    let r${i} = cbase + (m0 + ${u(w.m0 + i)}) * ${u(g.N)} + n0 + ${u(w.n0)};`];
     for (const j of range(TN / 4)) {
       if (vec) {
-        const st = `out[r${i} / 4u + ${u(j)}] = c${i}_${j};`;
-        body.push(colGuard ? `    if (n0 + ${u(4 * j)} < ${u(g.N)}) { ${st} }` : `    ${st}`);
+        const st = put(`r${i} / 4u + ${u(j)}`, `c${i}_${j}`);
+        body.push(colGuard ? `    if (n0 + ${u(4 * j)} < ${u(w.N)}) { ${st} }` : `    ${st}`);
         continue;
       }
       for (const e of range(4)) {
         const c = 4 * j + e;
-        const st = `out[r${i} + ${u(c)}] = c${i}_${j}[${e}];`;
-        body.push(colGuard ? `    if (n0 + ${u(c)} < ${u(g.N)}) { ${st} }` : `    ${st}`);
+        const st = put(`r${i} + ${u(c)}`, `c${i}_${j}[${e}]`);
+        body.push(colGuard ? `    if (n0 + ${u(c)} < ${u(w.N)}) { ${st} }` : `    ${st}`);
       }
     }
-    lines.push(rowGuard ? `  if (m0 + ${u(i)} < ${u(g.M)}) {` : "  {", ...body, "  }");
+    lines.push(rowGuard ? `  if (m0 + ${u(i)} < ${u(w.M)}) {` : "  {", ...body, "  }");
   }
   return lines.join("\n");
 };
@@ -128,19 +145,61 @@ export const textureDims = (g: MatmulGeom, t: SoftTile) => {
   };
 };
 
-/** Whether the packed operands fit the guaranteed texture limit. */
-export const texturesFit = (g: MatmulGeom, t: SoftTile): boolean => {
-  const d = textureDims(g, t);
-  return Math.max(d.a.width, d.a.height, d.b.width, d.b.height) <= MAX_TEXTURE;
+/** Most windows one product may be split into before the buffer kernel is used instead. */
+export const MAX_WINDOWS = 64;
+
+/** `n` split into the fewest parts of at most `most` (a multiple of `step`), as even as multiples of `step` allow. */
+const split = (n: number, most: number, step: number): [number, number][] => {
+  const parts = Math.ceil(n / most);
+  const len = roundUp(Math.ceil(n / parts), step);
+  const out: [number, number][] = [];
+  for (let at = 0; at < n; at += len) out.push([at, Math.min(len, n - at)]);
+  return out;
 };
 
 /**
- * One pack pass: `count` stored row-major matrices S[z] of R x C (input `input`) into a texture whose texel
- * (x, z * H + y) holds 4 consecutive entries along one axis of S, zero padded:
+ * The windows of the texture path: the whole product when its packed operands fit the guaranteed texture size,
+ * else blocks of rows (A's texture holds aCount slots of at most 8192 / aCount rows), columns (B's texture is at
+ * most 8192 texels = 32768 columns wide) and k (A's is at most 32768 k wide, B's holds bCount slots of k); null
+ * when a slot cannot hold one block or more than MAX_WINDOWS would be needed (the buffer kernel then).
+ */
+export const textureWindows = (g: MatmulGeom, t: SoftTile): Window[] | null => {
+  const most = {
+    M: Math.floor(MAX_TEXTURE / g.aCount / t.TM) * t.TM,
+    N: Math.floor((4 * MAX_TEXTURE) / t.TN) * t.TN,
+    K: Math.min(4 * MAX_TEXTURE, Math.floor(MAX_TEXTURE / g.bCount / 4) * 4),
+  };
+  if (most.M < t.TM || most.K < 4) return null;
+  const count = Math.ceil(g.M / most.M) * Math.ceil(g.N / most.N) * Math.ceil(g.K / most.K);
+  if (count > MAX_WINDOWS) return null;
+  const out: Window[] = [];
+  for (const [k0, K] of split(g.K, most.K, 4)) {
+    for (const [m0, M] of split(g.M, most.M, t.TM)) {
+      for (const [n0, N] of split(g.N, most.N, t.TN)) out.push({ m0, M, n0, N, k0, K });
+    }
+  }
+  return out;
+};
+
+/** Whether the texture path can run this product (in one window or several). */
+export const texturesFit = (g: MatmulGeom, t: SoftTile): boolean => textureWindows(g, t) !== null;
+
+/** The part of each stored matrix a pack or copy reads: rows [r0, r0 + R), columns [c0, c0 + C). */
+interface Part {
+  readonly r0: number;
+  readonly c0: number;
+  readonly R: number;
+  readonly C: number;
+}
+
+/**
+ * One pack pass: the part `p` of `count` stored row-major matrices S[z] of R x C (input `input`) into a texture
+ * whose texel (x, z * H + y) holds 4 consecutive entries along one axis of S[z]'s part, zero padded:
  * - `across` false: texel = S[z][y, 4x .. 4x+3] (op(A) = A, op(B) = B: the texel runs along S's rows);
  * - `across` true: texel = S[z][4x .. 4x+3, y] (the transposed operands).
- * Neighbouring lanes (x of the dispatch) always walk S's contiguous axis; with C % 4 == 0 they load vec4s
- * (and the transposed case transposes a 4x4 block in registers, storing 4 texels).
+ * (x and y counted from the part's origin). Neighbouring lanes (x of the dispatch) always walk S's contiguous
+ * axis; with C, the part's origin and width all multiples of 4 they load vec4s (and the transposed case
+ * transposes a 4x4 block in registers, storing 4 texels).
  */
 const packPass = (
   input: number,
@@ -151,8 +210,9 @@ const packPass = (
   H: number,
   across: boolean,
   label: string,
+  p: Part = { r0: 0, c0: 0, R, C },
 ): GpuPass => {
-  const vec = C % 4 === 0;
+  const vec = C % 4 === 0 && p.c0 % 4 === 0 && p.C % 4 === 0;
   const [WX, WY] = [16, 4];
   const PR = 1;
   const body: string[] = [];
@@ -163,18 +223,18 @@ const packPass = (
     for (const r of range(PR)) {
       body.push(
         `  { let y = gid.y * ${u(PR)} + ${u(r)};`,
-        `    let v = select(vec4f(0.0), src[min(z * ${u(R * C / 4)} + y * ${u(C / 4)} + gid.x, ${
-          u(count * R * C / 4 - 1)
-        })], y < ${u(R)} && gid.x < ${u(C / 4)});`,
+        `    let v = select(vec4f(0.0), src[min(z * ${u(R * C / 4)} + (y + ${u(p.r0)}) * ${u(C / 4)} + ${
+          u(p.c0 / 4)
+        } + gid.x, ${u(count * R * C / 4 - 1)})], y < ${u(p.R)} && gid.x < ${u(p.C / 4)});`,
         `    if (y < ${u(H)}) { textureStore(dst, vec2u(gid.x, z * ${u(H)} + y), v); } }`,
       );
     }
   } else if (!across) {
     grid = [tex.width, H];
     const el = (e: number) =>
-      `select(0.0, src[min(z * ${u(R * C)} + gid.y * ${u(C)} + gid.x * 4u + ${u(e)}, ${
-        u(count * R * C - 1)
-      })], gid.y < ${u(R)} && gid.x * 4u + ${u(e)} < ${u(C)})`;
+      `select(0.0, src[min(z * ${u(R * C)} + (gid.y + ${u(p.r0)}) * ${u(C)} + ${u(p.c0)} + gid.x * 4u + ${
+        u(e)
+      }, ${u(count * R * C - 1)})], gid.y < ${u(p.R)} && gid.x * 4u + ${u(e)} < ${u(p.C)})`;
     body.push(
       `  textureStore(dst, vec2u(gid.x, z * ${u(H)} + gid.y), vec4f(${range(4).map(el).join(", ")}));`,
     );
@@ -183,9 +243,11 @@ const packPass = (
     grid = [Math.ceil(H / 4), tex.width];
     for (const e of range(4)) {
       body.push(
-        `  let r${e} = select(vec4f(0.0), src[min(z * ${u(R * C / 4)} + (gid.y * 4u + ${u(e)}) * ${
+        `  let r${e} = select(vec4f(0.0), src[min(z * ${u(R * C / 4)} + (gid.y * 4u + ${u(p.r0 + e)}) * ${
           u(C / 4)
-        } + gid.x, ${u(count * R * C / 4 - 1)})], gid.y * 4u + ${u(e)} < ${u(R)} && gid.x < ${u(C / 4)});`,
+        } + ${u(p.c0 / 4)} + gid.x, ${u(count * R * C / 4 - 1)})], gid.y * 4u + ${u(e)} < ${
+          u(p.R)
+        } && gid.x < ${u(p.C / 4)});`,
       );
     }
     for (const q of range(4)) {
@@ -200,9 +262,9 @@ const packPass = (
     // (x = column of S, y = texel column = group of 4 rows of S)
     grid = [H, tex.width];
     const el = (e: number) =>
-      `select(0.0, src[min(z * ${u(R * C)} + (gid.y * 4u + ${u(e)}) * ${u(C)} + gid.x, ${
+      `select(0.0, src[min(z * ${u(R * C)} + (gid.y * 4u + ${u(p.r0 + e)}) * ${u(C)} + ${u(p.c0)} + gid.x, ${
         u(count * R * C - 1)
-      })], gid.y * 4u + ${u(e)} < ${u(R)} && gid.x < ${u(C)})`;
+      })], gid.y * 4u + ${u(e)} < ${u(p.R)} && gid.x < ${u(p.C)})`;
     body.push(
       `  textureStore(dst, vec2u(gid.y, z * ${u(H)} + gid.x), vec4f(${range(4).map(el).join(", ")}));`,
     );
@@ -227,9 +289,9 @@ ${body.join("\n")}
 const MAX_COPIES = 8;
 
 /**
- * The driver's copy of `count` row-major matrices S[z] of R x C (C % 64 == 0) into texture rows z * H ..: texel
- * (x, z H + y) = S[z][y, 4x .. 4x+3], as the row-major pack pass would store it (minus the zero padding of rows
- * past R, which the product never stores).
+ * The driver's copy of the part `p` of `count` row-major matrices S[z] of R x C (C % 64 == 0; p.c0 and p.C
+ * multiples of 4) into texture rows z * H ..: texel (x, z H + y) = S[z][p.r0 + y, p.c0 + 4x .. +3], as the
+ * row-major pack pass would store it (minus the zero padding of rows past p.R, which the product never stores).
  */
 const copies = (
   input: number,
@@ -239,15 +301,16 @@ const copies = (
   C: number,
   H: number,
   label: string,
+  p: Part = { r0: 0, c0: 0, R, C },
 ): TextureCopy[] =>
   range(count).map((z) => ({
     copy: {
       input,
-      offset: z * R * C * 4,
+      offset: (z * R * C + p.r0 * C + p.c0) * 4,
       bytesPerRow: C * 4,
       texture: { id: tex.id, width: tex.width, height: tex.height },
       y: z * H,
-      size: [C / 4, R] as const,
+      size: [p.C / 4, p.R] as const,
     },
     label,
   }));
@@ -268,8 +331,21 @@ const copies = (
  * processes). Elsewhere the gain is small (4096 x 1024 @ 1024 x 1024: 52 vs 50, 62 vs 62).
  */
 export const texturePasses = (g: MatmulGeom, t: SoftTile): GpuStep[] => {
+  const windows = textureWindows(g, t);
+  if (!windows) {
+    throw new Error(`matmul: no texture windows for ${g.M}x${g.K}x${g.N} (check texturesFit first)`);
+  }
+  return windows.flatMap((w) => windowPasses(g, t, w));
+};
+
+/**
+ * The passes of one window: its parts of op(A) and op(B) packed (or copied) into textures "A" and "B" sized
+ * for the window, then the product storing into (or, past the first k block, adding to) its block of C. The
+ * windows of one product run in order and reuse the textures.
+ */
+const windowPasses = (g: MatmulGeom, t: SoftTile, w: Window): GpuStep[] => {
   const { TM, TN, WX, WY } = t;
-  const d = textureDims(g, t);
+  const d = textureDims({ ...g, M: w.M, N: w.N, K: w.K }, t);
   const ncb = d.Np / TN, nrb = d.Mp / TM;
   // Per 4-step of k: TM texels of A (4 k's of one row each), 4 x TN/4 texels of B; TM x TN/4 vec4 updates,
   // each a chain of 4 fma() into its accumulator (see SOFT_TILE for why this form).
@@ -300,25 +376,29 @@ ${accDecl(TM, TN)}
   for (var k4 = 0; k4 < ${d.Kp / 4}; k4++) {
 ${step.join("\n")}
   }
-${storeBlock(g, TM, TN)}
+${storeBlock(g, TM, TN, w)}
 }`;
   const aTex = { kind: "texture", id: "A", ...d.a } as const;
   const bTex = { kind: "texture", id: "B", ...d.b } as const;
   // A row-major operand whose rows are whole 256-byte multiples is copied by the driver instead (no padding
   // inside a row is needed; rows past M in each slot are never stored, and B's K rows need no zero padding
   // when K % 4 == 0).
+  // (Windows start at multiples of 4 in k and of TM / TN in m / n, so a copy's offset and width stay aligned.)
   const copyA = !g.transA && g.K % 64 === 0 && g.aCount <= MAX_COPIES;
   const copyB = !g.transB && g.N % 64 === 0 && g.K % 4 === 0 && g.N % t.TN === 0 && g.bCount <= MAX_COPIES;
+  // The parts of the stored matrices: A is [M, K] (transA: [K, M]), B is [K, N] (transB: [N, K]).
+  const partA = g.transA ? { r0: w.k0, R: w.K, c0: w.m0, C: w.M } : { r0: w.m0, R: w.M, c0: w.k0, C: w.K };
+  const partB = g.transB ? { r0: w.n0, R: w.N, c0: w.k0, C: w.K } : { r0: w.k0, R: w.K, c0: w.n0, C: w.N };
   return [
-    ...(copyA ? copies(0, aTex, g.aCount, g.M, g.K, d.Mp, "matmul.copyA") : [
+    ...(copyA ? copies(0, aTex, g.aCount, g.M, g.K, d.Mp, "matmul.copyA", partA) : [
       g.transA
-        ? packPass(0, aTex, g.aCount, g.K, g.M, d.Mp, true, "matmul.packA")
-        : packPass(0, aTex, g.aCount, g.M, g.K, d.Mp, false, "matmul.packA"),
+        ? packPass(0, aTex, g.aCount, g.K, g.M, d.Mp, true, "matmul.packA", partA)
+        : packPass(0, aTex, g.aCount, g.M, g.K, d.Mp, false, "matmul.packA", partA),
     ]),
-    ...(copyB ? copies(1, bTex, g.bCount, g.K, g.N, d.Kp, "matmul.copyB") : [
+    ...(copyB ? copies(1, bTex, g.bCount, g.K, g.N, d.Kp, "matmul.copyB", partB) : [
       g.transB
-        ? packPass(1, bTex, g.bCount, g.N, g.K, d.Kp, true, "matmul.packB")
-        : packPass(1, bTex, g.bCount, g.K, g.N, d.Kp, false, "matmul.packB"),
+        ? packPass(1, bTex, g.bCount, g.N, g.K, d.Kp, true, "matmul.packB", partB)
+        : packPass(1, bTex, g.bCount, g.K, g.N, d.Kp, false, "matmul.packB", partB),
     ]),
     {
       wgsl: main,

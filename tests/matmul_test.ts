@@ -241,8 +241,68 @@ gpuTest(
   },
 );
 
-gpuTest("matmul: operands too large for an 8192-texel texture fall back to the buffer kernel", async (g) => {
-  const p: Problem = { sa: [2, 4100, 3], sb: [3, 5], transA: false, transB: false, K: 3 }; // folded M = 8200
+/** Small integers in [-2, 2]: every product and partial sum below 2^24 is exact in f32, in any order. */
+const intData = (n: number, seed: number): Float32Array => randomData(n, seed).map((x) => Math.round(x * 2));
+
+gpuTest(
+  "matmul texture: products too big for one texture run in windows (rows, columns, k) and equal the CPU exactly",
+  async (g) => {
+    // Each case needs more than one window: M past 8192 / aCount rows, N past 32768 columns, K past 32768 or
+    // 8192 / bCount. Integer data make the f32 sums exact whatever the order, so the check is equality.
+    const cases = [
+      { ba: [3], M: 2800, K: 64, bb: [], N: 40 }, // rows: 3 slots of at most 2720 rows
+      { ba: [], M: 5, K: 64, bb: [], N: 32832 }, // columns (N % 64 == 0: B copied)
+      { ba: [], M: 3, K: 24, bb: [], N: 32801 }, // columns, B packed
+      { ba: [], M: 3, K: 8200, bb: [], N: 7 }, // k: two blocks, the second adds
+      { ba: [], M: 3, K: 8256, bb: [], N: 7 }, // k with A copied from k0 = 4128
+      { ba: [3], M: 4, K: 3000, bb: [3], N: 6 }, // k with 3 B slots of at most 2728
+      { ba: [2, 1], M: 4100, K: 3, bb: [3], N: 5 }, // rows with a broadcast batch (M folded to 8200 before)
+    ];
+    // Every case with every transpose (a random sample missed the copy offsets).
+    for (const [i, c] of cases.entries()) {
+      for (
+        const [transA, transB, seed] of [[false, false, 4 * i], [true, false, 4 * i + 1], [
+          false,
+          true,
+          4 * i + 2,
+        ], [true, true, 4 * i + 3]] as const
+      ) {
+        const p: Problem = {
+          sa: [...c.ba, ...(transA ? [c.K, c.M] : [c.M, c.K])],
+          sb: [...c.bb, ...(transB ? [c.N, c.K] : [c.K, c.N])],
+          transA,
+          transB,
+          K: c.K,
+        };
+        const spec = (s: number[]) => ({ shape: s, dtype: "f32" as const });
+        const params = { transA, transB, variant: "texture" as const };
+        if (matmulVariant(params, spec(p.sa), spec(p.sb), g.target) !== "texture") {
+          throw new Error(`expected the texture path for ${p.sa} x ${p.sb}`);
+        }
+        const products = matmulKernel.gpu(params, [spec(p.sa), spec(p.sb)], g.target)
+          .filter((st) => "wgsl" in st && st.label === "matmul.texture").length;
+        if (products < 2) throw new Error(`expected several windows for ${p.sa} x ${p.sb}, got ${products}`);
+        const run = (b: Backend) =>
+          tidy(() =>
+            matmul(
+              tensor(b, intData(size(p.sa), seed), p.sa),
+              tensor(b, intData(size(p.sb), seed + 1), p.sb),
+              {
+                transA,
+                transB,
+                variant: b === g ? "texture" : undefined,
+              },
+            ).data()
+          );
+        assertClose(await run(g), await run(cpu32), { atol: 0, rtol: 0 }, `windows ${p.sa} x ${p.sb}`);
+      }
+    }
+  },
+);
+
+gpuTest("matmul: a product no texture windows can hold falls back to the buffer kernel", async (g) => {
+  // 600 A matrices: one 16-row block of each does not fit 8192 texture rows.
+  const p: Problem = { sa: [600, 5, 3], sb: [600, 3, 5], transA: false, transB: false, K: 3 };
   const spec = (s: number[]) => ({ shape: s, dtype: "f32" as const });
   const v = matmulVariant(
     { transA: false, transB: false, variant: "texture" },

@@ -219,6 +219,14 @@ export async function benchMatmul(gpu: GpuBackend): Promise<string> {
       }
     }
   }
+  out("");
+  out("too big for one texture: windows of rows / columns / k (the default) against the buffer kernel:");
+  const w3 = [26, 9, 9, 8];
+  out(row(["shape", "windows", "buffer", "ratio"], w3));
+  for (const p of [{ M: 16384, K: 512, N: 512 }, { M: 64, K: 512, N: 40000 }, { M: 512, K: 10000, N: 512 }]) {
+    const win = await ours(gpu, p, "texture"), buf = await ours(gpu, p, "buffer");
+    out(row([show(p), win, buf, `${(win / buf).toFixed(2)}x`], w3));
+  }
   return lines.join("\n");
 }
 

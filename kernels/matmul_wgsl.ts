@@ -28,7 +28,7 @@ export interface SoftTile {
   readonly WY: number;
 }
 
-/** The measured default on llvmpipe (see the note above texturePasses). */
+/** The default on llvmpipe: 16x16 blocks, 16-wide workgroups (see the note above texturePasses). */
 export const SOFT_TILE: SoftTile = { TM: 16, TN: 16, WX: 16, WY: 1 };
 
 /** The measured default of the buffer kernel (a larger block measured no faster there, and compiles slower). */
@@ -82,7 +82,9 @@ const storeBlock = (g: MatmulGeom, TM: number, TN: number, w: Window = whole(g))
   const rowGuard = w.M % TM !== 0, colGuard = w.N % TN !== 0;
   const put = (at: string, v: string) => w.k0 > 0 ? `out[${at}] = out[${at}] + ${v};` : `out[${at}] = ${v};`;
   for (const i of range(TM)) {
-    const body: string[] = [`    let r${i} = cbase + (m0 + ${u(w.m0 + i)}) * ${u(g.N)} + n0 + ${u(w.n0)};`];
+    const body: string[] = [
+      `    let r${i} = cbase + (m0 + ${u(w.m0 + i)}) * ${u(g.N)} + n0${w.n0 > 0 ? ` + ${u(w.n0)}` : ""};`,
+    ];
     for (const j of range(TN / 4)) {
       if (vec) {
         const st = put(`r${i} / 4u + ${u(j)}`, `c${i}_${j}`);
@@ -323,12 +325,13 @@ const copies = (
  * product reads the textures as read-only storage textures: on llvmpipe that image path measured ~1.4x
  * faster than `texture_2d` + textureLoad (whose sampler path dominated the loop), and both bind the same view.
  *
- * The update is written as a chain of `fma()` and run by 16-wide workgroups (SOFT_TILE). Mesa 22.3's llvmpipe
- * lowers fma to a multiply and an add either way (its JIT code has no FMA instructions), but with this form and
- * 16 invocations per workgroup LLVM emits 16-lane (zmm) code for the loop (5,740 instructions per 4-step of k,
- * against 4,691 8-lane ones for the `+=` sum of products): the product pass alone at 1024^3 through GL measured
- * 64-78 GFLOP/s against 46-60 for the old form with 8-wide workgroups, interleaved in one process (five
- * processes). Elsewhere the gain is small (4096 x 1024 @ 1024 x 1024: 52 vs 50, 62 vs 62).
+ * The update is a chain of `fma()` (Mesa 22.3's llvmpipe lowers it to a multiply and an add; its JIT code has
+ * no FMA instructions) and workgroups are 16 wide (SOFT_TILE). Measured with Mesa's shader cache off (it does
+ * not key compiled shaders on the vector width, which spoiled earlier comparisons): at llvmpipe's default
+ * 256-bit vectors the `+=` sum of products with 8-wide workgroups, this form with 8-wide and with 16-wide
+ * workgroups all ran 50-60 GFLOP/s at 1024^3 and 44-46 at 4096 x 256 @ 256 x 768 (product pass alone,
+ * through GL); with LP_NATIVE_VECTOR_WIDTH=512 the 16-wide workgroups fill 16-lane vectors and the product
+ * ran 74 at 1024^3 and 70 at 4096 x 1024 @ 1024 x 1024 (8-wide ones: 39 and 36).
  */
 export const texturePasses = (g: MatmulGeom, t: SoftTile): GpuStep[] => {
   const windows = textureWindows(g, t);

@@ -3,6 +3,7 @@ import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../kernels/backend.ts";
+import type { GpuBackend } from "../kernels/gpu/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 
 import { matmul, matmulKernel, type MatmulVariant, matmulVariant } from "../kernels/matmul.ts";
@@ -42,6 +43,29 @@ const problem = (maxDim: number): fc.Arbitrary<Problem> =>
     transB,
     K,
   }));
+
+/** The problem op(A) [..ba, M, K] @ op(B) [..bb, K, N] with the stored shapes of those transposes. */
+const problemOf = (
+  ba: readonly number[],
+  bb: readonly number[],
+  [M, K, N]: readonly [number, number, number],
+  transA: boolean,
+  transB: boolean,
+): Problem => ({
+  sa: [...ba, ...(transA ? [K, M] : [M, K])],
+  sb: [...bb, ...(transB ? [N, K] : [K, N])],
+  transA,
+  transB,
+  K,
+});
+
+/** The GPU steps of the texture variant for problem `p` on `g`. */
+const textureSteps = (g: GpuBackend, p: Problem) =>
+  matmulKernel.gpu(
+    { transA: p.transA, transB: p.transB, variant: "texture" },
+    [{ shape: p.sa, dtype: "f32" }, { shape: p.sb, dtype: "f32" }],
+    g.target,
+  );
 
 const runMatmul = (b: Backend, p: Problem, seed: number, variant?: MatmulVariant) =>
   tidy(() =>
@@ -88,18 +112,8 @@ gpuTest(
         fc.boolean(),
         fc.nat(),
         async ({ M, K, N, batches: [ba, bb], transA }, transB, seed) => {
-          const p: Problem = {
-            sa: [...ba, ...(transA ? [K, M] : [M, K])],
-            sb: [...bb, ...(transB ? [N, K] : [K, N])],
-            transA,
-            transB,
-            K,
-          };
-          const steps = matmulKernel.gpu(
-            { transA, transB, variant: "texture" },
-            [{ shape: p.sa, dtype: "f32" }, { shape: p.sb, dtype: "f32" }],
-            g.target,
-          );
+          const p = problemOf(ba, bb, [M, K, N], transA, transB);
+          const steps = textureSteps(g, p);
           const copied = (l: string) => steps.some((st) => "copy" in st && st.label === l);
           if (copied("matmul.copyA") !== (!transA && size(ba) <= 8)) throw new Error(`copyA for ${p.sa}`);
           if (copied("matmul.copyB") !== (!transB && size(bb) <= 8)) throw new Error(`copyB for ${p.sb}`);
@@ -211,19 +225,8 @@ gpuTest(
         fc.record({ M: awkwardDim(40), transA: fc.boolean(), transB: fc.boolean(), seed: fc.nat() }),
         async ({ M, transA, transB, seed }) => {
           const [K, N] = [1030, 1033]; // 1032 * 1040 packed floats > 2^20, neither a multiple of the block
-          const p: Problem = {
-            sa: [2, 1, ...(transA ? [K, M] : [M, K])],
-            sb: [3, ...(transB ? [N, K] : [K, N])],
-            transA,
-            transB,
-            K,
-          };
-          const steps = matmulKernel.gpu(
-            { transA, transB, variant: "texture" },
-            [{ shape: p.sa, dtype: "f32" }, { shape: p.sb, dtype: "f32" }],
-            g.target,
-          );
-          const product = steps.find((st) => "wgsl" in st && st.label === "matmul.texture");
+          const p = problemOf([2, 1], [3], [M, K, N], transA, transB);
+          const product = textureSteps(g, p).find((st) => "wgsl" in st && st.label === "matmul.texture");
           if (!product || !("wgsl" in product) || !product.wgsl.includes("workgroup_id")) {
             throw new Error("expected the rows-first product");
           }
@@ -267,20 +270,15 @@ gpuTest(
           4 * i + 2,
         ], [true, true, 4 * i + 3]] as const
       ) {
-        const p: Problem = {
-          sa: [...c.ba, ...(transA ? [c.K, c.M] : [c.M, c.K])],
-          sb: [...c.bb, ...(transB ? [c.N, c.K] : [c.K, c.N])],
-          transA,
-          transB,
-          K: c.K,
-        };
+        const p = problemOf(c.ba, c.bb, [c.M, c.K, c.N], transA, transB);
         const spec = (s: number[]) => ({ shape: s, dtype: "f32" as const });
         const params = { transA, transB, variant: "texture" as const };
         if (matmulVariant(params, spec(p.sa), spec(p.sb), g.target) !== "texture") {
           throw new Error(`expected the texture path for ${p.sa} x ${p.sb}`);
         }
-        const products = matmulKernel.gpu(params, [spec(p.sa), spec(p.sb)], g.target)
-          .filter((st) => "wgsl" in st && st.label === "matmul.texture").length;
+        const products = textureSteps(g, p).filter((st) =>
+          "wgsl" in st && st.label === "matmul.texture"
+        ).length;
         if (products < 2) throw new Error(`expected several windows for ${p.sa} x ${p.sb}, got ${products}`);
         const run = (b: Backend) =>
           tidy(() =>

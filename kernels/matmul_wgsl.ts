@@ -147,6 +147,16 @@ export const textureDims = (g: MatmulGeom, t: SoftTile) => {
   };
 };
 
+/**
+ * Long sums are split into k windows of at most this many k when K > 2 K_WINDOW and M >= 256 (C is then
+ * stored once and added to K / K_WINDOW - 1 times). Measured through the library, GL, in alternating processes:
+ * 1024x4096 @ 4096x1024 34 -> 58, 24 -> 41, 27 -> 41 GFLOP/s; 2048x6144 @ 6144x1024 25 -> 44, 26 -> 42;
+ * 1024x8192 @ 8192x512 45 -> 62; 256x8192 @ 8192x256 28 -> 33; 4096x3072 @ 3072x1024 58 -> 58, 44 -> 54. Not
+ * for fewer rows (8x4096 @ 4096x1024 10 -> 9, 128x4096 @ 4096x384 22 -> 20, 26 -> 22) nor for K = 2048
+ * (1024x2048 @ 2048x2048 56 -> 52, 50 -> 41).
+ */
+export const K_WINDOW = 1024;
+
 /** Most windows one product may be split into before the buffer kernel is used instead. */
 export const MAX_WINDOWS = 64;
 
@@ -162,14 +172,19 @@ const split = (n: number, most: number, step: number): [number, number][] => {
 /**
  * The windows of the texture path: the whole product when its packed operands fit the guaranteed texture size,
  * else blocks of rows (A's texture holds aCount slots of at most 8192 / aCount rows), columns (B's texture is at
- * most 8192 texels = 32768 columns wide) and k (A's is at most 32768 k wide, B's holds bCount slots of k); null
+ * most 8192 texels = 32768 columns wide) and k (A's is at most 32768 k wide, B's holds bCount slots of k; and
+ * see K_WINDOW); null
  * when a slot cannot hold one block or more than MAX_WINDOWS would be needed (the buffer kernel then).
  */
 export const textureWindows = (g: MatmulGeom, t: SoftTile): Window[] | null => {
   const most = {
     M: Math.floor(MAX_TEXTURE / g.aCount / t.TM) * t.TM,
     N: Math.floor((4 * MAX_TEXTURE) / t.TN) * t.TN,
-    K: Math.min(4 * MAX_TEXTURE, Math.floor(MAX_TEXTURE / g.bCount / 4) * 4),
+    K: Math.min(
+      g.K > 2 * K_WINDOW && g.M >= 256 ? K_WINDOW : 4 * MAX_TEXTURE,
+      4 * MAX_TEXTURE,
+      Math.floor(MAX_TEXTURE / g.bCount / 4) * 4,
+    ),
   };
   if (most.M < t.TM || most.K < 4) return null;
   const count = Math.ceil(g.M / most.M) * Math.ceil(g.N / most.N) * Math.ceil(g.K / most.K);

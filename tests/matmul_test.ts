@@ -258,6 +258,7 @@ gpuTest(
       { ba: [], M: 3, K: 24, bb: [], N: 32801 }, // columns, B packed
       { ba: [], M: 3, K: 8200, bb: [], N: 7 }, // k: two blocks, the second adds
       { ba: [], M: 3, K: 8256, bb: [], N: 7 }, // k with A copied from k0 = 4128
+      { ba: [], M: 256, K: 2100, bb: [], N: 5 }, // k split for speed (K_WINDOW): three windows of 700
       { ba: [3], M: 4, K: 3000, bb: [3], N: 6 }, // k with 3 B slots of at most 2728
       { ba: [2, 1], M: 4100, K: 3, bb: [3], N: 5 }, // rows with a broadcast batch (M folded to 8200 before)
     ];

@@ -220,6 +220,15 @@ export async function benchMatmul(gpu: GpuBackend): Promise<string> {
     }
   }
   out("");
+  out(
+    "weight gradients [d, tokens] @ [tokens, k] over 4096 tokens (k windows of 1024 from K > 2048), default:",
+  );
+  out(row(["shape", "variant", "GFLOP/s"], w2));
+  for (const [d, k] of [[128, 384], [512, 1536], [1024, 1024]]) {
+    const p = { M: d, K: 4096, N: k };
+    out(row([show(p), def(p), await ours(gpu, p)], w2));
+  }
+  out("");
   out("too big for one texture: windows of rows / columns / k (the default) against the buffer kernel:");
   const w3 = [26, 9, 9, 8];
   out(row(["shape", "windows", "buffer", "ratio"], w3));

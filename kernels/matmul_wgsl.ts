@@ -210,25 +210,30 @@ interface Part {
 }
 
 /**
- * One pack pass: the part `p` of `count` stored row-major matrices S[z] of R x C (input `input`) into a texture
- * whose texel (x, z * H + y) holds 4 consecutive entries along one axis of S[z]'s part, zero padded:
+ * Where a texture's operand comes from: `count` stored row-major matrices S[z] of R x C (input `input`), of
+ * which `part` goes into texture rows z * H .. of `tex`.
+ */
+interface Source {
+  readonly input: number;
+  readonly tex: { readonly id: string; readonly width: number; readonly height: number };
+  readonly count: number;
+  readonly R: number;
+  readonly C: number;
+  readonly H: number;
+  readonly part: Part;
+}
+
+/**
+ * One pack pass: the part `p` of the source's matrices S[z] into its texture, whose texel (x, z * H + y) holds 4
+ * consecutive entries along one axis of S[z]'s part, zero padded:
  * - `across` false: texel = S[z][y, 4x .. 4x+3] (op(A) = A, op(B) = B: the texel runs along S's rows);
  * - `across` true: texel = S[z][4x .. 4x+3, y] (the transposed operands).
  * (x and y counted from the part's origin). Neighbouring lanes (x of the dispatch) always walk S's contiguous
  * axis; with C, the part's origin and width all multiples of 4 they load vec4s (and the transposed case
  * transposes a 4x4 block in registers, storing 4 texels).
  */
-const packPass = (
-  input: number,
-  tex: { readonly id: string; readonly width: number; readonly height: number },
-  count: number,
-  R: number,
-  C: number,
-  H: number,
-  across: boolean,
-  label: string,
-  p: Part = { r0: 0, c0: 0, R, C },
-): GpuPass => {
+const packPass = (src: Source, across: boolean, label: string): GpuPass => {
+  const { input, tex, count, R, C, H, part: p } = src;
   const vec = C % 4 === 0 && p.c0 % 4 === 0 && p.C % 4 === 0;
   const [WX, WY] = [16, 4];
   const PR = 1;
@@ -306,20 +311,11 @@ ${body.join("\n")}
 const MAX_COPIES = 8;
 
 /**
- * The driver's copy of the part `p` of `count` row-major matrices S[z] of R x C (C % 64 == 0; p.c0 and p.C
- * multiples of 4) into texture rows z * H ..: texel (x, z H + y) = S[z][p.r0 + y, p.c0 + 4x .. +3], as the
- * row-major pack pass would store it (minus the zero padding of rows past p.R, which the product never stores).
+ * The driver's copy of the part `p` of the source's matrices (C % 64 == 0; p.c0 and p.C multiples of 4) into
+ * texture rows z * H ..: texel (x, z H + y) = S[z][p.r0 + y, p.c0 + 4x .. +3], as the row-major pack pass would
+ * store it (minus the zero padding of rows past p.R, which the product never stores).
  */
-const copies = (
-  input: number,
-  tex: { readonly id: string; readonly width: number; readonly height: number },
-  count: number,
-  R: number,
-  C: number,
-  H: number,
-  label: string,
-  p: Part = { r0: 0, c0: 0, R, C },
-): TextureCopy[] =>
+const copies = ({ input, tex, count, R, C, H, part: p }: Source, label: string): TextureCopy[] =>
   range(count).map((z) => ({
     copy: {
       input,
@@ -404,20 +400,48 @@ ${storeBlock(g, TM, TN, w)}
   // (Windows start at multiples of 4 in k and of TM / TN in m / n, so a copy's offset and width stay aligned.)
   const copyA = !g.transA && g.K % 64 === 0 && g.aCount <= MAX_COPIES;
   const copyB = !g.transB && g.N % 64 === 0 && g.K % 4 === 0 && g.N % t.TN === 0 && g.bCount <= MAX_COPIES;
-  // The parts of the stored matrices: A is [M, K] (transA: [K, M]), B is [K, N] (transB: [N, K]).
-  const partA = g.transA ? { r0: w.k0, R: w.K, c0: w.m0, C: w.M } : { r0: w.m0, R: w.M, c0: w.k0, C: w.K };
-  const partB = g.transB ? { r0: w.n0, R: w.N, c0: w.k0, C: w.K } : { r0: w.k0, R: w.K, c0: w.n0, C: w.N };
+  // The stored matrices and their parts: A is [M, K] (transA: [K, M]), B is [K, N] (transB: [N, K]).
+  const srcA: Source = g.transA
+    ? {
+      input: 0,
+      tex: aTex,
+      count: g.aCount,
+      R: g.K,
+      C: g.M,
+      H: d.Mp,
+      part: { r0: w.k0, R: w.K, c0: w.m0, C: w.M },
+    }
+    : {
+      input: 0,
+      tex: aTex,
+      count: g.aCount,
+      R: g.M,
+      C: g.K,
+      H: d.Mp,
+      part: { r0: w.m0, R: w.M, c0: w.k0, C: w.K },
+    };
+  const srcB: Source = g.transB
+    ? {
+      input: 1,
+      tex: bTex,
+      count: g.bCount,
+      R: g.N,
+      C: g.K,
+      H: d.Kp,
+      part: { r0: w.n0, R: w.N, c0: w.k0, C: w.K },
+    }
+    : {
+      input: 1,
+      tex: bTex,
+      count: g.bCount,
+      R: g.K,
+      C: g.N,
+      H: d.Kp,
+      part: { r0: w.k0, R: w.K, c0: w.n0, C: w.N },
+    };
   return [
-    ...(copyA ? copies(0, aTex, g.aCount, g.M, g.K, d.Mp, "matmul.copyA", partA) : [
-      g.transA
-        ? packPass(0, aTex, g.aCount, g.K, g.M, d.Mp, true, "matmul.packA", partA)
-        : packPass(0, aTex, g.aCount, g.M, g.K, d.Mp, false, "matmul.packA", partA),
-    ]),
-    ...(copyB ? copies(1, bTex, g.bCount, g.K, g.N, d.Kp, "matmul.copyB", partB) : [
-      g.transB
-        ? packPass(1, bTex, g.bCount, g.N, g.K, d.Kp, true, "matmul.packB", partB)
-        : packPass(1, bTex, g.bCount, g.K, g.N, d.Kp, false, "matmul.packB", partB),
-    ]),
+    ...(copyA ? copies(srcA, "matmul.copyA") : [packPass(srcA, g.transA, "matmul.packA")]),
+    ...(copyB ? copies(srcB, "matmul.copyB") : [packPass(srcB, g.transB, "matmul.packB")]),
     {
       wgsl: main,
       workgroups: rowsFirst

@@ -14,28 +14,34 @@ export interface ColumnParams {
   readonly t: number;
 }
 
-/** out[b, :] = x[b, t, :] for x (B, T, d). */
+/** out[b, :] = x[b, t, :] for x (B, T, d), or out[b] = x[b, t] for x (B, T); f32 or i32. */
 export const columnKernel: Kernel<ColumnParams> = defineKernel<ColumnParams>({
   name: "column",
   infer: ({ t }, [x]) => {
-    if (x.shape.length !== 3 || x.dtype !== "f32" || !(t >= 0 && t < x.shape[1])) {
+    const rank = x.shape.length;
+    if (
+      (rank !== 2 && rank !== 3) || (x.dtype !== "f32" && x.dtype !== "i32") ||
+      !(Number.isInteger(t) && t >= 0 && t < x.shape[1])
+    ) {
       throw new ShapeError({
         op: "column",
-        message: `column: need f32 (B, T, d) and 0 <= t < T; got ${showShape(x.shape)}, t = ${t}`,
+        message: `column: need f32 or i32 (B, T, d) or (B, T) and 0 <= t < T; got ${
+          showShape(x.shape)
+        } (${x.dtype}), t = ${t}`,
       });
     }
-    return [{ shape: [x.shape[0], x.shape[2]], dtype: "f32" }];
+    return [{ shape: rank === 3 ? [x.shape[0], x.shape[2]] : [x.shape[0]], dtype: x.dtype }];
   },
   cpu: ({ t }, [x], [y]) => {
-    const [B, T, d] = x.shape;
+    const [B, T, d = 1] = x.shape;
     for (let b = 0; b < B; b++) y.data.set(x.data.subarray((b * T + t) * d, (b * T + t + 1) * d), b * d);
   },
   gpu: ({ t }, [x]) => {
-    const [B, T, d] = x.shape;
+    const [B, T, d = 1] = x.shape;
     const n = B * d;
     return [{
-      wgsl: `${storage(0, "x", "f32", "read")}
-${storage(1, "y", "f32", "read_write")}
+      wgsl: `${storage(0, "x", x.dtype, "read")}
+${storage(1, "y", x.dtype, "read_write")}
 @group(0) @binding(2) var<uniform> u: vec4u;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -53,7 +59,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   },
 });
 
-/** Row t of every sequence: (B, T, d) -> (B, d). */
+/** Row t of every sequence: (B, T, d) -> (B, d), or (B, T) -> (B). */
 export const column = (x: Tensor, t: number): Tensor => apply1(columnKernel, { t }, [x]);
 
 export interface AppendParams {

@@ -3,6 +3,7 @@ import { ShapeError } from "../core/errors.ts";
 import { showShape, size } from "../core/shape.ts";
 import { defineKernel, type GpuPass, type Kernel, type PassBinding, type TensorSpec } from "./kernel.ts";
 import { apply, apply1 } from "./run.ts";
+import { column } from "./decode.ts";
 import type { Tensor } from "./tensor.ts";
 import { f32Lit, flatIndex, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
 
@@ -82,49 +83,18 @@ export const kvWrite = (kCache: Tensor, vCache: Tensor, k: Tensor, v: Tensor, t:
 
 // ---- idsColumn ----------------------------------------------------------------------------------------------
 
-/** out[b] = ids[b, t] for ids i32 (B, T); t in a uniform. */
-export const idsColumnKernel: Kernel<KvWriteParams> = defineKernel<KvWriteParams>({
-  name: "idsColumn",
-  infer: ({ t }, [ids]) => {
-    if (
-      ids.shape.length !== 2 || ids.dtype !== "i32" || !(Number.isInteger(t) && t >= 0 && t < ids.shape[1])
-    ) {
-      throw new ShapeError({
-        op: "idsColumn",
-        message: `idsColumn: need i32 ids (B, T) and 0 <= t < T; got ${
-          showShape(ids.shape)
-        } (${ids.dtype}), t = ${t}`,
-      });
-    }
-    return [{ shape: [ids.shape[0]], dtype: "i32" }];
-  },
-  cpu: ({ t }, [ids], [y]) => {
-    const [B, T] = ids.shape;
-    for (let b = 0; b < B; b++) y.data[b] = ids.data[b * T + t];
-  },
-  gpu: ({ t }, [ids]) => {
-    const [B, T] = ids.shape;
-    return [{
-      wgsl: `${storage(0, "ids", "i32", "read")}
-${storage(1, "y", "i32", "read_write")}
-@group(0) @binding(2) var<uniform> u: vec4u;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let b = gid.x;
-  if (b >= ${B}u) { return; }
-  y[b] = ids[b * ${T}u + u.x];
-}`,
-      workgroups: [Math.ceil(B / WG), 1, 1],
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }, {
-        kind: "uniform",
-        data: new Uint32Array([t, 0, 0, 0]),
-      }],
-    }];
-  },
-});
-
-/** Column t of an id buffer: i32 (B, T) -> (B). */
-export const idsColumn = (ids: Tensor, t: number): Tensor => apply1(idsColumnKernel, { t }, [ids]);
+/** Column t of an id buffer: i32 (B, T) -> (B) (the `column` kernel, with the id buffer's own check). */
+export const idsColumn = (ids: Tensor, t: number): Tensor => {
+  if (ids.shape.length !== 2 || ids.dtype !== "i32" || !(Number.isInteger(t) && t >= 0 && t < ids.shape[1])) {
+    throw new ShapeError({
+      op: "idsColumn",
+      message: `idsColumn: need i32 ids (B, T) and 0 <= t < T; got ${
+        showShape(ids.shape)
+      } (${ids.dtype}), t = ${t}`,
+    });
+  }
+  return column(ids, t);
+};
 
 // ---- decodeAttention ----------------------------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ export const computePasses = (steps: readonly GpuStep[]): GpuPass[] =>
 export interface GpuTarget {
   /** True on software adapters (llvmpipe, lavapipe, SwiftShader): register-blocked kernels win there. */
   readonly software: boolean;
+  /** Invocations one SIMD vector of a software adapter runs together (llvmpipe: its vector width / 32). */
+  readonly lanes?: number;
   readonly maxWorkgroupsPerDimension: number;
   readonly maxWorkgroupStorageSize: number;
   readonly maxInvocationsPerWorkgroup: number;

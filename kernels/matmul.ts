@@ -6,6 +6,7 @@ import { defineKernel, type GpuStep, type Kernel, type TensorSpec } from "./kern
 import {
   BUFFER_TILE,
   bufferPass,
+  laneTile,
   type MatmulGeom,
   SOFT_TILE,
   type SoftTile,
@@ -36,7 +37,10 @@ export interface MatmulParams {
   readonly transB: boolean;
   /** Force a GPU lowering (tests, benchmarks); chosen by the adapter when absent. */
   readonly variant?: MatmulVariant;
-  /** Register block of the software variants (tuning); `SOFT_TILE` (texture), `BUFFER_TILE` when absent. */
+  /**
+   * Register block of the software variants (tuning), used as given; when absent, `BUFFER_TILE` for the
+   * buffer variant and for the texture variant `SOFT_TILE` fitted to the adapter's SIMD lanes (`laneTile`).
+   */
   readonly tile?: SoftTile;
 }
 
@@ -137,17 +141,20 @@ const geometry = (p: MatmulParams, pl: Plan): MatmulGeom => {
   return { ...base, M: pl.M, batch: size(pl.batch), aCount: pl.aCount, aIndex: pl.aIndex };
 };
 
+/** The texture variant's tile: `p.tile` as given, else SOFT_TILE fitted to the adapter's lanes (`laneTile`). */
+const textureTile = (p: MatmulParams, g: MatmulGeom, target: { readonly lanes?: number }): SoftTile =>
+  p.tile ?? laneTile(g, SOFT_TILE, target.lanes);
+
 /** The variant `gpu` uses for these params on this target (a forced texture falls back to buffer if too big). */
 export const matmulVariant = (
   p: MatmulParams,
   a: TensorSpec,
   b: TensorSpec,
-  target: { readonly software: boolean },
+  target: { readonly software: boolean; readonly lanes?: number },
 ): MatmulVariant => {
   const g = geometry(p, plan(p, a, b));
-  const tile = p.tile ?? SOFT_TILE;
   const v = p.variant ?? (target.software ? "texture" : "tiled");
-  return v === "texture" && !texturesFit(g, tile) ? "buffer" : v;
+  return v === "texture" && !texturesFit(g, textureTile(p, g, target)) ? "buffer" : v;
 };
 
 /** C = op(A) @ op(B) over broadcast batches, op = identity or transpose of the last two axes. */
@@ -194,11 +201,10 @@ export const matmulKernel: Kernel<MatmulParams> = defineKernel<MatmulParams>({
           `matmul: ${g.batch} batch matrices exceed the ${target.maxWorkgroupsPerDimension} dispatch limit`,
       });
     }
-    const tile = p.tile ?? SOFT_TILE;
     const v = matmulVariant(p, a, b, target);
     switch (v) {
       case "texture":
-        return texturePasses(g, tile);
+        return texturePasses(g, textureTile(p, g, target));
       case "buffer":
         return [bufferPass(g, p.tile ?? BUFFER_TILE)];
       case "tiled":

@@ -17,6 +17,7 @@ import { defineKernel } from "../kernels/kernel.ts";
 import { permute, transpose } from "../kernels/layout.ts";
 import { apply1 } from "../kernels/run.ts";
 import { openGpu } from "../kernels/gpu/device.ts";
+import { llvmpipeEnv } from "../kernels/gpu/llvmpipe.ts";
 import { reshape, type Tensor, tensor, tidy } from "../kernels/tensor.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
 
@@ -219,4 +220,36 @@ Deno.test("gradients flow through reshape and permute (finite differences, f64)"
     }),
     { numRuns: 30 },
   );
+});
+
+Deno.test("llvmpipe settings: 512-bit vectors on AVX-512 unless set; a shader cache per width; nothing else", () => {
+  const env = (vars: Record<string, string>) => (k: string) => vars[k];
+  const show = (o: Record<string, string>) => JSON.stringify(o);
+  const cases: [Record<string, string>, string[] | undefined, Record<string, string>][] = [
+    [{ HOME: "/h" }, ["sse2", "avx512f"], {
+      LP_NATIVE_VECTOR_WIDTH: "512",
+      MESA_SHADER_CACHE_DIR: "/h/.cache/mesa_shader_cache_lp512",
+    }],
+    [{ HOME: "/h", XDG_CACHE_HOME: "/c" }, ["avx512f"], {
+      LP_NATIVE_VECTOR_WIDTH: "512",
+      MESA_SHADER_CACHE_DIR: "/c/mesa_shader_cache_lp512",
+    }],
+    // the user's width is kept (its cache still gets its own directory)
+    [{ HOME: "/h", LP_NATIVE_VECTOR_WIDTH: "256" }, ["avx512f"], {
+      MESA_SHADER_CACHE_DIR: "/h/.cache/mesa_shader_cache_lp256",
+    }],
+    // the user's cache directory is kept
+    [{ HOME: "/h", MESA_SHADER_CACHE_DIR: "/x" }, ["avx512f"], { LP_NATIVE_VECTOR_WIDTH: "512" }],
+    // no AVX-512 (or no /proc/cpuinfo): Mesa's defaults, untouched
+    [{ HOME: "/h" }, ["sse2", "avx2"], {}],
+    [{ HOME: "/h" }, undefined, {}],
+    // nowhere to put a cache
+    [{}, ["avx512f"], { LP_NATIVE_VECTOR_WIDTH: "512" }],
+  ];
+  for (const [vars, flags, want] of cases) {
+    const got = llvmpipeEnv(env(vars), flags);
+    if (show(got) !== show(want)) {
+      throw new Error(`${show(vars)} ${flags}: ${show(got)}, expected ${show(want)}`);
+    }
+  }
 });

@@ -6,7 +6,17 @@ import type { Backend } from "../kernels/backend.ts";
 import type { GpuBackend } from "../kernels/gpu/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 
-import { matmul, matmulKernel, type MatmulVariant, matmulVariant } from "../kernels/matmul.ts";
+import { computePasses, type GpuPass, type GpuStep } from "../kernels/kernel.ts";
+import {
+  BUFFER_TILE,
+  matmul,
+  matmulKernel,
+  type MatmulVariant,
+  matmulVariant,
+  SOFT_TILE,
+  type SoftTile,
+} from "../kernels/matmul.ts";
+import { laneTile, type MatmulGeom } from "../kernels/matmul_wgsl.ts";
 import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
@@ -60,19 +70,19 @@ const problemOf = (
 });
 
 /** The GPU steps of the texture variant for problem `p` on `g`. */
-const textureSteps = (g: GpuBackend, p: Problem) =>
+const textureSteps = (g: GpuBackend, p: Problem, tile?: SoftTile) =>
   matmulKernel.gpu(
-    { transA: p.transA, transB: p.transB, variant: "texture" },
+    { transA: p.transA, transB: p.transB, variant: "texture", tile },
     [{ shape: p.sa, dtype: "f32" }, { shape: p.sb, dtype: "f32" }],
     g.target,
   );
 
-const runMatmul = (b: Backend, p: Problem, seed: number, variant?: MatmulVariant) =>
+const runMatmul = (b: Backend, p: Problem, seed: number, variant?: MatmulVariant, tile?: SoftTile) =>
   tidy(() =>
     matmul(
       tensor(b, randomData(size(p.sa), seed), p.sa),
       tensor(b, randomData(size(p.sb), seed + 1), p.sb),
-      { transA: p.transA, transB: p.transB, variant },
+      { transA: p.transA, transB: p.transB, variant, tile },
     ).data()
   );
 
@@ -101,6 +111,92 @@ const variantProperty = (variant: MatmulVariant) =>
   );
 
 variantProperty("texture");
+
+/** The product passes of a matmul's steps. */
+const products = (steps: readonly GpuStep[]): GpuPass[] =>
+  computePasses(steps).filter((st) => st.label === "matmul.texture" || st.label === "matmul.buffer");
+
+/** Whether a product pass spreads the workgroup's x (llvmpipe's SIMD lanes) over row blocks. */
+const rowLanes = (st: GpuPass): boolean => st.wgsl.includes("let m0 = gid.x *");
+
+gpuTest(
+  "matmul texture and buffer with lanes along row blocks and along column blocks: all equal the CPU",
+  async (g) => {
+    await fc.assert(
+      fc.asyncProperty(
+        problem(70),
+        fc.nat(),
+        fc.constantFrom<MatmulVariant>("texture", "buffer"),
+        fc.constantFrom<"rows" | "columns">("rows", "columns"),
+        async (p, seed, variant, lanes) => {
+          const tile = { ...(variant === "texture" ? SOFT_TILE : BUFFER_TILE), lanes };
+          const steps = matmulKernel.gpu(
+            { transA: p.transA, transB: p.transB, variant, tile },
+            [{ shape: p.sa, dtype: "f32" }, { shape: p.sb, dtype: "f32" }],
+            g.target,
+          );
+          if (!products(steps).every((st) => rowLanes(st) === (lanes === "rows"))) {
+            throw new Error(`${variant}: expected lanes along ${lanes}`);
+          }
+          assertClose(
+            await runMatmul(g, p, seed, variant, tile),
+            await runMatmul(cpu32, p, seed),
+            tolFor(p.K),
+            `${variant} lanes=${lanes} ${p.sa} x ${p.sb} tA=${p.transA} tB=${p.transB}`,
+          );
+        },
+      ),
+      { numRuns: GPU_RUNS },
+    );
+  },
+);
+
+Deno.test("matmul: laneTile fits the block to 16-lane vectors (fullest vectors win), keeps it at 8 lanes", () => {
+  const geom = (M: number, N: number): MatmulGeom => ({
+    M,
+    N,
+    K: 64,
+    transA: false,
+    transB: false,
+    batch: 1,
+    aCount: 1,
+    bCount: 1,
+    aIndex: "0u",
+    bIndex: "0u",
+  });
+  const show = (t: SoftTile) => `${t.TM}x${t.TN} ${t.lanes ?? "columns"}`;
+  const cases: [number, number, number | undefined, string][] = [
+    [1024, 1024, 16, "16x16 columns"], // a vector of 16 lanes x 16 columns (256) fills: as it is
+    [4096, 512, 16, "16x16 columns"],
+    [1024, 384, 16, "16x8 columns"], // 384 of 512 columns; 16 x 8 = 128 divides 384
+    [1024, 128, 16, "16x8 columns"],
+    [1024, 64, 16, "16x16 rows"], // 64 columns fill half of 128; 1024 rows fill every vector
+    [8, 384, 16, "16x8 columns"], // decode
+    [1024, 128, 8, "16x16 columns"], // 8 lanes: SOFT_TILE as it is
+    [1024, 128, undefined, "16x16 columns"], // not llvmpipe
+  ];
+  for (const [M, N, lanes, want] of cases) {
+    const got = show(laneTile(geom(M, N), SOFT_TILE, lanes));
+    if (got !== want) throw new Error(`laneTile ${M}x${N} at ${lanes} lanes: ${got}, expected ${want}`);
+  }
+  // The choice reaches the product pass on a 16-lane target; a given tile is used as it is.
+  const target = {
+    software: true,
+    lanes: 16,
+    maxWorkgroupsPerDimension: 65535,
+    maxWorkgroupStorageSize: 16384,
+    maxInvocationsPerWorkgroup: 256,
+  };
+  const pass = (sb: number[], tile?: SoftTile) =>
+    products(matmulKernel.gpu({ transA: false, transB: false, tile }, [{ shape: [1024, 64], dtype: "f32" }, {
+      shape: sb,
+      dtype: "f32",
+    }], target))[0];
+  if (!rowLanes(pass([64, 64])) || rowLanes(pass([64, 1024])) || rowLanes(pass([64, 64], SOFT_TILE))) {
+    throw new Error("laneTile not applied as documented");
+  }
+  if (!pass([64, 128]).wgsl.includes("let n0 = gid.x * 8u;")) throw new Error("expected 8-column blocks");
+});
 
 gpuTest(
   "matmul texture: operands copied into textures by the driver (rows of 64k floats) equal the CPU, stale textures never leak",
@@ -262,38 +358,39 @@ gpuTest(
       { ba: [3], M: 4, K: 3000, bb: [3], N: 6 }, // k with 3 B slots of at most 2728
       { ba: [2, 1], M: 4100, K: 3, bb: [3], N: 5 }, // rows with a broadcast batch (M folded to 8200 before)
     ];
-    // Every case with every transpose (a random sample missed the copy offsets).
+    // Every case with every transpose (a random sample missed the copy offsets), lanes along column blocks;
+    // and with lanes along row blocks for no transpose and both.
+    const runs = [
+      [false, false, "columns"],
+      [true, false, "columns"],
+      [false, true, "columns"],
+      [true, true, "columns"],
+      [false, false, "rows"],
+      [true, true, "rows"],
+    ] as const;
     for (const [i, c] of cases.entries()) {
-      for (
-        const [transA, transB, seed] of [[false, false, 4 * i], [true, false, 4 * i + 1], [
-          false,
-          true,
-          4 * i + 2,
-        ], [true, true, 4 * i + 3]] as const
-      ) {
+      for (const [r, [transA, transB, lanes]] of runs.entries()) {
+        const seed = 6 * i + r;
         const p = problemOf(c.ba, c.bb, [c.M, c.K, c.N], transA, transB);
         const spec = (s: number[]) => ({ shape: s, dtype: "f32" as const });
-        const params = { transA, transB, variant: "texture" as const };
+        const tile = { ...SOFT_TILE, lanes };
+        const what = `${p.sa} x ${p.sb} tA=${transA} tB=${transB} lanes=${lanes}`;
+        const params = { transA, transB, variant: "texture" as const, tile };
         if (matmulVariant(params, spec(p.sa), spec(p.sb), g.target) !== "texture") {
-          throw new Error(`expected the texture path for ${p.sa} x ${p.sb}`);
+          throw new Error(`expected the texture path for ${what}`);
         }
-        const products = textureSteps(g, p).filter((st) =>
-          "wgsl" in st && st.label === "matmul.texture"
-        ).length;
-        if (products < 2) throw new Error(`expected several windows for ${p.sa} x ${p.sb}, got ${products}`);
+        const ps = products(textureSteps(g, p, tile));
+        if (ps.length < 2) throw new Error(`expected several windows for ${what}, got ${ps.length}`);
+        if (!ps.every((st) => rowLanes(st) === (lanes === "rows"))) throw new Error(`lanes of ${what}`);
         const run = (b: Backend) =>
           tidy(() =>
             matmul(
               tensor(b, intData(size(p.sa), seed), p.sa),
               tensor(b, intData(size(p.sb), seed + 1), p.sb),
-              {
-                transA,
-                transB,
-                variant: b === g ? "texture" : undefined,
-              },
+              b === g ? { transA, transB, variant: "texture", tile } : { transA, transB },
             ).data()
           );
-        assertClose(await run(g), await run(cpu32), { atol: 0, rtol: 0 }, `windows ${p.sa} x ${p.sb}`);
+        assertClose(await run(g), await run(cpu32), { atol: 0, rtol: 0 }, `windows ${what}`);
       }
     }
   },

@@ -105,8 +105,11 @@ export class GpuBackend implements Backend {
       maxBufferSize,
       paramSegmentBytes: Math.min(opts.limits?.paramSegmentBytes ?? DEFAULT_SEGMENT_BYTES, maxBufferSize),
     };
+    // llvmpipe and lavapipe name their vector width: "llvmpipe (LLVM 15.0.6, 256 bits)".
+    const bits = /(\d+) bits\)/.exec(adapterInfo.description)?.[1];
     this.target = {
       software,
+      lanes: software && bits ? Number(bits) / 32 : undefined,
       maxWorkgroupsPerDimension: device.limits.maxComputeWorkgroupsPerDimension,
       maxWorkgroupStorageSize: device.limits.maxComputeWorkgroupStorageSize,
       maxInvocationsPerWorkgroup: device.limits.maxComputeInvocationsPerWorkgroup,

@@ -2,6 +2,7 @@
 import { Context, Effect, Layer } from "effect";
 import { NoAdapterError } from "../../core/errors.ts";
 import { GpuBackend, type GpuBackendOptions } from "./backend.ts";
+import { applyLlvmpipeEnv } from "./llvmpipe.ts";
 
 /** How to pick an adapter. `BUPO_ADAPTER=low-power|high-performance|fallback` sets it from the environment. */
 export interface AdapterOptions extends GpuBackendOptions {
@@ -44,6 +45,7 @@ export const adapterOptionsFromEnv = (): AdapterOptions => {
 export const openGpu = (opts: AdapterOptions = {}): Effect.Effect<GpuBackend, NoAdapterError> =>
   Effect.gen(function* () {
     const gpu = "gpu" in opts ? opts.gpu : (globalThis.navigator as Navigator | undefined)?.gpu;
+    if (!("gpu" in opts)) applyLlvmpipeEnv();
     if (!gpu) return yield* new NoAdapterError({ message: `navigator.gpu is undefined. ${NO_ADAPTER_HELP}` });
     const adapter = yield* Effect.tryPromise({
       try: () =>

@@ -26,6 +26,8 @@ const run = async (gpu: GpuBackend, B: number, T: number, iters: number) => {
     r.loss.dispose();
     r.grads.forEach((g) => g.dispose());
   };
+  // Two warm-up steps: the second still compiled shader variants in some runs.
+  step();
   step();
   await gpu.sync();
   const t0 = performance.now();
@@ -44,7 +46,7 @@ export async function benchTrainStep(gpu: GpuBackend): Promise<string> {
     "| --- | ---: | ---: |",
   ];
   for (const [B, T] of [[4, 64], [8, 128]]) {
-    const ms = await run(gpu, B, T, 3);
+    const ms = await run(gpu, B, T, 5);
     lines.push(`| ${B} x ${T} | ${ms.toFixed(1)} | ${(B * T / ms * 1000).toFixed(0)} |`);
   }
   console.log(lines.join("\n"));

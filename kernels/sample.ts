@@ -7,7 +7,9 @@ import { apply1 } from "./run.ts";
 import type { Tensor } from "./tensor.ts";
 import { PHILOX_WGSL } from "./philox_wgsl.ts";
 
-const WG = 256;
+/** Largest workgroup (one per row); rows of fewer tokens take the smallest power of two >= V, at least 16. */
+const WG_MAX = 256;
+const WG_MIN = 16;
 /**
  * Elements per invocation per iteration of the strided loops over a row (unrolled in the text). llvmpipe cuts
  * an invocation's loops short past 65,535 iterations in total (LOOP_BUDGET, kernels/wgsl.ts); with top-k and
@@ -20,7 +22,7 @@ const UNROLL = 4;
  * WGSL of a loop over this invocation's strided elements i = lid + WG k of the row (i < V), running `body`
  * (which reads `i`) UNROLL elements per iteration, in increasing i per invocation.
  */
-const strided = (body: string): string =>
+const strided = (WG: number, body: string): string =>
   `for (var i0 = lid; i0 < V; i0 += ${WG * UNROLL}u) {
 ${
     Array.from({ length: UNROLL }, (_, k) =>
@@ -29,6 +31,14 @@ ${
         : `    { let i = i0 + ${WG * k}u; if (i < V) { ${body.trim()} } }`).join("\n")
   }
   }`;
+
+/**
+ * The workgroup size for rows of V tokens: the smallest power of two >= V within [WG_MIN, WG_MAX]. A small
+ * vocabulary in a 256-wide workgroup left most invocations idle through every barrier: with V = 19 (the
+ * shipped arithmetic model) sampling was ~55% of the GPU time of a rollout.
+ */
+export const sampleWorkgroup = (V: number): number =>
+  Math.min(WG_MAX, Math.max(WG_MIN, 2 ** Math.ceil(Math.log2(Math.max(1, V)))));
 
 /**
  * Sampling settings. The semantics, identical on every backend (up to f32 rounding of the masses):
@@ -147,8 +157,9 @@ const checkParams = (p: SampleParams): void => {
   if (!Number.isSafeInteger(p.seed) || p.seed < 0) fail(`seed ${p.seed} must be an integer in [0, 2^53)`);
 };
 
-/** One shader for every shape: N, V and the grid width travel in the uniform with the settings. */
-const SAMPLING_WGSL = `@group(0) @binding(0) var<storage, read> logits: array<f32>;
+/** The shader for workgroups of WG: N, V and the grid width travel in the uniform with the settings. */
+const samplingWgsl = (WG: number): string =>
+  `@group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> seqs: array<i32>;
 @group(0) @binding(2) var<storage, read> poss: array<i32>;
 @group(0) @binding(3) var<storage, read_write> ids: array<i32>;
@@ -243,11 +254,11 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
 
   // The largest key; greedy decoding is its lowest id.
   var mk = 0u;
-  ${strided(`mk = max(mk, okey(logits[base + i]));`)}
+  ${strided(WG, `mk = max(mk, okey(logits[base + i]));`)}
   let kmax = redU(lid, mk, 1u);
   if (prm.temp == 0.0) {
     var best = 0xffffffffu;
-    ${strided(`      if (okey(logits[base + i]) == kmax) { best = min(best, i); }`)}
+    ${strided(WG, `      if (okey(logits[base + i]) == kmax) { best = min(best, i); }`)}
     let b = redU(lid, best, 2u);
     if (lid == 0u) { ids[row] = i32(b); }
     return;
@@ -264,11 +275,11 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
     for (var j = 0u; j < 32u; j++) {
       let cand = t | (0x80000000u >> j);
       var c = 0u;
-      ${strided(`c += select(0u, 1u, okey(logits[base + i]) >= cand);`)}
+      ${strided(WG, `c += select(0u, 1u, okey(logits[base + i]) >= cand);`)}
       if (redU(lid, c, 0u) >= prm.topK) { t = cand; }
     }
     var c = 0u;
-    ${strided(`c += select(0u, 1u, okey(logits[base + i]) > t);`)}
+    ${strided(WG, `c += select(0u, 1u, okey(logits[base + i]) > t);`)}
     th = t;
     ties = prm.topK - redU(lid, c, 0u);
   }
@@ -277,9 +288,12 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
   if (prm.topP < 1.0) {
     var sg = 0.0;
     ${
-  strided(`      let x = logits[base + i];
-      if (okey(x) > th || !kOn) { sg += mass(x, xmax); }`)
-}
+    strided(
+      WG,
+      `      let x = logits[base + i];
+      if (okey(x) > th || !kOn) { sg += mass(x, xmax); }`,
+    )
+  }
     var S = sumF(lid, sg);
     if (kOn) { S += f32(ties) * mass(unkey(th), xmax); }
     let PS = prm.topP * S;
@@ -291,20 +305,26 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
       } else {
         var s = 0.0;
         ${
-  strided(`          let x = logits[base + i];
-          if (okey(x) >= cand) { s += mass(x, xmax); }`)
-}
+    strided(
+      WG,
+      `          let x = logits[base + i];
+          if (okey(x) >= cand) { s += mass(x, xmax); }`,
+    )
+  }
         if (sumF(lid, s) >= PS) { t = cand; }
       }
     }
     var sgt = 0.0;
     var nt = 0u;
     ${
-  strided(`      let x = logits[base + i];
+    strided(
+      WG,
+      `      let x = logits[base + i];
       let k = okey(x);
       if (k > t) { sgt += mass(x, xmax); }
-      nt += select(0u, 1u, k == t);`)
-}
+      nt += select(0u, 1u, k == t);`,
+    )
+  }
     let mgt = sumF(lid, sgt);
     var ntie = redU(lid, nt, 0u);
     if (kOn && t == th) { ntie = min(ntie, ties); }
@@ -357,6 +377,9 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
   if (lid == 0u) { ids[row] = i32(select(fallback, first, first != 0xffffffffu)); }
 }`;
 
+/** The shader text per workgroup size (built once). */
+const SHADERS = new Map<number, string>();
+
 /** Draw one token id per row of logits [N, V] (see SampleOptions for the exact semantics). */
 export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
   name: "sample",
@@ -403,9 +426,12 @@ export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
     u[6] = V;
     u[7] = N;
     u[8] = gx;
+    const WG = sampleWorkgroup(V);
     u[9] = Math.ceil(V / WG);
+    let wgsl = SHADERS.get(WG);
+    if (!wgsl) SHADERS.set(WG, wgsl = samplingWgsl(WG));
     return [{
-      wgsl: SAMPLING_WGSL,
+      wgsl,
       workgroups: [N === 0 ? 0 : gx, gy, 1],
       bindings: [
         { kind: "input", index: 0 },

@@ -3,7 +3,14 @@ import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { rngUniform, splitmix32 } from "../core/rng.ts";
 import type { Backend } from "../kernels/backend.ts";
-import { pickToken, rowDistribution, sample, type SampleOptions } from "../kernels/sample.ts";
+import {
+  pickToken,
+  rowDistribution,
+  sample,
+  sampleKernel,
+  type SampleOptions,
+  sampleWorkgroup,
+} from "../kernels/sample.ts";
 import { tensor, tidy } from "../kernels/tensor.ts";
 import { awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest } from "./util.ts";
 
@@ -287,4 +294,39 @@ Deno.test("sample: bad shapes and settings throw ShapeError naming the op and th
     () => sample(l, { temperature: 1, topK: 1.5, key, sequences: s2, positions: s2 }),
     /sample: topK 1.5/,
   );
+});
+
+Deno.test("sample: the workgroup is the smallest power of two >= V, within [16, 256]", () => {
+  const cases: [number, number][] = [
+    [1, 16],
+    [12, 16],
+    [16, 16],
+    [17, 32],
+    [19, 32],
+    [200, 256],
+    [256, 256],
+    [
+      257,
+      256,
+    ],
+    [151936, 256],
+  ];
+  for (const [V, want] of cases) {
+    const got = sampleWorkgroup(V);
+    if (got !== want) throw new Error(`sampleWorkgroup(${V}) = ${got}, expected ${want}`);
+    const steps = sampleKernel.gpu(
+      { temperature: 1, topK: 0, topP: 1, seed: 1, step: 0 },
+      [{ shape: [2, V], dtype: "f32" }, { shape: [2], dtype: "i32" }, { shape: [2], dtype: "i32" }],
+      {
+        software: true,
+        maxWorkgroupsPerDimension: 65535,
+        maxWorkgroupStorageSize: 16384,
+        maxInvocationsPerWorkgroup: 256,
+      },
+    );
+    const pass = steps[0];
+    if (!("wgsl" in pass) || !pass.wgsl.includes(`@workgroup_size(${want})`)) {
+      throw new Error(`V = ${V}: expected @workgroup_size(${want})`);
+    }
+  }
 });

@@ -29,7 +29,7 @@ export interface SoftTile {
   /**
    * What the workgroup's x axis walks: column blocks (absent, the default) or row blocks. llvmpipe runs
    * consecutive x of a workgroup together in one SIMD vector, so this is the axis its lanes spread over (see
-   * `rowLanesPay`).
+   * `laneTile`).
    */
   readonly lanes?: "columns" | "rows";
 }
@@ -154,7 +154,7 @@ const blockGrid = (
  * that order). At 8 lanes `t` is kept: the narrower and row-wise tiles measured no better there.
  * Measured at 16 lanes (product pass alone, GL, shader cache off; GFLOP/s for 16x16 / 16x8 / 16x16 rows):
  * 1024x384 @ 384x128 23 / 29 / 34, 4096x128 @ 128x384 36 / 37 / -, 4096x512 @ 512x512 59 / 49 / -, 1024^3
- * 78 / 70 / 56; over the 15 product shapes of the d = 128 training step (through the library, packs
+ * 78 / 70 / -; over the 15 product shapes of the d = 128 training step (through the library, packs
  * included): 349 ms (16x16) / 258 (16x8) / 331 (rows) / 251 (the best of each), against 246-286 at 8 lanes.
  */
 export const laneTile = (g: MatmulGeom, t: SoftTile, lanes: number | undefined): SoftTile => {

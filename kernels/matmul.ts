@@ -3,15 +3,13 @@ import { ShapeError } from "../core/errors.ts";
 import { type Shape, showShape, size, strides } from "../core/shape.ts";
 import { sumTo } from "./elementwise.ts";
 import { defineKernel, type GpuStep, type Kernel, type TensorSpec } from "./kernel.ts";
+import { laneTile, texturePasses, texturesFit } from "./matmul_texture.ts";
 import {
   BUFFER_TILE,
   bufferPass,
-  laneTile,
   type MatmulGeom,
   SOFT_TILE,
   type SoftTile,
-  texturePasses,
-  texturesFit,
   tiledPass,
   zeroPass,
 } from "./matmul_wgsl.ts";

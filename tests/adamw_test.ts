@@ -6,7 +6,7 @@ import type { Backend } from "../kernels/backend.ts";
 import { computePasses } from "../kernels/kernel.ts";
 
 import { type Tensor, tensor } from "../kernels/tensor.ts";
-import { assertClose, cpu32, gpu, gpuTest, hwGpu, randomData } from "./util.ts";
+import { assertClose, cpu32, gpu, gpuTest, hwGpu, randomData, softwareTarget } from "./util.ts";
 
 const SIZES = [1, 63, 64, 65, 1000, 100003];
 
@@ -207,13 +207,7 @@ gpuTest(
 );
 
 Deno.test("adamw: the shader text does not depend on lr, step or clipping (no recompiles)", () => {
-  const target = gpu?.target ??
-    {
-      software: true,
-      maxWorkgroupsPerDimension: 65535,
-      maxWorkgroupStorageSize: 16384,
-      maxInvocationsPerWorkgroup: 256,
-    };
+  const target = gpu?.target ?? softwareTarget();
   const spec = { shape: [1000], dtype: "f32" as const };
   const text = (h: AdamWHyper) =>
     computePasses(adamwKernel.gpu(h, [spec, spec, spec, spec], target)).map((p) => p.wgsl).join();

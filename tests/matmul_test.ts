@@ -16,10 +16,21 @@ import {
   SOFT_TILE,
   type SoftTile,
 } from "../kernels/matmul.ts";
-import { laneTile, type MatmulGeom } from "../kernels/matmul_wgsl.ts";
+import { laneTile } from "../kernels/matmul_texture.ts";
+import type { MatmulGeom } from "../kernels/matmul_wgsl.ts";
 import { Tape } from "../kernels/tape.ts";
 import { type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
+import {
+  assertClose,
+  awkwardDim,
+  cpu32,
+  cpu64,
+  GPU_RUNS,
+  gpuTest,
+  hwGpu,
+  randomData,
+  softwareTarget,
+} from "./util.ts";
 
 interface Problem {
   readonly sa: number[];
@@ -180,13 +191,7 @@ Deno.test("matmul: laneTile fits the block to 16-lane vectors (fullest vectors w
     if (got !== want) throw new Error(`laneTile ${M}x${N} at ${lanes} lanes: ${got}, expected ${want}`);
   }
   // The choice reaches the product pass on a 16-lane target; a given tile is used as it is.
-  const target = {
-    software: true,
-    lanes: 16,
-    maxWorkgroupsPerDimension: 65535,
-    maxWorkgroupStorageSize: 16384,
-    maxInvocationsPerWorkgroup: 256,
-  };
+  const target = softwareTarget(16);
   const pass = (sb: number[], tile?: SoftTile) =>
     products(matmulKernel.gpu({ transA: false, transB: false, tile }, [{ shape: [1024, 64], dtype: "f32" }, {
       shape: sb,

@@ -12,7 +12,7 @@ import {
   sampleWorkgroup,
 } from "../kernels/sample.ts";
 import { tensor, tidy } from "../kernels/tensor.ts";
-import { awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest } from "./util.ts";
+import { awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, softwareTarget } from "./util.ts";
 
 type Opts = Omit<SampleOptions, "sequences" | "positions">;
 
@@ -317,12 +317,7 @@ Deno.test("sample: the workgroup is the smallest power of two >= V, within [16, 
     const steps = sampleKernel.gpu(
       { temperature: 1, topK: 0, topP: 1, seed: 1, step: 0 },
       [{ shape: [2, V], dtype: "f32" }, { shape: [2], dtype: "i32" }, { shape: [2], dtype: "i32" }],
-      {
-        software: true,
-        maxWorkgroupsPerDimension: 65535,
-        maxWorkgroupStorageSize: 16384,
-        maxInvocationsPerWorkgroup: 256,
-      },
+      softwareTarget(),
     );
     const pass = steps[0];
     if (!("wgsl" in pass) || !pass.wgsl.includes(`@workgroup_size(${want})`)) {

@@ -5,6 +5,7 @@ import { ShapeError } from "../core/errors.ts";
 import type { Backend } from "../kernels/backend.ts";
 import { CpuBackend } from "../kernels/cpu.ts";
 import type { GpuBackend } from "../kernels/gpu/backend.ts";
+import type { GpuTarget } from "../kernels/kernel.ts";
 import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
 
 const ci = (() => {
@@ -47,6 +48,15 @@ globalThis.addEventListener("unload", () => {
 /** Deno.test options for a GPU test: ignored only when there is no adapter outside CI. */
 export const gpuTest = (name: string, fn: (g: GpuBackend) => Promise<void>): void =>
   Deno.test({ name, ignore: gpu === null, sanitizeResources: false, sanitizeOps: false, fn: () => fn(gpu!) });
+
+/** A software target with WebGPU's default limits, for tests that only generate shader text. */
+export const softwareTarget = (lanes?: number): GpuTarget => ({
+  software: true,
+  lanes,
+  maxWorkgroupsPerDimension: 65535,
+  maxWorkgroupStorageSize: 16384,
+  maxInvocationsPerWorkgroup: 256,
+});
 
 export const cpu64 = new CpuBackend("f64");
 export const cpu32 = new CpuBackend("f32");

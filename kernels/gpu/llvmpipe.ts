@@ -5,8 +5,8 @@
  * - LP_NATIVE_VECTOR_WIDTH: llvmpipe compiles every shader for SIMD vectors of this many bits (default 256:
  *   8 f32 lanes, so 8 invocations run together). On a CPU with AVX-512 bupo asks for 512 (16 lanes) unless the
  *   variable is already set. Measured on this project's 2-core Zen 5 machines (GL, shader cache off): the
- *   texture matmul product ran 74-79 GFLOP/s at 1024^3 against 48-61 at 256 bits; the kernels whose products
- *   are narrow run swapped so 16 lanes stay full (see `swapPays`). Set LP_NATIVE_VECTOR_WIDTH=256 to keep
+ *   texture matmul product ran 74-79 GFLOP/s at 1024^3 against 48-61 at 256 bits; narrow products take
+ *   blocks fitted to 16 lanes (see `laneTile`). Set LP_NATIVE_VECTOR_WIDTH=256 to keep
  *   Mesa's default.
  * - MESA_SHADER_CACHE_DIR: Mesa 22.3's on-disk shader cache does not key compiled shaders on the vector width,
  *   so a process at one width would run shaders compiled at the other (and measure the wrong thing). When the

@@ -6,7 +6,7 @@ import { parseArgs } from "node:util";
 import { Cause, Effect, Exit } from "effect";
 import { readJson, writeAtomic } from "./io/files.ts";
 import { lineChart, panels } from "./io/svg.ts";
-import { Gpu, GpuLive } from "./kernels/gpu/device.ts";
+import { Gpu, GpuLive } from "./engine/gpu/device.ts";
 import { decodeConfigJson, resolveConfig, type TrainConfig } from "./training/config.ts";
 import { runTraining } from "./training/run.ts";
 import type { StepMetrics } from "./training/rl.ts";

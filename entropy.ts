@@ -5,7 +5,7 @@ import { ConfigError, FileFormatError } from "./core/errors.ts";
 import { exists, readBytes, writeAtomic } from "./io/files.ts";
 import { progress } from "./io/progress.ts";
 import { barChart, type Chart, lineChart, panels } from "./io/svg.ts";
-import { Gpu, GpuLive } from "./kernels/gpu/device.ts";
+import { Gpu, GpuLive } from "./engine/gpu/device.ts";
 import {
   type EntropyBatch,
   type EntropyFlow,
@@ -16,9 +16,9 @@ import {
 } from "./policies/analysis.ts";
 import type { DecoderConfig } from "./policies/config.ts";
 import { generate } from "./policies/generate.ts";
-import { type HostModel, readModelDir, toParams } from "./policies/hf.ts";
+import { type HostModel, readModelDir, toParams } from "./formats/hf.ts";
 import type { ReadoutNorm } from "./policies/internal.ts";
-import { readTokenizerDir } from "./policies/tokenizer.ts";
+import { readTokenizerDir } from "./formats/tokenizer.ts";
 
 /** The model used when --model is not given (created by the embedded-task training). */
 export const DEFAULT_MODEL = "models/tiny-arith";

@@ -1,10 +1,10 @@
 /** `deno task grad`: the loss of an objective on a batch and the gradient of every parameter, as safetensors. */
 import { Effect } from "effect";
-import { CpuBackend } from "./kernels/cpu.ts";
-import type { Backend } from "./kernels/backend.ts";
-import { adapterOptionsFromEnv, openGpu } from "./kernels/gpu/device.ts";
+import { CpuBackend } from "./engine/cpu.ts";
+import type { Backend } from "./engine/backend.ts";
+import { adapterOptionsFromEnv, openGpu } from "./engine/gpu/device.ts";
 import { decodeObjective } from "./objectives/codec.ts";
-import { gradients, type GradientsBatch, normTable, writeGradients } from "./objectives/grad.ts";
+import { gradients, type GradientsBatch, normTable, writeGradients } from "./training/grad.ts";
 import { bupo, grpo, type Objective, show } from "./objectives/objective.ts";
 import { final, layer } from "./policies/internal.ts";
 

@@ -1,3 +1,5 @@
+export { createOptimizer, disposeOptimizer, loadMoments, momentsToHost } from "./training/optimizer.ts";
+export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
 /**
  * bupo: internal policies of language models, their entropy, and RL objectives over them, on WebGPU.
  * The public API; everything else is internal. Layers are 0-based everywhere (the paper's layer i is i-1).
@@ -11,14 +13,14 @@ export { type AdamWConfig, adamwHyper, adamwReference, clipScale, globalNorm } f
 export { parseSafetensors, serializeSafetensors, toF32, toI32 } from "./core/safetensors.ts";
 
 // engine: tensors, backends, autodiff, ops
-export type { Backend, MemoryStats } from "./kernels/backend.ts";
-export { CpuBackend } from "./kernels/cpu.ts";
-export { GpuBackend } from "./kernels/gpu/backend.ts";
-export { Gpu, GpuLive, openGpu, withGpu } from "./kernels/gpu/device.ts";
-export { defineKernel, type GpuPass, type Kernel } from "./kernels/kernel.ts";
-export { apply, apply1 } from "./kernels/run.ts";
-export { custom, Tape } from "./kernels/tape.ts";
-export { keep, reshape, scalar, Tensor, tensor, tidy, view, zeros } from "./kernels/tensor.ts";
+export type { Backend, MemoryStats } from "./engine/backend.ts";
+export { CpuBackend } from "./engine/cpu.ts";
+export { GpuBackend } from "./engine/gpu/backend.ts";
+export { Gpu, GpuLive, openGpu, withGpu } from "./engine/gpu/device.ts";
+export { defineKernel, type GpuPass, type Kernel } from "./engine/kernel.ts";
+export { apply, apply1 } from "./engine/apply.ts";
+export { custom, Tape } from "./engine/tape.ts";
+export { keep, reshape, scalar, Tensor, tensor, tidy, view, zeros } from "./engine/tensor.ts";
 export { checkGrad } from "./kernels/gradcheck.ts";
 export * from "./kernels/elementwise.ts";
 export { concatRows, copyInto, permute, sliceRows, transpose } from "./kernels/layout.ts";
@@ -47,18 +49,11 @@ export {
 export * from "./policies/internal.ts";
 export { streamReadout } from "./policies/readout.ts";
 export { policyPoint, readPoints, readPolicies } from "./policies/policy.ts";
-export { paramsToHost, readModelDir, toParams, writeModelDir } from "./policies/hf.ts";
-export { CharTokenizer, HfTokenizer, type TextTokenizer } from "./policies/tokenizer.ts";
-export { loadTokenizer, saveTokenizer } from "./io/tokenizer.ts";
+export { paramsToHost, readModelDir, toParams, writeModelDir } from "./formats/hf.ts";
+export { CharTokenizer, HfTokenizer, type TextTokenizer } from "./formats/tokenizer.ts";
+export { loadTokenizer, saveTokenizer } from "./formats/tokenizer.ts";
 export { generate, type Rollout } from "./policies/generate.ts";
-export {
-  createOptimizer,
-  disposeOptimizer,
-  loadMoments,
-  lossAndGrads,
-  momentsToHost,
-  supervisedStep,
-} from "./policies/sft.ts";
+export { lossAndGrads, supervisedStep } from "./training/sft.ts";
 
 // objectives: the loss algebra (the whole module as `objectives`; the everyday names directly)
 export * as objectives from "./objectives/mod.ts";
@@ -86,12 +81,13 @@ export {
 } from "./objectives/objective.ts";
 export { decodeObjective, ObjectiveCodec } from "./objectives/codec.ts";
 export { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "./objectives/advantages.ts";
-export { evaluate as evaluateReference, requiredReadouts } from "./objectives/reference.ts";
+export { evaluate as evaluateReference } from "./objectives/reference.ts";
 export { lowerLoss, lowerStep } from "./objectives/lower.ts";
-export { batchTensors, readRolloutFile, rolloutFromSequences, writeRolloutFile } from "./objectives/batch.ts";
-export { gradients, normTable, writeGradients } from "./objectives/grad.ts";
+export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
+export { gradients, normTable, writeGradients } from "./training/grad.ts";
 export { readKl, streamKl } from "./policies/kl.ts";
 export { entropyFlow } from "./policies/analysis.ts";
 
 // tasks
 export * from "./tasks/mod.ts";
+export { requiredReadouts } from "./objectives/readouts.ts";

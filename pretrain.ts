@@ -5,17 +5,18 @@
 import { parseArgs } from "node:util";
 import { Effect } from "effect";
 import { paramSpecs, tinyConfig } from "./policies/config.ts";
-import { paramsToHost, writeModelDir } from "./policies/hf.ts";
+import { paramsToHost, writeModelDir } from "./formats/hf.ts";
 import { initParams } from "./policies/params.ts";
-import { createOptimizer, supervisedStep } from "./policies/sft.ts";
-import { CharTokenizer } from "./policies/tokenizer.ts";
-import { saveTokenizer } from "./io/tokenizer.ts";
+import { supervisedStep } from "./training/sft.ts";
+import { CharTokenizer } from "./formats/tokenizer.ts";
+import { saveTokenizer } from "./formats/tokenizer.ts";
 import { arithTask } from "./tasks/arith.ts";
 import { batch } from "./tasks/task.ts";
 import { sequenceLength, supervisedBatch } from "./training/data.ts";
 import { evaluate } from "./training/evaluate.ts";
-import { withGpu } from "./kernels/gpu/device.ts";
+import { withGpu } from "./engine/gpu/device.ts";
 import { writeAtomic } from "./io/files.ts";
+import { createOptimizer } from "./training/optimizer.ts";
 
 const HELP = `deno task pretrain [--out DIR] [--seed N] [--steps N] [--batch N] [--lr X] [--eval-every N]
 Pretrains the tiny Qwen3-style base model (4 layers) on the embedded arithmetic task with supervised
@@ -70,7 +71,7 @@ await withGpu(async (gpu) => {
   const opt = createOptimizer(params, { lr, weightDecay: 0.01, maxGradNorm: 1 });
   const t0 = performance.now();
   const history: { step: number; loss: number; greedy?: number; avg?: number }[] = [];
-  let pending: { step: number; loss: import("./kernels/tensor.ts").Tensor }[] = [];
+  let pending: { step: number; loss: import("./engine/tensor.ts").Tensor }[] = [];
   const flush = async () => {
     for (const x of pending) {
       history.push({ step: x.step, loss: (await x.loss.data())[0] });

@@ -6,8 +6,8 @@
 import { Cause, Effect, Exit } from "effect";
 import { ConfigError } from "./core/errors.ts";
 import { readJson } from "./io/files.ts";
-import { CpuBackend } from "./kernels/cpu.ts";
-import { Gpu, GpuLive } from "./kernels/gpu/device.ts";
+import { CpuBackend } from "./engine/cpu.ts";
+import { Gpu, GpuLive } from "./engine/gpu/device.ts";
 import { decodeConfigJson, flagHelp, parseFlags, resolveConfig } from "./training/config.ts";
 import { runTraining } from "./training/run.ts";
 

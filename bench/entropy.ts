@@ -4,13 +4,13 @@
  * Reports tokens per second and peak extra GPU memory of each, in the same run.
  */
 import { mul, scale } from "../kernels/elementwise.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
-import { withGpu } from "../kernels/gpu/device.ts";
+import type { GpuBackend } from "../engine/gpu/backend.ts";
+import { withGpu } from "../engine/gpu/device.ts";
 import { concatRows, copyInto, transpose } from "../kernels/layout.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { sum } from "../kernels/reduce.ts";
 import { logProbOf, logSoftmax, softmax } from "../kernels/softmax.ts";
-import { reshape, type Tensor, tensor, tidy, view, zeros } from "../kernels/tensor.ts";
+import { reshape, type Tensor, tensor, tidy, view, zeros } from "../engine/tensor.ts";
 import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
 import { attn, ffn, layer } from "../policies/internal.ts";
 import { forward, unembedding } from "../policies/model.ts";

@@ -5,13 +5,14 @@
  * Run: `deno run -A bench/large_model.ts [--tokens 8] [--layers 28] [--no-step] [--dir runs/large-qwen3]`.
  */
 import { Effect } from "effect";
-import { limitsOf } from "../kernels/backend.ts";
-import { withGpu } from "../kernels/gpu/device.ts";
+import { limitsOf } from "../engine/backend.ts";
+import { withGpu } from "../engine/gpu/device.ts";
 import { entropyFlow, nextTokenBatch } from "../policies/analysis.ts";
 import { type DecoderConfig, encodeHfConfig, paramSpecs } from "../policies/config.ts";
-import { readModelDir, toParams } from "../policies/hf.ts";
-import { createOptimizer, disposeOptimizer, supervisedStep } from "../policies/sft.ts";
-import { view } from "../kernels/tensor.ts";
+import { readModelDir, toParams } from "../formats/hf.ts";
+import { supervisedStep } from "../training/sft.ts";
+import { view } from "../engine/tensor.ts";
+import { createOptimizer, disposeOptimizer } from "../training/optimizer.ts";
 
 const arg = (name: string, dflt: string) => {
   const i = Deno.args.indexOf(`--${name}`);

@@ -1,5 +1,5 @@
 /** `deno task bench [name]`: every benchmark of the library on the default adapter, printed as tables. */
-import { withGpu } from "../kernels/gpu/device.ts";
+import { withGpu } from "../engine/gpu/device.ts";
 import { benchEntropy } from "./entropy.ts";
 import { benchMatmul } from "./matmul.ts";
 import { benchObjective } from "./objective.ts";

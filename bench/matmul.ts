@@ -1,8 +1,8 @@
 /** Matmul benchmark: GFLOP/s of our variants, a TypeScript loop, jax-js and tfjs-webgpu, and the model's shapes. */
-import { withGpu } from "../kernels/gpu/device.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
+import { withGpu } from "../engine/gpu/device.ts";
+import type { GpuBackend } from "../engine/gpu/backend.ts";
 import { matmul, type MatmulVariant, matmulVariant } from "../kernels/matmul.ts";
-import { tensor } from "../kernels/tensor.ts";
+import { tensor } from "../engine/tensor.ts";
 
 /** A square-ish problem: [M, K] @ [K, N]. */
 interface Problem {

@@ -1,9 +1,9 @@
 /** Benchmark: loss + gradient of a GRPO batch (64 x 64 tokens, 4-layer tiny model), GPU lowering vs reference. */
 import { Effect } from "effect";
-import type { Backend } from "../kernels/backend.ts";
-import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import type { Backend } from "../engine/backend.ts";
+import { adapterOptionsFromEnv, openGpu } from "../engine/gpu/device.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { lowerLoss, lowerStep } from "../objectives/lower.ts";
 import { grpo } from "../objectives/objective.ts";
 import { evaluate } from "../objectives/reference.ts";

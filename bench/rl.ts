@@ -4,16 +4,16 @@
  * second of the same batches with and without the KV cache.
  */
 import { Effect } from "effect";
-import { withGpu } from "../kernels/gpu/device.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
-import { readModelDir, toParams } from "../policies/hf.ts";
-import { createOptimizer } from "../policies/sft.ts";
-import { readTokenizerDir } from "../policies/tokenizer.ts";
+import { withGpu } from "../engine/gpu/device.ts";
+import type { GpuBackend } from "../engine/gpu/backend.ts";
+import { readModelDir, toParams } from "../formats/hf.ts";
+import { readTokenizerDir } from "../formats/tokenizer.ts";
 import { arithTask } from "../tasks/arith.ts";
 import { DEFAULTS } from "../training/config.ts";
 import { resolveObjective } from "../training/run.ts";
 import { type RlContext, rlStep, rolloutPlan, type StepMetrics } from "../training/rl.ts";
 import { generate } from "../policies/generate.ts";
+import { createOptimizer } from "../training/optimizer.ts";
 
 /** Seconds and sampled tokens of the rollouts of RL step `step` (as rlStep draws them), with or without cache. */
 const timeRollout = async (ctx: RlContext, step: number, cache: boolean): Promise<[number, number]> => {

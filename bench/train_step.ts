@@ -2,11 +2,11 @@
  * Forward + backward of a 6-layer, d = 128 block stack: tokens per second, and the share of GPU time spent in
  * matmul (measured with timestamp queries on every dispatch, so the profiled run itself is a little slower).
  */
-import { withGpu } from "../kernels/gpu/device.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
+import { withGpu } from "../engine/gpu/device.ts";
+import type { GpuBackend } from "../engine/gpu/backend.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { initParams } from "../policies/params.ts";
-import { lossAndGrads } from "../policies/sft.ts";
+import { lossAndGrads } from "../training/sft.ts";
 
 const config = tinyConfig({
   vocabSize: 256,

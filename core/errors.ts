@@ -44,6 +44,13 @@ export class DeviceLostError extends Data.TaggedError("DeviceLostError")<{
   readonly message: string;
 }> {}
 
+/** A readout, old log-prob or reference log-prob that the step needs is absent. */
+export class MissingReadoutError extends Data.TaggedError("MissingReadoutError")<{
+  readonly what: "logp" | "entropy" | "kl" | "old" | "ref";
+  readonly key: string;
+  readonly message: string;
+}> {}
+
 /** A tensor was used after it was disposed. */
 export class DisposedError extends Data.TaggedError("DisposedError")<{ readonly message: string }> {}
 

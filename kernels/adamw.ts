@@ -12,11 +12,11 @@ import {
   requireFinite,
 } from "../core/optim.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
-import { defineKernel, type GpuTarget, type Kernel } from "./kernel.ts";
-import { bindingElems, fitsBinding, ranges } from "./chunked.ts";
-import { apply, apply1 } from "./run.ts";
-import { type Tensor, tidy, view, zeros } from "./tensor.ts";
-import { flatIndex, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
+import { defineKernel, type GpuTarget, type Kernel } from "../engine/kernel.ts";
+import { bindingElems, fitsBinding, ranges } from "../engine/binding.ts";
+import { apply, apply1 } from "../engine/apply.ts";
+import { type Tensor, tidy, view, zeros } from "../engine/tensor.ts";
+import { flatIndex, grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
 
 const WG = 256;
 /**

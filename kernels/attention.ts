@@ -8,9 +8,9 @@ import {
   type Kernel,
   type PassBinding,
   type TensorSpec,
-} from "./kernel.ts";
-import { apply } from "./run.ts";
-import { keep, type Tensor, zeros } from "./tensor.ts";
+} from "../engine/kernel.ts";
+import { apply } from "../engine/apply.ts";
+import { keep, type Tensor, zeros } from "../engine/tensor.ts";
 import {
   type AttentionShape,
   attentionUniform,
@@ -23,7 +23,7 @@ import {
   forwardWgsl,
   kvCombineWgsl,
 } from "./attention_wgsl.ts";
-import { grid1d, LOOP_SAFE, withinLoopBudget } from "./wgsl.ts";
+import { grid1d, LOOP_SAFE, withinLoopBudget } from "../engine/wgsl.ts";
 
 export interface AttentionParams {
   /** Multiplier of q.k; default 1/sqrt(D). */

@@ -1,5 +1,5 @@
 /** WGSL of the fused causal attention kernels: forward with online softmax, and the two backward passes. */
-import { f32Lit, storage } from "./wgsl.ts";
+import { f32Lit, storage } from "../engine/wgsl.ts";
 
 // Two forms of the loops over the head dimension D (`AttentionShape.unroll`). llvmpipe counts every loop
 // iteration of an invocation against a budget of 65,535 (LOOP_BUDGET in kernels/wgsl.ts) and silently cuts

@@ -1,60 +1,14 @@
 /** Ops on tensors larger than one storage binding: 64-aligned element ranges or row blocks, each bound alone. */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import { type Backend, limitsOf } from "./backend.ts";
-import { add } from "./elementwise.ts";
-import { defineKernel, type Kernel } from "./kernel.ts";
+import { allocLike, bindingElems, fitsBinding, ranges } from "../engine/binding.ts";
+import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { copyInto, zerosLike } from "./layout.ts";
-import { apply1 } from "./run.ts";
-import { Tensor, tidy, view } from "./tensor.ts";
-import { flatWgsl, grid1d, storage, wgslType } from "./wgsl.ts";
+import { apply1 } from "../engine/apply.ts";
+import { type Tensor, tidy, view } from "../engine/tensor.ts";
+import { flatWgsl, grid1d, storage, wgslType } from "../engine/wgsl.ts";
 
 const WG = 256;
-/** GPU views start at multiples of 64 elements (256 bytes). */
-export const VIEW_ALIGN = 64;
-
-/** Whether `n` 4-byte elements fit one storage binding on `b`. */
-export const fitsBinding = (b: Backend, n: number): boolean =>
-  n * 4 <= limitsOf(b).maxStorageBufferBindingSize;
-
-/** Elements one binding covers: the largest multiple of 64 whose bytes fit the limit (at least 64). */
-export const bindingElems = (b: Backend): number => {
-  const lim = limitsOf(b).maxStorageBufferBindingSize;
-  return Number.isFinite(lim)
-    ? Math.max(VIEW_ALIGN, Math.floor(lim / 4 / VIEW_ALIGN) * VIEW_ALIGN)
-    : Infinity;
-};
-
-/**
- * Rows of `rowElems` elements per block such that a block fits one binding and every block starts 64-aligned:
- * a multiple of 64 rows (at least 64, even if 64 rows exceed the limit: the backend then names the kernel).
- */
-export const rowsPerBinding = (b: Backend, rowElems: number): number => {
-  const lim = limitsOf(b).maxStorageBufferBindingSize;
-  if (!Number.isFinite(lim)) return Infinity;
-  return Math.max(VIEW_ALIGN, Math.floor(lim / (4 * Math.max(1, rowElems)) / VIEW_ALIGN) * VIEW_ALIGN);
-};
-
-/**
- * A vocabulary chunk for streaming readouts: `want` rows, lowered so that a (rows, rowElems) block still fits one
- * binding (at least 64 rows; a multiple of 64 whenever it is lowered).
- */
-export const chunkRows = (b: Backend, want: number, rowElems: number): number =>
-  Math.min(want, rowsPerBinding(b, rowElems));
-
-/** [start, length) ranges covering [0, n), each at most `max` long; starts are multiples of `max`. */
-export const ranges = (n: number, max: number): [number, number][] => {
-  const out: [number, number][] = [];
-  if (!Number.isFinite(max)) return n > 0 ? [[0, n]] : [];
-  for (let s = 0; s < n; s += max) out.push([s, Math.min(max, n - s)]);
-  return out;
-};
-
-/** A new tensor of `shape` on `like`'s backend with unspecified contents (every element must be written). */
-export const allocLike = (like: Tensor, shape: readonly number[]): Tensor => {
-  const spec = { shape, dtype: like.dtype };
-  return new Tensor(like.backend, like.backend.alloc(spec), shape, like.dtype);
-};
 
 /** Writes zeros into its input, in place. */
 export const fillZeroKernel: Kernel<Record<string, never>> = defineKernel<Record<string, never>>({
@@ -94,19 +48,6 @@ export const copyChunked = (dst: Tensor, src: Tensor): Tensor => {
     tidy(() => copyInto(view(dst, s, [len]), view(src, s, [len])));
   }
   return dst;
-};
-
-/**
- * a + b for two tensors of one shape; past one binding, added range by range into a new tensor (bit-identical to
- * `add`: elementwise). Not recorded on a tape: for gradient accumulation (kernels/tape.ts) and optimizer code.
- */
-export const addChunked = (a: Tensor, b: Tensor): Tensor => {
-  if (fitsBinding(a.backend, a.size) || a.size !== b.size) return add(a, b);
-  const out = allocLike(a, a.shape);
-  for (const [s, len] of ranges(a.size, bindingElems(a.backend))) {
-    tidy(() => copyInto(view(out, s, [len]), add(view(a, s, [len]), view(b, s, [len]))));
-  }
-  return out;
 };
 
 /** Columns [start, start + C) of y (N, V) := z (N, C), in place (inputs: y, z; output aliases y). */

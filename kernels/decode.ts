@@ -4,10 +4,10 @@
  */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import { defineKernel, type Kernel } from "./kernel.ts";
-import { apply, apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
-import { storage } from "./wgsl.ts";
+import { defineKernel, type Kernel } from "../engine/kernel.ts";
+import { apply, apply1 } from "../engine/apply.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { storage } from "../engine/wgsl.ts";
 
 export interface ColumnParams {
   /** The column (time index) t. */

@@ -1,10 +1,10 @@
 /** Elementwise kernels: unary maps, binary ops with NumPy broadcasting, and `sumTo` (the un-broadcast). */
 import { ShapeError } from "../core/errors.ts";
 import { broadcastShapes, broadcastStrides, type Shape, showShape, size, strides } from "../core/shape.ts";
-import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
-import { apply1 } from "./run.ts";
-import { keep, type Tensor, tensor } from "./tensor.ts";
-import { f32Lit, flatWgsl, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
+import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
+import { apply1 } from "../engine/apply.ts";
+import { keep, type Tensor, tensor } from "../engine/tensor.ts";
+import { f32Lit, flatWgsl, grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
 
 const WG = 256;
 /** sumTo reductions up to this length run one invocation per output; longer ones take two levels. */

@@ -1,13 +1,19 @@
 /** Embedding lookup (a gather of table rows by i32 ids) and its deterministic scatter-add gradient. */
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
-import { defineKernel, type GpuPass, type GpuTarget, type Kernel, type PassBinding } from "./kernel.ts";
-import { allocLike, fitsBinding, ranges, rowsPerBinding } from "./chunked.ts";
-import { apply, apply1 } from "./run.ts";
-import { type Tensor, tidy, view } from "./tensor.ts";
-import { custom } from "./tape.ts";
+import {
+  defineKernel,
+  type GpuPass,
+  type GpuTarget,
+  type Kernel,
+  type PassBinding,
+} from "../engine/kernel.ts";
+import { allocLike, fitsBinding, ranges, rowsPerBinding } from "../engine/binding.ts";
+import { apply, apply1 } from "../engine/apply.ts";
+import { type Tensor, tidy, view } from "../engine/tensor.ts";
+import { custom } from "../engine/tape.ts";
 import { zerosLike } from "./layout.ts";
-import { grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
+import { grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
 
 const WG = 256;
 /**

@@ -3,10 +3,10 @@
  * <grad f(x), v> must equal (f(x + eps v) - f(x - eps v)) / (2 eps). Run it on the f64 CPU backend.
  */
 import type { Shape } from "../core/shape.ts";
-import type { Backend } from "./backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { mul, sumTo } from "./elementwise.ts";
-import { Tape } from "./tape.ts";
-import { type Tensor, tensor, tidy } from "./tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 
 /** A differentiable input: its data and shape. */
 export interface GradInput {

@@ -8,9 +8,9 @@
  */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
+import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { NEG_BIG } from "./readout.ts";
-import { f32Lit, storage, withinLoopBudget } from "./wgsl.ts";
+import { f32Lit, storage, withinLoopBudget } from "../engine/wgsl.ts";
 
 const WG = 256;
 

@@ -1,11 +1,17 @@
 /** KV-cache kernels for decoding: write k/v columns into the cache in place, one query's attention over it. */
 import { ShapeError } from "../core/errors.ts";
 import { showShape, size } from "../core/shape.ts";
-import { defineKernel, type GpuPass, type Kernel, type PassBinding, type TensorSpec } from "./kernel.ts";
-import { apply, apply1 } from "./run.ts";
+import {
+  defineKernel,
+  type GpuPass,
+  type Kernel,
+  type PassBinding,
+  type TensorSpec,
+} from "../engine/kernel.ts";
+import { apply, apply1 } from "../engine/apply.ts";
 import { column } from "./decode.ts";
-import type { Tensor } from "./tensor.ts";
-import { f32Lit, flatIndex, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { f32Lit, flatIndex, grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
 
 const WG = 64;
 

@@ -1,10 +1,10 @@
 /** Layout kernels: `permute` (general transpose, materialized) and the ops built on it. */
 import { ShapeError } from "../core/errors.ts";
 import { type Shape, showShape, size, strides } from "../core/shape.ts";
-import { defineKernel, type Kernel } from "./kernel.ts";
-import { apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
-import { flatWgsl, grid1d, storage, wgslType } from "./wgsl.ts";
+import { defineKernel, type Kernel } from "../engine/kernel.ts";
+import { apply1 } from "../engine/apply.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { flatWgsl, grid1d, storage, wgslType } from "../engine/wgsl.ts";
 
 const WG = 256;
 

@@ -2,7 +2,7 @@
 import { ShapeError } from "../core/errors.ts";
 import { type Shape, showShape, size, strides } from "../core/shape.ts";
 import { sumTo } from "./elementwise.ts";
-import { defineKernel, type GpuStep, type Kernel, type TensorSpec } from "./kernel.ts";
+import { defineKernel, type GpuStep, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { laneTile, texturePasses, texturesFit } from "./matmul_texture.ts";
 import {
   BUFFER_TILE,
@@ -13,9 +13,9 @@ import {
   tiledPass,
   zeroPass,
 } from "./matmul_wgsl.ts";
-import { apply1 } from "./run.ts";
-import { reshape, type Tensor } from "./tensor.ts";
-import { flatIndex, grid1d } from "./wgsl.ts";
+import { apply1 } from "../engine/apply.ts";
+import { reshape, type Tensor } from "../engine/tensor.ts";
+import { flatIndex, grid1d } from "../engine/wgsl.ts";
 
 export { BUFFER_TILE, MAX_TEXTURE, SOFT_TILE, type SoftTile } from "./matmul_wgsl.ts";
 

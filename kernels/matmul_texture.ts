@@ -2,7 +2,7 @@
  * The texture-packed register-blocked matmul (llvmpipe's default): operands packed or copied into rgba32float
  * textures, products too big for one texture split into windows, the block fitted to the adapter's SIMD lanes.
  */
-import type { GpuPass, GpuStep, TextureCopy } from "./kernel.ts";
+import type { GpuPass, GpuStep, TextureCopy } from "../engine/kernel.ts";
 import {
   accDecl,
   blockGrid,

@@ -3,7 +3,7 @@
  * share, the buffer register-blocked kernel (llvmpipe) and the shared-memory tiled kernel (GPUs). The
  * texture-packed kernel, llvmpipe's default, is in matmul_texture.ts.
  */
-import type { GpuPass } from "./kernel.ts";
+import type { GpuPass } from "../engine/kernel.ts";
 
 /**
  * One batched matmul problem as the shaders see it: `batch` output matrices C[z] = op(A)[ia(z)] @ op(B)[ib(z)],

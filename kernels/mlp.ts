@@ -1,10 +1,16 @@
 /** The SwiGLU gate of a Llama MLP, silu(gate) * up, as one fused kernel with a fused two-output backward. */
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
-import { defineKernel, type GpuPass, type GpuTarget, type Kernel, type TensorSpec } from "./kernel.ts";
-import { apply, apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
-import { flatIndex, grid1d, storage } from "./wgsl.ts";
+import {
+  defineKernel,
+  type GpuPass,
+  type GpuTarget,
+  type Kernel,
+  type TensorSpec,
+} from "../engine/kernel.ts";
+import { apply, apply1 } from "../engine/apply.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { flatIndex, grid1d, storage } from "../engine/wgsl.ts";
 
 const WG = 256;
 

@@ -2,10 +2,10 @@
 import { ShapeError } from "../core/errors.ts";
 import { philox4x32 } from "../core/rng.ts";
 import { showShape, size } from "../core/shape.ts";
-import { defineKernel, type Kernel } from "./kernel.ts";
-import { apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
-import { flatIndex, grid1d, storage } from "./wgsl.ts";
+import { defineKernel, type Kernel } from "../engine/kernel.ts";
+import { apply1 } from "../engine/apply.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { flatIndex, grid1d, storage } from "../engine/wgsl.ts";
 
 /**
  * WGSL functions: `philoxMulhi(a, b)` (high word of a*b via 16-bit halves), `philox4x32(ctr, key)` and

@@ -6,8 +6,8 @@
  */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import { defineKernel, type Kernel } from "./kernel.ts";
-import { f32Lit, storage, withinLoopBudget } from "./wgsl.ts";
+import { defineKernel, type Kernel } from "../engine/kernel.ts";
+import { f32Lit, storage, withinLoopBudget } from "../engine/wgsl.ts";
 
 const WG = 256;
 /** Initial running max: a large negative finite number (exp(-inf - -inf) would be NaN). */

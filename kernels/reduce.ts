@@ -2,10 +2,16 @@
 import { ShapeError } from "../core/errors.ts";
 import { type Shape, showShape, size } from "../core/shape.ts";
 import { broadcastTo, scale } from "./elementwise.ts";
-import { defineKernel, type GpuTarget, type Kernel, type PassBinding, type TensorSpec } from "./kernel.ts";
-import { apply1 } from "./run.ts";
-import { reshape, type Tensor } from "./tensor.ts";
-import { grid1d, LOOP_SAFE, storage, withinLoopBudget } from "./wgsl.ts";
+import {
+  defineKernel,
+  type GpuTarget,
+  type Kernel,
+  type PassBinding,
+  type TensorSpec,
+} from "../engine/kernel.ts";
+import { apply1 } from "../engine/apply.ts";
+import { reshape, type Tensor } from "../engine/tensor.ts";
+import { grid1d, LOOP_SAFE, storage, withinLoopBudget } from "../engine/wgsl.ts";
 
 /** Threads per workgroup of the workgroup-per-row variant (the tree reductions assume this power of two). */
 export const ROW_WG = 256;

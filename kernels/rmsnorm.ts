@@ -1,11 +1,11 @@
 /** RMSNorm over the last axis (Hugging Face Llama/Qwen convention): fused forward and fused backward kernels. */
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape } from "../core/shape.ts";
-import { defineKernel, type Kernel, type PassBinding, type TensorSpec } from "./kernel.ts";
+import { defineKernel, type Kernel, type PassBinding, type TensorSpec } from "../engine/kernel.ts";
 import { requireRows, ROW_WG, type RowPlan, rowPlan, rowsCols } from "./reduce.ts";
-import { apply, apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
-import { f32Lit, grid1d, LOOP_SAFE, storage } from "./wgsl.ts";
+import { apply, apply1 } from "../engine/apply.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { f32Lit, grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
 
 export interface RmsNormParams {
   /** Added to mean(x^2) before the square root (1e-6 for Qwen2, 1e-5 or 1e-6 for Llama). */

@@ -1,10 +1,10 @@
 /** Rotary position embedding (Hugging Face rotate-half convention) as one fused kernel; its vjp is the inverse. */
 import { ShapeError } from "../core/errors.ts";
 import { showShape, size } from "../core/shape.ts";
-import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
-import { apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
-import { f32Lit, flatIndex, grid1d, storage } from "./wgsl.ts";
+import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
+import { apply1 } from "../engine/apply.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { f32Lit, flatIndex, grid1d, storage } from "../engine/wgsl.ts";
 
 const WG = 64;
 

@@ -2,9 +2,9 @@
 import { ShapeError } from "../core/errors.ts";
 import { rngUniform, seedKey } from "../core/rng.ts";
 import { showShape } from "../core/shape.ts";
-import { defineKernel, type Kernel } from "./kernel.ts";
-import { apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
+import { defineKernel, type Kernel } from "../engine/kernel.ts";
+import { apply1 } from "../engine/apply.ts";
+import type { Tensor } from "../engine/tensor.ts";
 import { PHILOX_WGSL } from "./philox_wgsl.ts";
 
 /** Largest workgroup (one per row); rows of fewer tokens take the smallest power of two >= V, at least 16. */

@@ -3,11 +3,11 @@ import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
 import { addc, mul, neg, scale } from "./elementwise.ts";
 import { binary, maximum, minimum } from "./elementwise.ts";
-import { defineKernel, type Kernel } from "./kernel.ts";
-import { apply1 } from "./run.ts";
-import { custom } from "./tape.ts";
-import { type Tensor, tensor } from "./tensor.ts";
-import { flatIndex, grid1d, storage } from "./wgsl.ts";
+import { defineKernel, type Kernel } from "../engine/kernel.ts";
+import { apply1 } from "../engine/apply.ts";
+import { custom } from "../engine/tape.ts";
+import { type Tensor, tensor } from "../engine/tensor.ts";
+import { flatIndex, grid1d, storage } from "../engine/wgsl.ts";
 
 const WG = 256;
 

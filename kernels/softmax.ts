@@ -1,11 +1,11 @@
 /** Softmax and log-softmax over the last axis, and fused cross-entropy / log-probability of target ids. */
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape } from "../core/shape.ts";
-import { defineKernel, type Kernel, type TensorSpec } from "./kernel.ts";
+import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { requireRows, type RowPlan, rowPlan, rowsCols } from "./reduce.ts";
-import { apply1 } from "./run.ts";
-import type { Tensor } from "./tensor.ts";
-import { storage } from "./wgsl.ts";
+import { apply1 } from "../engine/apply.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { storage } from "../engine/wgsl.ts";
 
 export interface SoftmaxParams {
   /** True for log-softmax. */

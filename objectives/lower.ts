@@ -3,16 +3,16 @@
  * the tape differentiates it and the per-token coefficients flow into the fused streaming readout backward (the
  * logits are never materialized). Semantics match objectives/reference.ts exactly, ties included.
  */
-import { ShapeError } from "../core/errors.ts";
+import { MissingReadoutError, ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { add, addc, div, exp, minimum, mul, neg, scale, square, sub, sumTo } from "../kernels/elementwise.ts";
 import { binary } from "../kernels/elementwise.ts";
 import { copyInto, zerosLike } from "../kernels/layout.ts";
 import { sum as sumRows } from "../kernels/reduce.ts";
-import { apply1 } from "../kernels/run.ts";
+import { apply1 } from "../engine/apply.ts";
 import { clampClosed, keepWhere, maxSplit, minSplit, where } from "../kernels/select.ts";
-import { Tape } from "../kernels/tape.ts";
-import { reshape, type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { reshape, type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import type { BatchTensors } from "./batch.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { final, type InternalPolicy, showPolicy } from "../policies/internal.ts";
@@ -29,7 +29,7 @@ import {
   showTerm,
   type Term,
 } from "./objective.ts";
-import { klKey, MissingReadoutError, requiredReadouts } from "./reference.ts";
+import { klKey, requiredReadouts } from "./readouts.ts";
 
 /** Differentiable per-token readouts of one policy, each (N*T). */
 export interface PolicyTensors {

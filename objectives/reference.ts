@@ -1,7 +1,7 @@
 /** The pure f64 reference interpreter of objectives: loss, exact gradients w.r.t. every readout, and metrics. */
-import { Data } from "effect";
-import { ShapeError } from "../core/errors.ts";
+import { MissingReadoutError, ShapeError } from "../core/errors.ts";
 import { type InternalPolicy, showPolicy } from "../policies/internal.ts";
+import { klKey } from "./readouts.ts";
 import {
   activeAt,
   type ActiveTerm,
@@ -73,67 +73,6 @@ export interface Evaluation {
     readonly perTerm: readonly TermMetric[];
   };
 }
-
-/** A readout, old log-prob or reference log-prob that the step needs is absent. */
-export class MissingReadoutError extends Data.TaggedError("MissingReadoutError")<{
-  readonly what: "logp" | "entropy" | "kl" | "old" | "ref";
-  readonly key: string;
-  readonly message: string;
-}> {}
-
-/** Key of a `kl(from, to)` readout: `final|layer(3)`. */
-export const klKey = (from: InternalPolicy, to: InternalPolicy): string =>
-  `${showPolicy(from)}|${showPolicy(to)}`;
-
-/** Which inputs a step needs (each list deduplicated by key, in order of first use). */
-export interface Requirements {
-  /** new log-probs (differentiated). */
-  readonly logp: readonly InternalPolicy[];
-  /** old log-probs (detached) of pg terms. */
-  readonly old: readonly InternalPolicy[];
-  /** reference model log-probs of kl terms. */
-  readonly ref: readonly InternalPolicy[];
-  readonly entropy: readonly InternalPolicy[];
-  readonly kl: readonly { readonly from: InternalPolicy; readonly to: InternalPolicy }[];
-}
-
-/** The readouts and old/reference log-probs that `evaluate(objective, step, ...)` reads; nothing else. */
-export const requiredReadouts = (objective: Objective, step: number): Requirements => {
-  const lists = { logp: new Map(), old: new Map(), ref: new Map(), entropy: new Map(), kl: new Map() } as {
-    [K in keyof Requirements]: Map<string, Requirements[K][number]>;
-  };
-  const add = (p: InternalPolicy, ...into: ("logp" | "old" | "ref" | "entropy")[]) => {
-    for (const k of into) if (!lists[k].has(showPolicy(p))) lists[k].set(showPolicy(p), p);
-  };
-  for (const { term: t } of activeAt(objective, step)) {
-    switch (t.kind) {
-      case "pg":
-        add(t.policy, "logp", "old");
-        break;
-      case "kl":
-        add(t.policy, "logp", "ref");
-        break;
-      case "nll":
-        add(t.policy, "logp");
-        break;
-      case "entropy":
-        add(t.policy, "entropy");
-        break;
-      case "klPolicies":
-        if (!lists.kl.has(klKey(t.from, t.to))) lists.kl.set(klKey(t.from, t.to), { from: t.from, to: t.to });
-        break;
-      default:
-        t satisfies never;
-    }
-  }
-  return {
-    logp: [...lists.logp.values()],
-    old: [...lists.old.values()],
-    ref: [...lists.ref.values()],
-    entropy: [...lists.entropy.values()],
-    kl: [...lists.kl.values()],
-  };
-};
 
 /**
  * The linear aggregation coefficients c (N*T) of `agg`: loss = sum_{n,t} c[n,t] L[n,t], so c is also

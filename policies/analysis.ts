@@ -8,7 +8,7 @@
 import { ShapeError } from "../core/errors.ts";
 import { embedding } from "../kernels/embedding.ts";
 import { concatRows } from "../kernels/layout.ts";
-import { reshape, type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { reshape, type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
 import { attn, ffn, layer, type ReadoutNorm } from "./internal.ts";
 import { forward, type ForwardResult, type LayerTaps } from "./model.ts";

@@ -11,7 +11,7 @@
 import { appendToken, column } from "../kernels/decode.ts";
 import { idsColumn } from "../kernels/kvcache.ts";
 import { sample } from "../kernels/sample.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
 import { decodeStep, forward, type KVCache, kvCache, prefill, unembedding } from "./model.ts";
 import type { Params } from "./params.ts";

@@ -4,10 +4,10 @@
  */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { decodeAttention, kvWrite } from "../kernels/kvcache.ts";
-import type { Tensor } from "../kernels/tensor.ts";
-import { keep, reshape, tensor, zeros } from "../kernels/tensor.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { keep, reshape, tensor, zeros } from "../engine/tensor.ts";
 import { add, mul, scale, sumTo } from "../kernels/elementwise.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/rmsnorm.ts";

@@ -4,9 +4,9 @@
  */
 import { ShapeError } from "../core/errors.ts";
 import { type Shape, showShape, size } from "../core/shape.ts";
-import { type Backend, limitsOf } from "../kernels/backend.ts";
+import { type Backend, limitsOf } from "../engine/backend.ts";
 import { copyChunked, zerosChunked } from "../kernels/chunked.ts";
-import { keep, type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
+import { keep, type Tensor, tensor, tidy, view } from "../engine/tensor.ts";
 import type { ParamSpec } from "./config.ts";
 
 /** Views start at multiples of 64 elements (256 bytes), the GPU's storage-offset alignment. */

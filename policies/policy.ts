@@ -6,7 +6,7 @@
 import { ShapeError } from "../core/errors.ts";
 import { concatRows, sliceRows } from "../kernels/layout.ts";
 import { rmsNorm } from "../kernels/rmsnorm.ts";
-import { reshape, type Tensor } from "../kernels/tensor.ts";
+import { reshape, type Tensor } from "../engine/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
 import type { InternalPolicy } from "./internal.ts";
 import { showPolicy } from "./internal.ts";

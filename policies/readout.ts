@@ -7,13 +7,8 @@
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { add } from "../kernels/elementwise.ts";
-import {
-  allocLike,
-  chunkRows,
-  fitsBinding,
-  putColumnsKernel,
-  takeColumnsKernel,
-} from "../kernels/chunked.ts";
+import { allocLike, chunkRows, fitsBinding } from "../engine/binding.ts";
+import { putColumnsKernel, takeColumnsKernel } from "../kernels/chunked.ts";
 import { copyInto, zerosLike } from "../kernels/layout.ts";
 import { matmul } from "../kernels/matmul.ts";
 import {
@@ -24,10 +19,10 @@ import {
   readoutTopK,
   readoutTopKFinish,
 } from "../kernels/readout.ts";
-import { LOOP_SAFE } from "../kernels/wgsl.ts";
-import { apply, apply1 } from "../kernels/run.ts";
-import { custom } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
+import { LOOP_SAFE } from "../engine/wgsl.ts";
+import { apply, apply1 } from "../engine/apply.ts";
+import { custom } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy, view } from "../engine/tensor.ts";
 
 export interface ReadoutOptions {
   /** Softmax temperature T (default 1). */

@@ -2,10 +2,10 @@
 import { NonFiniteError, ShapeError } from "../core/errors.ts";
 import { type AdamWHyper, adamwHyper, adamwReference, globalNorm } from "../core/optim.ts";
 import { adamwKernel, adamwStep, adamwStepChecked } from "../kernels/adamw.ts";
-import type { Backend } from "../kernels/backend.ts";
-import { computePasses } from "../kernels/kernel.ts";
+import type { Backend } from "../engine/backend.ts";
+import { computePasses } from "../engine/kernel.ts";
 
-import { type Tensor, tensor } from "../kernels/tensor.ts";
+import { type Tensor, tensor } from "../engine/tensor.ts";
 import { assertClose, cpu32, gpu, gpuTest, hwGpu, randomData, softwareTarget } from "./util.ts";
 
 const SIZES = [1, 63, 64, 65, 1000, 100003];

@@ -1,7 +1,7 @@
 /** Entropy flow: equals a naive full-softmax reference token for token, is invariant to chunking, and the CLI end to end. */
 import { Effect } from "effect";
-import type { Backend } from "../kernels/backend.ts";
-import { tensor, tidy } from "../kernels/tensor.ts";
+import type { Backend } from "../engine/backend.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
 import {
   type EntropyBatch,
   entropyFlow,
@@ -10,12 +10,12 @@ import {
   responseBatch,
 } from "../policies/analysis.ts";
 import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
-import { paramsToHost, writeModelDir } from "../policies/hf.ts";
+import { paramsToHost, writeModelDir } from "../formats/hf.ts";
 import type { ReadoutNorm } from "../policies/internal.ts";
 import { forward } from "../policies/model.ts";
 import { initParams, type Params } from "../policies/params.ts";
-import { CharTokenizer } from "../policies/tokenizer.ts";
-import { saveTokenizer } from "../io/tokenizer.ts";
+import { CharTokenizer } from "../formats/tokenizer.ts";
+import { saveTokenizer } from "../formats/tokenizer.ts";
 import { assertClose, cpu32, cpu64, gpuTest } from "./util.ts";
 
 const config = tinyConfig({ vocabSize: 45, numLayers: 3, tieWordEmbeddings: false });

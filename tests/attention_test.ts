@@ -1,6 +1,6 @@
 /** Causal GQA attention: GPU = CPU = definition, grouped heads = repeated heads, causality, gradients, errors. */
 import fc from "fast-check";
-import { computePasses } from "../kernels/kernel.ts";
+import { computePasses } from "../engine/kernel.ts";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import {
@@ -11,10 +11,10 @@ import {
   type AttentionVariant,
   attentionWithLse,
 } from "../kernels/attention.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
 
 /** One attention problem: sizes, optional explicit offset, scale, and data. */

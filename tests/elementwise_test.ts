@@ -2,9 +2,9 @@
 import fc from "fast-check";
 import { add, div, map, maximum, mul, sub, sumTo, type UnaryOp } from "../kernels/elementwise.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
-import { tensor, tidy } from "../kernels/tensor.ts";
-import type { Backend } from "../kernels/backend.ts";
-import type { Tensor } from "../kernels/tensor.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
+import type { Backend } from "../engine/backend.ts";
+import type { Tensor } from "../engine/tensor.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
 import { size } from "../core/shape.ts";
 import { ShapeError } from "../core/errors.ts";

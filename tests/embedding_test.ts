@@ -1,11 +1,11 @@
 /** Embedding: GPU gather equals the CPU reference; the deterministic scatter-add gradient; out-of-range ids. */
 import fc from "fast-check";
 import { size } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { embedding } from "../kernels/embedding.ts";
 import { checkGrad, uniforms } from "../kernels/gradcheck.ts";
-import { Tape } from "../kernels/tape.ts";
-import { tensor, tidy } from "../kernels/tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData, throwsShape } from "./util.ts";
 
 const U = 2 ** -24;

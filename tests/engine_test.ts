@@ -13,12 +13,12 @@ import {
 import { size } from "../core/shape.ts";
 import { add, mul, scale, sumTo } from "../kernels/elementwise.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
-import { defineKernel } from "../kernels/kernel.ts";
+import { defineKernel } from "../engine/kernel.ts";
 import { permute, transpose } from "../kernels/layout.ts";
-import { apply1 } from "../kernels/run.ts";
-import { openGpu } from "../kernels/gpu/device.ts";
-import { llvmpipeEnv } from "../kernels/gpu/llvmpipe.ts";
-import { reshape, type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { apply1 } from "../engine/apply.ts";
+import { openGpu } from "../engine/gpu/device.ts";
+import { llvmpipeEnv } from "../engine/gpu/llvmpipe.ts";
+import { reshape, type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
 
 const throwsTagged = async (tag: string, f: () => unknown, msg?: RegExp) => {

@@ -3,8 +3,8 @@ import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { initParams } from "../policies/params.ts";
 import { generate } from "../policies/generate.ts";
 import { appendToken, column } from "../kernels/decode.ts";
-import { tensor } from "../kernels/tensor.ts";
-import type { Backend } from "../kernels/backend.ts";
+import { tensor } from "../engine/tensor.ts";
+import type { Backend } from "../engine/backend.ts";
 import { assertClose, cpu32, gpuTest, randomData } from "./util.ts";
 
 const config = tinyConfig({ vocabSize: 24, numLayers: 2 });

@@ -1,15 +1,15 @@
 /** `deno task grad` and `gradients()`: HF-named gradients in safetensors, loss in metadata, objectives from modules. */
 import { Effect } from "effect";
 import { parseSafetensors, toF32 } from "../core/safetensors.ts";
-import { CpuBackend } from "../kernels/cpu.ts";
-import { gradients } from "../objectives/grad.ts";
+import { CpuBackend } from "../engine/cpu.ts";
+import { gradients } from "../training/grad.ts";
 import { bupo, grpo } from "../objectives/objective.ts";
-import { writeRolloutFile } from "../objectives/batch.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
-import { paramsToHost, writeModelDir } from "../policies/hf.ts";
+import { paramsToHost, writeModelDir } from "../formats/hf.ts";
 import { final, layer, showPolicy } from "../policies/internal.ts";
 import { initParams } from "../policies/params.ts";
 import { assertClose } from "./util.ts";
+import { writeRolloutFile } from "../formats/rollout.ts";
 
 const cfg = tinyConfig({ numLayers: 3, vocabSize: 40, hiddenSize: 16, numHeads: 2, numKvHeads: 1 });
 const cpu = new CpuBackend("f32");

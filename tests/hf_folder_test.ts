@@ -2,10 +2,10 @@
 import { Cause, Effect, Exit } from "effect";
 import { serializeSafetensors } from "../core/safetensors.ts";
 import type { Shape } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
-import { tensor, tidy } from "../kernels/tensor.ts";
+import type { Backend } from "../engine/backend.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
 import { type DecoderConfig, encodeHfConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
-import { readModelDir, toParams, writeModelDir } from "../policies/hf.ts";
+import { readModelDir, toParams, writeModelDir } from "../formats/hf.ts";
 import { forward, logits } from "../policies/model.ts";
 import { normals } from "../policies/params.ts";
 import { assertClose, cpu64, gpuTest } from "./util.ts";

@@ -1,21 +1,21 @@
 /** Streaming KL(p_a || p_b) readout: CPU = naive f64 KL, GPU = CPU, gradients = finite differences, shape errors. */
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 
 import { klFinish, klFold, klGrad } from "../kernels/kl.ts";
 import { NEG_BIG } from "../kernels/readout.ts";
-import { apply } from "../kernels/run.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { apply } from "../engine/apply.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { final, layer } from "../policies/internal.ts";
 import { readKl, streamKl } from "../policies/kl.ts";
 import { forward, unembedding } from "../policies/model.ts";
 import { initParams } from "../policies/params.ts";
 import { policyPoint } from "../policies/policy.ts";
-import { positionsOf } from "../policies/sft.ts";
+import { positionsOf } from "../training/sft.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
 
 /** Naive f64 KL per row from full logit rows. */

@@ -2,10 +2,10 @@
 import fc from "fast-check";
 import { size } from "../core/shape.ts";
 import { attention } from "../kernels/attention.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { column } from "../kernels/decode.ts";
 import { decodeAttention, decodeChunk, idsColumn, kvWrite } from "../kernels/kvcache.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
 import { generate, type GenerateOptions, type Rollout } from "../policies/generate.ts";
 import { decodeStep, forward, kvCache, unembedding } from "../policies/model.ts";

@@ -1,15 +1,15 @@
 /** llvmpipe's per-invocation loop budget: the cap itself, and every kernel at a size that used to exceed it. */
-import { apply, apply1 } from "../kernels/run.ts";
-import type { Backend } from "../kernels/backend.ts";
+import { apply, apply1 } from "../engine/apply.ts";
+import type { Backend } from "../engine/backend.ts";
 import { attentionWithLse } from "../kernels/attention.ts";
 import { sumTo } from "../kernels/elementwise.ts";
 import { EMB_BLOCK, embeddingGrad } from "../kernels/embedding.ts";
 import { NEG_BIG, readoutFold } from "../kernels/readout.ts";
 import { rowPlan, sum } from "../kernels/reduce.ts";
 import { crossEntropy, crossEntropyGrad, logSoftmax, softmax } from "../kernels/softmax.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
-import { LOOP_BUDGET } from "../kernels/wgsl.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
+import { LOOP_BUDGET } from "../engine/wgsl.ts";
 import { streamKl } from "../policies/kl.ts";
 import { assertClose, bothVariants, cpu32, gpu, gpuTest, randomData } from "./util.ts";
 

@@ -1,13 +1,13 @@
 /** The GPU lowering equals the reference interpreter (loss and readout gradients) on arbitrary objectives; BuPO end to end. */
 import fc from "fast-check";
 import { leafArb, objectiveArb } from "./objective_arbs.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { ShapeError } from "../core/errors.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { clampClosed, keepWhere, maxSplit, minSplit, where } from "../kernels/select.ts";
-import { Tape } from "../kernels/tape.ts";
+import { Tape } from "../engine/tape.ts";
 import { add, sumTo } from "../kernels/elementwise.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { batchTensors, rolloutFromSequences } from "../objectives/batch.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { attn, final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
@@ -25,8 +25,9 @@ import {
   sum,
   type Weight,
 } from "../objectives/objective.ts";
-import { evaluate, klKey, requiredReadouts } from "../objectives/reference.ts";
+import { evaluate } from "../objectives/reference.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { klKey, requiredReadouts } from "../objectives/readouts.ts";
 
 const POLICIES: InternalPolicy[] = [final, layer(0), layer(1, "normed"), attn(0)];
 

@@ -2,11 +2,11 @@
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
+import type { Backend } from "../engine/backend.ts";
+import type { GpuBackend } from "../engine/gpu/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 
-import { computePasses, type GpuPass, type GpuStep } from "../kernels/kernel.ts";
+import { computePasses, type GpuPass, type GpuStep } from "../engine/kernel.ts";
 import {
   BUFFER_TILE,
   matmul,
@@ -18,8 +18,8 @@ import {
 } from "../kernels/matmul.ts";
 import { laneTile } from "../kernels/matmul_texture.ts";
 import type { MatmulGeom } from "../kernels/matmul_wgsl.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy, view } from "../kernels/tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy, view } from "../engine/tensor.ts";
 import {
   assertClose,
   awkwardDim,

@@ -2,11 +2,11 @@
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { swiglu } from "../kernels/mlp.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
 
 const shapeArb = fc.array(awkwardDim(70), { minLength: 0, maxLength: 3 });

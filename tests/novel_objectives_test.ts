@@ -1,17 +1,17 @@
 /** The README's novel objectives, run verbatim: build, show, JSON round trip, one training step on a tiny model. */
 import { adamwHyper } from "../core/optim.ts";
 import { adamwSegments } from "../kernels/adamw.ts";
-import { CpuBackend } from "../kernels/cpu.ts";
-import { tidy } from "../kernels/tensor.ts";
+import { CpuBackend } from "../engine/cpu.ts";
+import { tidy } from "../engine/tensor.ts";
 import { objectiveFromJson, objectiveToJson } from "../objectives/codec.ts";
 import { lowerStep } from "../objectives/lower.ts";
 import { EqObjective, type Objective, show } from "../objectives/objective.ts";
-import { requiredReadouts } from "../objectives/reference.ts";
 import { batchTensors, rolloutFromSequences } from "../objectives/batch.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { showPolicy } from "../policies/internal.ts";
 import { initParams, paramsToHostArrays } from "../policies/params.ts";
-import { createOptimizer, disposeOptimizer } from "../policies/sft.ts";
+import { requiredReadouts } from "../objectives/readouts.ts";
+import { createOptimizer, disposeOptimizer } from "../training/optimizer.ts";
 
 const root = new URL("..", import.meta.url);
 

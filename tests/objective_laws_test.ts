@@ -21,14 +21,8 @@ import {
   zero,
 } from "../objectives/objective.ts";
 import { decodeObjective, objectiveToJson } from "../objectives/codec.ts";
-import {
-  type Batch,
-  evaluate,
-  type Evaluation,
-  type Grads,
-  klKey,
-  type Readouts,
-} from "../objectives/reference.ts";
+import { type Batch, evaluate, type Evaluation, type Grads, type Readouts } from "../objectives/reference.ts";
+import { klKey } from "../objectives/readouts.ts";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers

@@ -1,5 +1,5 @@
 /** The reference interpreter on hand-derived cases; required readouts and their errors; codec errors; show. */
-import { ConfigError, ShapeError } from "../core/errors.ts";
+import { ConfigError, MissingReadoutError, ShapeError } from "../core/errors.ts";
 import { final, layer, showPolicy } from "../policies/internal.ts";
 import {
   activeAt,
@@ -24,13 +24,8 @@ import {
   weightAt,
 } from "../objectives/objective.ts";
 import { decodeObjective, ObjectiveCodec } from "../objectives/codec.ts";
-import {
-  type Batch,
-  evaluate,
-  MissingReadoutError,
-  type Readouts,
-  requiredReadouts,
-} from "../objectives/reference.ts";
+import { type Batch, evaluate, type Readouts } from "../objectives/reference.ts";
+import { requiredReadouts } from "../objectives/readouts.ts";
 
 const assert = (ok: boolean, msg: string): void => {
   if (!ok) throw new Error(msg);

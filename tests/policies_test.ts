@@ -1,10 +1,10 @@
 /** Internal policies: residual decomposition, final = layer(L-1), own-RMS normed readouts, streamed = naive readouts, gradient isolation. */
 import fc from "fast-check";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { concatRows } from "../kernels/layout.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
 import { layer, type ReadoutNorm } from "../policies/internal.ts";
 import { forward } from "../policies/model.ts";

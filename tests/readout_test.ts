@@ -2,9 +2,9 @@
 import fc from "fast-check";
 
 import { NEG_BIG, readoutFinish, readoutFold, readoutGrad } from "../kernels/readout.ts";
-import { apply, apply1 } from "../kernels/run.ts";
-import { tensor, tidy } from "../kernels/tensor.ts";
-import type { Backend } from "../kernels/backend.ts";
+import { apply, apply1 } from "../engine/apply.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
+import type { Backend } from "../engine/backend.ts";
 import { assertClose, cpu32, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
 
 const hw = hwGpu;

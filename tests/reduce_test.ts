@@ -1,14 +1,14 @@
 /** Row reductions: GPU equals the CPU reference (sum, mean, max, sumSquares); gradients equal finite differences. */
 import fc from "fast-check";
 import { size } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 
-import type { Kernel } from "../kernels/kernel.ts";
+import type { Kernel } from "../engine/kernel.ts";
 import { max, mean, type ReduceParams, reduceRows, sum, sumSquares } from "../kernels/reduce.ts";
-import { apply1 } from "../kernels/run.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { apply1 } from "../engine/apply.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import {
   assertClose,
   awkwardDim,

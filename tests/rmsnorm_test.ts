@@ -1,12 +1,12 @@
 /** RMSNorm: GPU equals the CPU reference (forward, fused backward, chunked dw); gradients; shape errors. */
 import fc from "fast-check";
 import { size } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { rmsNorm } from "../kernels/rmsnorm.ts";
-import { Tape } from "../kernels/tape.ts";
-import { tensor, tidy } from "../kernels/tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
 import {
   assertClose,
   awkwardDim,

@@ -3,7 +3,7 @@ import fc from "fast-check";
 import { mulhi32, philox4x32, rngUniform, seedKey, splitmix32, uniform01 } from "../core/rng.ts";
 import { ShapeError } from "../core/errors.ts";
 import { philoxBits } from "../kernels/philox_wgsl.ts";
-import { tensor, tidy } from "../kernels/tensor.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
 import { cpu32, GPU_RUNS, gpuTest } from "./util.ts";
 
 const hex = (w: readonly number[]) => w.map((x) => x.toString(16).padStart(8, "0")).join(" ");

@@ -2,11 +2,11 @@
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { rope, ropeKernel } from "../kernels/rope.ts";
-import { apply1 } from "../kernels/run.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { apply1 } from "../engine/apply.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { assertClose, awkwardDim, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
 
 interface Case {

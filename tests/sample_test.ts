@@ -2,7 +2,7 @@
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { rngUniform, splitmix32 } from "../core/rng.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import {
   pickToken,
   rowDistribution,
@@ -11,7 +11,7 @@ import {
   type SampleOptions,
   sampleWorkgroup,
 } from "../kernels/sample.ts";
-import { tensor, tidy } from "../kernels/tensor.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
 import { awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, softwareTarget } from "./util.ts";
 
 type Opts = Omit<SampleOptions, "sequences" | "positions">;

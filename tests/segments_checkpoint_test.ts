@@ -2,22 +2,22 @@
 import { Effect } from "effect";
 import { serializeSafetensors } from "../core/safetensors.ts";
 import { size } from "../core/shape.ts";
-import { CpuBackend } from "../kernels/cpu.ts";
+import { CpuBackend } from "../engine/cpu.ts";
 import { paramSpecs } from "../policies/config.ts";
-import { paramsToHost, toParams } from "../policies/hf.ts";
+import { paramsToHost, toParams } from "../formats/hf.ts";
 import { flatLayoutOf, initParams, type Params, paramsToHostArrays } from "../policies/params.ts";
+import { supervisedStep } from "../training/sft.ts";
+import { CharTokenizer } from "../formats/tokenizer.ts";
+import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "../training/checkpoint.ts";
+import { gpuTest } from "./util.ts";
+import { cfg, low } from "./segments_fixture.ts";
 import {
   createOptimizer,
   disposeOptimizer,
   loadMoments,
   momentsToHost,
   type Optimizer,
-  supervisedStep,
-} from "../policies/sft.ts";
-import { CharTokenizer } from "../policies/tokenizer.ts";
-import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "../training/checkpoint.ts";
-import { gpuTest } from "./util.ts";
-import { cfg, low } from "./segments_fixture.ts";
+} from "../training/optimizer.ts";
 
 const tok = new CharTokenizer("abcdefghij0123456789");
 const B = 2, T = 8;

@@ -1,7 +1,7 @@
 /** Shared by the segment tests: KiB-sized device limits, the llvmpipe device opened with them, a tiny tied model. */
 import { Effect } from "effect";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
-import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
+import type { GpuBackend } from "../engine/gpu/backend.ts";
+import { adapterOptionsFromEnv, openGpu } from "../engine/gpu/device.ts";
 import { type DecoderConfig, tinyConfig } from "../policies/config.ts";
 import { gpu } from "./util.ts";
 

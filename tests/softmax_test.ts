@@ -1,14 +1,14 @@
 /** Softmax, log-softmax and cross-entropy: GPU equals the CPU reference; identities; gradients; NaN targets. */
 import fc from "fast-check";
 import { size } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { log } from "../kernels/elementwise.ts";
 
 import { checkGrad, uniforms } from "../kernels/gradcheck.ts";
 import { sum } from "../kernels/reduce.ts";
 import { crossEntropy, logProbOf, logSoftmax, softmax } from "../kernels/softmax.ts";
-import { Tape } from "../kernels/tape.ts";
-import { type Tensor, tensor, tidy } from "../kernels/tensor.ts";
+import { Tape } from "../engine/tape.ts";
+import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import {
   assertClose,
   awkwardDim,

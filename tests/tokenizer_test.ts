@@ -8,8 +8,8 @@ import {
   hfTokenizerFromJson,
   isCharTokenizerJson,
   UnknownCharError,
-} from "../policies/tokenizer.ts";
-import { loadTokenizer, saveTokenizer } from "../io/tokenizer.ts";
+} from "../formats/tokenizer.ts";
+import { loadTokenizer, saveTokenizer } from "../formats/tokenizer.ts";
 import { ARITH_ALPHABET, arithTask, batch } from "../tasks/mod.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;

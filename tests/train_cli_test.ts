@@ -5,12 +5,12 @@
  */
 import { Effect } from "effect";
 import { parseSafetensors, toF32 } from "../core/safetensors.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
-import { paramsToHost, writeModelDir } from "../policies/hf.ts";
+import { paramsToHost, writeModelDir } from "../formats/hf.ts";
 import { initParams } from "../policies/params.ts";
-import { CharTokenizer } from "../policies/tokenizer.ts";
-import { saveTokenizer } from "../io/tokenizer.ts";
+import { CharTokenizer } from "../formats/tokenizer.ts";
+import { saveTokenizer } from "../formats/tokenizer.ts";
 import { arithTask } from "../tasks/arith.ts";
 import { DEFAULTS, type TrainConfig } from "../training/config.ts";
 import { runTraining } from "../training/run.ts";

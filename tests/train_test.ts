@@ -1,9 +1,10 @@
 /** A stack of transformer blocks trained on both backends: same loss curve; a steady loop does not grow memory. */
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { initParams } from "../policies/params.ts";
-import { createOptimizer, disposeOptimizer, supervisedStep, type TokenBatch } from "../policies/sft.ts";
-import type { Backend } from "../kernels/backend.ts";
+import { supervisedStep, type TokenBatch } from "../training/sft.ts";
+import type { Backend } from "../engine/backend.ts";
 import { cpu64, gpuTest } from "./util.ts";
+import { createOptimizer, disposeOptimizer } from "../training/optimizer.ts";
 
 const config = tinyConfig({
   numLayers: 2,

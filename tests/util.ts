@@ -2,11 +2,11 @@
 import { Effect } from "effect";
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
-import type { Backend } from "../kernels/backend.ts";
-import { CpuBackend } from "../kernels/cpu.ts";
-import type { GpuBackend } from "../kernels/gpu/backend.ts";
-import type { GpuTarget } from "../kernels/kernel.ts";
-import { adapterOptionsFromEnv, openGpu } from "../kernels/gpu/device.ts";
+import type { Backend } from "../engine/backend.ts";
+import { CpuBackend } from "../engine/cpu.ts";
+import type { GpuBackend } from "../engine/gpu/backend.ts";
+import type { GpuTarget } from "../engine/kernel.ts";
+import { adapterOptionsFromEnv, openGpu } from "../engine/gpu/device.ts";
 
 const ci = (() => {
   try {

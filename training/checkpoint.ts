@@ -10,8 +10,8 @@ import { type Shape, showShape, size } from "../core/shape.ts";
 import { exists, readBytes, readJson, writeAtomic } from "../io/files.ts";
 import { type DecoderConfig, paramSpecs } from "../policies/config.ts";
 import { flatLayoutOf } from "../policies/params.ts";
-import { type HostModel, readModelDir, writeModelDir } from "../policies/hf.ts";
-import { type CharTokenizer, writeTokenizerDir } from "../policies/tokenizer.ts";
+import { type HostModel, readModelDir, writeModelDir } from "../formats/hf.ts";
+import { type CharTokenizer, writeTokenizerDir } from "../formats/tokenizer.ts";
 
 export interface CheckpointState {
   /** Steps completed. */

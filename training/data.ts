@@ -1,5 +1,5 @@
 /** Turning task problems into token batches: prompts for rollouts, prompt + solution for supervised steps. */
-import type { TextTokenizer } from "../policies/tokenizer.ts";
+import type { TextTokenizer } from "../formats/tokenizer.ts";
 import type { Problem, Task } from "../tasks/task.ts";
 
 /** The token ids of a prompt as the model sees it: bos (when the tokenizer has one), then the prompt text. */

@@ -2,7 +2,7 @@
 import type { DecoderConfig } from "../policies/config.ts";
 import { generate } from "../policies/generate.ts";
 import type { Params } from "../policies/params.ts";
-import type { TextTokenizer } from "../policies/tokenizer.ts";
+import type { TextTokenizer } from "../formats/tokenizer.ts";
 import { batch, type Task } from "../tasks/task.ts";
 import { promptIds, responseText, stopId } from "./data.ts";
 

@@ -5,25 +5,23 @@
  * Reads back only what a step reports: the rollout ids, one set of old log-probs, and scalars at the end.
  */
 import { NonFiniteError } from "../core/errors.ts";
-import { adamwHyper } from "../core/optim.ts";
-import { adamwSegments } from "../kernels/adamw.ts";
-import { type Tensor, tidy } from "../kernels/tensor.ts";
+import { type Tensor, tidy } from "../engine/tensor.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { generate, type GenerateOptions } from "../policies/generate.ts";
 import { final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
 import { forward } from "../policies/model.ts";
 import type { Params } from "../policies/params.ts";
 import { readPolicies } from "../policies/policy.ts";
-import type { Optimizer } from "../policies/sft.ts";
-import type { TextTokenizer } from "../policies/tokenizer.ts";
+import type { TextTokenizer } from "../formats/tokenizer.ts";
 import { batchTensors, type RolloutHost } from "../objectives/batch.ts";
 import { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "../objectives/advantages.ts";
 import { lowerStep } from "../objectives/lower.ts";
 import { activeAt, type Objective, showActive } from "../objectives/objective.ts";
-import { requiredReadouts } from "../objectives/reference.ts";
 import { batch, type Task } from "../tasks/task.ts";
 import type { TrainConfig } from "./config.ts";
 import { promptIds, responseText, stopId } from "./data.ts";
+import { requiredReadouts } from "../objectives/readouts.ts";
+import { type Optimizer, optimizerStep } from "./optimizer.ts";
 
 /** Everything a step needs. */
 export interface RlContext {
@@ -182,14 +180,7 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
       try {
         const out = tidy(() => {
           const r = lowerStep(config, params, part, objective, step);
-          opt.step++;
-          const { norm } = adamwSegments(
-            params.segments,
-            r.grads,
-            opt.m,
-            opt.v,
-            adamwHyper(opt.config, opt.step),
-          );
+          const norm = optimizerStep(params, opt, r.grads);
           return { loss: r.loss, norm, clip: r.metrics.clipFraction, kl: r.metrics.approxKl };
         });
         scalars.push(out);

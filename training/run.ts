@@ -6,13 +6,12 @@ import { Effect } from "effect";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { exists, writeAtomic } from "../io/files.ts";
 import { progress } from "../io/progress.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { paramSpecs } from "../policies/config.ts";
 import { final } from "../policies/internal.ts";
-import { type HostModel, paramsToHost, readModelDir, toParams } from "../policies/hf.ts";
+import { type HostModel, paramsToHost, readModelDir, toParams } from "../formats/hf.ts";
 import { paramsFromHost } from "../policies/params.ts";
-import { createOptimizer, loadMoments, momentsToHost } from "../policies/sft.ts";
-import { CharTokenizer, readTokenizerDir } from "../policies/tokenizer.ts";
+import { CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
 import { decodeObjective } from "../objectives/codec.ts";
 import {
   bupo,
@@ -23,13 +22,14 @@ import {
   scale,
   show,
 } from "../objectives/objective.ts";
-import { requiredReadouts } from "../objectives/reference.ts";
 import { arithTask } from "../tasks/arith.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.ts";
 import { resolveConfig, type TrainConfig } from "./config.ts";
 import { evaluate } from "./evaluate.ts";
 import { type EvalRecord, runPlots } from "./report.ts";
 import { rlStep, type StepMetrics } from "./rl.ts";
+import { requiredReadouts } from "../objectives/readouts.ts";
+import { createOptimizer, loadMoments, momentsToHost } from "./optimizer.ts";
 
 /** The objective a config names: `grpo`, `bupo`, or a module exporting an Objective (default or `objective`). */
 export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => {

@@ -1,11 +1,8 @@
-/** Supervised (next-token) training steps on the decoder, identical on every backend; no read-back inside a step. */
+/** The optimizer: AdamW moments segmented like the parameters, and the one update step every trainer takes. */
 import { type AdamWConfig, adamwHyper } from "../core/optim.ts";
+import { keep, type Tensor, zeros } from "../engine/tensor.ts";
 import { adamwSegments } from "../kernels/adamw.ts";
-import { Tape } from "../kernels/tape.ts";
-import { keep, type Tensor, tensor, tidy, zeros } from "../kernels/tensor.ts";
-import type { DecoderConfig } from "./config.ts";
-import { lmLoss } from "./model.ts";
-import { type Params, paramsToHostArrays, segmentGrads, segmentsFromHost } from "./params.ts";
+import { type Params, paramsToHostArrays, segmentsFromHost } from "../policies/params.ts";
 
 /** AdamW state: first and second moments segmented exactly like the parameters (`params.segments`). */
 export interface Optimizer {
@@ -61,45 +58,12 @@ export const loadMoments = (
   opt.step = step;
 };
 
-/** A token batch: B sequences of T ids, row-major; `mask` (B*T) marks positions whose next token counts. */
-export interface TokenBatch {
-  readonly ids: Int32Array;
-  readonly B: number;
-  readonly T: number;
-  readonly mask?: Float32Array;
-}
-
-/** Positions 0..T-1 as an i32 tensor. */
-export const positionsOf = (params: Params, T: number): Tensor =>
-  tensor(params.backend, Int32Array.from({ length: T }, (_, i) => i), [T], "i32");
-
-/** Loss and gradients (segment tensors laid out like the parameters) of the next-token loss on a batch. */
-export const lossAndGrads = (
-  c: DecoderConfig,
-  p: Params,
-  batch: TokenBatch,
-): { loss: Tensor; grads: Tensor[] } =>
-  tidy(() => {
-    const ids = tensor(p.backend, batch.ids, [batch.B, batch.T], "i32");
-    const tape = new Tape().watch(...p.views);
-    const loss = tape.run(() => lmLoss(c, p, ids, positionsOf(p, batch.T), batch.ids, batch.mask));
-    const grads = tape.backward(loss, p.views, tensor(p.backend, [1], []));
-    return { loss, grads: segmentGrads(p, grads) };
-  });
-
 /**
- * One AdamW step on the next-token loss. Returns the loss (before the update) and the gradient norm as
- * scalar tensors; nothing is read back, so steps queue up on the GPU.
+ * One AdamW step: `grads` are segment tensors laid out like `params.segments` (`segmentGrads`). Clips by the global
+ * norm, updates parameters and moments in place, counts the step; returns the (pre-clip) gradient norm as a scalar
+ * tensor. Nothing is read back.
  */
-export const supervisedStep = (
-  c: DecoderConfig,
-  p: Params,
-  opt: Optimizer,
-  batch: TokenBatch,
-): { loss: Tensor; norm: Tensor } =>
-  tidy(() => {
-    const { loss, grads } = lossAndGrads(c, p, batch);
-    opt.step++;
-    const { norm } = adamwSegments(p.segments, grads, opt.m, opt.v, adamwHyper(opt.config, opt.step));
-    return { loss, norm };
-  });
+export const optimizerStep = (params: Params, opt: Optimizer, grads: readonly Tensor[]): Tensor => {
+  opt.step++;
+  return adamwSegments(params.segments, grads, opt.m, opt.v, adamwHyper(opt.config, opt.step)).norm;
+};

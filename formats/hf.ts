@@ -8,10 +8,10 @@ import { isLeft } from "fp-ts/Either.js";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { parseSafetensors, serializeSafetensors, type StEntry, toF32 } from "../core/safetensors.ts";
 import { type Shape, showShape } from "../core/shape.ts";
-import type { Backend } from "../kernels/backend.ts";
+import type { Backend } from "../engine/backend.ts";
 import { exists, readBytes, readJson, writeAtomic } from "../io/files.ts";
-import { decodeHfConfig, type DecoderConfig, encodeHfConfig, paramSpecs } from "./config.ts";
-import { Params, paramsFromHost, paramsToHostArrays } from "./params.ts";
+import { decodeHfConfig, type DecoderConfig, encodeHfConfig, paramSpecs } from "../policies/config.ts";
+import { Params, paramsFromHost, paramsToHostArrays } from "../policies/params.ts";
 
 const IndexJson = t.type({ weight_map: t.record(t.string, t.string) });
 

@@ -450,3 +450,11 @@ export const writeTokenizerDir = (dir: string, tok: CharTokenizer): Effect.Effec
       JSON.stringify(tok.tokenizerConfigJson(), null, 2) + "\n",
     );
   });
+
+/** Read tokenizer.json (+ tokenizer_config.json) as a Promise; rejects with the FileFormatError or ConfigError. */
+export const loadTokenizer = (dir: string): Promise<CharTokenizer | HfTokenizer> =>
+  Effect.runPromise(readTokenizerDir(dir));
+
+/** Write a char tokenizer's tokenizer.json and tokenizer_config.json, each atomically, as a Promise. */
+export const saveTokenizer = (dir: string, tok: CharTokenizer): Promise<void> =>
+  Effect.runPromise(writeTokenizerDir(dir, tok));

@@ -2,15 +2,16 @@
 import { Effect } from "effect";
 import type { ConfigError, FileFormatError } from "../core/errors.ts";
 import { serializeSafetensors } from "../core/safetensors.ts";
-import type { Backend } from "../kernels/backend.ts";
-import { tidy } from "../kernels/tensor.ts";
+import type { Backend } from "../engine/backend.ts";
+import { tidy } from "../engine/tensor.ts";
 import { writeAtomic } from "../io/files.ts";
-import { batchTensors, readRolloutFile, rolloutFromSequences, type RolloutHost } from "./batch.ts";
+import { batchTensors, rolloutFromSequences, type RolloutHost } from "../objectives/batch.ts";
 import type { DecoderConfig } from "../policies/config.ts";
-import { readModelDir, toParams } from "../policies/hf.ts";
+import { readModelDir, toParams } from "../formats/hf.ts";
 import { type Params, paramsToHostArrays } from "../policies/params.ts";
-import { lowerStep, type StepOptions } from "./lower.ts";
-import { type Objective, show } from "./objective.ts";
+import { lowerStep, type StepOptions } from "../objectives/lower.ts";
+import { type Objective, show } from "../objectives/objective.ts";
+import { readRolloutFile } from "../formats/rollout.ts";
 
 /** A batch given inline (sequences = prompt + response ids), as a rollout file, or as a host batch. */
 export type GradientsBatch =

@@ -3,7 +3,7 @@ import { DisposedError, ShapeError } from "../core/errors.ts";
 import { checkShape, type DType, type Shape, showShape, size } from "../core/shape.ts";
 import type { Backend, Storage } from "./backend.ts";
 import type { HostArray, Kernel } from "./kernel.ts";
-import { record } from "./tape.ts";
+import { record } from "./recorder.ts";
 
 let nextId = 1;
 

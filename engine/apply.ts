@@ -3,7 +3,7 @@ import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import type { Backend } from "./backend.ts";
 import type { Kernel } from "./kernel.ts";
-import { record } from "./tape.ts";
+import { record } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
 
 /** The backend shared by all `inputs`; throws if they live on different backends. */

@@ -1,6 +1,6 @@
 /** The pure f64 reference interpreter of objectives: loss, exact gradients w.r.t. every readout, and metrics. */
 import { MissingReadoutError, ShapeError } from "../core/errors.ts";
-import { type InternalPolicy, showPolicy } from "../policies/internal.ts";
+import { showPolicy } from "../policies/internal.ts";
 import { klKey } from "./readouts.ts";
 import {
   activeAt,

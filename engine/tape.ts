@@ -26,7 +26,7 @@ const ACC_WG = 256;
  * output aliases acc); `into` false: inputs (a, g, dst), dst := a + g (the output aliases dst). f32 tensors of one
  * size that fit one binding; `accumulate` splits larger ones into ranges.
  */
-const accumulateKernel: Kernel<{ readonly into: boolean }> = defineKernel<{ readonly into: boolean }>({
+export const accumulateKernel: Kernel<{ readonly into: boolean }> = defineKernel<{ readonly into: boolean }>({
   name: "accumulate",
   infer: ({ into }, ins) => {
     const n = ins[0].shape.reduce((x, y) => x * y, 1);

@@ -176,10 +176,11 @@ ${storage(1, "y", ty, "read_write")}`,
 });
 
 /** Zeros of `shape` (any dtype of `t`) on `t`'s backend, written by a kernel: no host upload. */
-export const zerosLike = (t: Tensor, shape: readonly number[]): Tensor => apply1(unaryZero, { shape }, [t]);
+export const zerosLike = (t: Tensor, shape: readonly number[]): Tensor =>
+  apply1(zerosLikeKernel, { shape }, [t]);
 
 /** A kernel that ignores its input and writes zeros of `shape` (keeps the backend implicit). */
-const unaryZero: Kernel<{ readonly shape: readonly number[] }> = defineKernel<
+export const zerosLikeKernel: Kernel<{ readonly shape: readonly number[] }> = defineKernel<
   { readonly shape: readonly number[] }
 >({
   name: "zerosLike",

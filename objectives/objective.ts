@@ -1,4 +1,21 @@
-/** Objectives as values: weighted loss terms over internal policies, a Monoid under +, scaling, phases, show. */
+/**
+ * Objectives as values: weighted loss terms over internal policies, a Monoid under +, scaling, phases, show.
+ *
+ * Laws (checked as properties in tests/objective_laws_test.ts; `≡` is `EqObjective`, structural equality of the
+ * canonical JSON; `loss`/`grad` are either interpreter, objectives/reference.ts `evaluate` or objectives/lower.ts
+ * `lowerStep`, at any step on any batch):
+ * - Associativity: `concat(concat(a, b), c) ≡ concat(a, concat(b, c))`.
+ * - Identity: `concat(zero, a) ≡ a ≡ concat(a, zero)`.
+ * - Scale distributes: `scale(w)(a + b) ≡ scale(w)(a) + scale(w)(b)`; `scale(1)(a) ≡ a`; `scale(0)(a) ≡ zero`.
+ * - Homomorphism: `activeAt(a + b, s)` = `activeAt(a, s)` followed by `activeAt(b, s)`; `scale(w)` multiplies every
+ *   active weight by `weightAt(w, s)`.
+ * - Phases: at every step exactly one phase of a `phases` term is active, as a pure function of the step.
+ * - Linearity: `loss(a + b) = loss(a) + loss(b)`, `grad(a + b) = grad(a) + grad(b)`,
+ *   `grad(scale(c)(a)) = c grad(a)`.
+ * - Round trip (objectives/codec.ts): `objectiveFromJson(src, objectiveToJson(a)) ≡ a`, with equal `show`.
+ * - Agreement: `lowerStep` equals the f64 reference `evaluate` within the f32 tolerance of tests/lower_test.ts, and
+ *   every reference gradient equals a central finite difference of its loss away from kinks.
+ */
 import type { Eq } from "fp-ts/Eq.js";
 import { concatAll, type Monoid } from "fp-ts/Monoid.js";
 import type { Semigroup } from "fp-ts/Semigroup.js";

@@ -1,5 +1,3 @@
-export { createOptimizer, disposeOptimizer, loadMoments, momentsToHost } from "./training/optimizer.ts";
-export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
 /**
  * bupo: internal policies of language models, their entropy, and RL objectives over them, on WebGPU.
  * The public API; everything else is internal. Layers are 0-based everywhere (the paper's layer i is i-1).
@@ -54,6 +52,7 @@ export { CharTokenizer, HfTokenizer, type TextTokenizer } from "./formats/tokeni
 export { loadTokenizer, saveTokenizer } from "./formats/tokenizer.ts";
 export { generate, type Rollout } from "./policies/generate.ts";
 export { lossAndGrads, supervisedStep } from "./training/sft.ts";
+export { createOptimizer, disposeOptimizer, loadMoments, momentsToHost } from "./training/optimizer.ts";
 
 // objectives: the loss algebra (the whole module as `objectives`; the everyday names directly)
 export * as objectives from "./objectives/mod.ts";
@@ -82,12 +81,13 @@ export {
 export { decodeObjective, ObjectiveCodec } from "./objectives/codec.ts";
 export { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "./objectives/advantages.ts";
 export { evaluate as evaluateReference } from "./objectives/reference.ts";
+export { requiredReadouts } from "./objectives/readouts.ts";
 export { lowerLoss, lowerStep } from "./objectives/lower.ts";
 export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
+export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
 export { gradients, normTable, writeGradients } from "./training/grad.ts";
 export { readKl, streamKl } from "./policies/kl.ts";
 export { entropyFlow } from "./policies/analysis.ts";
 
 // tasks
 export * from "./tasks/mod.ts";
-export { requiredReadouts } from "./objectives/readouts.ts";

@@ -204,23 +204,24 @@ export const helpText = (cmd: Command): string => {
     const aliases = spec.aliases?.length ? ` (also --${spec.aliases.join(", --")})` : "";
     return [names, spec.help + extra + aliases];
   });
-  if (cmd.positionals) rows.unshift([cmd.positionals.name, cmd.positionals.help]);
   rows.push(["-h, --help", "this text"]);
-  const width = Math.min(26, Math.max(...rows.map(([n]) => n.length)) + 2);
+  const pos: [string, string][] = cmd.positionals ? [[cmd.positionals.name, cmd.positionals.help]] : [];
+  const width = Math.min(26, Math.max(...[...pos, ...rows].map(([n]) => n.length)) + 2);
   const indent = " ".repeat(width + 2);
-  const lines = rows.map(([n, h]) => {
+  const layout = ([n, h]: [string, string]) => {
     const [first, ...rest] = h.split("\n");
     const head = n.length + 2 > width ? `  ${n}\n${indent}${first}` : `  ${n.padEnd(width)}${first}`;
     return [head, ...rest.map((r) => indent + r)].join("\n");
-  });
+  };
   return [
     `${cmd.name}: ${cmd.summary}`,
     "",
     "Usage:",
     ...cmd.usage.map((u) => `  ${u}`),
+    ...(pos.length ? ["", "Arguments:", ...pos.map(layout)] : []),
     "",
     "Flags:",
-    ...lines,
+    ...rows.map(layout),
     ...(cmd.notes ? ["", cmd.notes] : []),
   ].join("\n");
 };

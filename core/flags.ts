@@ -116,7 +116,7 @@ const item = (kind: ItemKind, spec: FlagSpec, v: unknown, text: boolean): string
   if (kind === "str") return typeof v === "string" && v.length > 0 ? v : ["a non-empty string"];
   const s = typeof v === "string" ? v.trim() : undefined;
   const x = text && s !== undefined ? (s === "" ? NaN : Number(s)) : v;
-  if (typeof x !== "number") return [kind === "int" || kind === "posint" ? "an integer" : "a number"];
+  if (typeof x !== "number" || Number.isNaN(x)) return [expected({ ...spec, kind })];
   const problem = numberProblem(kind, spec, x);
   return problem ? [problem] : x;
 };

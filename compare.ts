@@ -6,9 +6,8 @@ import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
 import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
 import { runMain } from "./cli/main.ts";
-import { readJson } from "./io/files.ts";
 import { compare, COMPARE_FLAGS } from "./training/compare.ts";
-import { decodeConfigJson, resolveConfig, type TrainConfig } from "./training/config.ts";
+import { readConfigFile, resolveConfig } from "./training/config.ts";
 
 export const COMPARE = defineCommand({
   name: "compare",
@@ -28,13 +27,9 @@ const program = (argv: readonly string[]) =>
     const args = yield* flagsOf(COMPARE, argv);
     if (args.help) return console.log(helpText(COMPARE));
     const { config, steps, seeds, objectives, out, device } = args.values;
-    const file: Partial<TrainConfig> = config
-      ? yield* Effect.flatMap(readJson(config), (j) =>
-        Effect.try({ try: () => decodeConfigJson(config, j), catch: (e) => e }))
-      : {};
+    const file = config ? yield* readConfigFile(config) : {};
     const base = yield* Effect.try({
-      try: () =>
-        resolveConfig(file, steps ? { steps } : {}),
+      try: () => resolveConfig(file, steps ? { steps } : {}),
       catch: (e) => e,
     });
     yield* withDevice(device, (backend) => compare(backend, { base, seeds, objectives, out }));

@@ -7,8 +7,7 @@ import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
 import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
 import { runMain } from "./cli/main.ts";
-import { readJson } from "./io/files.ts";
-import { decodeConfigJson, resolveConfig, TRAIN_FLAGS, type TrainConfig } from "./training/config.ts";
+import { readConfigFile, resolveConfig, TRAIN_FLAGS, type TrainConfig } from "./training/config.ts";
 import { runTraining } from "./training/run.ts";
 
 export const TRAIN = defineCommand({
@@ -40,19 +39,10 @@ const program = (argv: readonly string[]) =>
     const args = yield* flagsOf(TRAIN, argv);
     if (args.help) return console.log(helpText(TRAIN));
     const { config, resume, quiet, ...settings } = args.values;
-    const file = config
-      ? yield* Effect.flatMap(readJson(config), (j) =>
-        Effect.try({ try: () => decodeConfigJson(config, j), catch: (e) => e }))
-      : {};
-    const flags = Object.fromEntries(
-      [...args.given].filter((k) =>
-        k in TRAIN_FLAGS
-      ).map((k) => [k, settings[k as keyof TrainConfig]]),
-    );
-    const cfg = yield* Effect.try({
-      try: () => resolveConfig(file, flags),
-      catch: (e) => e,
-    });
+    const file = config ? yield* readConfigFile(config) : {};
+    const given = [...args.given].filter((k): k is keyof TrainConfig => k in TRAIN_FLAGS);
+    const flags = Object.fromEntries(given.map((k) => [k, settings[k]])) as Partial<TrainConfig>;
+    const cfg = yield* Effect.try({ try: () => resolveConfig(file, flags), catch: (e) => e });
     const opts = { resume: resume === true, quiet: quiet === true, explicit: { ...file, ...flags } };
     yield* withDevice(cfg.device, (backend) => runTraining(backend, cfg, opts));
   });

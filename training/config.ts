@@ -4,8 +4,10 @@
  * and decodeConfigJson checks a config file's fields with the same rows. Every bad value is a ConfigError
  * naming the flag or field and what was expected.
  */
+import { Effect } from "effect";
 import * as t from "io-ts";
-import { ConfigError } from "../core/errors.ts";
+import { ConfigError, type FileFormatError } from "../core/errors.ts";
+import { readJson } from "../io/files.ts";
 import { checkValue, DEVICE_FLAG, type DeviceChoice, type FlagSpec } from "../core/flags.ts";
 
 /** Everything `train.ts` reads. */
@@ -140,6 +142,15 @@ export const decodeConfigJson = (source: string, json: unknown): Partial<TrainCo
   }
   return out as Partial<TrainConfig>;
 };
+
+/** Read and decode a JSON config file (`--config FILE`). */
+export const readConfigFile = (
+  path: string,
+): Effect.Effect<Partial<TrainConfig>, FileFormatError | ConfigError> =>
+  Effect.flatMap(
+    readJson(path),
+    (j) => Effect.try({ try: () => decodeConfigJson(path, j), catch: (e) => e as ConfigError }),
+  );
 
 /** Merge defaults, file and flags, then check cross-field rules. */
 export const resolveConfig = (file: Partial<TrainConfig>, flags: Partial<TrainConfig>): TrainConfig => {

@@ -1,62 +1,53 @@
 /**
  * `deno run -A train.ts` (or `deno task train`): GRPO / BuPO on the embedded arithmetic task from the shipped
- * base model, on the default WebGPU adapter. `--help` lists every flag; `--config run.json` reads them from a
- * file (flags win); `--resume` continues the run in `--out` from its last checkpoint.
+ * base model. `--help` lists every flag; `--config run.json` reads them from a file (flags win); `--resume`
+ * continues the run in `--out` from its last checkpoint.
  */
-import { Cause, Effect, Exit } from "effect";
-import { ConfigError } from "./core/errors.ts";
-import { readJson } from "./io/files.ts";
-import { CpuBackend } from "./engine/cpu.ts";
-import { Gpu, GpuLive } from "./engine/gpu/device.ts";
-import { decodeConfigJson, flagHelp, parseFlags, resolveConfig } from "./training/config.ts";
+import { Effect } from "effect";
+import { withDevice } from "./cli/device.ts";
+import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
+import { runMain } from "./cli/main.ts";
+import { readConfigFile, resolveConfig, TRAIN_FLAGS, type TrainConfig } from "./training/config.ts";
 import { runTraining } from "./training/run.ts";
 
-const HELP = `bupo train: RL (GRPO, BuPO, or your own Objective) on an embedded reasoning task.
-
-  deno run -A train.ts [flags]          # defaults: BuPO on models/tiny-arith, finishes in minutes on llvmpipe
-  deno run -A train.ts --objective grpo --out runs/grpo
-  deno run -A train.ts --objective ./my_objective.ts   # a module exporting an Objective
-  deno run -A train.ts --out runs/x --resume           # continue a stopped run from its last checkpoint
-
-Flags:
-  --config FILE          JSON file with any of the fields below (camelCase names); flags override it
-  --resume               continue the run in --out
-  --quiet                no progress output
-${flagHelp()}
-
-Layers are 0-based: --layer 2 is the paper's layer 3. Outputs in --out: metrics.jsonl, eval.jsonl,
-samples.jsonl, plots.svg, config.json, objective.txt, checkpoints/ and latest.json.`;
-
-const program = Effect.gen(function* () {
-  const args = yield* Effect.try({ try: () => parseFlags(Deno.args), catch: (e) => e as ConfigError });
-  if (args.help) {
-    console.log(HELP);
-    return;
-  }
-  const file = args.configFile
-    ? yield* Effect.flatMap(
-      readJson(args.configFile),
-      (j) => Effect.try({ try: () => decodeConfigJson(args.configFile!, j), catch: (e) => e as ConfigError }),
-    )
-    : {};
-  const cfg = yield* Effect.try({
-    try: () => resolveConfig(file, args.overrides),
-    catch: (e) => e as ConfigError,
-  });
-  const opts = { resume: args.resume, quiet: args.quiet, explicit: { ...file, ...args.overrides } };
-  if (cfg.device === "cpu") {
-    yield* runTraining(new CpuBackend("f32"), cfg, opts);
-  } else {
-    yield* Effect.gen(function* () {
-      const gpu = yield* Gpu;
-      yield* runTraining(gpu, cfg, opts);
-    }).pipe(Effect.provide(GpuLive()));
-  }
+export const TRAIN = defineCommand({
+  name: "train",
+  summary: "RL (GRPO, BuPO, or your own Objective) on an embedded reasoning task.",
+  usage: [
+    "deno run -A train.ts [flags]          # defaults: BuPO on models/tiny-arith, minutes on llvmpipe",
+    "deno run -A train.ts --objective grpo --out runs/grpo",
+    "deno run -A train.ts --objective ./my_objective.ts   # a module exporting an Objective",
+    "deno run -A train.ts --out runs/x --resume           # continue a stopped run from its last checkpoint",
+  ],
+  flags: {
+    config: {
+      kind: "str",
+      arg: "FILE",
+      help: "JSON file with any of the settings below (camelCase names); flags win",
+    },
+    resume: { kind: "bool", help: "continue the run in --out" },
+    quiet: { kind: "bool", help: "no progress output" },
+    ...TRAIN_FLAGS,
+  },
+  notes:
+    "Layers are 0-based: --layer 2 is the paper's layer 3. Outputs in --out: metrics.jsonl, eval.jsonl,\n" +
+    "samples.jsonl, plots.svg, config.json, objective.txt, checkpoints/ and latest.json.",
 });
 
-const exit = await Effect.runPromiseExit(program);
-if (Exit.isFailure(exit)) {
-  const e = Cause.squash(exit.cause) as Error & { _tag?: string };
-  console.error(`train: ${e._tag ? `${e._tag}: ` : ""}${e.message}`);
-  Deno.exit(e._tag === "ConfigError" ? 2 : 1);
-}
+const program = (argv: readonly string[]) =>
+  Effect.gen(function* () {
+    const args = yield* flagsOf(TRAIN, argv);
+    if (args.help) return console.log(helpText(TRAIN));
+    const { config, resume, quiet, ...settings } = args.values;
+    const file = config ? yield* readConfigFile(config) : {};
+    const given = [...args.given].filter((k): k is keyof TrainConfig => k in TRAIN_FLAGS);
+    const flags = Object.fromEntries(given.map((k) => [k, settings[k]])) as Partial<TrainConfig>;
+    const cfg = yield* Effect.try({ try: () => resolveConfig(file, flags), catch: (e) => e });
+    const opts = { resume: resume === true, quiet: quiet === true, explicit: { ...file, ...flags } };
+    yield* withDevice(cfg.device, (backend) => runTraining(backend, cfg, opts));
+  });
+
+/** Run the command; returns the exit code. */
+export const main = (argv: readonly string[]): Promise<number> => runMain("train", program(argv));
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,6 +1,7 @@
 /** Gradient inspection: the loss of an objective on a batch and the gradient of every parameter, by HF name. */
 import { Effect } from "effect";
-import type { ConfigError, FileFormatError } from "../core/errors.ts";
+import { ConfigError, type FileFormatError } from "../core/errors.ts";
+import { DEVICE_FLAG, type FlagTable } from "../core/flags.ts";
 import { serializeSafetensors } from "../core/safetensors.ts";
 import type { Backend } from "../engine/backend.ts";
 import { tidy } from "../engine/tensor.ts";
@@ -10,7 +11,9 @@ import type { DecoderConfig } from "../policies/config.ts";
 import { readModelDir, toParams } from "../formats/hf.ts";
 import { type Params, paramsToHostArrays } from "../policies/params.ts";
 import { lowerStep, type StepOptions } from "../objectives/lower.ts";
-import { type Objective, show } from "../objectives/objective.ts";
+import { bupo, grpo, type Objective, show } from "../objectives/objective.ts";
+import { final, layer, type ReadoutNorm } from "../policies/internal.ts";
+import { loadObjectiveModule } from "../formats/module.ts";
 import { readRolloutFile } from "../formats/rollout.ts";
 
 /** A batch given inline (sequences = prompt + response ids), as a rollout file, or as a host batch. */
@@ -160,3 +163,101 @@ export const normTable = (r: GradientsResult): string => {
   lines.push(`${"(global)".padEnd(w)}  ${"".padEnd(14)}  ${Math.sqrt(total).toExponential(4)}`);
   return lines.join("\n");
 };
+
+const usage = (field: string, message: string) => new ConfigError({ source: "flags", field, message });
+
+/**
+ * The objective `deno task grad` names: `grpo` on the final policy (or on layer(k, norm) with a layer),
+ * `bupo` on layer k (required) until step `until`, or a path to a module exporting an Objective.
+ */
+export const objectiveByName = (o: {
+  readonly name: string;
+  readonly layer?: number;
+  readonly until: number;
+  readonly norm: ReadoutNorm;
+}): Promise<Objective> => {
+  if (o.name === "grpo") return Promise.resolve(grpo(o.layer === undefined ? final : layer(o.layer, o.norm)));
+  if (o.name === "bupo") {
+    if (o.layer === undefined) return Promise.reject(usage("--layer", "--objective bupo needs --layer k"));
+    return Promise.resolve(bupo({ layer: o.layer, until: o.until, norm: o.norm }));
+  }
+  return loadObjectiveModule(o.name);
+};
+
+/**
+ * The batch of grad's flags: a rollout file, or sequences given inline (`tokens`: ids separated by ",",
+ * sequences by ";") with one prompt length (or one per sequence) and one advantage per sequence.
+ */
+export const batchFromFlags = (f: {
+  readonly rollout?: string;
+  readonly tokens?: string;
+  readonly promptLen?: readonly number[];
+  readonly advantages?: readonly number[];
+}): GradientsBatch => {
+  if (f.rollout) return { rolloutFile: f.rollout };
+  if (!f.tokens || !f.promptLen || !f.advantages) {
+    throw usage("--tokens", "give --tokens, --prompt-len and --advantages (or --rollout FILE)");
+  }
+  const ids = f.tokens.split(";").map((seq) =>
+    seq.split(",").map((x) => {
+      const v = Number(x.trim());
+      if (x.trim() === "" || !Number.isInteger(v) || v < 0) {
+        throw usage("--tokens", `--tokens: ${JSON.stringify(x)} is not a token id (an integer >= 0)`);
+      }
+      return v;
+    })
+  );
+  return {
+    ids,
+    promptLen: f.promptLen.length === 1 ? f.promptLen[0] : f.promptLen,
+    advantages: f.advantages,
+  };
+};
+
+/** The flags of `deno task grad` (a core/flags.ts table; grad.ts parses argv with it). */
+export const GRAD_FLAGS = {
+  model: {
+    kind: "str",
+    required: true,
+    arg: "DIR",
+    help: "model folder (Hugging Face: config.json + model.safetensors)",
+  },
+  tokens: {
+    kind: "str",
+    arg: "LIST",
+    help: "sequences (prompt + response ids), ';' between sequences, ',' between ids",
+  },
+  promptLen: {
+    kind: "list",
+    of: "int",
+    min: 0,
+    arg: "N|LIST",
+    help: "prompt length of every sequence, or one per sequence",
+  },
+  advantages: { kind: "list", of: "num", help: "one advantage per sequence (comma-separated)" },
+  rollout: {
+    kind: "str",
+    arg: "FILE",
+    help: "instead of --tokens/--prompt-len/--advantages: a rollout file (formats/rollout.ts\n" +
+      "writeRolloutFile: ids, prompt_lens, response_lens, advantages, optional behaviour,\nold.<policy>, ref.<policy>)",
+  },
+  objective: {
+    kind: "str",
+    default: "grpo",
+    arg: "NAME",
+    help: "grpo: GRPO on the final policy, or on layer(k) with --layer k;\n" +
+      "bupo: BuPO with --layer k (required) and --until n;\n" +
+      "a path to a module that exports an Objective (default export or `objective`)",
+  },
+  layer: { kind: "int", min: 0, arg: "K", help: "0-based layer index (the paper's layer 1 is 0)" },
+  until: { kind: "int", min: 0, default: 30, help: "bupo: last step of the internal phase" },
+  norm: {
+    kind: "enum",
+    values: ["raw", "normed"],
+    default: "raw",
+    help: "readout of layer(k): raw (the paper's) or through the final norm",
+  },
+  step: { kind: "int", min: 0, default: 1, help: "1-based training step (selects the phase)" },
+  device: { ...DEVICE_FLAG, aliases: ["backend"] },
+  out: { kind: "str", required: true, arg: "FILE", help: "output safetensors file" },
+} as const satisfies FlagTable;

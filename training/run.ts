@@ -12,7 +12,7 @@ import { final } from "../policies/internal.ts";
 import { type HostModel, paramsToHost, readModelDir, toParams } from "../formats/hf.ts";
 import { paramsFromHost } from "../policies/params.ts";
 import { CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
-import { decodeObjective } from "../objectives/codec.ts";
+import { loadObjectiveModule } from "../formats/module.ts";
 import {
   bupo,
   grpo,
@@ -41,39 +41,7 @@ export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => 
   let o: Objective;
   if (cfg.objective === "grpo") o = grpo(final, clip);
   else if (cfg.objective === "bupo") o = bupo({ layer: cfg.layer, until: cfg.phaseSteps, ...clip });
-  else {
-    const path = cfg.objective.startsWith("/") ? cfg.objective : `${Deno.cwd()}/${cfg.objective}`;
-    let mod: Record<string, unknown>;
-    try {
-      mod = await import(`file://${path}`);
-    } catch (e) {
-      throw new ConfigError({
-        source: "flags",
-        field: "--objective",
-        message: `--objective ${cfg.objective}: cannot import the module (${
-          (e as Error).message.split("\n")[0]
-        })`,
-      });
-    }
-    const cand = mod.default ?? mod.objective;
-    if (cand === undefined) {
-      throw new ConfigError({
-        source: cfg.objective,
-        field: "--objective",
-        message:
-          `${cfg.objective}: exports no Objective (expected a default export or an export named "objective")`,
-      });
-    }
-    try {
-      o = decodeObjective(cfg.objective, JSON.parse(JSON.stringify(cand)));
-    } catch (e) {
-      throw new ConfigError({
-        source: cfg.objective,
-        field: "--objective",
-        message: `${cfg.objective}: its export is not an Objective: ${(e as Error).message}`,
-      });
-    }
-  }
+  else o = await loadObjectiveModule(cfg.objective);
   if (cfg.kl > 0) o = MonoidObjective.concat(o, scale(cfg.kl)(klToRef(final, { estimator: "k3" })));
   return o;
 };

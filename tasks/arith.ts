@@ -1,7 +1,9 @@
 /** Multi-step arithmetic: "3+5-2+8=" answered by the running results "8,6,14", then "|14." (binary reward). */
 import { ConfigError } from "../core/errors.ts";
-import { philox4x32, seedKey, uniform01 } from "../core/rng.ts";
+import { drawer, textHash } from "./draw.ts";
 import type { Problem, Split, Task } from "./task.ts";
+
+export { textHash } from "./draw.ts";
 
 /** Separates the running results of the chain. */
 export const CHAIN_SEP = ",";
@@ -74,34 +76,11 @@ export const arithConfig = (o: ArithOptions = {}): ArithConfig => {
   return c;
 };
 
-/** A fixed 32-bit hash of a string (FNV-1a, then the murmur3 finalizer); seed-independent, so splits are too. */
-export const textHash = (s: string): number => {
-  let h = 0x811C9DC5;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
-  h = Math.imul(h ^ (h >>> 16), 0x85EBCA6B) >>> 0;
-  h = Math.imul(h ^ (h >>> 13), 0xC2B2AE35) >>> 0;
-  return (h ^ (h >>> 16)) >>> 0;
-};
-
 /** Which split an expression text (the prompt) belongs to under `evalEvery`. */
 export const splitOf = (prompt: string, evalEvery: number = DEFAULTS.evalEvery): Split =>
   textHash(prompt) % evalEvery === 0 ? "eval" : "train";
 
-const SPLIT_CODE: Record<Split, number> = { train: 0, eval: 1 };
 const MAX_ATTEMPTS = 4096;
-
-/** Uniform integers from Philox blocks at counter (split, index, attempt, block): 4 words per block. */
-const drawer = (seed: number, split: Split, index: number, attempt: number) => {
-  const key = seedKey(seed);
-  let block: number[] = [], used = 4, next = 0;
-  return (lo: number, hi: number): number => {
-    if (used === 4) {
-      block = philox4x32(key, [SPLIT_CODE[split], index >>> 0, attempt, next++]);
-      used = 0;
-    }
-    return lo + Math.floor(uniform01(block[used++]) * (hi - lo + 1));
-  };
-};
 
 /** One candidate expression: operands and operators with every running result in [0, maxResult]; null if stuck. */
 const drawExpression = (c: ArithConfig, int: (lo: number, hi: number) => number) => {

@@ -12,7 +12,6 @@ import { final } from "../policies/internal.ts";
 import { type HostModel, paramsToHost, readModelDir, toParams } from "../formats/hf.ts";
 import type { Params } from "../policies/params.ts";
 import { CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
-import type { Task } from "../tasks/task.ts";
 import { decodeObjective } from "../objectives/codec.ts";
 import {
   bupo,

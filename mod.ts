@@ -46,7 +46,7 @@ export {
 } from "./policies/model.ts";
 export * from "./policies/internal.ts";
 export { streamReadout } from "./policies/readout.ts";
-export { policyPoint, readPoints, readPolicies } from "./policies/policy.ts";
+export { forwardPolicies, policyPoint, readPoints, readPolicies } from "./policies/policy.ts";
 export { paramsToHost, readModelDir, toParams, writeModelDir } from "./formats/hf.ts";
 export { CharTokenizer, HfTokenizer, type TextTokenizer } from "./formats/tokenizer.ts";
 export { loadTokenizer, saveTokenizer } from "./formats/tokenizer.ts";

@@ -1,5 +1,6 @@
 /** Benchmark: loss + gradient of a GRPO batch (64 x 64 tokens, 4-layer tiny model), GPU lowering vs reference. */
 import { Effect } from "effect";
+import { lcg } from "../core/rng.ts";
 import type { Backend } from "../engine/backend.ts";
 import { adapterOptionsFromEnv, openGpu } from "../engine/gpu/device.ts";
 import { Tape } from "../engine/tape.ts";
@@ -47,8 +48,8 @@ const time = async (f: () => Promise<unknown>): Promise<number> => {
 export const benchObjective = async (backend: Backend): Promise<ObjectiveBenchRow[]> => {
   const cfg = tinyConfig({ numLayers: 4 });
   const p = initParams(backend, paramSpecs(cfg), 1, 0.05);
-  let s = 7;
-  const u = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const next = lcg(7);
+  const u = () => next() / 2 ** 32;
   const host: RolloutHost = {
     ids: Int32Array.from({ length: N * T }, () => Math.floor(u() * cfg.vocabSize)),
     N,

@@ -85,3 +85,18 @@ export const splitmix32 = (seed: number): () => number => {
     return (z ^ (z >>> 16)) >>> 0;
   };
 };
+
+/**
+ * A small linear congruential generator (Numerical Recipes' constants): the u32 states after `seed` (0 reads
+ * as 1), one per call. Deterministic test data and gradient-check directions, not sampling (that is Philox).
+ */
+export const lcg = (seed: number): () => number => {
+  let s = (seed >>> 0) || 1;
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0);
+};
+
+/** Uniform numbers in [-1, 1) from `lcg(seed)`: state / 2^31 - 1. */
+export const uniforms = (seed: number): () => number => {
+  const next = lcg(seed);
+  return () => next() / 2 ** 31 - 1;
+};

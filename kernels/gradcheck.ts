@@ -2,6 +2,7 @@
  * Gradient checking against central finite differences along a random direction (JAX's `check_grads`):
  * <grad f(x), v> must equal (f(x + eps v) - f(x - eps v)) / (2 eps). Run it on the f64 CPU backend.
  */
+import { uniforms } from "../core/rng.ts";
 import type { Shape } from "../core/shape.ts";
 import type { Backend } from "../engine/backend.ts";
 import { mul, sumTo } from "./elementwise.ts";
@@ -22,15 +23,6 @@ export interface GradCheckResult {
   /** |analytic - numeric| / max(1, |numeric|). */
   readonly error: number;
 }
-
-/** A deterministic stream of uniform numbers in [-1, 1) (a small LCG; tests pass their own seed). */
-export const uniforms = (seed: number) => {
-  let s = (seed >>> 0) || 1;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 31 - 1;
-  };
-};
 
 /**
  * Check the gradients of `f` (any output shape: it is projected on a random cotangent) with respect to

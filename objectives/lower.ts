@@ -17,9 +17,8 @@ import type { BatchTensors } from "./batch.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { final, type InternalPolicy, showPolicy } from "../policies/internal.ts";
 import { readKl } from "../policies/kl.ts";
-import { forward } from "../policies/model.ts";
 import { type Params, segmentGrads } from "../policies/params.ts";
-import { readPolicies } from "../policies/policy.ts";
+import { forwardPolicies } from "../policies/policy.ts";
 import {
   activeAt,
   type ActiveTerm,
@@ -287,10 +286,12 @@ export const lowerStep = (
     const tape = new Tape().watch(...p.views);
     const lowered = tape.run(() => {
       const anything = policies.length + req.kl.length > 0;
-      const f = anything ? forward(c, p, batch.ids, batch.positions) : null;
+      const model = anything ? forwardPolicies(c, p, batch.ids, batch.positions) : null;
       const opts = { temperature: o.temperature, chunk: o.chunk };
-      const reads = f && policies.length ? readPolicies(c, p, f, policies, batch.targets, opts) : new Map();
-      const kls = f && req.kl.length ? readKl(c, p, f, req.kl, { ...opts, detach: o.klDetach }) : new Map();
+      const reads = model && policies.length ? model.read(policies, batch.targets, opts) : new Map();
+      const kls = model && req.kl.length
+        ? readKl(c, p, model.taps, req.kl, { ...opts, detach: o.klDetach })
+        : new Map();
       let b = batch;
       if (o.onPolicy) {
         const old = new Map(batch.old);

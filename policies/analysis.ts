@@ -6,14 +6,12 @@
  * Layers are 0-based: the paper's "layer i" (1-based) is layer i-1 here.
  */
 import { ShapeError } from "../core/errors.ts";
-import { embedding } from "../kernels/embedding.ts";
 import { concatRows } from "../kernels/layout.ts";
-import { reshape, type Tensor, tensor, tidy } from "../engine/tensor.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
-import { attn, ffn, layer, type ReadoutNorm } from "./internal.ts";
-import { forward, type ForwardResult, type LayerTaps } from "./model.ts";
+import { attn, ffn, layer, type ReadoutNorm, showPolicy } from "./internal.ts";
 import type { Params } from "./params.ts";
-import { pointOf, policyPoint, readPoints } from "./policy.ts";
+import { forwardPolicies, type ReadPoint, showPoint } from "./policy.ts";
 import type { ReadoutOptions } from "./readout.ts";
 
 /** Token ids to score, which positions count, and the id whose log-prob is read at each position. */
@@ -103,39 +101,26 @@ export interface EntropyFlow {
 }
 
 const sfx = (n: ReadoutNorm) => (n === "normed" ? ",normed" : "");
+/** A readout's key (`showPoint` of the point): `embed`, `attnIn(3)`, `ffn(0,normed)`, ... */
 const key = (name: string, l: number | null, n: ReadoutNorm) =>
   l === null ? (n === "normed" ? `${name}(normed)` : name) : `${name}(${l}${sfx(n)})`;
 
-/** Every readout key the analysis computes, in a fixed order (`final` first). */
-export const readoutKeys = (numLayers: number, norms: readonly ReadoutNorm[]): string[] => {
-  const out = ["final"];
-  for (const n of norms) {
-    out.push(key("embed", null, n));
+/** Every point the analysis reads, in a fixed order (`final` first; then per norm the embedding and each layer). */
+export const readoutPoints = (numLayers: number, norms: readonly ReadoutNorm[]): ReadPoint[] => {
+  const out: ReadPoint[] = [{ kind: "final" }];
+  for (const norm of norms) {
+    out.push({ kind: "embed", norm });
     for (let l = 0; l < numLayers; l++) {
-      for (const m of ["attnIn", "attn", "ffnIn", "ffn", "layer"]) out.push(key(m, l, n));
+      out.push({ kind: "attnIn", layer: l, norm }, attn(l, norm));
+      out.push({ kind: "ffnIn", layer: l, norm }, ffn(l, norm), layer(l, norm));
     }
   }
   return out;
 };
 
-/** The readout points of a (sliced) forward pass, in `readoutKeys` order. */
-const pointsOf = (
-  c: DecoderConfig,
-  p: Params,
-  f: ForwardResult,
-  norms: readonly ReadoutNorm[],
-): Tensor[] => {
-  const out: Tensor[] = [f.final];
-  for (const n of norms) {
-    out.push(pointOf(c, p, f.embed, n));
-    for (let l = 0; l < c.numLayers; l++) {
-      const t = f.layers[l];
-      out.push(pointOf(c, p, t.attnIn, n), policyPoint(c, p, f, attn(l, n)));
-      out.push(pointOf(c, p, t.ffnIn, n), policyPoint(c, p, f, ffn(l, n)), policyPoint(c, p, f, layer(l, n)));
-    }
-  }
-  return out;
-};
+/** Every readout key the analysis computes, in a fixed order (`final` first). */
+export const readoutKeys = (numLayers: number, norms: readonly ReadoutNorm[]): string[] =>
+  readoutPoints(numLayers, norms).map(showPoint);
 
 /** Bytes of activations the forward pass keeps per token (every intermediate lives until the group ends). */
 const forwardBytesPerToken = (c: DecoderConfig): number => {
@@ -191,24 +176,6 @@ const checkBatch = (c: DecoderConfig, b: EntropyBatch) => {
   }
 };
 
-/** Gather rows `idx` (n) i32 of a tap (Bg, T, d) into (1, n, d). */
-const gather = (x: Tensor, idx: Tensor): Tensor => {
-  const [Bg, T, d] = x.shape;
-  return reshape(embedding(reshape(x, [Bg * T, d]), idx), [1, idx.shape[0], d]); // (1, n, d)
-};
-
-const sliceForward = (f: ForwardResult, idx: Tensor): ForwardResult => ({
-  embed: gather(f.embed, idx),
-  layers: f.layers.map((t): LayerTaps => ({
-    attnIn: gather(t.attnIn, idx),
-    attn: gather(t.attn, idx),
-    ffnIn: gather(t.ffnIn, idx),
-    ffn: gather(t.ffn, idx),
-    out: gather(t.out, idx),
-  })),
-  final: gather(f.final, idx),
-});
-
 /**
  * Entropy flow of a batch. One forward pass per group of sequences; the scored positions' taps are gathered
  * and every readout of a token slice is computed in ONE streaming pass over the vocabulary (peak extra memory
@@ -227,8 +194,13 @@ export const entropyFlow = async (
   }
   const { B, T } = batch;
   const V = c.vocabSize, d = c.hiddenSize, L = c.numLayers;
-  const keys = readoutKeys(L, norms);
+  const points = readoutPoints(L, norms);
+  const keys = points.map(showPoint);
   const P = keys.length;
+  // Readouts that are the same tensor (raw layer(L-1) IS final, see policyPoint) are read once.
+  const same = showPolicy(layer(L - 1));
+  const uniq = points.filter((q) => showPoint(q) !== same);
+  const where = keys.map((k) => uniq.findIndex((q) => showPoint(q) === (k === same ? "final" : k)));
   const chunk = opts.chunk ?? 8192;
   const maxRows = opts.maxRows ??
     Math.floor((opts.memoryBudget ?? 256 * 2 ** 20) / (4 * (Math.min(chunk, V) + 4 * d)));
@@ -264,7 +236,7 @@ export const entropyFlow = async (
       await tidy(async () => {
         const Bg = g.b1 - g.b0;
         const ids = tensor(p.backend, batch.ids.subarray(g.b0 * T, g.b1 * T), [Bg, T], "i32");
-        const f = forward(c, p, ids, positions);
+        const model = forwardPolicies(c, p, ids, positions);
         forwards++;
         for (let s = 0; s < g.rows.length; s += perPass) {
           const rows = g.rows.slice(s, s + perPass);
@@ -277,22 +249,19 @@ export const entropyFlow = async (
               [n],
               "i32",
             );
-            const pts = pointsOf(c, p, sliceForward(f, idx), norms);
-            // Readouts that are the same tensor (raw layer(L-1) IS final) are read once.
-            const uniq = [...new Set(pts)];
-            const outs = readPoints(c, p, uniq, tg, opts);
-            const all = concatRows([...outs.map((o) => o.entropy), ...outs.map((o) => o.logp)]); // (2U*n)
-            return { all, where: pts.map((x) => uniq.indexOf(x)), U: uniq.length };
+            const reads = model.read(uniq, tg, opts, idx);
+            const outs = uniq.map((q) => reads.get(showPoint(q))!);
+            return concatRows([...outs.map((o) => o.entropy), ...outs.map((o) => o.logp)]); // (2U*n)
           });
-          const data = await host.all.data(); // one read-back per streaming pass
-          host.all.dispose();
+          const data = await host.data(); // one read-back per streaming pass
+          host.dispose();
           for (let j = 0; j < n; j++) {
             const i = rows[j], w = batch.mask[i], hasT = batch.targets[i] >= 0;
             wE += w;
             if (hasT) wL += w;
             for (let k = 0; k < P; k++) {
-              const u = host.where[k];
-              const e = data[u * n + j], lp = data[(host.U + u) * n + j];
+              const u = where[k];
+              const e = data[u * n + j], lp = data[(uniq.length + u) * n + j];
               sumE[k] += w * e;
               if (hasT) sumL[k] += w * lp;
               if (per) {

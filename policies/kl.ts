@@ -4,7 +4,6 @@
  */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import { add } from "../kernels/elementwise.ts";
 import { klFinish, klFold, klGrad } from "../kernels/kl.ts";
 import { allocLike, chunkRows } from "../engine/binding.ts";
 import { concatRows, copyInto, sliceRows } from "../kernels/layout.ts";
@@ -12,13 +11,14 @@ import { matmul } from "../kernels/matmul.ts";
 import { NEG_BIG } from "../kernels/readout.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import { custom } from "../engine/tape.ts";
-import { reshape, type Tensor, tensor, tidy, view } from "../engine/tensor.ts";
+import { reshape, type Tensor, tensor, view } from "../engine/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
 import { type InternalPolicy, showPolicy } from "./internal.ts";
 import { type ForwardResult, unembedding } from "./model.ts";
 import type { Params } from "./params.ts";
 import { policyPoint } from "./policy.ts";
 import type { ReadoutOptions } from "./readout.ts";
+import { checkChunk, checkTemperature, forChunks, sumChunks } from "./vocab.ts";
 
 /** Options of a KL readout: temperature, chunk, and which side (if any) the gradient does not reach. */
 export interface KlOptions extends ReadoutOptions {
@@ -32,15 +32,8 @@ export interface KlOptions extends ReadoutOptions {
  */
 export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}): Tensor => {
   const temperature = opts.temperature ?? 1, want = opts.chunk ?? 8192, detach = opts.detach ?? "none";
-  if (!(want > 0) || want % 64 !== 0) {
-    throw new ShapeError({
-      op: "streamKl",
-      message: `streamKl: chunk ${want} must be a positive multiple of 64`,
-    });
-  }
-  if (!(temperature > 0)) {
-    throw new ShapeError({ op: "streamKl", message: `streamKl: temperature ${temperature} must be > 0` });
-  }
+  checkChunk("streamKl", want);
+  checkTemperature("streamKl", temperature);
   if (
     xa.rank !== 2 || xb.rank !== 2 || E.rank !== 2 || xa.shape[0] !== xb.shape[0] ||
     xa.shape[1] !== E.shape[1] ||
@@ -61,12 +54,9 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
     const x = concatRows([xa, xb]); // (2N, d)
     const init = new Float32Array(5 * N).map((_, i) => (i % 5 === 0 || i % 5 === 3 ? NEG_BIG : 0));
     const state = tensor(xa.backend, init, [N, 5]);
-    for (let start = 0; start < V; start += chunk) {
-      tidy(() => {
-        const Ec = view(E, start * d, [Math.min(chunk, V - start), d]); // (C, d)
-        apply(klFold, { start, vocab: V, temperature }, [state, matmul(x, Ec, { transB: true })]); // z (2N, C)
-      });
-    }
+    forChunks(E, chunk, (start, Ec) => { // Ec (C, d)
+      apply(klFold, { start, vocab: V, temperature }, [state, matmul(x, Ec, { transB: true })]); // z (2N, C)
+    });
     const [f, k] = apply(klFinish, {}, [state]);
     state.dispose();
     if (x !== xa) x.dispose();
@@ -76,22 +66,15 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
     if (!g) return [null, null, null];
     const x = concatRows([xa, xb]); // (2N, d)
     const dE = allocLike(xa, [V, d]); // every row block is written below: never bound whole
-    let dx: Tensor | null = null;
-    for (let start = 0; start < V; start += chunk) {
-      const next: Tensor = tidy(() => {
-        const Ec = view(E, start * d, [Math.min(chunk, V - start), d]); // (C, d)
-        const z = matmul(x, Ec, { transB: true }); // (2N, C)
-        const dz = apply1(klGrad, { start, vocab: V, temperature, detach }, [z, fin, g]); // (2N, C)
-        copyInto(view(dE, start * d, Ec.shape), matmul(dz, x, { transA: true })); // (C, d)
-        const part = matmul(dz, Ec); // (2N, d)
-        return dx ? add(dx, part) : part;
-      });
-      dx?.dispose();
-      dx = next;
-    }
+    const dx = sumChunks(E, chunk, (start, Ec) => { // Ec (C, d)
+      const z = matmul(x, Ec, { transB: true }); // (2N, C)
+      const dz = apply1(klGrad, { start, vocab: V, temperature, detach }, [z, fin, g]); // (2N, C)
+      copyInto(view(dE, start * d, Ec.shape), matmul(dz, x, { transA: true })); // (C, d)
+      return matmul(dz, Ec); // (2N, d)
+    });
     return [
-      detach === "a" ? null : sliceRows(dx!, 0, N), // (N, d)
-      detach === "b" ? null : sliceRows(dx!, N, N), // (N, d)
+      detach === "a" ? null : sliceRows(dx, 0, N), // (N, d)
+      detach === "b" ? null : sliceRows(dx, N, N), // (N, d)
       dE,
     ];
   });

@@ -53,6 +53,42 @@ const linear = (x: Tensor, w: Tensor, b?: Tensor): Tensor => {
 export const forward = (c: DecoderConfig, p: Params, ids: Tensor, positions: Tensor): ForwardResult =>
   forwardWith(c, p, ids, positions);
 
+/**
+ * Decoder block l (pre-norm attention, then a pre-norm SwiGLU FFN) on the residual stream h (..., d) of B
+ * sequences of T columns each (a forward pass: h (B, T, d); one decoding step: h (B, d), T = 1) at `positions`
+ * (T). `attend(q, k, v)` takes the rotated queries (B, T, Hq, D) and keys and the values (B, T, Hkv, D) and
+ * returns the attention output (..., Hq*D) before o_proj. The taps of the block, `out` the new residual stream.
+ */
+const block = (
+  c: DecoderConfig,
+  p: Params,
+  l: number,
+  h: Tensor,
+  positions: Tensor,
+  [B, T]: readonly [number, number],
+  attend: (q: Tensor, k: Tensor, v: Tensor) => Tensor,
+): LayerTaps => {
+  const D = c.headDim, Hq = c.numHeads, Hkv = c.numKvHeads;
+  const n = (s: string) => p.get(`model.layers.${l}.${s}`);
+  const bias = (s: string) => (c.qkvBias ? n(`self_attn.${s}_proj.bias`) : undefined);
+  const attnIn = rmsNorm(h, n("input_layernorm.weight"), c.rmsNormEps); // (..., d)
+  let q = reshape(linear(attnIn, n("self_attn.q_proj.weight"), bias("q")), [B, T, Hq, D]);
+  let k = reshape(linear(attnIn, n("self_attn.k_proj.weight"), bias("k")), [B, T, Hkv, D]);
+  const v = reshape(linear(attnIn, n("self_attn.v_proj.weight"), bias("v")), [B, T, Hkv, D]);
+  if (c.qkNorm) {
+    q = rmsNorm(q, n("self_attn.q_norm.weight"), c.rmsNormEps);
+    k = rmsNorm(k, n("self_attn.k_norm.weight"), c.rmsNormEps);
+  }
+  q = rope(q, positions, c.ropeTheta); // (B, T, Hq, D)
+  k = rope(k, positions, c.ropeTheta); // (B, T, Hkv, D)
+  const attn = linear(attend(q, k, v), n("self_attn.o_proj.weight")); // (..., d)
+  const mid = add(h, attn);
+  const ffnIn = rmsNorm(mid, n("post_attention_layernorm.weight"), c.rmsNormEps);
+  const gated = swiglu(linear(ffnIn, n("mlp.gate_proj.weight")), linear(ffnIn, n("mlp.up_proj.weight")));
+  const ffn = linear(gated, n("mlp.down_proj.weight")); // (..., d)
+  return { attnIn, attn, ffnIn, ffn, out: add(mid, ffn) };
+};
+
 /** `forward`, handing each layer's rotated keys and values (B, T, Hkv, D) to `onKV` (the cache prefill). */
 const forwardWith = (
   c: DecoderConfig,
@@ -62,32 +98,16 @@ const forwardWith = (
   onKV?: (l: number, k: Tensor, v: Tensor) => void,
 ): ForwardResult => {
   const [B, T] = ids.shape;
-  const D = c.headDim, Hq = c.numHeads, Hkv = c.numKvHeads;
   let h = embedding(p.get("model.embed_tokens.weight"), ids); // (B, T, d)
   const embed = h;
   const layers: LayerTaps[] = [];
   for (let l = 0; l < c.numLayers; l++) {
-    const n = (s: string) => p.get(`model.layers.${l}.${s}`);
-    const bias = (s: string) => (c.qkvBias ? n(`self_attn.${s}_proj.bias`) : undefined);
-    const attnIn = rmsNorm(h, n("input_layernorm.weight"), c.rmsNormEps); // (B, T, d)
-    let q = reshape(linear(attnIn, n("self_attn.q_proj.weight"), bias("q")), [B, T, Hq, D]);
-    let k = reshape(linear(attnIn, n("self_attn.k_proj.weight"), bias("k")), [B, T, Hkv, D]);
-    const v = reshape(linear(attnIn, n("self_attn.v_proj.weight"), bias("v")), [B, T, Hkv, D]);
-    if (c.qkNorm) {
-      q = rmsNorm(q, n("self_attn.q_norm.weight"), c.rmsNormEps);
-      k = rmsNorm(k, n("self_attn.k_norm.weight"), c.rmsNormEps);
-    }
-    q = rope(q, positions, c.ropeTheta); // (B, T, Hq, D)
-    k = rope(k, positions, c.ropeTheta); // (B, T, Hkv, D)
-    onKV?.(l, k, v);
-    const o = reshape(attention(q, k, v), [B, T, Hq * D]); // (B, T, Hq*D)
-    const attn = linear(o, n("self_attn.o_proj.weight")); // (B, T, d)
-    const mid = add(h, attn);
-    const ffnIn = rmsNorm(mid, n("post_attention_layernorm.weight"), c.rmsNormEps);
-    const gated = swiglu(linear(ffnIn, n("mlp.gate_proj.weight")), linear(ffnIn, n("mlp.up_proj.weight")));
-    const ffn = linear(gated, n("mlp.down_proj.weight")); // (B, T, d)
-    h = add(mid, ffn);
-    layers.push({ attnIn, attn, ffnIn, ffn, out: h });
+    const taps = block(c, p, l, h, positions, [B, T], (q, k, v) => {
+      onKV?.(l, k, v);
+      return reshape(attention(q, k, v), [B, T, c.numHeads * c.headDim]); // (B, T, Hq*D)
+    });
+    layers.push(taps);
+    h = taps.out;
   }
   const final = rmsNorm(h, p.get("model.norm.weight"), c.rmsNormEps);
   return { embed, layers, final };
@@ -163,7 +183,6 @@ export const prefill = (
  */
 export const decodeStep = (c: DecoderConfig, p: Params, cache: KVCache, ids: Tensor, t: number): Tensor => {
   const B = ids.shape[0];
-  const D = c.headDim, Hq = c.numHeads, Hkv = c.numKvHeads;
   if (ids.rank !== 1 || ids.dtype !== "i32") {
     throw new ShapeError({
       op: "decodeStep",
@@ -180,24 +199,10 @@ export const decodeStep = (c: DecoderConfig, p: Params, cache: KVCache, ids: Ten
   const pos = tensor(ids.backend, Int32Array.of(t), [1], "i32");
   let h = embedding(p.get("model.embed_tokens.weight"), ids); // (B, d)
   for (let l = 0; l < c.numLayers; l++) {
-    const n = (s: string) => p.get(`model.layers.${l}.${s}`);
-    const bias = (s: string) => (c.qkvBias ? n(`self_attn.${s}_proj.bias`) : undefined);
-    const attnIn = rmsNorm(h, n("input_layernorm.weight"), c.rmsNormEps); // (B, d)
-    let q = reshape(linear(attnIn, n("self_attn.q_proj.weight"), bias("q")), [B, 1, Hq, D]);
-    let k = reshape(linear(attnIn, n("self_attn.k_proj.weight"), bias("k")), [B, 1, Hkv, D]);
-    const v = reshape(linear(attnIn, n("self_attn.v_proj.weight"), bias("v")), [B, 1, Hkv, D]);
-    if (c.qkNorm) {
-      q = rmsNorm(q, n("self_attn.q_norm.weight"), c.rmsNormEps);
-      k = rmsNorm(k, n("self_attn.k_norm.weight"), c.rmsNormEps);
-    }
-    q = rope(q, pos, c.ropeTheta); // (B, 1, Hq, D)
-    k = rope(k, pos, c.ropeTheta); // (B, 1, Hkv, D)
-    kvWrite(cache.k[l], cache.v[l], k, v, t);
-    const o = reshape(decodeAttention(q, cache.k[l], cache.v[l], t), [B, Hq * D]); // (B, Hq*D)
-    const mid = add(h, linear(o, n("self_attn.o_proj.weight"))); // (B, d)
-    const ffnIn = rmsNorm(mid, n("post_attention_layernorm.weight"), c.rmsNormEps);
-    const gated = swiglu(linear(ffnIn, n("mlp.gate_proj.weight")), linear(ffnIn, n("mlp.up_proj.weight")));
-    h = add(mid, linear(gated, n("mlp.down_proj.weight"))); // (B, d)
+    h = block(c, p, l, h, pos, [B, 1], (q, k, v) => {
+      kvWrite(cache.k[l], cache.v[l], k, v, t);
+      return reshape(decodeAttention(q, cache.k[l], cache.v[l], t), [B, c.numHeads * c.headDim]); // (B, Hq*D)
+    }).out; // (B, d)
   }
   return rmsNorm(h, p.get("model.norm.weight"), c.rmsNormEps); // (B, d)
 };

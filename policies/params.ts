@@ -5,12 +5,12 @@
 import { ShapeError } from "../core/errors.ts";
 import { type Shape, showShape, size } from "../core/shape.ts";
 import { type Backend, limitsOf } from "../engine/backend.ts";
+import { VIEW_ALIGN as ALIGN } from "../engine/binding.ts";
 import { copyChunked, zerosChunked } from "../kernels/chunked.ts";
 import { keep, type Tensor, tensor, tidy, view } from "../engine/tensor.ts";
 import type { ParamSpec } from "./config.ts";
 
-/** Views start at multiples of 64 elements (256 bytes), the GPU's storage-offset alignment. */
-const ALIGN = 64;
+/** Parameters start where views may: at multiples of ALIGN = 64 elements (256 bytes). */
 const aligned = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
 
 /** Where each parameter lives: its segment and its element offset in it. */

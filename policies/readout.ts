@@ -6,7 +6,6 @@
  */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import { add } from "../kernels/elementwise.ts";
 import { allocLike, chunkRows, fitsBinding } from "../engine/binding.ts";
 import { putColumnsKernel, takeColumnsKernel } from "../kernels/chunked.ts";
 import { copyInto, zerosLike } from "../kernels/layout.ts";
@@ -22,7 +21,8 @@ import {
 import { LOOP_SAFE } from "../engine/wgsl.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import { custom } from "../engine/tape.ts";
-import { type Tensor, tensor, tidy, view } from "../engine/tensor.ts";
+import { type Tensor, tensor, view } from "../engine/tensor.ts";
+import { checkChunk, checkTemperature, forChunks, sumChunks } from "./vocab.ts";
 
 export interface ReadoutOptions {
   /** Softmax temperature T (default 1). */
@@ -52,12 +52,7 @@ export interface Readout {
 export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: ReadoutOptions = {}): Readout => {
   const temperature = opts.temperature ?? 1;
   const want = opts.chunk ?? 8192;
-  if (want % 64 !== 0 || want <= 0) {
-    throw new ShapeError({
-      op: "streamReadout",
-      message: `streamReadout: chunk ${want} must be a positive multiple of 64`,
-    });
-  }
+  checkChunk("streamReadout", want);
   if (x.rank !== 2 || E.rank !== 2 || x.shape[1] !== E.shape[1]) {
     throw new ShapeError({
       op: "streamReadout",
@@ -66,21 +61,11 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
       }`,
     });
   }
-  if (!(temperature > 0)) {
-    throw new ShapeError({
-      op: "streamReadout",
-      message: `streamReadout: temperature ${temperature} must be > 0`,
-    });
-  }
+  checkTemperature("streamReadout", temperature);
   const [N] = x.shape;
   const [V, d] = E.shape;
   // Chunks of E (C, d) and of the logits (N, C) each stay within one storage binding.
   const chunk = chunkRows(x.backend, want, Math.max(d, N));
-  const chunks = (fn: (start: number, Ec: Tensor) => void) => {
-    for (let start = 0; start < V; start += chunk) {
-      tidy(() => fn(start, view(E, start * d, [Math.min(chunk, V - start), d])));
-    }
-  };
   const params = { temperature, vocab: V };
   const k = opts.topK ?? 0;
   if (k > 0 && chunk > LOOP_SAFE) {
@@ -103,7 +88,7 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
         2 * k,
       ])
       : null;
-    chunks((start, Ec) => {
+    forChunks(E, chunk, (start, Ec) => {
       const z = matmul(x, Ec, { transB: true }); // (N, C)
       apply(readoutFold, { start, vocab: V, temperature }, [state, z, targets]);
       if (topState) apply(readoutTopK, { start, vocab: V, temperature, k }, [topState, z]);
@@ -120,20 +105,13 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
   }, (_ctx, [dEnt, dLogp]) => {
     const a = dLogp ?? zerosLike(x, [N]);
     const b = dEnt ?? zerosLike(x, [N]);
-    let dx: Tensor | null = null;
     const dE = allocLike(x, [V, d]); // every row block is written below: never bound whole
-    for (let start = 0; start < V; start += chunk) {
-      const next: Tensor = tidy(() => {
-        const Ec = view(E, start * d, [Math.min(chunk, V - start), d]); // (C, d)
-        const z = matmul(x, Ec, { transB: true }); // (N, C)
-        const dz = apply1(readoutGrad, { start, vocab: V, temperature }, [z, targets, fin, a, b]); // (N, C)
-        copyInto(view(dE, start * d, Ec.shape), matmul(dz, x, { transA: true })); // (C, d)
-        const part = matmul(dz, Ec); // (N, d)
-        return dx ? add(dx, part) : part;
-      });
-      dx?.dispose();
-      dx = next;
-    }
+    const dx = sumChunks(E, chunk, (start, Ec) => { // Ec (C, d)
+      const z = matmul(x, Ec, { transB: true }); // (N, C)
+      const dz = apply1(readoutGrad, { start, vocab: V, temperature }, [z, targets, fin, a, b]); // (N, C)
+      copyInto(view(dE, start * d, Ec.shape), matmul(dz, x, { transA: true })); // (C, d)
+      return matmul(dz, Ec); // (N, d)
+    });
     return [dx, dE, null];
   });
   return top ? { entropy, logp, top } : { entropy, logp };
@@ -157,18 +135,17 @@ export const unembed = (x: Tensor, E: Tensor): Tensor => {
     });
   }
   const chunk = chunkRows(E.backend, 8192, Math.max(d, N));
-  const blocks = (fn: (start: number, Ec: Tensor) => void) => {
-    for (let start = 0; start < V; start += chunk) {
-      tidy(() => fn(start, view(E, start * d, [Math.min(chunk, V - start), d]))); // Ec (C, d)
-    }
-  };
   // Rank-2 views of rank-2 tensors are the tensors themselves (no alignment question for views of views).
   const flat = (t: Tensor, shape: number[]) => (t.rank === 2 ? t : view(t, 0, shape));
   const done = (t: Tensor, of: Tensor) => t !== of && t.dispose();
   return custom("unembed", {}, [x, E], () => {
     const x2 = flat(x, [N, d]); // (N, d)
     const out = allocLike(x, [N, V]); // every column block is written below
-    blocks((start, Ec) => apply(putColumnsKernel, { start }, [out, matmul(x2, Ec, { transB: true })]));
+    forChunks(
+      E,
+      chunk,
+      (start, Ec) => apply(putColumnsKernel, { start }, [out, matmul(x2, Ec, { transB: true })]),
+    );
     done(x2, x);
     if (lead.length === 1) return [out];
     const y = view(out, 0, [...lead, V]); // (..., V)
@@ -179,20 +156,12 @@ export const unembed = (x: Tensor, E: Tensor): Tensor => {
     const x2 = flat(x, [N, d]); // (N, d)
     const dy2 = flat(dy, [N, V]); // (N, V)
     const dE = allocLike(x, [V, d]); // every row block is written below
-    let dx: Tensor | null = null;
-    for (let start = 0; start < V; start += chunk) {
-      const next: Tensor = tidy(() => {
-        // z_c = x Ec^T: dEc = dz_c^T x (C, d); dx += dz_c Ec (N, d)
-        const Ec = view(E, start * d, [Math.min(chunk, V - start), d]); // (C, d)
-        const dz = apply1(takeColumnsKernel, { start, count: Ec.shape[0] }, [dy2]); // (N, C)
-        copyInto(view(dE, start * d, Ec.shape), matmul(dz, x2, { transA: true }));
-        const part = matmul(dz, Ec); // (N, d)
-        return dx ? add(dx, part) : part;
-      });
-      dx?.dispose();
-      dx = next;
-    }
-    dx = dx!; // (N, d)
+    // z_c = x Ec^T: dEc = dz_c^T x (C, d); dx += dz_c Ec (N, d)
+    const dx = sumChunks(E, chunk, (start, Ec) => {
+      const dz = apply1(takeColumnsKernel, { start, count: Ec.shape[0] }, [dy2]); // (N, C)
+      copyInto(view(dE, start * d, Ec.shape), matmul(dz, x2, { transA: true }));
+      return matmul(dz, Ec); // (N, d)
+    });
     const g = x.rank === 2 ? dx : view(dx, 0, x.shape);
     done(dx, g);
     done(x2, x);

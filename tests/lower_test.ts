@@ -3,6 +3,7 @@ import fc from "fast-check";
 import { leafArb, objectiveArb } from "./objective_arbs.ts";
 import type { Backend } from "../engine/backend.ts";
 import { ShapeError } from "../core/errors.ts";
+import { lcg } from "../core/rng.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { clampClosed, keepWhere, maxSplit, minSplit, where } from "../kernels/select.ts";
 import { Tape } from "../engine/tape.ts";
@@ -106,8 +107,8 @@ const TIES = [0, Math.log(0.8), Math.log(1.2), Math.log(1.28), 20, -20, 25, -25,
 
 /** A random batch and readouts; every position the mask excludes holds NaN in every per-token input. */
 const problem = (N: number, T: number, seed: number, ties: boolean) => {
-  let s = seed >>> 0 || 1;
-  const u = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const next = lcg(seed);
+  const u = () => next() / 2 ** 32;
   const mask = Float64Array.from({ length: N * T }, () => (u() < 0.3 ? 0 : u() < 0.15 ? 0.5 : 1));
   const fill = (f: () => number) => Float64Array.from(mask, (m) => (m === 0 ? NaN : Math.fround(f())));
   const logp = new Map<string, Float64Array>(), old = new Map<string, Float64Array>();

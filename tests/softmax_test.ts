@@ -4,7 +4,8 @@ import { size } from "../core/shape.ts";
 import type { Backend } from "../engine/backend.ts";
 import { log } from "../kernels/elementwise.ts";
 
-import { checkGrad, uniforms } from "../kernels/gradcheck.ts";
+import { uniforms } from "../core/rng.ts";
+import { checkGrad } from "../kernels/gradcheck.ts";
 import { sum } from "../kernels/reduce.ts";
 import { crossEntropy, logProbOf, logSoftmax, softmax } from "../kernels/softmax.ts";
 import { Tape } from "../engine/tape.ts";

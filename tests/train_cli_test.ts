@@ -6,55 +6,12 @@
 import { Effect } from "effect";
 import { parseSafetensors, toF32 } from "../core/safetensors.ts";
 import type { Backend } from "../engine/backend.ts";
-import { paramSpecs, tinyConfig } from "../policies/config.ts";
-import { paramsToHost, writeModelDir } from "../formats/hf.ts";
-import { initParams } from "../policies/params.ts";
-import { CharTokenizer } from "../formats/tokenizer.ts";
-import { saveTokenizer } from "../formats/tokenizer.ts";
-import { arithTask } from "../tasks/arith.ts";
-import { DEFAULTS, type TrainConfig } from "../training/config.ts";
+import type { TrainConfig } from "../training/config.ts";
 import { runTraining } from "../training/run.ts";
 import { cpu32, gpu, gpuTest } from "./util.ts";
+import { config, modelDir, small, tmp } from "./train_fixture.ts";
 
 const root = new URL("..", import.meta.url).pathname;
-const tmp = await Deno.makeTempDir({ prefix: "bupo-train-" });
-const tok = new CharTokenizer(arithTask().alphabet);
-const config = tinyConfig({
-  vocabSize: tok.vocabSize,
-  hiddenSize: 16,
-  numLayers: 2,
-  numHeads: 2,
-  numKvHeads: 1,
-  headDim: 8,
-  intermediateSize: 32,
-});
-
-/** A random tiny model folder in the Hugging Face layout with the task's char tokenizer. */
-const modelDir = `${tmp}/model`;
-{
-  const p = initParams(cpu32, paramSpecs(config), 5, 0.2);
-  await Effect.runPromise(writeModelDir(modelDir, config, await paramsToHost(p)));
-  await saveTokenizer(modelDir, tok);
-  p.dispose();
-}
-
-const small = (out: string, over: Partial<TrainConfig> = {}): TrainConfig => ({
-  ...DEFAULTS,
-  model: modelDir,
-  out,
-  steps: 2,
-  prompts: 2,
-  group: 2,
-  maxNew: 5,
-  minibatches: 1,
-  evalEvery: 2,
-  evalProblems: 3,
-  evalK: 1,
-  checkpointEvery: 1,
-  layer: 0,
-  phaseSteps: 1,
-  ...over,
-});
 
 const run = (b: Backend, cfg: TrainConfig, resume = false) =>
   Effect.runPromise(runTraining(b, cfg, { resume, quiet: true }));
@@ -297,9 +254,4 @@ gpuTest(
   },
 );
 
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(tmp, { recursive: true });
-  } catch { /* already gone */ }
-});
 void gpu;

@@ -2,6 +2,7 @@
 import { Effect } from "effect";
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
+import { uniforms } from "../core/rng.ts";
 import type { Backend } from "../engine/backend.ts";
 import { CpuBackend } from "../engine/cpu.ts";
 import type { GpuBackend } from "../engine/gpu/backend.ts";
@@ -81,13 +82,8 @@ export const assertClose = (
 
 /** Random f32-representable data in [-range, range). */
 export const randomData = (n: number, seed: number, range = 1): Float32Array => {
-  let s = (seed >>> 0) || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 32 * 2 - 1) * range;
-  }
-  return out;
+  const u = uniforms(seed);
+  return Float32Array.from({ length: n }, () => u() * range);
 };
 
 /** A dimension extent biased toward awkward sizes: 1, primes, tile sizes plus or minus one. */

@@ -12,6 +12,7 @@ import { type DecoderConfig, paramSpecs } from "../policies/config.ts";
 import { flatLayoutOf } from "../policies/params.ts";
 import { type HostModel, readModelDir, writeModelDir } from "../formats/hf.ts";
 import { type CharTokenizer, writeTokenizerDir } from "../formats/tokenizer.ts";
+import { checkpointFiles, isStepName, runDir } from "./rundir.ts";
 
 export interface CheckpointState {
   /** Steps completed. */
@@ -62,9 +63,9 @@ export const saveCheckpoint = (
   keep = 2,
 ): Effect.Effect<string, FileFormatError> =>
   Effect.gen(function* () {
-    const root = `${run}/checkpoints`;
-    const name = `step-${String(state.step).padStart(6, "0")}`;
-    const tmp = `${root}/.tmp-${name}-${Deno.pid}`;
+    const rd = runDir(run);
+    const tmp = rd.checkpointTmp(state.step);
+    const files = checkpointFiles(tmp);
     yield* Effect.tryPromise({
       try: async () => {
         await Deno.remove(tmp, { recursive: true }).catch(() => {});
@@ -75,7 +76,7 @@ export const saveCheckpoint = (
     yield* writeModelDir(tmp, config, tensors, { format: "pt", step: String(state.step) });
     yield* writeTokenizerDir(tmp, tok);
     yield* writeAtomic(
-      `${tmp}/optimizer.safetensors`,
+      files.optimizer,
       serializeSafetensors(
         moments.flatMap((x) => [
           { name: `m.${x.name}`, shape: x.shape, data: x.m },
@@ -84,8 +85,8 @@ export const saveCheckpoint = (
         { optimizerStep: String(state.optimizerStep), layout: "per-parameter" },
       ),
     );
-    yield* writeAtomic(`${tmp}/state.json`, JSON.stringify(state, null, 1) + "\n");
-    const final = `${root}/${name}`;
+    yield* writeAtomic(files.state, JSON.stringify(state, null, 1) + "\n");
+    const final = rd.checkpoint(state.step);
     yield* Effect.tryPromise({
       try: async () => {
         await Deno.remove(final, { recursive: true }).catch(() => {});
@@ -94,18 +95,18 @@ export const saveCheckpoint = (
       catch: (e) => fail(final, `cannot move the checkpoint into place (${e})`),
     });
     yield* writeAtomic(
-      `${run}/latest.json`,
-      JSON.stringify({ checkpoint: `checkpoints/${name}`, step: state.step }) + "\n",
+      rd.latest,
+      JSON.stringify({ checkpoint: rd.checkpointRef(state.step), step: state.step }) + "\n",
     );
     // Prune older checkpoints, keeping the newest `keep`.
     yield* Effect.promise(async () => {
       const names: string[] = [];
-      for await (const e of Deno.readDir(root)) {
-        if (e.isDirectory && /^step-\d+$/.test(e.name)) names.push(e.name);
+      for await (const e of Deno.readDir(rd.checkpoints)) {
+        if (e.isDirectory && isStepName(e.name)) names.push(e.name);
       }
       names.sort();
       for (const n of names.slice(0, Math.max(0, names.length - keep))) {
-        await Deno.remove(`${root}/${n}`, { recursive: true }).catch(() => {});
+        await Deno.remove(`${rd.checkpoints}/${n}`, { recursive: true }).catch(() => {});
       }
     });
     return final;
@@ -114,7 +115,8 @@ export const saveCheckpoint = (
 /** Read the checkpoint latest.json points at; every problem names the file. */
 export const loadCheckpoint = (run: string): Effect.Effect<Checkpoint, FileFormatError | ConfigError> =>
   Effect.gen(function* () {
-    const latestPath = `${run}/latest.json`;
+    const rd = runDir(run);
+    const latestPath = rd.latest;
     if (!(yield* exists(latestPath))) {
       return yield* fail(latestPath, "no checkpoint to resume from (latest.json missing)");
     }
@@ -123,14 +125,15 @@ export const loadCheckpoint = (run: string): Effect.Effect<Checkpoint, FileForma
     if (typeof rel !== "string") {
       return yield* fail(latestPath, `expected { "checkpoint": "checkpoints/step-N" }`);
     }
-    const dir = `${run}/${rel}`;
-    const stateRaw = yield* readJson(`${dir}/state.json`);
+    const dir = rd.resolve(rel);
+    const files = checkpointFiles(dir);
+    const stateRaw = yield* readJson(files.state);
     const s = stateRaw as Partial<CheckpointState>;
     if (!s || !Number.isInteger(s.step) || !Number.isInteger(s.optimizerStep)) {
-      return yield* fail(`${dir}/state.json`, "expected integer fields step and optimizerStep");
+      return yield* fail(files.state, "expected integer fields step and optimizerStep");
     }
     const model = yield* readModelDir(dir);
-    const optPath = `${dir}/optimizer.safetensors`;
+    const optPath = files.optimizer;
     const bytes = yield* readBytes(optPath);
     const st = yield* Effect.try({
       try: () => parseSafetensors(optPath, bytes),

@@ -7,17 +7,16 @@
 import { NonFiniteError } from "../core/errors.ts";
 import { type Tensor, tidy } from "../engine/tensor.ts";
 import type { DecoderConfig } from "../policies/config.ts";
-import { generate, type GenerateOptions } from "../policies/generate.ts";
+import { generate, type GenerateOptions, type Rollout } from "../policies/generate.ts";
 import { final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
-import { forward } from "../policies/model.ts";
 import type { Params } from "../policies/params.ts";
-import { readPolicies } from "../policies/policy.ts";
+import { forwardPolicies } from "../policies/policy.ts";
 import type { TextTokenizer } from "../formats/tokenizer.ts";
 import { batchTensors, type RolloutHost } from "../objectives/batch.ts";
 import { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "../objectives/advantages.ts";
 import { lowerStep } from "../objectives/lower.ts";
 import { activeAt, type Objective, showActive } from "../objectives/objective.ts";
-import { batch, type Task } from "../tasks/task.ts";
+import { batch, type Problem, type Task } from "../tasks/task.ts";
 import type { TrainConfig } from "./config.ts";
 import { promptIds, responseText, stopId } from "./data.ts";
 import { requiredReadouts } from "../objectives/readouts.ts";
@@ -99,15 +98,16 @@ const sliceRows = (h: RolloutHost, from: number, to: number): RolloutHost => {
   };
 };
 
-/** Run RL step `step` (1-based). Throws NonFiniteError (nothing is checkpointed) on a non-finite loss or gradient. */
-export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics> => {
-  const { cfg, config, params, opt, tok, task, objective } = ctx;
-  const t0 = performance.now();
-  const P = cfg.prompts, G = cfg.group, N = P * G;
-  // 1. rollouts from the final policy
+/** Stage 1, rollout: the step's problems and a group of responses to each from the final policy. */
+const rolloutStage = async (ctx: RlContext, step: number) => {
   const { problems, prompts, options } = rolloutPlan(ctx, step);
-  const roll = await generate(config, params, prompts, options);
-  const T = roll.T;
+  return { problems, roll: await generate(ctx.config, ctx.params, prompts, options) };
+};
+
+/** Stage 2, score: each response's text, reward and format flag, and the group advantages. */
+const scoreStage = (ctx: RlContext, problems: readonly Problem[], roll: Rollout) => {
+  const { cfg, tok, task } = ctx;
+  const G = cfg.group, T = roll.T;
   const texts = roll.promptLens.map((pl, b) => responseText(tok, roll.ids, b * T + pl, (b + 1) * T));
   const rewards = texts.map((x, b) => task.reward(problems[Math.floor(b / G)], x));
   const formats = texts.map((x, b) => (task.format?.(problems[Math.floor(b / G)], x) ? 1 : 0));
@@ -116,94 +116,121 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
     : cfg.advantage === "drgrpo"
     ? drGrpoAdvantages(rewards, G)
     : rlooAdvantages(rewards, G);
-  const t1 = performance.now();
+  return { texts, rewards, formats, adv };
+};
 
-  // 2. old log-probs of the policies the objective reads, the behaviour (final) log-probs, and entropies
+/** Host log-probs and entropies per position of the policies read, by key. */
+type HostReads = Map<string, { logp: Float32Array; entropy: Float32Array }>;
+
+/**
+ * Stage 3, old log-probs: one forward pass and one streaming pass read the behaviour (final) policy, the
+ * policies the objective's pg terms need old log-probs of, and every layer policy (entropies for the logs);
+ * with KL-to-reference terms, the reference model's log-probs too. The probe batch is freed however it ends.
+ */
+const oldStage = async (
+  ctx: RlContext,
+  step: number,
+  host: RolloutHost,
+  layers: readonly InternalPolicy[],
+) => {
+  const { config, params, objective } = ctx;
   const req = requiredReadouts(objective, step);
-  const layers: InternalPolicy[] = Array.from({ length: config.numLayers }, (_, l) => layer(l));
-  const host: RolloutHost = {
-    ids: roll.ids,
-    N,
-    T,
-    promptLens: roll.promptLens,
-    responseLens: roll.responseLens,
-    advantages: adv.advantages,
-  };
   const probe = batchTensors(params.backend, host);
-  const mask = probe.host.mask;
-  const oldPolicies = [final, ...req.old, ...layers];
-  const reads = await tidy(async () => {
-    const f = forward(config, params, probe.ids, probe.positions);
-    const r = readPolicies(config, params, f, oldPolicies, probe.targets);
-    const out = new Map<string, { logp: Float32Array; entropy: Float32Array }>();
-    for (const [k, v] of r) {
-      out.set(k, {
-        logp: (await v.logp.data()) as Float32Array,
-        entropy: (await v.entropy.data()) as Float32Array,
-      });
-    }
-    return out;
-  });
-  let refMap: Map<string, Float32Array> | undefined;
-  if (req.ref.length > 0) {
-    if (!ctx.ref) {
-      throw new Error("the objective has a KL-to-reference term but no reference model was loaded");
-    }
-    refMap = await tidy(async () => {
-      const f = forward(config, ctx.ref!, probe.ids, probe.positions);
-      const r = readPolicies(config, ctx.ref!, f, req.ref, probe.targets);
-      const out = new Map<string, Float32Array>();
-      for (const [k, v] of r) out.set(k, (await v.logp.data()) as Float32Array);
+  try {
+    const reads: HostReads = await tidy(async () => {
+      const r = forwardPolicies(config, params, probe.ids, probe.positions)
+        .read([final, ...req.old, ...layers], probe.targets);
+      const out: HostReads = new Map();
+      for (const [k, v] of r) {
+        out.set(k, {
+          logp: (await v.logp.data()) as Float32Array,
+          entropy: (await v.entropy.data()) as Float32Array,
+        });
+      }
       return out;
     });
+    let ref: Map<string, Float32Array> | undefined;
+    if (req.ref.length > 0) {
+      if (!ctx.ref) {
+        throw new Error("the objective has a KL-to-reference term but no reference model was loaded");
+      }
+      const refParams = ctx.ref;
+      ref = await tidy(async () => {
+        const r = forwardPolicies(config, refParams, probe.ids, probe.positions).read(req.ref, probe.targets);
+        const out = new Map<string, Float32Array>();
+        for (const [k, v] of r) out.set(k, (await v.logp.data()) as Float32Array);
+        return out;
+      });
+    }
+    const full: RolloutHost = {
+      ...host,
+      behaviour: reads.get("final")!.logp,
+      old: new Map(req.old.map((q) => [showPolicy(q), reads.get(showPolicy(q))!.logp])),
+      ref,
+    };
+    return { full, reads, mask: probe.host.mask };
+  } finally {
+    probe.dispose();
   }
-  probe.dispose();
-  const maskedMean = (x: ArrayLike<number>) => {
-    let s = 0, n = 0;
-    for (let i = 0; i < mask.length; i++) if (mask[i] > 0) (s += x[i] * mask[i], n += mask[i]);
-    return n > 0 ? s / n : NaN;
-  };
-  const full: RolloutHost = {
-    ...host,
-    behaviour: reads.get("final")!.logp,
-    old: new Map(req.old.map((q) => [showPolicy(q), reads.get(showPolicy(q))!.logp])),
-    ref: refMap,
-  };
-  const t2 = performance.now();
+};
 
-  // 3. minibatch updates
-  const per = N / cfg.minibatches;
+/** Host values of one update's scalars. */
+interface UpdateValues {
+  readonly loss: number;
+  readonly norm: number;
+  readonly clip: number;
+  readonly kl: number;
+}
+
+/**
+ * Stage 4, update: `cfg.epochs` passes of `cfg.minibatches` AdamW steps on the lowered objective; the scalars
+ * are read back once, after the last. Every batch and scalar is freed however it ends.
+ */
+const updateStage = async (ctx: RlContext, step: number, full: RolloutHost): Promise<UpdateValues[]> => {
+  const { cfg, config, params, opt, objective } = ctx;
+  const per = full.N / cfg.minibatches;
   const scalars: { loss: Tensor; norm: Tensor; clip: Tensor; kl: Tensor }[] = [];
-  for (let e = 0; e < cfg.epochs; e++) {
-    for (let m = 0; m < cfg.minibatches; m++) {
-      const part = batchTensors(params.backend, sliceRows(full, m * per, (m + 1) * per));
-      try {
-        const out = tidy(() => {
-          const r = lowerStep(config, params, part, objective, step);
-          const norm = optimizerStep(params, opt, r.grads);
-          return { loss: r.loss, norm, clip: r.metrics.clipFraction, kl: r.metrics.approxKl };
-        });
-        scalars.push(out);
-      } finally {
-        part.dispose();
+  const unread = new Set<Tensor>();
+  try {
+    for (let e = 0; e < cfg.epochs; e++) {
+      for (let m = 0; m < cfg.minibatches; m++) {
+        const part = batchTensors(params.backend, sliceRows(full, m * per, (m + 1) * per));
+        try {
+          const out = tidy(() => {
+            const r = lowerStep(config, params, part, objective, step);
+            const norm = optimizerStep(params, opt, r.grads);
+            return { loss: r.loss, norm, clip: r.metrics.clipFraction, kl: r.metrics.approxKl };
+          });
+          scalars.push(out);
+          for (const t of Object.values(out)) unread.add(t);
+        } finally {
+          part.dispose();
+        }
       }
     }
+    const read1 = async (t: Tensor) => {
+      const v = (await t.data())[0];
+      unread.delete(t);
+      t.dispose();
+      return v;
+    };
+    const vals: UpdateValues[] = [];
+    for (const s of scalars) {
+      vals.push({
+        loss: await read1(s.loss),
+        norm: await read1(s.norm),
+        clip: await read1(s.clip),
+        kl: await read1(s.kl),
+      });
+    }
+    return vals;
+  } finally {
+    for (const t of unread) t.dispose();
   }
-  const read1 = async (t: Tensor) => {
-    const v = (await t.data())[0];
-    t.dispose();
-    return v;
-  };
-  const vals = [];
-  for (const s of scalars) {
-    vals.push({
-      loss: await read1(s.loss),
-      norm: await read1(s.norm),
-      clip: await read1(s.clip),
-      kl: await read1(s.kl),
-    });
-  }
-  const t3 = performance.now();
+};
+
+/** Throws NonFiniteError naming the first update whose loss or gradient norm is not finite. */
+const checkFinite = (step: number, vals: readonly UpdateValues[]): void => {
   for (const [i, v] of vals.entries()) {
     if (!Number.isFinite(v.loss)) {
       throw new NonFiniteError({
@@ -226,6 +253,33 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
       });
     }
   }
+};
+
+/** Stage 5, metrics: the step's line of metrics.jsonl from what the stages returned. */
+const stepMetrics = (
+  ctx: RlContext,
+  step: number,
+  r: {
+    problems: readonly Problem[];
+    roll: Rollout;
+    score: ReturnType<typeof scoreStage>;
+    old: Awaited<ReturnType<typeof oldStage>>;
+    layers: readonly InternalPolicy[];
+    vals: readonly UpdateValues[];
+    /** performance.now() at the start and after the rollout, old log-prob and update stages. */
+    t: readonly [number, number, number, number];
+  },
+): StepMetrics => {
+  const { cfg, objective } = ctx;
+  const { problems, roll, vals, layers, t: [t0, t1, t2, t3] } = r;
+  const { texts, rewards, formats, adv } = r.score;
+  const { reads, mask } = r.old;
+  const maskedMean = (x: ArrayLike<number>) => {
+    let s = 0, n = 0;
+    for (let i = 0; i < mask.length; i++) if (mask[i] > 0) (s += x[i] * mask[i], n += mask[i]);
+    return n > 0 ? s / n : NaN;
+  };
+  const G = cfg.group;
   const rm = mean(rewards);
   const best = rewards.findIndex((r) => r >= 1);
   const ex = best >= 0 ? best : 0;
@@ -258,4 +312,30 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
     },
     example: { prompt: problems[Math.floor(ex / G)].prompt, completion: texts[ex], reward: rewards[ex] },
   };
+};
+
+/**
+ * Run RL step `step` (1-based): rollout, score, old log-probs, update, metrics. Throws NonFiniteError (nothing is
+ * checkpointed) on a non-finite loss or gradient. Whatever a stage allocates it frees, however it ends.
+ */
+export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics> => {
+  const t0 = performance.now();
+  const { problems, roll } = await rolloutStage(ctx, step);
+  const score = scoreStage(ctx, problems, roll);
+  const t1 = performance.now();
+  const layers = Array.from({ length: ctx.config.numLayers }, (_, l) => layer(l));
+  const host: RolloutHost = {
+    ids: roll.ids,
+    N: ctx.cfg.prompts * ctx.cfg.group,
+    T: roll.T,
+    promptLens: roll.promptLens,
+    responseLens: roll.responseLens,
+    advantages: score.adv.advantages,
+  };
+  const old = await oldStage(ctx, step, host, layers);
+  const t2 = performance.now();
+  const vals = await updateStage(ctx, step, old.full);
+  const t3 = performance.now();
+  checkFinite(step, vals);
+  return stepMetrics(ctx, step, { problems, roll, score, old, layers, vals, t: [t0, t1, t2, t3] });
 };

@@ -7,10 +7,10 @@ import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { exists, writeAtomic } from "../io/files.ts";
 import { progress } from "../io/progress.ts";
 import type { Backend } from "../engine/backend.ts";
-import { paramSpecs } from "../policies/config.ts";
+import type { DecoderConfig } from "../policies/config.ts";
 import { final } from "../policies/internal.ts";
 import { type HostModel, paramsToHost, readModelDir, toParams } from "../formats/hf.ts";
-import { paramsFromHost } from "../policies/params.ts";
+import type { Params } from "../policies/params.ts";
 import { CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
 import { loadObjectiveModule } from "../formats/module.ts";
 import {
@@ -27,9 +27,10 @@ import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.
 import { resolveConfig, type TrainConfig } from "./config.ts";
 import { evaluate } from "./evaluate.ts";
 import { type EvalRecord, runPlots } from "./report.ts";
-import { rlStep, type StepMetrics } from "./rl.ts";
+import { type RlContext, rlStep, type StepMetrics } from "./rl.ts";
 import { requiredReadouts } from "../objectives/readouts.ts";
-import { createOptimizer, loadMoments, momentsToHost } from "./optimizer.ts";
+import { createOptimizer, disposeOptimizer, loadMoments, momentsToHost } from "./optimizer.ts";
+import { type RunDir, runDir } from "./rundir.ts";
 
 /** The objective a config names: `grpo`, `bupo`, or a module exporting an Objective (default or `objective`). */
 export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => {
@@ -76,59 +77,92 @@ const readJsonl = async <T>(path: string): Promise<T[]> => {
   }
 };
 
-/** Run (or resume) the RL run described by `cfg` on `gpu`. */
-export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
+/**
+ * Work on the device as one uninterruptible effect: an interruption waits for it, so the run's buffers are never
+ * released under a step, an evaluation or a read-back still in flight.
+ */
+const onDevice = <A>(work: () => Promise<A>) => Effect.uninterruptible(Effect.promise(work));
+
+// ---- set-up stages ----------------------------------------------------------------------------------------
+
+/** Where a run starts: its settings (a resumed run's come from its checkpoint), model, moments and first step. */
+interface Origin {
+  readonly cfg: TrainConfig;
+  readonly host: HostModel;
+  /** AdamW moments and step count to continue from (a resumed run). */
+  readonly moments: readonly ParamMoments[] | null;
+  readonly optStep: number;
+  /** The first step this invocation runs (1 for a fresh run). */
+  readonly start: number;
+}
+
+/** A fresh run: the model folder; refused when `--out` already holds a run. */
+const startFresh = (cfg: TrainConfig) =>
   Effect.gen(function* () {
-    const dir = cfgIn.out;
-    let cfg = cfgIn;
-    let start = 1;
-    let host: HostModel;
-    let moments: readonly ParamMoments[] | null = null, optStep = 0;
-    if (o.resume) {
-      const ck = yield* loadCheckpoint(dir);
-      const saved = resolveConfig(ck.state.config as Partial<TrainConfig>, {});
-      for (const [k, val] of Object.entries(o.explicit ?? {})) {
-        if (
-          RESUME_MAY_CHANGE.includes(k) ||
-          JSON.stringify(val) === JSON.stringify(saved[k as keyof TrainConfig])
-        ) continue;
-        return yield* new ConfigError({
-          source: `${dir}/latest.json`,
-          field: k,
-          message: `--resume: ${k} is ${
-            JSON.stringify(saved[k as keyof TrainConfig])
-          } in the checkpoint but ${JSON.stringify(val)} was given; a resumed run keeps its settings (only ${
-            RESUME_MAY_CHANGE.join(", ")
-          } may change)`,
-        });
-      }
-      cfg = {
-        ...saved,
-        steps: o.explicit?.steps ?? saved.steps,
-        evalEvery: o.explicit?.evalEvery ?? saved.evalEvery,
-        checkpointEvery: o.explicit?.checkpointEvery ?? saved.checkpointEvery,
-        evalProblems: o.explicit?.evalProblems ?? saved.evalProblems,
-        evalK: o.explicit?.evalK ?? saved.evalK,
-        out: dir,
-      };
-      host = ck.model;
-      moments = ck.moments;
-      optStep = ck.state.optimizerStep;
-      start = ck.state.step + 1;
-    } else {
-      if (yield* exists(`${dir}/latest.json`)) {
-        return yield* new ConfigError({
-          source: "flags",
-          field: "--out",
-          message:
-            `--out ${dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out`,
-        });
-      }
-      host = yield* readModelDir(cfg.model);
+    if (yield* exists(runDir(cfg.out).latest)) {
+      return yield* new ConfigError({
+        source: "flags",
+        field: "--out",
+        message:
+          `--out ${cfg.out} already holds a run with checkpoints; pass --resume to continue it or choose another --out`,
+      });
     }
-    const tok = yield* readTokenizerDir(
-      o.resume ? `${dir}/checkpoints/step-${String(start - 1).padStart(6, "0")}` : cfg.model,
-    );
+    return {
+      cfg,
+      host: yield* readModelDir(cfg.model),
+      moments: null,
+      optStep: 0,
+      start: 1,
+    } satisfies Origin;
+  });
+
+/** A resumed run: its latest checkpoint, whose settings every explicit flag but RESUME_MAY_CHANGE must match. */
+const resumeFrom = (dir: string, explicit: Partial<TrainConfig>) =>
+  Effect.gen(function* () {
+    const ck = yield* loadCheckpoint(dir);
+    const saved = resolveConfig(ck.state.config as Partial<TrainConfig>, {});
+    for (const [k, val] of Object.entries(explicit)) {
+      if (
+        RESUME_MAY_CHANGE.includes(k) ||
+        JSON.stringify(val) === JSON.stringify(saved[k as keyof TrainConfig])
+      ) continue;
+      return yield* new ConfigError({
+        source: runDir(dir).latest,
+        field: k,
+        message: `--resume: ${k} is ${JSON.stringify(saved[k as keyof TrainConfig])} in the checkpoint but ${
+          JSON.stringify(val)
+        } was given; a resumed run keeps its settings (only ${RESUME_MAY_CHANGE.join(", ")} may change)`,
+      });
+    }
+    const cfg: TrainConfig = {
+      ...saved,
+      steps: explicit.steps ?? saved.steps,
+      evalEvery: explicit.evalEvery ?? saved.evalEvery,
+      checkpointEvery: explicit.checkpointEvery ?? saved.checkpointEvery,
+      evalProblems: explicit.evalProblems ?? saved.evalProblems,
+      evalK: explicit.evalK ?? saved.evalK,
+      out: dir,
+    };
+    return {
+      cfg,
+      host: ck.model,
+      moments: ck.moments,
+      optStep: ck.state.optimizerStep,
+      start: ck.state.step + 1,
+    } satisfies Origin;
+  });
+
+const resumeOrStart = (
+  cfg: TrainConfig,
+  o: RunOptions,
+): Effect.Effect<Origin, ConfigError | FileFormatError> =>
+  o.resume ? resumeFrom(cfg.out, o.explicit ?? {}) : startFresh(cfg);
+
+/** The char tokenizer (the checkpoint's on resume) and the embedded task, which must fit each other. */
+const loadTokenizerAndTask = (origin: Origin, resume: boolean) =>
+  Effect.gen(function* () {
+    const { cfg, start } = origin;
+    const tok = yield* readTokenizerDir(resume ? runDir(cfg.out).checkpoint(start - 1) : cfg.model);
     if (!(tok instanceof CharTokenizer)) {
       return yield* new ConfigError({
         source: cfg.model,
@@ -145,15 +179,17 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
         message: `${cfg.model}: tokenizer lacks task characters ${JSON.stringify(missing.join(""))}`,
       });
     }
+    return { tok, task };
+  });
+
+/** The run's objective; refused when its first step reads a layer the model does not have. */
+const loadObjective = (cfg: TrainConfig, config: DecoderConfig) =>
+  Effect.gen(function* () {
     const objective = yield* Effect.tryPromise({
       try: () => resolveObjective(cfg),
       catch: (e) => e as ConfigError,
     });
-    const config = host.config;
-    if (
-      objective &&
-      requiredReadouts(objective, 1).logp.some((p) => p.kind !== "final" && p.layer >= config.numLayers)
-    ) {
+    if (requiredReadouts(objective, 1).logp.some((p) => p.kind !== "final" && p.layer >= config.numLayers)) {
       return yield* new ConfigError({
         source: "flags",
         field: "--layer",
@@ -162,97 +198,143 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
         })`,
       });
     }
-    const params = toParams(gpu, host);
-    const opt = createOptimizer(params, {
-      lr: cfg.lr,
-      weightDecay: cfg.weightDecay,
-      maxGradNorm: cfg.gradClip,
-    });
+    return objective;
+  });
+
+/** Parameters on the device, disposed when the scope closes. */
+const scopedParams = (make: () => Params) =>
+  Effect.acquireRelease(Effect.sync(make), (p) => Effect.sync(() => p.dispose()));
+
+/**
+ * The run's device state, each piece a resource of the enclosing scope (freed however the run ends): the
+ * parameters, the AdamW moments (a resumed run's loaded from its checkpoint) and, with a KL term, the frozen
+ * reference model (the base model folder; a fresh run uploads the model it already read).
+ */
+const acquireModel = (gpu: Backend, origin: Origin, resume: boolean) =>
+  Effect.gen(function* () {
+    const { cfg, host, moments } = origin;
+    const params = yield* scopedParams(() => toParams(gpu, host));
+    const opt = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        createOptimizer(params, { lr: cfg.lr, weightDecay: cfg.weightDecay, maxGradNorm: cfg.gradClip })
+      ),
+      (opt) => Effect.sync(() => disposeOptimizer(opt)),
+    );
     if (moments) {
       // loadCheckpoint checked every moment against paramSpecs(config), the order of params.layout.specs.
-      loadMoments(params, opt, moments.map((x) => x.m), moments.map((x) => x.v), optStep);
+      loadMoments(params, opt, moments.map((x) => x.m), moments.map((x) => x.v), origin.optStep);
     }
-    const needsRef = cfg.kl > 0;
-    const ref = needsRef
-      ? (o.resume
-        ? toParams(gpu, yield* readModelDir(cfg.model))
-        : paramsFromHost(gpu, paramSpecs(config), (n) => host.tensors.get(n)))
-      : undefined;
+    const refHost = cfg.kl > 0 ? (resume ? yield* readModelDir(cfg.model) : host) : undefined;
+    const ref = refHost ? yield* scopedParams(() => toParams(gpu, refHost)) : undefined;
+    return { params, opt, ref };
+  });
 
+/** Everything the run's stages share. */
+interface Run extends RlContext {
+  readonly rd: RunDir;
+  readonly tok: CharTokenizer;
+  /** The logs so far (resumed runs: up to the checkpoint); each stage appends. */
+  readonly metrics: StepMetrics[];
+  readonly evals: EvalRecord[];
+  readonly log: (s: string) => void;
+}
+
+/**
+ * Create the run folder; keep only the log lines before `start` (a killed run may have logged past its last
+ * checkpoint) and write the config and objective.
+ */
+const openRunFolder = (rd: RunDir, cfg: TrainConfig, objective: Objective, start: number) =>
+  Effect.gen(function* () {
     yield* Effect.tryPromise({
-      try: () => Deno.mkdir(dir, { recursive: true }),
-      catch: (e) => fileErr(dir, `cannot create (${e})`),
+      try: () => Deno.mkdir(rd.dir, { recursive: true }),
+      catch: (e) => fileErr(rd.dir, `cannot create (${e})`),
     });
-    // Logs: keep only lines up to the checkpoint being resumed (a killed run may have logged past it).
-    const metrics = (yield* Effect.promise(() => readJsonl<StepMetrics>(`${dir}/metrics.jsonl`))).filter((
-      x,
-    ) => x.step < start);
-    const evals = (yield* Effect.promise(() => readJsonl<EvalRecord>(`${dir}/eval.jsonl`))).filter((x) =>
-      x.step < start
+    const before = <T extends { step: number }>(path: string) =>
+      Effect.promise(() => readJsonl<T>(path)).pipe(Effect.map((xs) => xs.filter((x) => x.step < start)));
+    const metrics = yield* before<StepMetrics>(rd.metrics);
+    const evals = yield* before<EvalRecord>(rd.evals);
+    yield* writeAtomic(rd.metrics, metrics.map((x) => JSON.stringify(x) + "\n").join(""));
+    yield* writeAtomic(rd.evals, evals.map((x) => JSON.stringify(x) + "\n").join(""));
+    yield* writeAtomic(rd.config, JSON.stringify(cfg, null, 1) + "\n");
+    yield* writeAtomic(rd.objective, show(objective) + "\n");
+    return { metrics, evals };
+  });
+
+// ---- the stages of the loop -------------------------------------------------------------------------------
+
+/** Evaluate at `step` (0: the base model); append to eval.jsonl and samples.jsonl. */
+const evalStage = (run: Run, step: number) =>
+  onDevice(async () => {
+    const { cfg, rd } = run;
+    const r = await evaluate(run.config, run.params, run.tok, run.task, {
+      problems: cfg.evalProblems,
+      k: cfg.evalK,
+      temperature: cfg.temperature,
+      maxNew: cfg.maxNew,
+      seed: cfg.seed + 7919,
+      taskSeed: cfg.seed,
+    });
+    const rec: EvalRecord = { step, avgAtK: r.avgAtK, passAtK: r.passAtK, greedy: r.greedy, k: r.k };
+    run.evals.push(rec);
+    await Deno.writeTextFile(rd.evals, JSON.stringify(rec) + "\n", { append: true });
+    await Deno.writeTextFile(
+      rd.samples,
+      r.samples.map((s) => JSON.stringify({ step, ...s }) + "\n").join(""),
+      { append: true },
     );
-    yield* writeAtomic(`${dir}/metrics.jsonl`, metrics.map((x) => JSON.stringify(x) + "\n").join(""));
-    yield* writeAtomic(`${dir}/eval.jsonl`, evals.map((x) => JSON.stringify(x) + "\n").join(""));
-    yield* writeAtomic(`${dir}/config.json`, JSON.stringify(cfg, null, 1) + "\n");
-    yield* writeAtomic(`${dir}/objective.txt`, show(objective) + "\n");
-    const log = (s: string) => {
-      if (!o.quiet) console.log(s);
-    };
-    log(`bupo train: ${cfg.steps} steps of ${cfg.prompts} prompts x ${cfg.group} on ${gpu.name}`);
-    log(`objective:\n${show(objective)}`);
+    run.log(
+      `eval @ step ${step}: avg@${r.k} ${(100 * r.avgAtK).toFixed(1)}%  pass@${r.k} ${
+        (100 * r.passAtK).toFixed(1)
+      }%  greedy ${(100 * r.greedy).toFixed(1)}%`,
+    );
+    return rec;
+  });
 
-    const runEval = (step: number) =>
-      Effect.promise(async () => {
-        const r = await evaluate(config, params, tok, task, {
-          problems: cfg.evalProblems,
-          k: cfg.evalK,
-          temperature: cfg.temperature,
-          maxNew: cfg.maxNew,
-          seed: cfg.seed + 7919,
-          taskSeed: cfg.seed,
-        });
-        const rec: EvalRecord = { step, avgAtK: r.avgAtK, passAtK: r.passAtK, greedy: r.greedy, k: r.k };
-        evals.push(rec);
-        await Deno.writeTextFile(`${dir}/eval.jsonl`, JSON.stringify(rec) + "\n", { append: true });
-        await Deno.writeTextFile(
-          `${dir}/samples.jsonl`,
-          r.samples.map((s) => JSON.stringify({ step, ...s }) + "\n").join(""),
-          { append: true },
-        );
-        log(
-          `eval @ step ${step}: avg@${r.k} ${(100 * r.avgAtK).toFixed(1)}%  pass@${r.k} ${
-            (100 * r.passAtK).toFixed(1)
-          }%  greedy ${(100 * r.greedy).toFixed(1)}%`,
-        );
-        return rec;
-      });
-    const checkpoint = (step: number, last?: StepMetrics) =>
-      Effect.gen(function* () {
-        const tensors = yield* Effect.promise(() => paramsToHost(params));
-        const mv = yield* Effect.promise(() => momentsToHost(params, opt));
-        const moments = tensors.map((t, i) => ({ name: t.name, shape: t.shape, m: mv.m[i], v: mv.v[i] }));
-        yield* saveCheckpoint(dir, config, tensors, tok, moments, {
-          step,
-          optimizerStep: opt.step,
-          objective: JSON.parse(JSON.stringify(objective)),
-          config: cfg,
-          metrics: last,
-        });
-        yield* writeAtomic(`${dir}/plots.svg`, runPlots(`bupo run ${dir}`, metrics, evals));
-      });
+/** Checkpoint after `step` (model, moments, state), then redraw the plots. */
+const checkpointStage = (run: Run, step: number, last?: StepMetrics) =>
+  Effect.gen(function* () {
+    const { params, opt } = run;
+    const { tensors, mv } = yield* onDevice(async () => ({
+      tensors: await paramsToHost(params),
+      mv: await momentsToHost(params, opt),
+    }));
+    const moments = tensors.map((t, i) => ({ name: t.name, shape: t.shape, m: mv.m[i], v: mv.v[i] }));
+    yield* saveCheckpoint(run.rd.dir, run.config, tensors, run.tok, moments, {
+      step,
+      optimizerStep: opt.step,
+      objective: JSON.parse(JSON.stringify(run.objective)),
+      config: run.cfg,
+      metrics: last,
+    });
+    yield* writePlots(run);
+  });
 
-    if (start === 1) yield* runEval(0);
+const writePlots = (run: Run) =>
+  writeAtomic(run.rd.plots, runPlots(`bupo run ${run.rd.dir}`, run.metrics, run.evals));
+
+/** One RL step, appended to metrics.jsonl. */
+const trainStage = (run: Run, step: number) =>
+  Effect.gen(function* () {
+    const sm = yield* Effect.uninterruptible(Effect.tryPromise({
+      try: () => rlStep(run, step),
+      catch: (e) => e as Error,
+    }));
+    run.metrics.push(sm);
+    yield* Effect.promise(() =>
+      Deno.writeTextFile(run.rd.metrics, JSON.stringify(sm) + "\n", { append: true })
+    );
+    return sm;
+  });
+
+/** Steps `start..cfg.steps` (or `o.stopAfter` of them), each with its evaluation and checkpoint when due. */
+const stepLoop = (run: Run, start: number, o: RunOptions) =>
+  Effect.gen(function* () {
+    const { cfg } = run;
     const bar = o.quiet ? null : progress("train", cfg.steps, { unit: "step" });
     bar?.update(start - 1);
     let done = 0;
     for (let step = start; step <= cfg.steps; step++) {
-      const sm = yield* Effect.tryPromise({
-        try: () => rlStep({ cfg, config, params, opt, tok, task, objective, ref }, step),
-        catch: (e) => e as Error,
-      });
-      metrics.push(sm);
-      yield* Effect.promise(() =>
-        Deno.writeTextFile(`${dir}/metrics.jsonl`, JSON.stringify(sm) + "\n", { append: true })
-      );
+      const sm = yield* trainStage(run, step);
       bar?.setNote(`reward ${sm.rewardMean.toFixed(3)}  acc ${(100 * sm.accuracy).toFixed(0)}%`);
       bar?.update(step);
       if (!o.quiet && (step % 5 === 0 || step === cfg.steps)) {
@@ -261,14 +343,49 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
             `H(final) ${sm.entropy.final.toFixed(3)}  ${sm.time.total.toFixed(2)} s  [${sm.phase}]`,
         );
       }
-      if (step % cfg.evalEvery === 0 || step === cfg.steps) yield* runEval(step);
-      if (step % cfg.checkpointEvery === 0 || step === cfg.steps) yield* checkpoint(step, sm);
+      if (step % cfg.evalEvery === 0 || step === cfg.steps) yield* evalStage(run, step);
+      if (step % cfg.checkpointEvery === 0 || step === cfg.steps) yield* checkpointStage(run, step, sm);
       done++;
       if (o.stopAfter !== undefined && done >= o.stopAfter) break;
     }
     bar?.done();
-    yield* writeAtomic(`${dir}/plots.svg`, runPlots(`bupo run ${dir}`, metrics, evals));
-    params.dispose();
-    ref?.dispose();
-    return { dir, metrics, evals } satisfies RunResult;
   });
+
+// ---- the run ----------------------------------------------------------------------------------------------
+
+/** Set-up: origin, tokenizer and task, objective, device state (scoped), run folder. */
+const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
+  Effect.gen(function* () {
+    const origin = yield* resumeOrStart(cfgIn, o);
+    const { cfg } = origin;
+    const { tok, task } = yield* loadTokenizerAndTask(origin, o.resume);
+    const config = origin.host.config;
+    const objective = yield* loadObjective(cfg, config);
+    const model = yield* acquireModel(gpu, origin, o.resume);
+    const rd = runDir(cfg.out);
+    const logs = yield* openRunFolder(rd, cfg, objective, origin.start);
+    const log = (s: string) => {
+      if (!o.quiet) console.log(s);
+    };
+    const run: Run = { cfg, config, tok, task, objective, rd, ...model, ...logs, log };
+    return { run, start: origin.start };
+  });
+
+/**
+ * Run (or resume) the RL run described by `cfg` on `gpu`. The device state lives in the run's scope: it is
+ * freed when the run finishes, fails or is interrupted (interruption waits for the device work in flight).
+ */
+export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const { run, start } = yield* setUp(gpu, cfgIn, o);
+      run.log(
+        `bupo train: ${run.cfg.steps} steps of ${run.cfg.prompts} prompts x ${run.cfg.group} on ${gpu.name}`,
+      );
+      run.log(`objective:\n${show(run.objective)}`);
+      if (start === 1) yield* evalStage(run, 0);
+      yield* stepLoop(run, start, o);
+      yield* writePlots(run);
+      return { dir: run.rd.dir, metrics: run.metrics, evals: run.evals } satisfies RunResult;
+    }),
+  );

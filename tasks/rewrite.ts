@@ -47,7 +47,9 @@ export const rewriteConfig = (o: RewriteOptions = {}): RewriteConfig => {
   };
   range("core", c.core, 0, 8);
   range("pairs", c.pairs, 1, 6);
-  if (!isNat(c.evalEvery) || c.evalEvery < 2) throw bad("evalEvery", `is ${c.evalEvery}; expected an integer >= 2`);
+  if (!isNat(c.evalEvery) || c.evalEvery < 2) {
+    throw bad("evalEvery", `is ${c.evalEvery}; expected an integer >= 2`);
+  }
   return c;
 };
 
@@ -88,7 +90,9 @@ export const rewriteWellFormed = (letters: string, completion: string): boolean 
   const e = completion.indexOf(REWRITE_END);
   if (e < 0) return false;
   const word = `(?:[${letters}]+|${EMPTY})`;
-  return new RegExp(`^${word}(?:${STEP_SEP}${word})*\\${FINAL_MARK}${word}\\.$`).test(completion.slice(0, e + 1));
+  return new RegExp(`^${word}(?:${STEP_SEP}${word})*\\${FINAL_MARK}${word}\\.$`).test(
+    completion.slice(0, e + 1),
+  );
 };
 
 const MAX_ATTEMPTS = 4096;
@@ -114,9 +118,10 @@ export const rewriteTask = (options: RewriteOptions = {}): Task => {
   for (let k = 1; k <= c.pairs[1]; k++) chainChars += Math.max(1, maxLen - 2 * k) + 1;
   return {
     name: "rewrite",
-    description: `cancel adjacent equal letters of words over "${c.letters}" (a core of ${c.core[0]}-${
-      c.core[1]
-    } letters with ${c.pairs[0]}-${c.pairs[1]} pairs inserted), leftmost first, writing each step ` +
+    description:
+      `cancel adjacent equal letters of words over "${c.letters}" (a core of ${c.core[0]}-${
+        c.core[1]
+      } letters with ${c.pairs[0]}-${c.pairs[1]} pairs inserted), leftmost first, writing each step ` +
       `"w1,w2,...|final."; the empty word is "_"; reward 1 for the exact final word`,
     alphabet: c.letters + "=" + STEP_SEP + FINAL_MARK + REWRITE_END + EMPTY,
     stop: REWRITE_END,
@@ -136,7 +141,8 @@ export const rewriteTask = (options: RewriteOptions = {}): Task => {
           return pool[int(0, pool.length - 1)];
         };
         let word = "";
-        for (let n = int(c.core[0], c.core[1]); word.length < n;) word += letter(word[word.length - 1]);
+        const n = int(c.core[0], c.core[1]);
+        while (word.length < n) word += letter(word[word.length - 1]);
         const core = word;
         const k = int(c.pairs[0], c.pairs[1]);
         for (let j = 0; j < k; j++) {

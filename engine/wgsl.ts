@@ -44,6 +44,11 @@ export const storage = (binding: number, name: string, type: string, access: "re
 /** A storage binding's buffer: an input or output of the kernel, or a scratch buffer of the run. */
 export type StorageBinding = Extract<PassBinding, { readonly kind: "input" | "output" | "scratch" }>;
 
+/** The storage binding of the kernel's input `index` (for a `buffer` spec or a list of buffers). */
+export const input = (index: number): StorageBinding => ({ kind: "input", index });
+/** The storage binding of the kernel's output `index`. */
+export const output = (index: number): StorageBinding => ({ kind: "output", index });
+
 /** A storage buffer as the shader declares it: `var<storage, access> name: array<type>`. */
 interface StorageDecl {
   readonly name: string;

@@ -37,10 +37,6 @@ export const flatIndex = (wg: number, grid: readonly [number, number, number]): 
  */
 export const rowGrid = (rows: number, target: GpuTarget): [number, number, number] => grid1d(rows, 1, target);
 
-/** Binding declaration line of a storage buffer `name: array<type>`. */
-export const storage = (binding: number, name: string, type: string, access: "read" | "read_write"): string =>
-  `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<${type}>;`;
-
 /** A storage binding's buffer: an input or output of the kernel, or a scratch buffer of the run. */
 export type StorageBinding = Extract<PassBinding, { readonly kind: "input" | "output" | "scratch" }>;
 
@@ -84,7 +80,7 @@ export type BindSpec =
 /** The declarations (one line each, in binding order) and the `GpuPass.bindings` of a list of `BindSpec`. */
 export interface Bound {
   readonly decls: string;
-  readonly bindings: PassBinding[];
+  readonly bindings: readonly PassBinding[];
 }
 
 /**
@@ -102,30 +98,17 @@ export const bind = (...specs: readonly (BindSpec | false)[]): Bound => {
     }
     const at = `@group(0) @binding(${bindings.length})`;
     if ("uniform" in s) {
-      decls.push(
-        `${
-          s.struct === undefined ? "" : `struct ${s.type} { ${s.struct} }\n`
-        }${at} var<uniform> ${s.name}: ${s.type};`,
-      );
+      const struct = s.struct === undefined ? "" : `struct ${s.type} { ${s.struct} }\n`;
+      decls.push(`${struct}${at} var<uniform> ${s.name}: ${s.type};`);
       bindings.push({ kind: "uniform", data: s.uniform });
     } else if ("texture" in s) {
-      decls.push(`${at} var ${s.name}: texture_storage_2d<rgba32float, ${s.access}>;`);
       const { id, width, height } = s.texture;
+      decls.push(`${at} var ${s.name}: texture_storage_2d<rgba32float, ${s.access}>;`);
       bindings.push({ kind: "texture", id, width, height, access: s.access });
     } else {
-      const b: StorageBinding = "input" in s
-        ? { kind: "input", index: s.input }
-        : "output" in s
-        ? { kind: "output", index: s.output }
-        : s.buffer;
-      decls.push(
-        storage(
-          bindings.length,
-          s.name,
-          s.type ?? "f32",
-          s.access ?? (b.kind === "input" ? "read" : "read_write"),
-        ),
-      );
+      const b = "input" in s ? input(s.input) : "output" in s ? output(s.output) : s.buffer;
+      const access = s.access ?? (b.kind === "input" ? "read" : "read_write");
+      decls.push(`${at} var<storage, ${access}> ${s.name}: array<${s.type ?? "f32"}>;`);
       bindings.push(b);
     }
   }
@@ -170,6 +153,22 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (i >= ${n}u) { return; }
 ${body}
 }`;
+
+/**
+ * The pass of a `flatWgsl` shader over the bindings `b`: one invocation per flat index i in [0, n) (workgroups
+ * of `wg` on a `grid1d` grid) runs `body`.
+ */
+export const flatPass = (
+  b: Bound,
+  n: number,
+  wg: number,
+  target: GpuTarget,
+  body: string,
+  label?: string,
+): GpuPass => {
+  const grid = grid1d(n, wg, target);
+  return { wgsl: flatWgsl(b.decls, n, wg, grid, body), workgroups: grid, bindings: b.bindings, label };
+};
 
 /**
  * A tree reduction over workgroup memory of `wg` invocations (a power of two): a barrier (the values are
@@ -238,19 +237,3 @@ fn wgArgMax(t: u32, v: f32, i: u32) -> u32 {
   workgroupBarrier();
   return r;
 }`;
-
-/**
- * The pass of a `flatWgsl` shader over the bindings `b`: one invocation per flat index i in [0, n) (workgroups
- * of `wg` on a `grid1d` grid) runs `body`.
- */
-export const flatPass = (
-  b: Bound,
-  n: number,
-  wg: number,
-  target: GpuTarget,
-  body: string,
-  label?: string,
-): GpuPass => {
-  const grid = grid1d(n, wg, target);
-  return { wgsl: flatWgsl(b.decls, n, wg, grid, body), workgroups: grid, bindings: b.bindings, label };
-};

@@ -5,7 +5,7 @@ import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts"
 import { requireRows, ROW_WG, type RowPlan, rowPlan, rowsCols } from "./reduce.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { bind, f32Lit, grid1d, LOOP_SAFE, type StorageBinding } from "../engine/wgsl.ts";
+import { bind, f32Lit, grid1d, LOOP_SAFE, output, type StorageBinding } from "../engine/wgsl.ts";
 
 export interface RmsNormParams {
   /** Added to mean(x^2) before the square root (1e-6 for Qwen2, 1e-5 or 1e-6 for Llama). */
@@ -153,7 +153,7 @@ ${rowR(p, eps)}
     const g2 = grid1d(n2, ROW_WG, target);
     const g3 = grid1d(d, ROW_WG, target);
     const part: StorageBinding = { kind: "scratch", id: "part", bytes: n2 * 4 };
-    const dwOut: StorageBinding = { kind: "output", index: 1 };
+    const dwOut = output(1);
     const data = (gx: number) => new Uint32Array([rows, d, chunks, gx]);
     // Invocation (k, j): rows [k*chunk, min((k+1)*chunk, rows)) of column j, in row order. With one
     // chunk it writes dw itself.

@@ -11,7 +11,7 @@ import {
 } from "../engine/wgsl.ts";
 
 // Two forms of the loops over the head dimension D (`AttentionShape.unroll`). llvmpipe counts every loop
-// iteration of an invocation against a budget of 65,535 (LOOP_BUDGET in kernels/wgsl.ts) and silently cuts
+// iteration of an invocation against a budget of 65,535 (LOOP_BUDGET in engine/wgsl.ts) and silently cuts
 // loops short past it.
 // - looped: scalar loops over D (fast to compile); a visited key (query, in dk/dv) costs 2 D + 1 iterations,
 //   so it only fits short ranges (S = 256 keys at D = 128 already broke);

@@ -65,7 +65,8 @@ export const philoxKernel: Kernel<Record<string, never>> = defineKernel<Record<s
       `  let o = philox4x32(vec4u(inp[6u * i], inp[6u * i + 1u], inp[6u * i + 2u], inp[6u * i + 3u]),
                      vec2u(inp[6u * i + 4u], inp[6u * i + 5u]));
   out[4u * i] = o.x; out[4u * i + 1u] = o.y; out[4u * i + 2u] = o.z; out[4u * i + 3u] = o.w;`;
-    return [flatPass({ ...b, decls: `${b.decls}\n${PHILOX_WGSL}` }, size(x.shape) / 6, WG, target, body)];
+    const withPhilox = { decls: `${b.decls}\n${PHILOX_WGSL}`, bindings: b.bindings };
+    return [flatPass(withPhilox, size(x.shape) / 6, WG, target, body)];
   },
 });
 

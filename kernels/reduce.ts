@@ -27,7 +27,7 @@ const WG_HELPERS = workgroupReductions(ROW_WG);
  * - "workgroup" (real GPUs): one workgroup of 256 per row, strided loops, tree reductions in workgroup memory;
  * - "thread" (`target.software`, llvmpipe): one invocation per row, plain loops, no barriers. On llvmpipe a
  *   256-wide workgroup with barriers costs ~60 us, so a [4096, 512] row sum took 265 ms that way. Only when
- *   `passes * cols` fits the per-invocation loop budget (`LOOP_SAFE`, kernels/wgsl.ts): llvmpipe silently
+ *   `passes * cols` fits the per-invocation loop budget (`LOOP_SAFE`, engine/wgsl.ts): llvmpipe silently
  *   cuts every loop short past 65,535 iterations per invocation, so longer rows (a 151,936-token vocabulary)
  *   take the workgroup variant there too, whose invocations loop passes * cols / 256 times.
  * Bodies loop `for (var j = t; j < C; j += stride)` and reduce with `wgSum(t, v)`, `wgMax(t, v)` and

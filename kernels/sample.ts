@@ -13,7 +13,7 @@ const WG_MAX = 256;
 const WG_MIN = 16;
 /**
  * Elements per invocation per iteration of the strided loops over a row (unrolled in the text). llvmpipe cuts
- * an invocation's loops short past 65,535 iterations in total (LOOP_BUDGET, kernels/wgsl.ts); with top-k and
+ * an invocation's loops short past 65,535 iterations in total (LOOP_BUDGET, engine/wgsl.ts); with top-k and
  * top-p the kernel runs ~70 strided passes over V, ~72 V / 256 iterations one element at a time (V = 262,144:
  * 73,700, broken). Four per iteration: ~18 V / 256 + 3 V / 256 (the contiguous-range passes), V up to ~500k.
  */

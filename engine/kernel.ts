@@ -27,8 +27,9 @@ export interface OutSpec extends TensorSpec {
  * - input i: `var<storage, read>` (or `read_write` if an output aliases it); output i: `var<storage, read_write>`;
  * - scratch: a temporary storage buffer that lives for the passes of one run (keyed by `id`);
  * - texture: a temporary rgba32float 2-D texture, bound as `texture_storage_2d<rgba32float, write>` ("write")
- *   or `texture_2d<f32>` ("read");
+ *   or `texture_storage_2d<rgba32float, read>` ("read");
  * - uniform: a small block of constants, `var<uniform>`, written once per dispatch.
+ * Kernels state each binding once, declaration and entry together, with `bind` (engine/wgsl.ts).
  */
 export type PassBinding =
   | { readonly kind: "input"; readonly index: number }

@@ -9,7 +9,7 @@ import { allocLike, bindingElems, fitsBinding, ranges } from "./binding.ts";
 import { defineKernel, type Kernel } from "./kernel.ts";
 import { record, type Recorder, recordingInto } from "./recorder.ts";
 import { type Tensor, tidy, view } from "./tensor.ts";
-import { flatWgsl, grid1d, storage } from "./wgsl.ts";
+import { bind, flatWgsl, grid1d } from "./wgsl.ts";
 
 interface Node {
   // deno-lint-ignore no-explicit-any
@@ -50,17 +50,13 @@ export const accumulateKernel: Kernel<{ readonly into: boolean }> = defineKernel
   gpu: ({ into }, [a], target) => {
     const n = a.shape.reduce((x, y) => x * y, 1);
     const grid = grid1d(n, ACC_WG, target);
-    const decls = into
-      ? `${storage(0, "a", "f32", "read_write")}\n${storage(1, "g", "f32", "read")}`
-      : `${storage(0, "a", "f32", "read")}\n${storage(1, "g", "f32", "read")}\n${
-        storage(2, "y", "f32", "read_write")
-      }`;
+    const b = into
+      ? bind({ input: 0, name: "a", access: "read_write" }, { input: 1, name: "g" })
+      : bind({ input: 0, name: "a" }, { input: 1, name: "g" }, { input: 2, name: "y", access: "read_write" });
     return [{
-      wgsl: flatWgsl(decls, n, ACC_WG, grid, into ? "  a[i] = a[i] + g[i];" : "  y[i] = a[i] + g[i];"),
+      wgsl: flatWgsl(b.decls, n, ACC_WG, grid, into ? "  a[i] = a[i] + g[i];" : "  y[i] = a[i] + g[i];"),
       workgroups: grid,
-      bindings: into
-        ? [{ kind: "input", index: 0 }, { kind: "input", index: 1 }]
-        : [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "input", index: 2 }],
+      bindings: b.bindings,
     }];
   },
 });

@@ -12,11 +12,11 @@ import {
   requireFinite,
 } from "../core/optim.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
-import { defineKernel, type GpuTarget, type Kernel } from "../engine/kernel.ts";
+import { defineKernel, type GpuPass, type GpuTarget, type Kernel } from "../engine/kernel.ts";
 import { bindingElems, fitsBinding, ranges } from "../engine/binding.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import { type Tensor, tidy, view, zeros } from "../engine/tensor.ts";
-import { flatIndex, grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
+import { bind, flatPass, input, LOOP_SAFE, output, type StorageBinding, treeReduce } from "../engine/wgsl.ts";
 
 const WG = 256;
 /**
@@ -49,15 +49,36 @@ const hyperUniform = (h: AdamWHyper): Uint32Array => {
   return new Uint32Array(f.buffer);
 };
 
+/** The workgroup tree of passes 1 and 2: sums of squares in `ss`, flags in `sf`, folded into slot 0. */
+const SUMSQ_TREE = treeReduce(WG, "lid", "s", [
+  "ss[lid] += ss[lid + s];",
+  "sf[lid] = max(sf[lid], sf[lid + s]);",
+]);
+
 /**
- * Pass 1: each workgroup folds a strided slice of g into sum(g^2) and a flag (1 = saw inf, 2 = saw NaN). With
- * `based`, the results go to part[base + w] (base from a uniform at binding 3: one chunk of a segmented step).
+ * Pass 1: each of `groups` workgroups folds a strided slice of g into sum(g^2) and a flag (1 = saw inf, 2 =
+ * saw NaN), written to part[w] and flag[w]; with `base`, to part[base + w] and flag[base + w] (one chunk of a
+ * segmented step; base travels in a uniform).
  */
-const partialWgsl = (n: number, groups: number, based = false): string =>
-  `${storage(0, "g", "f32", "read")}
-${storage(1, "part", "f32", "read_write")}
-${storage(2, "flag", "u32", "read_write")}
-${based ? "@group(0) @binding(3) var<uniform> base: vec4u;" : ""}
+const partialPass = (
+  n: number,
+  groups: number,
+  { g, part, flag }: {
+    readonly g: StorageBinding;
+    readonly part: StorageBinding;
+    readonly flag: StorageBinding;
+  },
+  base?: number,
+): GpuPass => {
+  const based = base !== undefined;
+  const b = bind(
+    { buffer: g, name: "g" },
+    { buffer: part, name: "part", access: "read_write" },
+    { buffer: flag, name: "flag", type: "u32", access: "read_write" },
+    based && { uniform: new Uint32Array([base, 0, 0, 0]), name: "base", type: "vec4u" },
+  );
+  return {
+    wgsl: `${b.decls}
 var<workgroup> ss: array<f32, ${WG}>;
 var<workgroup> sf: array<u32, ${WG}>;
 @compute @workgroup_size(${WG})
@@ -73,25 +94,34 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
   }
   ss[lid] = acc;
   sf[lid] = fl;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      ss[lid] += ss[lid + s];
-      sf[lid] = max(sf[lid], sf[lid + s]);
-    }
-    workgroupBarrier();
-  }
+${SUMSQ_TREE}
   if (lid == 0u) {
     part[${based ? "base.x + " : ""}w3.x] = ss[0];
     flag[${based ? "base.x + " : ""}w3.x] = sf[0];
   }
-}`;
+}`,
+    workgroups: [groups, 1, 1],
+    bindings: b.bindings,
+    label: "adamw.sumsq",
+  };
+};
 
 /** Pass 2: one workgroup folds the partials; norm = sqrt(sum), or +inf / NaN when the flags say so. */
-const finishWgsl = (groups: number, access: "read" | "read_write" = "read_write"): string =>
-  `${storage(0, "part", "f32", access)}
-${storage(1, "flag", "u32", access)}
-${storage(2, "norm", "f32", "read_write")}
+const finishPass = (
+  groups: number,
+  { part, flag, norm }: {
+    readonly part: StorageBinding;
+    readonly flag: StorageBinding;
+    readonly norm: StorageBinding;
+  },
+): GpuPass => {
+  const b = bind(
+    { buffer: part, name: "part" },
+    { buffer: flag, name: "flag", type: "u32" },
+    { buffer: norm, name: "norm" },
+  );
+  return {
+    wgsl: `${b.decls}
 var<workgroup> ss: array<f32, ${WG}>;
 var<workgroup> sf: array<u32, ${WG}>;
 @compute @workgroup_size(${WG})
@@ -105,43 +135,57 @@ fn main(@builtin(local_invocation_id) l3: vec3u) {
   }
   ss[lid] = acc;
   sf[lid] = fl;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      ss[lid] += ss[lid + s];
-      sf[lid] = max(sf[lid], sf[lid + s]);
-    }
-    workgroupBarrier();
-  }
+${SUMSQ_TREE}
   if (lid == 0u) {
     let f = sf[0];
     // A runtime bit pattern (0x7f800000 = +inf, 0x7fc00000 = NaN): constant-folding NaN is a WGSL error.
     norm[0] = select(sqrt(ss[0]), bitcast<f32>(0x7f800000u | ((f - 1u) << 22u)), f > 0u);
   }
-}`;
+}`,
+    workgroups: [1, 1, 1],
+    bindings: b.bindings,
+    label: "adamw.norm",
+  };
+};
+
+/** The buffers of the update pass: p, m and v are updated in place; the decay mask is optional. */
+interface UpdateBuffers {
+  readonly p: StorageBinding;
+  readonly g: StorageBinding;
+  readonly m: StorageBinding;
+  readonly v: StorageBinding;
+  readonly mask?: StorageBinding;
+  readonly norm: StorageBinding;
+}
 
 /** Pass 3: clip + AdamW per element, reading the norm written by pass 2; a non-finite norm changes nothing. */
-const updateWgsl = (
+const updatePass = (
   n: number,
-  grid: [number, number, number],
-  mask: boolean,
-  normAccess: "read" | "read_write" = "read_write",
-): string => {
-  const b = mask ? 5 : 4;
-  return `${storage(0, "p", "f32", "read_write")}
-${storage(1, "g", "f32", "read")}
-${storage(2, "m", "f32", "read_write")}
-${storage(3, "v", "f32", "read_write")}
-${mask ? storage(4, "dmask", "f32", "read") : ""}
-${storage(b, "norm", "f32", normAccess)}
-struct Hyper { lr: f32, b1: f32, omb1: f32, b2: f32, omb2: f32, eps: f32, lrwd: f32, c1: f32, c2: f32,
-  maxNorm: f32, pad0: f32, pad1: f32 }
-@group(0) @binding(${b + 1}) var<uniform> h: Hyper;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  let nrm = norm[0];
+  h: AdamWHyper,
+  { p, g, m, v, mask, norm }: UpdateBuffers,
+  target: GpuTarget,
+): GpuPass => {
+  const b = bind(
+    { buffer: p, name: "p", access: "read_write" },
+    { buffer: g, name: "g" },
+    { buffer: m, name: "m", access: "read_write" },
+    { buffer: v, name: "v", access: "read_write" },
+    mask !== undefined && { buffer: mask, name: "dmask" },
+    { buffer: norm, name: "norm" },
+    {
+      uniform: hyperUniform(h),
+      name: "h",
+      type: "Hyper",
+      struct: `lr: f32, b1: f32, omb1: f32, b2: f32, omb2: f32, eps: f32, lrwd: f32, c1: f32, c2: f32,
+  maxNorm: f32, pad0: f32, pad1: f32`,
+    },
+  );
+  return flatPass(
+    b,
+    n,
+    WG,
+    target,
+    `  let nrm = norm[0];
   if ((bitcast<u32>(nrm) & 0x7f800000u) == 0x7f800000u) { return; }
   var s = 1.0;
   if (h.maxNorm > 0.0) { s = min(1.0, h.maxNorm / (nrm + 1e-6)); }
@@ -153,8 +197,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   pi -= h.lr * (mi / h.c1) / (sqrt(vi / h.c2) + h.eps);
   p[i] = pi;
   m[i] = mi;
-  v[i] = vi;
-}`;
+  v[i] = vi;`,
+    "adamw.update",
+  );
 };
 
 const NAMES = ["params", "grads", "m", "v", "decayMask"];
@@ -208,39 +253,14 @@ export const adamwKernel: Kernel<AdamWParams> = defineKernel<AdamWParams>({
   gpu: (h, inputs, target) => {
     const n = size(inputs[0].shape);
     const groups = partialGroups(n, target);
-    const grid = grid1d(n, WG, target);
-    const mask = inputs.length === 5;
-    const scratch = [
-      { kind: "scratch", id: "part", bytes: groups * 4 },
-      { kind: "scratch", id: "flag", bytes: groups * 4 },
-    ] as const;
+    const g = input(1), norm = output(3);
+    const part = { kind: "scratch", id: "part", bytes: groups * 4 } as const;
+    const flag = { kind: "scratch", id: "flag", bytes: groups * 4 } as const;
+    const mask = inputs.length === 5 ? input(4) : undefined;
     return [
-      {
-        wgsl: partialWgsl(n, groups),
-        workgroups: [groups, 1, 1],
-        bindings: [{ kind: "input", index: 1 }, ...scratch],
-        label: "adamw.sumsq",
-      },
-      {
-        wgsl: finishWgsl(groups),
-        workgroups: [1, 1, 1],
-        bindings: [...scratch, { kind: "output", index: 3 }],
-        label: "adamw.norm",
-      },
-      {
-        wgsl: updateWgsl(n, grid, mask),
-        workgroups: grid,
-        bindings: [
-          { kind: "output", index: 0 },
-          { kind: "input", index: 1 },
-          { kind: "output", index: 1 },
-          { kind: "output", index: 2 },
-          ...(mask ? [{ kind: "input", index: 4 } as const] : []),
-          { kind: "output", index: 3 },
-          { kind: "uniform", data: hyperUniform(h) },
-        ],
-        label: "adamw.update",
-      },
+      partialPass(n, groups, { g, part, flag }),
+      finishPass(groups, { part, flag, norm }),
+      updatePass(n, h, { p: output(0), g, m: output(1), v: output(2), mask, norm }, target),
     ];
   },
 });
@@ -304,17 +324,7 @@ export const adamwSumsqKernel: Kernel<{ readonly slot: number }> = defineKernel<
         message: `adamw: a chunk of ${n} elements needs ${groups} partials`,
       });
     }
-    return [{
-      wgsl: partialWgsl(n, groups, true),
-      workgroups: [groups, 1, 1],
-      bindings: [
-        { kind: "input", index: 2 },
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "uniform", data: new Uint32Array([slot * SLOT, 0, 0, 0]) },
-      ],
-      label: "adamw.sumsq",
-    }];
+    return [partialPass(n, groups, { g: input(2), part: input(0), flag: input(1) }, slot * SLOT)];
   },
 });
 
@@ -340,12 +350,7 @@ export const adamwNormKernel: Kernel<Record<string, never>> = defineKernel<Recor
     }
     norm.data[0] = fl === 2 ? NaN : fl === 1 ? Infinity : Math.sqrt(acc);
   },
-  gpu: (_p, [sums]) => [{
-    wgsl: finishWgsl(sums.shape[0], "read"),
-    workgroups: [1, 1, 1],
-    bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
-    label: "adamw.norm",
-  }],
+  gpu: (_p, [sums]) => [finishPass(sums.shape[0], { part: input(0), flag: input(1), norm: output(0) })],
 });
 
 /**
@@ -373,22 +378,9 @@ export const adamwUpdateKernel: Kernel<AdamWParams> = defineKernel<AdamWParams>(
     ),
   gpu: (h, inputs, target) => {
     const n = size(inputs[0].shape);
-    const grid = grid1d(n, WG, target);
-    const mask = inputs.length === 6;
-    return [{
-      wgsl: updateWgsl(n, grid, mask, "read"),
-      workgroups: grid,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        { kind: "input", index: 3 },
-        ...(mask ? [{ kind: "input", index: 5 } as const] : []),
-        { kind: "input", index: 4 },
-        { kind: "uniform", data: hyperUniform(h) },
-      ],
-      label: "adamw.update",
-    }];
+    const mask = inputs.length === 6 ? input(5) : undefined;
+    const io = { p: input(0), g: input(1), m: input(2), v: input(3), mask, norm: input(4) };
+    return [updatePass(n, h, io, target)];
   },
 });
 

@@ -6,7 +6,6 @@ import {
   type GpuPass,
   type GpuTarget,
   type Kernel,
-  type PassBinding,
   type TensorSpec,
 } from "../engine/kernel.ts";
 import { apply } from "../engine/apply.ts";
@@ -15,15 +14,13 @@ import {
   type AttentionShape,
   attentionUniform,
   ATTN_WG,
-  backwardKVTiledWgsl,
-  backwardKVWgsl,
-  backwardQTiledWgsl,
-  backwardQWgsl,
-  forwardTiledWgsl,
-  forwardWgsl,
-  kvCombineWgsl,
+  backwardKVShader,
+  backwardQShader,
+  forwardShader,
+  kvCombinePass,
+  type Shader,
 } from "./attention_wgsl.ts";
-import { grid1d, LOOP_SAFE, withinLoopBudget } from "../engine/wgsl.ts";
+import { LOOP_SAFE, type StorageBinding, withinLoopBudget } from "../engine/wgsl.ts";
 
 export interface AttentionParams {
   /** Multiplier of q.k; default 1/sqrt(D). */
@@ -130,37 +127,27 @@ export const attentionVariant = (target: GpuTarget): AttentionVariant => (target
 
 /**
  * One pass over `heads` x `len` rows: as many invocations (row variant) or heads x ceil(len / ATTN_WG)
- * workgroups (tile variant). The grid folds into y past the x limit; the uniform carries the count and the x stride, so the
- * text never depends on T or S.
+ * workgroups (tile variant). The grid folds into y past the x limit; the uniform carries the count and the x
+ * stride, so the text never depends on T or S. `shader` gives the pass from the uniform's data.
  */
 const pass = (
   v: AttentionVariant,
-  wgsl: string,
+  shader: (dims: Uint32Array) => Shader,
   heads: number,
   len: number,
   x: Dims,
-  ios: [number, number],
   target: GpuTarget,
   label: string,
-  chunk?: { tc: number; chunks: number; cstride: number; outs: readonly PassBinding[] },
+  chunk?: { tc: number; chunks: number; cstride: number },
 ): GpuPass => {
   const n = (chunk?.chunks ?? 1) * (v === "row" ? heads * len : heads * Math.ceil(len / ATTN_WG));
   const groups = Math.max(1, v === "row" ? Math.ceil(n / ATTN_WG) : n);
   const gy = Math.ceil(groups / target.maxWorkgroupsPerDimension);
   const gx = Math.ceil(groups / gy);
-  return {
-    wgsl,
-    workgroups: [gx, gy, 1],
-    bindings: [
-      ...Array.from({ length: ios[0] }, (_, index) => ({ kind: "input" as const, index })),
-      ...(chunk?.outs ?? Array.from({ length: ios[1] }, (_, index) => ({ kind: "output" as const, index }))),
-      {
-        kind: "uniform",
-        data: attentionUniform(x.t, x.s, x.offset, n, v === "row" ? gx * ATTN_WG : gx, chunk),
-      },
-    ],
-    label: `${label}.${v}`,
-  };
+  const { wgsl, bindings } = shader(
+    attentionUniform(x.t, x.s, x.offset, n, v === "row" ? gx * ATTN_WG : gx, chunk),
+  );
+  return { wgsl, workgroups: [gx, gy, 1], bindings, label: `${label}.${v}` };
 };
 
 // ---- forward ------------------------------------------------------------------------------------------------
@@ -211,8 +198,9 @@ export const attentionKernel: Kernel<AttentionParams> = defineKernel<AttentionPa
   gpu: (p, inputs, target) => {
     const x = dims("attention", p, inputs), v = p.variant ?? attentionVariant(target);
     const sh = shapeOf(x, p.unroll ?? unrollD(x.s, x.d));
-    const wgsl = v === "row" ? forwardWgsl(sh) : forwardTiledWgsl(sh);
-    return [pass(v, wgsl, x.b * x.hq, x.t, x, [3, 2], target, "attention")];
+    return [
+      pass(v, (dims) => forwardShader(sh, v === "tile", dims), x.b * x.hq, x.t, x, target, "attention"),
+    ];
   },
   vjp: ({ params, inputs: [q, k, v], outputs: [o, lse] }, [dO, dL]) => {
     const g = dO ?? zeros(q.backend, o.shape); // (B, T, Hq, D)
@@ -284,8 +272,8 @@ export const attentionBwdQKernel: Kernel<AttentionBwdParams> = defineKernel<Atte
   gpu: (p, inputs, target) => {
     const x = dims("attentionBwdQ", p, inputs), v = p.variant ?? attentionVariant(target);
     const sh = shapeOf(x, p.unroll ?? unrollD(x.s, x.d));
-    const wgsl = (v === "row" ? backwardQWgsl : backwardQTiledWgsl)(sh, !!p.withDL);
-    return [pass(v, wgsl, x.b * x.hq, x.t, x, [p.withDL ? 7 : 6, 2], target, "attentionBwdQ")];
+    const shader = (dims: Uint32Array) => backwardQShader(sh, !!p.withDL, v === "tile", dims);
+    return [pass(v, shader, x.b * x.hq, x.t, x, target, "attentionBwdQ")];
   },
 });
 
@@ -337,30 +325,20 @@ export const attentionBwdKVKernel: Kernel<AttentionParams> = defineKernel<Attent
     const g = x.hq / x.hkv;
     const unroll = p.unroll ?? unrollD(g * Math.min(x.t, p.kvChunk ?? x.t), x.d);
     const tc = Math.max(1, Math.min(p.kvChunk ?? (unroll ? kvChunk(g, x.t) : x.t), x.t));
-    const wgsl = (v === "row" ? backwardKVWgsl : backwardKVTiledWgsl)(shapeOf(x, unroll));
+    const sh = shapeOf(x, unroll);
     const chunks = Math.max(1, Math.ceil(x.t / tc));
-    if (chunks === 1) return [pass(v, wgsl, x.b * x.hkv, x.s, x, [6, 2], target, "attentionBwdKV")];
+    if (chunks === 1) {
+      const shader = (dims: Uint32Array) => backwardKVShader(sh, v === "tile", dims);
+      return [pass(v, shader, x.b * x.hkv, x.s, x, target, "attentionBwdKV")];
+    }
     // Split queries: chunk c writes its partial dk/dv at c E of two scratch buffers; a second pass sums them.
     const e = x.b * x.s * x.hkv * x.d;
-    const pk: PassBinding = { kind: "scratch", id: "pk", bytes: chunks * e * 4 };
-    const pv: PassBinding = { kind: "scratch", id: "pv", bytes: chunks * e * 4 };
-    const grid = grid1d(e, 256, target);
+    const pk: StorageBinding = { kind: "scratch", id: "pk", bytes: chunks * e * 4 };
+    const pv: StorageBinding = { kind: "scratch", id: "pv", bytes: chunks * e * 4 };
+    const shader = (dims: Uint32Array) => backwardKVShader(sh, v === "tile", dims, [pk, pv]);
     return [
-      pass(v, wgsl, x.b * x.hkv, x.s, x, [6, 2], target, "attentionBwdKV", {
-        tc,
-        chunks,
-        cstride: e,
-        outs: [pk, pv],
-      }),
-      {
-        wgsl: kvCombineWgsl,
-        workgroups: grid,
-        bindings: [pk, pv, { kind: "output", index: 0 }, { kind: "output", index: 1 }, {
-          kind: "uniform",
-          data: new Uint32Array([e, chunks, grid[0] * 256, 0]),
-        }],
-        label: "attentionBwdKV.combine",
-      },
+      pass(v, shader, x.b * x.hkv, x.s, x, target, "attentionBwdKV", { tc, chunks, cstride: e }),
+      kvCombinePass(pk, pv, e, chunks, target),
     ];
   },
 });

@@ -1,8 +1,17 @@
 /** WGSL of the fused causal attention kernels: forward with online softmax, and the two backward passes. */
-import { f32Lit, storage } from "../engine/wgsl.ts";
+import type { GpuPass, GpuTarget } from "../engine/kernel.ts";
+import {
+  bind,
+  type BindSpec,
+  type Bound,
+  f32Lit,
+  grid1d,
+  output,
+  type StorageBinding,
+} from "../engine/wgsl.ts";
 
 // Two forms of the loops over the head dimension D (`AttentionShape.unroll`). llvmpipe counts every loop
-// iteration of an invocation against a budget of 65,535 (LOOP_BUDGET in kernels/wgsl.ts) and silently cuts
+// iteration of an invocation against a budget of 65,535 (LOOP_BUDGET in engine/wgsl.ts) and silently cuts
 // loops short past it.
 // - looped: scalar loops over D (fast to compile); a visited key (query, in dk/dv) costs 2 D + 1 iterations,
 //   so it only fits short ranges (S = 256 keys at D = 128 already broke);
@@ -164,14 +173,26 @@ const kvStore = (p: AttentionShape, indent = "  "): string =>
   );
 
 /**
- * Sums the chunks of a split dk/dv pass: out[e] = sum_c part[c E + e] in chunk order (E = elements of dk).
- * Bindings: pk, pv, dk, dv, uniform (E, chunks, grid row stride, -).
+ * Sums the `chunks` chunks of a split dk/dv pass from the scratch partials pk, pv into outputs 0, 1 (dk, dv):
+ * out[e] = sum_c part[c E + e] in chunk order, E = `e` elements of dk.
  */
-export const kvCombineWgsl = `${storage(0, "pk", "f32", "read")}
-${storage(1, "pv", "f32", "read")}
-${storage(2, "dk", "f32", "read_write")}
-${storage(3, "dv", "f32", "read_write")}
-@group(0) @binding(4) var<uniform> u: vec4u;
+export const kvCombinePass = (
+  pk: StorageBinding,
+  pv: StorageBinding,
+  e: number,
+  chunks: number,
+  target: GpuTarget,
+): GpuPass => {
+  const grid = grid1d(e, 256, target);
+  const b = bind(
+    { buffer: pk, name: "pk", access: "read" },
+    { buffer: pv, name: "pv", access: "read" },
+    { output: 0, name: "dk" },
+    { output: 1, name: "dv" },
+    { uniform: new Uint32Array([e, chunks, grid[0] * 256, 0]), name: "u", type: "vec4u" },
+  );
+  return {
+    wgsl: `${b.decls}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let e = gid.x + gid.y * u.z;
@@ -184,18 +205,38 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   dk[e] = a;
   dv[e] = b;
-}`;
+}`,
+    workgroups: grid,
+    bindings: b.bindings,
+    label: "attentionBwdKV.combine",
+  };
+};
 
 /** Invocations per workgroup of every attention pass. */
 export const ATTN_WG = 64;
 
 /**
- * Uniform block: T, S, offset, number of invocations (or workgroups) n over all chunks, the row stride of the
- * folded grid, the dk/dv query chunking (chunk length tc: queries t in [ch tc, (ch + 1) tc), ceil(T / tc)
- * chunks; the element offset between the chunks' partial outputs).
+ * Uniform block `u`, the last binding of every pass: T, S, offset, number of invocations (or workgroups) n over
+ * all chunks, the row stride of the folded grid, the dk/dv query chunking (chunk length tc: queries t in
+ * [ch tc, (ch + 1) tc), ceil(T / tc) chunks; the element offset between the chunks' partial outputs). `data`
+ * from `attentionUniform`.
  */
-const UNIFORM =
-  `struct Dims { t: u32, s: u32, offset: u32, n: u32, stride: u32, tc: u32, cstride: u32, pad: u32 }`;
+const dimsUniform = (data: Uint32Array): BindSpec => ({
+  uniform: data,
+  name: "u",
+  type: "Dims",
+  struct: "t: u32, s: u32, offset: u32, n: u32, stride: u32, tc: u32, cstride: u32, pad: u32",
+});
+
+/** A pass's shader text and bindings; the host adds the grid. */
+export type Shader = Pick<GpuPass, "wgsl" | "bindings">;
+
+/** The q, k, v bindings (inputs 0-2) every pass starts with. */
+const qkv = (p: AttentionShape): BindSpec[] => [
+  { input: 0, name: "q", type: vt(p) },
+  { input: 1, name: "k", type: vt(p) },
+  { input: 2, name: "v", type: vt(p) },
+];
 
 /** The data of the `Dims` uniform (one chunk of all T queries unless given). */
 export const attentionUniform = (
@@ -208,10 +249,7 @@ export const attentionUniform = (
 ): Uint32Array => new Uint32Array([t, s, offset, n, stride, chunk.tc, chunk.cstride, 0]);
 
 /** Entry of the row variant: `i` = this invocation's row within its chunk `ch`. */
-const header = (idx: number) =>
-  `${UNIFORM}
-@group(0) @binding(${idx}) var<uniform> u: Dims;
-@compute @workgroup_size(${ATTN_WG})
+const header = `@compute @workgroup_size(${ATTN_WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i0 = gid.x + gid.y * u.stride;
   if (i0 >= u.n) { return; }
@@ -230,19 +268,18 @@ const queryRow = ({ hq, hkv }: AttentionShape) =>
   let li = (b * ${hq}u + h) * u.t + t;
   let last = min(u.offset + t, u.s - 1u);`;
 
+/** Bindings of the forward passes: q, k, v, o, lse, uniform. */
+const forwardBinds = (p: AttentionShape, dims: Uint32Array): Bound =>
+  bind(...qkv(p), { output: 0, name: "o", type: vt(p) }, { output: 1, name: "lse" }, dimsUniform(dims));
+
 /**
  * Forward: one invocation per query row (b, t, h). Streams keys s = 0..offset+t with an online softmax
  * (running max m, running sum l, accumulator rescaled by exp(m_old - m_new)); writes O and L = m + log l.
- * Bindings: q, k, v, o, lse, uniform.
  */
-export const forwardWgsl = (p: AttentionShape): string =>
+const forwardWgsl = (p: AttentionShape, decls: string): string =>
   `const D = ${p.d}u;
-${storage(0, "q", vt(p), "read")}
-${storage(1, "k", vt(p), "read")}
-${storage(2, "v", vt(p), "read")}
-${storage(3, "o", vt(p), "read_write")}
-${storage(4, "lse", "f32", "read_write")}
-${header(5)}
+${decls}
+${header}
 ${queryRow(p)}
 ${
     forwardBody(
@@ -256,49 +293,59 @@ ${each(p, (c) => st(p, "o", "qo", c, `acc[${c}] * r`))}
   }
 }`;
 
+/** Bindings of the dq passes: q, k, v, o, dO, lse, [dL], dq, delta, uniform. */
+const backwardQBinds = (p: AttentionShape, withDL: boolean, dims: Uint32Array): Bound =>
+  bind(
+    ...qkv(p),
+    { input: 3, name: "o", type: vt(p) },
+    { input: 4, name: "dout", type: vt(p) },
+    { input: 5, name: "lse" },
+    withDL && { input: 6, name: "dlse" },
+    { output: 0, name: "dq", type: vt(p) },
+    { output: 1, name: "delta" },
+    dimsUniform(dims),
+  );
+
 /**
  * Backward for dq, one invocation per query row; also writes Delta_t = sum_d dO O - dL_t (dL only when the
  * log-sum-exp output received a cotangent), which the dk/dv pass reuses. With P = exp(scale q.k - L):
  *   dP_s = dO . v_s,  dS_s = P_s (dP_s - Delta_t),  dq = scale sum_s dS_s k_s.
- * Bindings: q, k, v, o, dO, lse, [dL], dq, delta, uniform.
  */
-export const backwardQWgsl = (p: AttentionShape, withDL: boolean): string => {
-  const x = withDL ? 1 : 0;
-  return `const D = ${p.d}u;
-${storage(0, "q", vt(p), "read")}
-${storage(1, "k", vt(p), "read")}
-${storage(2, "v", vt(p), "read")}
-${storage(3, "o", vt(p), "read")}
-${storage(4, "dout", vt(p), "read")}
-${storage(5, "lse", "f32", "read")}
-${withDL ? storage(6, "dlse", "f32", "read") : ""}
-${storage(6 + x, "dq", vt(p), "read_write")}
-${storage(7 + x, "delta", "f32", "read_write")}
-${header(8 + x)}
+const backwardQWgsl = (p: AttentionShape, withDL: boolean, decls: string): string =>
+  `const D = ${p.d}u;
+${decls}
+${header}
 ${queryRow(p)}
 ${dqBody(p, withDL, "last", false)}
 ${each(p, (c) => st(p, "dq", "qo", c, `acc[${c}] * ${f32Lit(p.scale)}`))}
   delta[li] = dt;
 }`;
-};
+
+/** Bindings of the dk/dv passes: q, k, v, dO, lse, delta, dk, dv (outputs, or the chunk partials), uniform. */
+const backwardKVBinds = (
+  p: AttentionShape,
+  dims: Uint32Array,
+  [dk, dv]: readonly [StorageBinding, StorageBinding],
+): Bound =>
+  bind(
+    ...qkv(p),
+    { input: 3, name: "dout", type: vt(p) },
+    { input: 4, name: "lse" },
+    { input: 5, name: "delta" },
+    { buffer: dk, name: "dk", type: vt(p) },
+    { buffer: dv, name: "dv", type: vt(p) },
+    dimsUniform(dims),
+  );
 
 /**
  * Backward for dk and dv, one invocation per key row (b, s, kv head) and query chunk: loops over the query
  * heads of the group and the chunk's queries t with offset + t >= s, in a fixed order (deterministic, no
  * atomics):   dv_s = sum P_ts dO_t,  dk_s = scale sum dS_ts q_t.
- * Bindings: q, k, v, dO, lse, delta, dk, dv (or the chunk partials), uniform.
  */
-export const backwardKVWgsl = (p: AttentionShape): string =>
+const backwardKVWgsl = (p: AttentionShape, decls: string): string =>
   `const D = ${p.d}u;
-${storage(0, "q", vt(p), "read")}
-${storage(1, "k", vt(p), "read")}
-${storage(2, "v", vt(p), "read")}
-${storage(3, "dout", vt(p), "read")}
-${storage(4, "lse", "f32", "read")}
-${storage(5, "delta", "f32", "read")}
-${storage(6, "dk", vt(p), "read_write")}
-${storage(7, "dv", vt(p), "read_write")}
-${header(8)}
+${decls}
+${header}
   let hk = i % ${p.hkv}u;
   let bs = i / ${p.hkv}u;
   let s = bs % u.s;
@@ -316,10 +363,8 @@ ${kvStore(p)}
 // the lanes) instead of a per-lane gather. The loop runs to the tile's last visible position; lanes past their
 // own causal limit mask their term (P = 0). The uniform's `n` counts workgroups, `stride` is the x extent.
 
-const tiledHeader = (idx: number, rows: string) =>
-  `${UNIFORM}
-@group(0) @binding(${idx}) var<uniform> u: Dims;
-@compute @workgroup_size(${ATTN_WG})
+const tiledHeader = (rows: string) =>
+  `@compute @workgroup_size(${ATTN_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let w0 = wid.x + wid.y * u.stride;
   if (w0 >= u.n) { return; }
@@ -343,15 +388,11 @@ const tiledQueryRow = ({ hq, hkv }: AttentionShape) =>
   let last = min(u.offset + t, u.s - 1u);
   let tileLast = min(u.offset + min(first + ${ATTN_WG - 1}u, u.t - 1u), u.s - 1u);`;
 
-/** Tiled forward (same bindings and outputs as `forwardWgsl`). */
-export const forwardTiledWgsl = (p: AttentionShape): string =>
+/** Tiled forward (the bindings and outputs of `forwardWgsl`). */
+const forwardTiledWgsl = (p: AttentionShape, decls: string): string =>
   `const D = ${p.d}u;
-${storage(0, "q", vt(p), "read")}
-${storage(1, "k", vt(p), "read")}
-${storage(2, "v", vt(p), "read")}
-${storage(3, "o", vt(p), "read_write")}
-${storage(4, "lse", "f32", "read_write")}
-${tiledHeader(5, "u.t")}
+${decls}
+${tiledHeader("u.t")}
 ${tiledQueryRow(p)}
 ${
     forwardBody(
@@ -367,20 +408,11 @@ ${each(p, (c) => st(p, "o", "qo", c, `acc[${c}] * r`), "    ")}
   }
 }`;
 
-/** Tiled dq pass (same bindings and outputs as `backwardQWgsl`). */
-export const backwardQTiledWgsl = (p: AttentionShape, withDL: boolean): string => {
-  const x = withDL ? 1 : 0;
-  return `const D = ${p.d}u;
-${storage(0, "q", vt(p), "read")}
-${storage(1, "k", vt(p), "read")}
-${storage(2, "v", vt(p), "read")}
-${storage(3, "o", vt(p), "read")}
-${storage(4, "dout", vt(p), "read")}
-${storage(5, "lse", "f32", "read")}
-${withDL ? storage(6, "dlse", "f32", "read") : ""}
-${storage(6 + x, "dq", vt(p), "read_write")}
-${storage(7 + x, "delta", "f32", "read_write")}
-${tiledHeader(8 + x, "u.t")}
+/** Tiled dq pass (the bindings and outputs of `backwardQWgsl`). */
+const backwardQTiledWgsl = (p: AttentionShape, withDL: boolean, decls: string): string =>
+  `const D = ${p.d}u;
+${decls}
+${tiledHeader("u.t")}
 ${tiledQueryRow(p)}
 ${dqBody(p, withDL, "tileLast", true)}
   if (live) {
@@ -388,20 +420,12 @@ ${each(p, (c) => st(p, "dq", "qo", c, `acc[${c}] * ${f32Lit(p.scale)}`), "    ")
     delta[li] = dt;
   }
 }`;
-};
 
 /** Tiled dk/dv pass: a workgroup = ATTN_WG consecutive keys of one (b, kv head) (bindings of `backwardKVWgsl`). */
-export const backwardKVTiledWgsl = (p: AttentionShape): string =>
+const backwardKVTiledWgsl = (p: AttentionShape, decls: string): string =>
   `const D = ${p.d}u;
-${storage(0, "q", vt(p), "read")}
-${storage(1, "k", vt(p), "read")}
-${storage(2, "v", vt(p), "read")}
-${storage(3, "dout", vt(p), "read")}
-${storage(4, "lse", "f32", "read")}
-${storage(5, "delta", "f32", "read")}
-${storage(6, "dk", vt(p), "read_write")}
-${storage(7, "dv", vt(p), "read_write")}
-${tiledHeader(8, "u.s")}
+${decls}
+${tiledHeader("u.s")}
   let bk = w / tiles;
   let hk = bk % ${p.hkv}u;
   let b = bk / ${p.hkv}u;
@@ -414,3 +438,31 @@ ${kvBody(p, "first", true)}
 ${kvStore(p, "    ")}
   }
 }`;
+
+/** The forward pass (row or `tiled` variant) with the `Dims` uniform `dims`. */
+export const forwardShader = (p: AttentionShape, tiled: boolean, dims: Uint32Array): Shader => {
+  const b = forwardBinds(p, dims);
+  return { wgsl: (tiled ? forwardTiledWgsl : forwardWgsl)(p, b.decls), bindings: b.bindings };
+};
+
+/** The dq pass (row or `tiled` variant); `withDL`: the log-sum-exp output's cotangent is input 6. */
+export const backwardQShader = (
+  p: AttentionShape,
+  withDL: boolean,
+  tiled: boolean,
+  dims: Uint32Array,
+): Shader => {
+  const b = backwardQBinds(p, withDL, dims);
+  return { wgsl: (tiled ? backwardQTiledWgsl : backwardQWgsl)(p, withDL, b.decls), bindings: b.bindings };
+};
+
+/** The dk/dv pass (row or `tiled` variant), writing `outs` (default outputs 0, 1; chunk partials when split). */
+export const backwardKVShader = (
+  p: AttentionShape,
+  tiled: boolean,
+  dims: Uint32Array,
+  outs: readonly [StorageBinding, StorageBinding] = [output(0), output(1)],
+): Shader => {
+  const b = backwardKVBinds(p, dims, outs);
+  return { wgsl: (tiled ? backwardKVTiledWgsl : backwardKVWgsl)(p, b.decls), bindings: b.bindings };
+};

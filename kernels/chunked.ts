@@ -6,7 +6,7 @@ import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { copyInto, zerosLike } from "./layout.ts";
 import { apply1 } from "../engine/apply.ts";
 import { type Tensor, tidy, view } from "../engine/tensor.ts";
-import { flatWgsl, grid1d, storage, wgslType } from "../engine/wgsl.ts";
+import { bind, flatPass, wgslType } from "../engine/wgsl.ts";
 
 const WG = 256;
 
@@ -17,13 +17,16 @@ export const fillZeroKernel: Kernel<Record<string, never>> = defineKernel<Record
   cpu: (_p, _i, [y]) => y.data.fill(0),
   gpu: (_p, [t], target) => {
     const n = t.shape.reduce((a, b) => a * b, 1);
-    const grid = grid1d(n, WG, target);
     const ty = wgslType(t.dtype);
-    return [{
-      wgsl: flatWgsl(storage(0, "y", ty, "read_write"), n, WG, grid, `  y[i] = ${ty}(0);`),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }],
-    }];
+    return [
+      flatPass(
+        bind({ input: 0, name: "y", type: ty, access: "read_write" }),
+        n,
+        WG,
+        target,
+        `  y[i] = ${ty}(0);`,
+      ),
+    ];
   },
 });
 
@@ -73,20 +76,13 @@ export const putColumnsKernel: Kernel<{ readonly start: number }> = defineKernel
   },
   gpu: ({ start }, [y, z], target) => {
     const [N, C] = z.shape, V = y.shape[1];
-    const grid = grid1d(N * C, WG, target);
     const ty = wgslType(y.dtype);
-    return [{
-      wgsl: flatWgsl(
-        `${storage(0, "y", ty, "read_write")}
-${storage(1, "z", ty, "read")}`,
-        N * C,
-        WG,
-        grid,
-        `  y[(i / ${C}u) * ${V}u + ${start}u + i % ${C}u] = z[i];`,
-      ),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }],
-    }];
+    const b = bind({ input: 0, name: "y", type: ty, access: "read_write" }, {
+      input: 1,
+      name: "z",
+      type: ty,
+    });
+    return [flatPass(b, N * C, WG, target, `  y[(i / ${C}u) * ${V}u + ${start}u + i % ${C}u] = z[i];`)];
   },
 });
 
@@ -112,19 +108,10 @@ export const takeColumnsKernel: Kernel<{ readonly start: number; readonly count:
   },
   gpu: ({ start, count }, [y], target) => {
     const [N, V] = y.shape;
-    const grid = grid1d(N * count, WG, target);
     const ty = wgslType(y.dtype);
-    return [{
-      wgsl: flatWgsl(
-        `${storage(0, "y", ty, "read")}
-${storage(1, "z", ty, "read_write")}`,
-        N * count,
-        WG,
-        grid,
-        `  z[i] = y[(i / ${count}u) * ${V}u + ${start}u + i % ${count}u];`,
-      ),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
-    }];
+    const b = bind({ input: 0, name: "y", type: ty }, { output: 0, name: "z", type: ty });
+    return [
+      flatPass(b, N * count, WG, target, `  z[i] = y[(i / ${count}u) * ${V}u + ${start}u + i % ${count}u];`),
+    ];
   },
 });

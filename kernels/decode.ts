@@ -7,7 +7,7 @@ import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { storage } from "../engine/wgsl.ts";
+import { bind } from "../engine/wgsl.ts";
 
 export interface ColumnParams {
   /** The column (time index) t. */
@@ -39,10 +39,13 @@ export const columnKernel: Kernel<ColumnParams> = defineKernel<ColumnParams>({
   gpu: ({ t }, [x]) => {
     const [B, T, d = 1] = x.shape;
     const n = B * d;
+    const b = bind(
+      { input: 0, name: "x", type: x.dtype },
+      { output: 0, name: "y", type: x.dtype },
+      { uniform: new Uint32Array([t, 0, 0, 0]), name: "u", type: "vec4u" },
+    );
     return [{
-      wgsl: `${storage(0, "x", x.dtype, "read")}
-${storage(1, "y", x.dtype, "read_write")}
-@group(0) @binding(2) var<uniform> u: vec4u;
+      wgsl: `${b.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x;
@@ -51,10 +54,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   y[i] = x[(b * ${T}u + u.x) * ${d}u + i % ${d}u];
 }`,
       workgroups: [Math.ceil(n / 64), 1, 1],
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }, {
-        kind: "uniform",
-        data: new Uint32Array([t, 0, 0, 0]),
-      }],
+      bindings: b.bindings,
     }];
   },
 });
@@ -104,12 +104,15 @@ export const appendKernel: Kernel<AppendParams> = defineKernel<AppendParams>({
   },
   gpu: ({ t, eos, pad, stop = eos }, [ids]) => {
     const [B, T] = ids.shape;
+    const b = bind(
+      { input: 0, name: "ids", type: "i32", access: "read_write" },
+      { input: 1, name: "done", type: "i32", access: "read_write" },
+      { input: 2, name: "sampled", type: "i32" },
+      { input: 3, name: "plen", type: "i32" },
+      { uniform: new Uint32Array(new Int32Array([t, eos, pad, stop]).buffer), name: "u", type: "vec4i" },
+    );
     return [{
-      wgsl: `${storage(0, "ids", "i32", "read_write")}
-${storage(1, "done", "i32", "read_write")}
-${storage(2, "sampled", "i32", "read")}
-${storage(3, "plen", "i32", "read")}
-@group(0) @binding(4) var<uniform> u: vec4i;
+      wgsl: `${b.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let b = gid.x;
@@ -123,13 +126,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (s == u.y || s == u.w) { done[b] = 1; }
 }`,
       workgroups: [Math.ceil(B / 64), 1, 1],
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        { kind: "input", index: 3 },
-        { kind: "uniform", data: new Uint32Array(new Int32Array([t, eos, pad, stop]).buffer) },
-      ],
+      bindings: b.bindings,
     }];
   },
 });

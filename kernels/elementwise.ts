@@ -4,7 +4,7 @@ import { broadcastShapes, broadcastStrides, type Shape, showShape, size, strides
 import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { apply1 } from "../engine/apply.ts";
 import { keep, type Tensor, tensor } from "../engine/tensor.ts";
-import { f32Lit, flatWgsl, grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
+import { bind, type Bound, f32Lit, flatPass, LOOP_SAFE } from "../engine/wgsl.ts";
 
 const WG = 256;
 /** sumTo reductions up to this length run one invocation per output; longer ones take two levels. */
@@ -126,10 +126,8 @@ const unaryWgsl = (op: UnaryOp, c: number): string => {
   }
 };
 
-const mapWgsl = (n: number, grid: [number, number, number], body: string, inputs: number): string => {
-  const decl = Array.from({ length: inputs }, (_, i) => storage(i, `in${i}`, "f32", "read")).join("\n");
-  return flatWgsl(`${decl}\n${storage(inputs, "out", "f32", "read_write")}`, n, WG, grid, body);
-};
+/** Bindings of a one-input elementwise pass: input 0 as `in0`, output 0 as `out`. */
+const unaryBindings = (): Bound => bind({ input: 0, name: "in0" }, { output: 0, name: "out" });
 
 /** y = f(x) elementwise. */
 export const unary: Kernel<UnaryParams> = defineKernel<UnaryParams>({
@@ -143,14 +141,8 @@ export const unary: Kernel<UnaryParams> = defineKernel<UnaryParams>({
     for (let i = 0; i < x.length; i++) y[i] = f(x[i]);
   },
   gpu: ({ op, c = 0 }, [x], target) => {
-    const n = size(x.shape);
-    const grid = grid1d(n, WG, target);
-    return [{
-      wgsl: mapWgsl(n, grid, `  let x = in0[i];\n  out[i] = ${unaryWgsl(op, c)};`, 1),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
-      label: `unary.${op}`,
-    }];
+    const body = `  let x = in0[i];\n  out[i] = ${unaryWgsl(op, c)};`;
+    return [flatPass(unaryBindings(), size(x.shape), WG, target, body, `unary.${op}`)];
   },
   vjp: ({ params: { op, c = 0 }, inputs: [x], outputs: [y] }, [dy]) => {
     const g = dy!;
@@ -283,19 +275,21 @@ export const binary: Kernel<BinaryParams> = defineKernel<BinaryParams>({
   },
   gpu: ({ op }, [a, b], target) => {
     const shape = broadcastShapes(op, a.shape, b.shape);
-    const n = size(shape);
-    const grid = grid1d(n, WG, target);
     const body = `  ${broadcastIndex("ia", a.shape, shape)}
   ${broadcastIndex("ib", b.shape, shape)}
   let a = in0[ia];
   let b = in1[ib];
   out[i] = ${binaryWgsl(op)};`;
-    return [{
-      wgsl: mapWgsl(n, grid, body, 2),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
-      label: `binary.${op}`,
-    }];
+    return [
+      flatPass(
+        bind({ input: 0, name: "in0" }, { input: 1, name: "in1" }, { output: 0, name: "out" }),
+        size(shape),
+        WG,
+        target,
+        body,
+        `binary.${op}`,
+      ),
+    ];
   },
   vjp: ({ params: { op }, inputs: [a, b], outputs: [c] }, [dy]) => {
     const g = dy!;
@@ -374,16 +368,11 @@ export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
     const baseLine = `let base = ${base.length ? base.join(" + ") : "0u"};`;
     if (rsize <= SUMTO_DIRECT) {
       // One invocation per output element loops over its rsize inputs.
-      const grid = grid1d(n, WG, target);
       const body = `  ${baseLine}
   var acc = 0.0;
   for (var r = 0u; r < ${rsize}u; r++) { ${load} }
   out[i] = acc;`;
-      return [{
-        wgsl: mapWgsl(n, grid, body, 1),
-        workgroups: grid,
-        bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
-      }];
+      return [flatPass(unaryBindings(), n, WG, target, body)];
     }
     // Two levels (long reductions, e.g. a bias gradient over B*T rows): invocation (c, i) sums chunk c of
     // output i's inputs into part[c n + i], then one invocation per output sums its chunks in order. Chunks of
@@ -391,7 +380,6 @@ export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
     // a longer loop short, silently) up to rsize = LOOP_SAFE^2.
     const chunk = Math.max(SUMTO_CHUNK, Math.ceil(rsize / LOOP_SAFE));
     const chunks = Math.ceil(rsize / chunk);
-    const g1 = grid1d(n * chunks, WG, target);
     const partial = `  let c = i / ${n}u;
   let o = i % ${n}u;
   {
@@ -401,24 +389,27 @@ export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
     for (var r = c * ${chunk}u; r < min((c + 1u) * ${chunk}u, ${rsize}u); r++) { ${load} }
     out[c * ${n}u + o] = acc;
   }`;
-    const g2 = grid1d(n, WG, target);
     const total = `  var acc = 0.0;
   for (var c = 0u; c < ${chunks}u; c++) { acc += in0[c * ${n}u + i]; }
   out[i] = acc;`;
     const part = { kind: "scratch", id: "part", bytes: n * chunks * 4 } as const;
     return [
-      {
-        wgsl: mapWgsl(n * chunks, g1, partial, 1),
-        workgroups: g1,
-        bindings: [{ kind: "input", index: 0 }, part],
-        label: "sumTo.partial",
-      },
-      {
-        wgsl: mapWgsl(n, g2, total, 1),
-        workgroups: g2,
-        bindings: [part, { kind: "output", index: 0 }],
-        label: "sumTo",
-      },
+      flatPass(
+        bind({ input: 0, name: "in0" }, { buffer: part, name: "out" }),
+        n * chunks,
+        WG,
+        target,
+        partial,
+        "sumTo.partial",
+      ),
+      flatPass(
+        bind({ buffer: part, name: "in0", access: "read" }, { output: 0, name: "out" }),
+        n,
+        WG,
+        target,
+        total,
+        "sumTo",
+      ),
     ];
   },
   vjp: ({ inputs: [x] }, [dy]) => [broadcastTo(dy!, x.shape)],

@@ -1,19 +1,21 @@
 /** Embedding lookup (a gather of table rows by i32 ids) and its deterministic scatter-add gradient. */
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
-import {
-  defineKernel,
-  type GpuPass,
-  type GpuTarget,
-  type Kernel,
-  type PassBinding,
-} from "../engine/kernel.ts";
+import { defineKernel, type GpuPass, type GpuTarget, type Kernel } from "../engine/kernel.ts";
 import { allocLike, fitsBinding, ranges, rowsPerBinding } from "../engine/binding.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import { type Tensor, tidy, view } from "../engine/tensor.ts";
 import { custom } from "../engine/tape.ts";
 import { zerosLike } from "./layout.ts";
-import { grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
+import {
+  bind,
+  type BindSpec,
+  grid1d,
+  input,
+  LOOP_SAFE,
+  output,
+  type StorageBinding,
+} from "../engine/wgsl.ts";
 
 const WG = 256;
 /**
@@ -22,10 +24,11 @@ const WG = 256;
  */
 export const EMB_BLOCK = 16384;
 
-/** A 4 x u32 uniform binding. */
-const vec4 = (x: number, y: number, z: number, w: number): PassBinding => ({
-  kind: "uniform",
-  data: new Uint32Array([x, y, z, w]),
+/** The 4 x u32 uniform `u`. */
+const vec4 = (x: number, y: number, z: number, w: number): BindSpec => ({
+  uniform: new Uint32Array([x, y, z, w]),
+  name: "u",
+  type: "vec4u",
 });
 
 /** Throw unless ids are i32. */
@@ -69,10 +72,13 @@ export const embeddingKernel: Kernel<Record<never, never>> = defineKernel<Record
     const n = size(ids.shape) * d;
     const grid = grid1d(n, WG, target);
     // u = (n, d, V, grid row stride): the text does not depend on the shapes.
-    const wgsl = `${storage(0, "table", "f32", "read")}
-${storage(1, "ids", "i32", "read")}
-${storage(2, "out", "f32", "read_write")}
-@group(0) @binding(3) var<uniform> u: vec4u;
+    const b = bind(
+      { input: 0, name: "table" },
+      { input: 1, name: "ids", type: "i32" },
+      { output: 0, name: "out" },
+      vec4(n, d, v, grid[0] * WG),
+    );
+    const wgsl = `${b.decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * u.w;
@@ -85,12 +91,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     return [{
       wgsl,
       workgroups: grid,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "output", index: 0 },
-        vec4(n, d, v, grid[0] * WG),
-      ],
+      bindings: b.bindings,
     }];
   },
   // d table[v, j] = sum over positions t with ids[t] == v of dy[t, j]; ids get no gradient.
@@ -151,7 +152,7 @@ export const embeddingGrad: Kernel<EmbeddingGradParams> = defineKernel<Embedding
     const { nb, head, part } = gradScratch(vocab, d, T);
     return [
       ...prepPasses(vocab, d, T, target, head, part),
-      sumPass(vocab, d, T, nb, 0, vocab, target, head, part, { kind: "output", index: 0 }),
+      sumPass(vocab, d, T, nb, 0, vocab, target, head, part, output(0)),
     ];
   },
 });
@@ -218,7 +219,7 @@ export const embeddingGradPrep: Kernel<EmbeddingGradParams> = defineKernel<Embed
   },
   gpu: ({ vocab }, [dy, ids], target) => {
     const d = dy.shape[dy.shape.length - 1], T = size(ids.shape);
-    return prepPasses(vocab, d, T, target, { kind: "output", index: 0 }, { kind: "output", index: 1 });
+    return prepPasses(vocab, d, T, target, output(0), output(1));
   },
 });
 
@@ -256,38 +257,23 @@ export const embeddingGradRows: Kernel<{ readonly start: number; readonly vocab:
   },
   gpu: ({ start, vocab }, [block, head, part], target) => {
     const [rows, d] = block.shape, T = part.shape[0], nb = head.shape[0] / vocab;
-    return [
-      sumPass(
-        vocab,
-        d,
-        T,
-        nb,
-        start,
-        rows,
-        target,
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        {
-          kind: "input",
-          index: 0,
-        },
-      ),
-    ];
+    return [sumPass(vocab, d, T, nb, start, rows, target, input(1), input(2), input(0))];
   },
 });
 
-/** Uniform of the blocked gradient passes: (n, d, T, V, grid row stride, blocks, first row, -). */
-const u8 = (n: number, d: number, T: number, V: number, gx: number, nb: number, start = 0): PassBinding => ({
-  kind: "uniform",
-  data: new Uint32Array([n, d, T, V, gx, nb, start, 0]),
+/** Uniform `u` of the blocked gradient passes: (n, d, T, V, grid row stride, blocks, first row, -). */
+const u8 = (n: number, d: number, T: number, V: number, gx: number, nb: number, start = 0): BindSpec => ({
+  uniform: new Uint32Array([n, d, T, V, gx, nb, start, 0]),
+  name: "u",
+  type: "U8",
+  struct: "n: u32, d: u32, T: u32, V: u32, gx: u32, nb: u32, start: u32, p1: u32",
 });
-const U8 = `struct U8 { n: u32, d: u32, T: u32, V: u32, gx: u32, nb: u32, start: u32, p1: u32 }`;
 
 /** Blocks of positions and the head/part scratch of the one-kernel gradient. */
 const gradScratch = (vocab: number, d: number, T: number) => {
   const nb = Math.ceil(T / EMB_BLOCK);
-  const head: PassBinding = { kind: "scratch", id: "head", bytes: Math.max(1, nb * vocab) * 4 };
-  const part: PassBinding = { kind: "scratch", id: "part", bytes: T * d * 4 };
+  const head: StorageBinding = { kind: "scratch", id: "head", bytes: Math.max(1, nb * vocab) * 4 };
+  const part: StorageBinding = { kind: "scratch", id: "part", bytes: T * d * 4 };
   return { nb, head, part };
 };
 
@@ -300,18 +286,18 @@ const prepPasses = (
   d: number,
   T: number,
   target: GpuTarget,
-  head: PassBinding,
-  part: PassBinding,
+  head: StorageBinding,
+  part: StorageBinding,
 ): GpuPass[] => {
   const nb = Math.ceil(T / EMB_BLOCK);
   if (nb > LOOP_SAFE) {
     throw new ShapeError({ op: "embeddingGrad", message: `embeddingGrad: ${T} positions are too many` });
   }
-  const next: PassBinding = { kind: "scratch", id: "next", bytes: T * 4 };
+  const next: StorageBinding = { kind: "scratch", id: "next", bytes: T * 4 };
+  const ids = input(1);
   const g0 = grid1d(nb * vocab, WG, target);
-  const init = `${storage(0, "head", "u32", "read_write")}
-${U8}
-@group(0) @binding(1) var<uniform> u: U8;
+  const b0 = bind({ buffer: head, name: "head", type: "u32" }, u8(nb * vocab, d, T, vocab, g0[0] * WG, nb));
+  const init = `${b0.decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let v = gid.x + gid.y * u.gx;
@@ -320,11 +306,13 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
   // head[b V + id] = the first position of id in block b; nxt[t] = the next position of ids[t] in its block.
   const g1 = grid1d(T, WG, target);
-  const link = `${storage(0, "ids", "i32", "read")}
-${storage(1, "head", "atomic<u32>", "read_write")}
-${storage(2, "nxt", "u32", "read_write")}
-${U8}
-@group(0) @binding(3) var<uniform> u: U8;
+  const b1 = bind(
+    { buffer: ids, name: "ids", type: "i32" },
+    { buffer: head, name: "head", type: "atomic<u32>" },
+    { buffer: next, name: "nxt", type: "u32" },
+    u8(T, d, T, vocab, g1[0] * WG, nb),
+  );
+  const link = `${b1.decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let t = gid.x + gid.y * u.gx;
@@ -344,13 +332,15 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
   // part[t, j] = the sum of dy[., j] over t's chain in its block, for the first occurrence t of an id in a block.
   const g2 = grid1d(T * d, WG, target);
-  const partial = `${storage(0, "ids", "i32", "read")}
-${storage(1, "head", "u32", "read")}
-${storage(2, "nxt", "u32", "read")}
-${storage(3, "dy", "f32", "read")}
-${storage(4, "part", "f32", "read_write")}
-${U8}
-@group(0) @binding(5) var<uniform> u: U8;
+  const b2 = bind(
+    { buffer: ids, name: "ids", type: "i32" },
+    { buffer: head, name: "head", type: "u32", access: "read" },
+    { buffer: next, name: "nxt", type: "u32", access: "read" },
+    { input: 0, name: "dy" },
+    { buffer: part, name: "part" },
+    u8(T * d, d, T, vocab, g2[0] * WG, nb),
+  );
+  const partial = `${b2.decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * u.gx;
@@ -369,24 +359,23 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   part[i] = acc;
 }`;
-  const ids: PassBinding = { kind: "input", index: 1 };
   return [
     {
       wgsl: init,
       workgroups: nb * vocab > 0 ? g0 : [0, 1, 1],
-      bindings: [head, u8(nb * vocab, d, T, vocab, g0[0] * WG, nb)],
+      bindings: b0.bindings,
       label: "embeddingGrad.init",
     },
     {
       wgsl: link,
       workgroups: g1,
-      bindings: [ids, head, next, u8(T, d, T, vocab, g1[0] * WG, nb)],
+      bindings: b1.bindings,
       label: "embeddingGrad.link",
     },
     {
       wgsl: partial,
       workgroups: T * d > 0 ? g2 : [0, 1, 1],
-      bindings: [ids, head, next, { kind: "input", index: 0 }, part, u8(T * d, d, T, vocab, g2[0] * WG, nb)],
+      bindings: b2.bindings,
       label: "embeddingGrad.blocks",
     },
   ];
@@ -401,17 +390,19 @@ const sumPass = (
   start: number,
   rows: number,
   target: GpuTarget,
-  head: PassBinding,
-  part: PassBinding,
-  out: PassBinding,
+  head: StorageBinding,
+  part: StorageBinding,
+  out: StorageBinding,
 ): GpuPass => {
   const n3 = rows * d;
   const g3 = grid1d(n3, WG, target);
-  const gather = `${storage(0, "head", "u32", "read")}
-${storage(1, "part", "f32", "read")}
-${storage(2, "dt", "f32", "read_write")}
-${U8}
-@group(0) @binding(3) var<uniform> u: U8;
+  const b = bind(
+    { buffer: head, name: "head", type: "u32", access: "read" },
+    { buffer: part, name: "part", access: "read" },
+    { buffer: out, name: "dt", access: "read_write" }, // output 0, or input 0 (a row block) in place
+    u8(n3, d, T, vocab, g3[0] * WG, nb, start),
+  );
+  const gather = `${b.decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * u.gx;
@@ -428,7 +419,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   return {
     wgsl: gather,
     workgroups: n3 > 0 ? g3 : [0, 1, 1],
-    bindings: [head, part, out, u8(n3, d, T, vocab, g3[0] * WG, nb, start)],
+    bindings: b.bindings,
     label: "embeddingGrad.sum",
   };
 };
@@ -488,11 +479,14 @@ export const embeddingBlockKernel: Kernel<{ readonly start: number }> = defineKe
     const [v, d] = block.shape;
     const n = size(ids.shape) * d;
     const grid = grid1d(n, WG, target);
-    const wgsl = `${storage(0, "out", "f32", "read_write")}
-${storage(1, "block", "f32", "read")}
-${storage(2, "ids", "i32", "read")}
-@group(0) @binding(3) var<uniform> u: vec4u;
-@group(0) @binding(4) var<uniform> s: vec4i;
+    const b = bind(
+      { input: 0, name: "out", access: "read_write" },
+      { input: 1, name: "block" },
+      { input: 2, name: "ids", type: "i32" },
+      vec4(n, d, v, grid[0] * WG),
+      { uniform: new Uint32Array(new Int32Array([start, 0, 0, 0]).buffer), name: "s", type: "vec4i" },
+    );
+    const wgsl = `${b.decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * u.w;
@@ -503,13 +497,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     return [{
       wgsl,
       workgroups: grid,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        vec4(n, d, v, grid[0] * WG),
-        { kind: "uniform", data: new Uint32Array(new Int32Array([start, 0, 0, 0]).buffer) },
-      ],
+      bindings: b.bindings,
     }];
   },
 });

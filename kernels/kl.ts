@@ -10,7 +10,7 @@ import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { NEG_BIG } from "./readout.ts";
-import { f32Lit, storage, withinLoopBudget } from "../engine/wgsl.ts";
+import { bind, f32Lit, rowGrid, treeReduce, withinLoopBudget } from "../engine/wgsl.ts";
 
 const WG = 256;
 
@@ -25,12 +25,6 @@ export interface KlChunkParams {
 export interface KlGradParams extends KlChunkParams {
   readonly detach: "none" | "a" | "b";
 }
-
-const rowsGrid = (n: number, max: number): [number, number, number] => {
-  if (n <= max) return [Math.max(1, n), 1, 1];
-  const y = Math.ceil(n / max);
-  return [Math.ceil(n / y), y, 1];
-};
 
 const checkStacked = (op: string, z: TensorSpec): number => {
   if (z.dtype !== "f32" || z.shape.length !== 2 || z.shape[0] % 2 !== 0) {
@@ -88,10 +82,17 @@ export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
     const valid = Math.max(0, Math.min(C, vocab - start));
     const inv = f32Lit(1 / temperature);
     // Shapes travel in the uniform, so one shader text serves every batch and chunk size.
-    const head = `${storage(0, "st", "f32", "read_write")}
-${storage(1, "z", "f32", "read")}
-struct U { valid: u32, rows: u32, cols: u32, gx: u32 }
-@group(0) @binding(2) var<uniform> u: U;`;
+    const binds = (gx: number) =>
+      bind(
+        { input: 0, name: "st", access: "read_write" },
+        { input: 1, name: "z" },
+        {
+          uniform: new Uint32Array([valid, N, C, gx]),
+          name: "u",
+          type: "U",
+          struct: "valid: u32, rows: u32, cols: u32, gx: u32",
+        },
+      );
     const step = `    let a = z[row * u.cols + c] * ${inv};
     let b = z[(u.rows + row) * u.cols + c] * ${inv};
     if (a > ma) { let r = exp(ma - a); sa *= r; w *= r; ma = a; }
@@ -100,15 +101,13 @@ struct U { valid: u32, rows: u32, cols: u32, gx: u32 }
     w += e * (a - b);
     if (b > mb) { sb *= exp(mb - b); mb = b; }
     sb += exp(b - mb);`;
-    const uniform = (gx: number) => ({ kind: "uniform", data: new Uint32Array([valid, N, C, gx]) }) as const;
-    const bindings = (gx: number) =>
-      [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, uniform(gx)] as const;
     if (target.software && withinLoopBudget(C)) {
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup with barriers costs ~60 us there
       // and compiles slowly); the 64 invocations of a workgroup run as SIMD lanes over 64 rows.
       const groups = Math.max(1, Math.ceil(N / 64));
       const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
-      const wgsl = `${head}
+      const b = binds(gx);
+      const wgsl = `${b.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let row = gid.x + gid.y * u.gx * 64u;
@@ -130,12 +129,13 @@ ${step}
       return [{
         wgsl,
         workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1],
-        bindings: bindings(gx),
+        bindings: b.bindings,
         label: "klFold.thread",
       }];
     }
-    const grid = rowsGrid(N, target.maxWorkgroupsPerDimension);
-    const wgsl = `${head}
+    const grid = rowGrid(N, target);
+    const b = binds(grid[0]);
+    const wgsl = `${b.decls}
 var<workgroup> sma: array<f32, ${WG}>;
 var<workgroup> ssa: array<f32, ${WG}>;
 var<workgroup> sw: array<f32, ${WG}>;
@@ -154,21 +154,19 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 ${step}
   }
   sma[lid] = ma; ssa[lid] = sa; sw[lid] = w; smb[lid] = mb; ssb[lid] = sb;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) {
-      let m2 = max(sma[lid], sma[lid + k]);
-      let x = exp(sma[lid] - m2);
-      let y = exp(sma[lid + k] - m2);
-      ssa[lid] = ssa[lid] * x + ssa[lid + k] * y;
-      sw[lid] = sw[lid] * x + sw[lid + k] * y;
-      sma[lid] = m2;
-      let n2 = max(smb[lid], smb[lid + k]);
-      ssb[lid] = ssb[lid] * exp(smb[lid] - n2) + ssb[lid + k] * exp(smb[lid + k] - n2);
-      smb[lid] = n2;
+${
+      treeReduce(WG, "lid", "k", [
+        "let m2 = max(sma[lid], sma[lid + k]);",
+        "let x = exp(sma[lid] - m2);",
+        "let y = exp(sma[lid + k] - m2);",
+        "ssa[lid] = ssa[lid] * x + ssa[lid + k] * y;",
+        "sw[lid] = sw[lid] * x + sw[lid + k] * y;",
+        "sma[lid] = m2;",
+        "let n2 = max(smb[lid], smb[lid + k]);",
+        "ssb[lid] = ssb[lid] * exp(smb[lid] - n2) + ssb[lid + k] * exp(smb[lid + k] - n2);",
+        "smb[lid] = n2;",
+      ])
     }
-    workgroupBarrier();
-  }
   if (lid == 0u) {
     let o = row * 5u;
     let m2 = max(st[o], sma[0]);
@@ -185,7 +183,7 @@ ${step}
     return [{
       wgsl,
       workgroups: valid === 0 ? [0, 0, 0] : grid,
-      bindings: bindings(grid[0]),
+      bindings: b.bindings,
       label: "klFold.workgroup",
     }];
   },
@@ -215,12 +213,14 @@ export const klFinish: Kernel<Record<string, never>> = defineKernel<Record<strin
     const N = st.shape[0];
     const groups = Math.max(1, Math.ceil(N / 64));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    const b = bind(
+      { input: 0, name: "st" },
+      { output: 0, name: "fin" },
+      { output: 1, name: "kl" },
+      { uniform: new Uint32Array([N, gx, 0, 0]), name: "u", type: "U", struct: "rows: u32, gx: u32" },
+    );
     return [{
-      wgsl: `${storage(0, "st", "f32", "read")}
-${storage(1, "fin", "f32", "read_write")}
-${storage(2, "kl", "f32", "read_write")}
-struct U { rows: u32, gx: u32 }
-@group(0) @binding(3) var<uniform> u: U;
+      wgsl: `${b.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * u.gx * 64u;
@@ -234,12 +234,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   kl[i] = k;
 }`,
       workgroups: [gx, Math.ceil(groups / gx), 1],
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "output", index: 0 },
-        { kind: "output", index: 1 },
-        { kind: "uniform", data: new Uint32Array([N, gx, 0, 0]) },
-      ],
+      bindings: b.bindings,
     }];
   },
 });
@@ -287,12 +282,19 @@ export const klGrad: Kernel<KlGradParams> = defineKernel<KlGradParams>({
     const groups = Math.max(1, Math.ceil(n / WG));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const inv = f32Lit(1 / temperature);
-    const wgsl = `${storage(0, "z", "f32", "read")}
-${storage(1, "fin", "f32", "read")}
-${storage(2, "g", "f32", "read")}
-${storage(3, "dz", "f32", "read_write")}
-struct U { start: i32, vocab: i32, n: u32, cols: u32, gx: u32 }
-@group(0) @binding(4) var<uniform> u: U;
+    const b = bind(
+      { input: 0, name: "z" },
+      { input: 1, name: "fin" },
+      { input: 2, name: "g" },
+      { output: 0, name: "dz" },
+      {
+        uniform: new Uint32Array([start | 0, vocab, n, C, gx, 0, 0, 0]),
+        name: "u",
+        type: "U",
+        struct: "start: i32, vocab: i32, n: u32, cols: u32, gx: u32",
+      },
+    );
+    const wgsl = `${b.decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * u.gx * ${WG}u;
@@ -313,13 +315,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     return [{
       wgsl,
       workgroups: [gx, Math.ceil(groups / gx), 1],
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        { kind: "output", index: 0 },
-        { kind: "uniform", data: new Uint32Array([start | 0, vocab, n, C, gx, 0, 0, 0]) },
-      ],
+      bindings: b.bindings,
     }];
   },
 });

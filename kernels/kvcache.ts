@@ -4,14 +4,22 @@ import { showShape, size } from "../core/shape.ts";
 import {
   defineKernel,
   type GpuPass,
+  type GpuTarget,
   type Kernel,
-  type PassBinding,
   type TensorSpec,
 } from "../engine/kernel.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import { column } from "./decode.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { f32Lit, flatIndex, grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
+import {
+  bind,
+  type BindSpec,
+  f32Lit,
+  flatPass,
+  grid1d,
+  LOOP_SAFE,
+  type StorageBinding,
+} from "../engine/wgsl.ts";
 
 const WG = 64;
 
@@ -57,28 +65,18 @@ export const kvWriteKernel: Kernel<KvWriteParams> = defineKernel<KvWriteParams>(
   },
   gpu: ({ t }, [kc, , k], target) => {
     const [, T, H, D] = kc.shape;
-    const row = k.shape[1] * H * D, n = size(k.shape);
-    const grid = grid1d(n, WG, target);
-    return [{
-      wgsl: `${storage(0, "kc", "f32", "read_write")}
-${storage(1, "vc", "f32", "read_write")}
-${storage(2, "k", "f32", "read")}
-${storage(3, "v", "f32", "read")}
-@group(0) @binding(4) var<uniform> u: vec4u;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  let at = ((i / ${row}u) * ${T}u + u.x) * ${H * D}u + i % ${row}u;
+    const row = k.shape[1] * H * D;
+    const b = bind(
+      { input: 0, name: "kc", access: "read_write" },
+      { input: 1, name: "vc", access: "read_write" },
+      { input: 2, name: "k" },
+      { input: 3, name: "v" },
+      { uniform: new Uint32Array([t, 0, 0, 0]), name: "u", type: "vec4u" },
+    );
+    const body = `  let at = ((i / ${row}u) * ${T}u + u.x) * ${H * D}u + i % ${row}u;
   kc[at] = k[i];
-  vc[at] = v[i];
-}`,
-      workgroups: grid,
-      bindings: [
-        ...[0, 1, 2, 3].map((index): PassBinding => ({ kind: "input", index })),
-        { kind: "uniform", data: new Uint32Array([t, 0, 0, 0]) },
-      ],
-    }];
+  vc[at] = v[i];`;
+    return [flatPass(b, size(k.shape), WG, target, body)];
   },
 });
 
@@ -165,9 +163,10 @@ const decodeDims = (p: DecodeAttentionParams, [q, k, v]: readonly TensorSpec[]):
 
 /**
  * Pass 1: one invocation per (b, h, chunk c): online softmax over keys s in [c C, min(t + 1, (c + 1) C)).
- * With one chunk it writes o directly; otherwise the partial state (m, l, acc[D]) to `part`.
+ * With one chunk it writes o directly; otherwise the partial state (m, l, acc[D]) to `part`. Bindings q, kc,
+ * vc, part or o (`decls`).
  */
-const chunkWgsl = (x: DecodeDims): string => {
+const chunkWgsl = (x: DecodeDims, decls: string): string => {
   const g = x.hq / x.hkv, split = x.chunks > 1;
   const store = split
     ? `  let po = i * ${x.d + 2}u;
@@ -175,11 +174,7 @@ const chunkWgsl = (x: DecodeDims): string => {
   part[po + 1u] = l;
   for (var c = 0u; c < D; c++) { part[po + 2u + c] = acc[c]; }`
     : `  for (var c = 0u; c < D; c++) { o[qo + c] = acc[c] / l; }`;
-  return `${storage(0, "q", "f32", "read")}
-${storage(1, "kc", "f32", "read")}
-${storage(2, "vc", "f32", "read")}
-${storage(3, split ? "part" : "o", "f32", "read_write")}
-@group(0) @binding(4) var<uniform> u: vec4u;
+  return `${decls}
 const D = ${x.d}u;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -213,12 +208,10 @@ ${store}
 
 /**
  * Pass 2 of the split form: one invocation per output element (b, h, e) combines the chunks that hold keys
- * (c <= t / C): M = max m_c, o_e = sum_c exp(m_c - M) acc_c[e] / sum_c exp(m_c - M) l_c.
+ * (c <= t / C): M = max m_c, o_e = sum_c exp(m_c - M) acc_c[e] / sum_c exp(m_c - M) l_c. Bindings part, o.
  */
-const combineWgsl = (x: DecodeDims): string =>
-  `${storage(0, "part", "f32", "read")}
-${storage(1, "o", "f32", "read_write")}
-@group(0) @binding(2) var<uniform> u: vec4u;
+const combineWgsl = (x: DecodeDims, decls: string): string =>
+  `${decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * u.y;
@@ -240,23 +233,21 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   o[i] = a / l;
 }`;
 
-/** A pass over `n` invocations, the grid folded into y; the uniform carries t and the row stride. */
-const flatPass = (
-  wgsl: string,
+/**
+ * A pass over `n` invocations (a `grid1d` grid) with the storage bindings `buffers`, then the uniform `u`
+ * carrying t and the row stride; `text` gives the shader from the declarations.
+ */
+const decodePass = (
+  text: (decls: string) => string,
   n: number,
   t: number,
-  bindings: PassBinding[],
-  maxX: number,
+  buffers: readonly BindSpec[],
+  target: GpuTarget,
   label: string,
 ): GpuPass => {
-  const groups = Math.max(1, Math.ceil(n / WG));
-  const gy = Math.ceil(groups / maxX), gx = Math.ceil(groups / gy);
-  return {
-    wgsl,
-    workgroups: [gx, gy, 1],
-    bindings: [...bindings, { kind: "uniform", data: new Uint32Array([t, gx * WG, 0, 0]) }],
-    label,
-  };
+  const grid = grid1d(n, WG, target);
+  const b = bind(...buffers, { uniform: new Uint32Array([t, grid[0] * WG, 0, 0]), name: "u", type: "vec4u" });
+  return { wgsl: text(b.decls), workgroups: grid, bindings: b.bindings, label };
 };
 
 /**
@@ -299,15 +290,30 @@ export const decodeAttentionKernel: Kernel<DecodeAttentionParams> = defineKernel
   },
   gpu: (p, inputs, target) => {
     const x = decodeDims(p, inputs);
-    const maxX = target.maxWorkgroupsPerDimension;
-    const ins: PassBinding[] = [0, 1, 2].map((index) => ({ kind: "input", index }));
-    const out: PassBinding = { kind: "output", index: 0 };
+    const chunk = (decls: string) => chunkWgsl(x, decls);
+    const ins: BindSpec[] = [{ input: 0, name: "q" }, { input: 1, name: "kc" }, { input: 2, name: "vc" }];
     const rows = x.b * x.hq;
-    if (x.chunks === 1) return [flatPass(chunkWgsl(x), rows, p.t, [...ins, out], maxX, "decodeAttention")];
-    const part: PassBinding = { kind: "scratch", id: "part", bytes: rows * x.chunks * (x.d + 2) * 4 };
+    if (x.chunks === 1) {
+      return [decodePass(chunk, rows, p.t, [...ins, { output: 0, name: "o" }], target, "decodeAttention")];
+    }
+    const part: StorageBinding = { kind: "scratch", id: "part", bytes: rows * x.chunks * (x.d + 2) * 4 };
     return [
-      flatPass(chunkWgsl(x), rows * x.chunks, p.t, [...ins, part], maxX, "decodeAttention.chunks"),
-      flatPass(combineWgsl(x), rows * x.d, p.t, [part, out], maxX, "decodeAttention.combine"),
+      decodePass(
+        chunk,
+        rows * x.chunks,
+        p.t,
+        [...ins, { buffer: part, name: "part" }],
+        target,
+        "decodeAttention.chunks",
+      ),
+      decodePass(
+        (decls) => combineWgsl(x, decls),
+        rows * x.d,
+        p.t,
+        [{ buffer: part, name: "part", access: "read" }, { output: 0, name: "o" }],
+        target,
+        "decodeAttention.combine",
+      ),
     ];
   },
 });

@@ -4,7 +4,7 @@ import { type Shape, showShape, size, strides } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { flatWgsl, grid1d, storage, wgslType } from "../engine/wgsl.ts";
+import { bind, flatPass, wgslType } from "../engine/wgsl.ts";
 
 const WG = 256;
 
@@ -48,25 +48,14 @@ export const permuteKernel: Kernel<PermuteParams> = defineKernel<PermuteParams>(
   gpu: ({ perm }, [x], target) => {
     const shape = permuted(x.shape, perm);
     const n = size(shape);
-    const grid = grid1d(n, WG, target);
     const xs = strides(x.shape);
     const ys = strides(shape);
     const terms = shape.map((d, k) => (d === 1 ? "" : `((i / ${ys[k]}u) % ${d}u) * ${xs[perm[k]]}u`)).filter((
       t,
     ) => t);
     const ty = wgslType(x.dtype);
-    return [{
-      wgsl: flatWgsl(
-        `${storage(0, "x", ty, "read")}
-${storage(1, "y", ty, "read_write")}`,
-        n,
-        WG,
-        grid,
-        `  y[i] = x[${terms.length ? terms.join(" + ") : "0u"}];`,
-      ),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
-    }];
+    const b = bind({ input: 0, name: "x", type: ty }, { output: 0, name: "y", type: ty });
+    return [flatPass(b, n, WG, target, `  y[i] = x[${terms.length ? terms.join(" + ") : "0u"}];`)];
   },
   vjp: ({ params: { perm } }, [dy]) => [permute(dy!, inverse(perm))],
 });
@@ -104,21 +93,13 @@ export const copyKernel: Kernel<Record<string, never>> = defineKernel<Record<str
   },
   cpu: (_p, [_dst, src], [out]) => out.data.set(src.data),
   gpu: (_p, [dst], target) => {
-    const n = size(dst.shape);
-    const grid = grid1d(n, WG, target);
     const ty = wgslType(dst.dtype);
-    return [{
-      wgsl: flatWgsl(
-        `${storage(0, "dst", ty, "read_write")}
-${storage(1, "src", ty, "read")}`,
-        n,
-        WG,
-        grid,
-        `  dst[i] = src[i];`,
-      ),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }],
-    }];
+    const b = bind({ input: 0, name: "dst", type: ty, access: "read_write" }, {
+      input: 1,
+      name: "src",
+      type: ty,
+    });
+    return [flatPass(b, size(dst.shape), WG, target, `  dst[i] = src[i];`)];
   },
 });
 
@@ -149,21 +130,9 @@ export const sliceRowsKernel: Kernel<SliceRowsParams> = defineKernel<SliceRowsPa
   },
   gpu: ({ start, count }, [x], target) => {
     const row = size(x.shape.slice(1));
-    const n = count * row;
-    const grid = grid1d(n, WG, target);
     const ty = wgslType(x.dtype);
-    return [{
-      wgsl: flatWgsl(
-        `${storage(0, "x", ty, "read")}
-${storage(1, "y", ty, "read_write")}`,
-        n,
-        WG,
-        grid,
-        `  y[i] = x[${start * row}u + i];`,
-      ),
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
-    }];
+    const b = bind({ input: 0, name: "x", type: ty }, { output: 0, name: "y", type: ty });
+    return [flatPass(b, count * row, WG, target, `  y[i] = x[${start * row}u + i];`)];
   },
   vjp: ({ params: { start, count }, inputs: [x] }, [dy]) => {
     const parts: Tensor[] = [];
@@ -187,20 +156,10 @@ export const zerosLikeKernel: Kernel<{ readonly shape: readonly number[] }> = de
   infer: ({ shape }, [t]) => [{ shape, dtype: t.dtype }],
   cpu: (_p, _i, [y]) => y.data.fill(0),
   gpu: ({ shape }, [t], target) => {
-    const n = size(shape);
-    const grid = grid1d(n, WG, target);
     const ty = wgslType(t.dtype);
-    return [{
-      wgsl: flatWgsl(
-        `${storage(0, "y", ty, "read_write")}`,
-        n,
-        WG,
-        grid,
-        `  y[i] = ${ty}(0);`,
-      ),
-      workgroups: grid,
-      bindings: [{ kind: "output", index: 0 }],
-    }];
+    return [
+      flatPass(bind({ output: 0, name: "y", type: ty }), size(shape), WG, target, `  y[i] = ${ty}(0);`),
+    ];
   },
 });
 
@@ -234,22 +193,10 @@ export const concatKernel: Kernel<Record<string, never>> = defineKernel<Record<s
     let at = 0;
     return xs.map((x, k) => {
       const n = size(x.shape);
-      const grid = grid1d(n, WG, target);
       const off = at;
       at += n;
-      return {
-        wgsl: flatWgsl(
-          `${storage(0, "x", ty, "read")}
-${storage(1, "y", ty, "read_write")}`,
-          n,
-          WG,
-          grid,
-          `  y[${off}u + i] = x[i];`,
-        ),
-        workgroups: grid,
-        bindings: [{ kind: "input", index: k }, { kind: "output", index: 0 }],
-        label: "concatRows",
-      };
+      const b = bind({ input: k, name: "x", type: ty }, { output: 0, name: "y", type: ty });
+      return flatPass(b, n, WG, target, `  y[${off}u + i] = x[i];`, "concatRows");
     });
   },
   vjp: ({ inputs }, [dy]) => {

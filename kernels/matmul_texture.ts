@@ -3,13 +3,14 @@
  * textures, products too big for one texture split into windows, the block fitted to the adapter's SIMD lanes.
  */
 import type { GpuPass, GpuStep, TextureCopy } from "../engine/kernel.ts";
+import { bind } from "../engine/wgsl.ts";
 import {
   accDecl,
   blockGrid,
   blockHead,
   type MatmulGeom,
   MAX_TEXTURE,
-  outDecl,
+  outBinding,
   range,
   roundUp,
   type SoftTile,
@@ -219,8 +220,11 @@ const packPass = (src: Source, across: boolean, label: string): GpuPass => {
       `  textureStore(dst, vec2u(gid.y, z * ${u(H)} + gid.x), vec4f(${range(4).map(el).join(", ")}));`,
     );
   }
-  const wgsl = `@group(0) @binding(0) var<storage, read> src: array<${vec ? "vec4f" : "f32"}>;
-@group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
+  const b = bind(
+    { input, name: "src", type: vec ? "vec4f" : "f32" },
+    { texture: tex, access: "write", name: "dst" },
+  );
+  const wgsl = `${b.decls}
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (gid.x >= ${u(grid[0])} || gid.y >= ${u(grid[1])}) { return; }
@@ -230,7 +234,7 @@ ${body.join("\n")}
   return {
     wgsl,
     workgroups: [Math.ceil(grid[0] / WX), Math.ceil(grid[1] / WY), count],
-    bindings: [{ kind: "input", index: input }, { kind: "texture", ...tex, access: "write" }],
+    bindings: b.bindings,
     label,
   };
 };
@@ -307,9 +311,14 @@ const windowPasses = (g: MatmulGeom, t: SoftTile, w: Window): GpuStep[] => {
     }
   }
   const rowsFirst = d.Kp * d.Np > ROWS_FIRST_B;
-  const main = `@group(0) @binding(0) var tA: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(1) var tB: texture_storage_2d<rgba32float, read>;
-${outDecl(g, 2)}
+  const aTex = { id: "A", ...d.a };
+  const bTex = { id: "B", ...d.b };
+  const b = bind(
+    { texture: aTex, access: "read", name: "tA" },
+    { texture: bTex, access: "read", name: "tB" },
+    outBinding(g),
+  );
+  const main = `${b.decls}
 ${blockHead(g, t, ncb, nrb, rowsFirst)}
   let ay = i32(ia * ${u(d.Mp)} + m0);
   let by = i32(ib * ${u(d.Kp)});
@@ -320,8 +329,6 @@ ${step.join("\n")}
   }
 ${storeBlock(g, TM, TN, w)}
 }`;
-  const aTex = { kind: "texture", id: "A", ...d.a } as const;
-  const bTex = { kind: "texture", id: "B", ...d.b } as const;
   // A row-major operand whose rows are whole 256-byte multiples is copied by the driver instead (no padding
   // inside a row is needed; rows past M in each slot are never stored, and B's K rows need no zero padding
   // when K % 4 == 0).
@@ -337,7 +344,7 @@ ${storeBlock(g, TM, TN, w)}
     {
       wgsl: main,
       workgroups: blockGrid(g, t, ncb, nrb, rowsFirst),
-      bindings: [{ ...aTex, access: "read" }, { ...bTex, access: "read" }, { kind: "output", index: 0 }],
+      bindings: b.bindings,
       label: "matmul.texture",
     },
   ];

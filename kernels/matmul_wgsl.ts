@@ -4,6 +4,7 @@
  * texture-packed kernel, llvmpipe's default, is in matmul_texture.ts.
  */
 import type { GpuPass } from "../engine/kernel.ts";
+import { bind, type BindSpec } from "../engine/wgsl.ts";
 
 /**
  * One batched matmul problem as the shaders see it: `batch` output matrices C[z] = op(A)[ia(z)] @ op(B)[ib(z)],
@@ -61,9 +62,12 @@ const addrB = (g: MatmulGeom, ib: string, k: string, n: string): string =>
 /** Whether the output is bound as `array<vec4f>` (every row starts on a vec4 when N % 4 == 0). */
 const vecOut = (g: MatmulGeom): boolean => g.N % 4 === 0;
 
-/** Declaration of the output binding `out` at `binding`. */
-export const outDecl = (g: MatmulGeom, binding: number): string =>
-  `@group(0) @binding(${binding}) var<storage, read_write> out: array<${vecOut(g) ? "vec4f" : "f32"}>;`;
+/** The output binding `out` of the register-blocked kernels (vec4 rows when N % 4 == 0). */
+export const outBinding = (g: MatmulGeom): BindSpec => ({
+  output: 0,
+  name: "out",
+  type: vecOut(g) ? "vec4f" : "f32",
+});
 
 /**
  * One block of a product: rows [m0, m0 + M) of op(A), columns [n0, n0 + N) of op(B), the k in [k0, k0 + K).
@@ -207,9 +211,12 @@ export const bufferPass = (g: MatmulGeom, t: SoftTile): GpuPass => {
       step.push(`    c${i}_${j} += ${terms};`);
     }
   }
-  const wgsl = `@group(0) @binding(0) var<storage, read> A: array<${vecA ? "vec4f" : "f32"}>;
-@group(0) @binding(1) var<storage, read> B: array<${vecB ? "vec4f" : "f32"}>;
-${outDecl(g, 2)}
+  const b = bind(
+    { input: 0, name: "A", type: vecA ? "vec4f" : "f32" },
+    { input: 1, name: "B", type: vecB ? "vec4f" : "f32" },
+    outBinding(g),
+  );
+  const wgsl = `${b.decls}
 ${blockHead(g, t, ncb, nrb)}
 ${pre.join("\n")}
 ${accDecl(TM, TN)}
@@ -221,7 +228,7 @@ ${storeBlock(g, TM, TN)}
   return {
     wgsl,
     workgroups: blockGrid(g, t, ncb, nrb),
-    bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
+    bindings: b.bindings,
     label: "matmul.buffer",
   };
 };
@@ -268,9 +275,8 @@ export const tiledPass = (g: MatmulGeom, t: HardTile = HARD_TILE): GpuPass => {
       );
     }
   }
-  const wgsl = `@group(0) @binding(0) var<storage, read> A: array<f32>;
-@group(0) @binding(1) var<storage, read> B: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+  const b = bind({ input: 0, name: "A" }, { input: 1, name: "B" }, { output: 0, name: "out" });
+  const wgsl = `${b.decls}
 var<workgroup> As: array<f32, ${BM * BK}>;
 var<workgroup> Bs: array<f32, ${BK * BN}>;
 @compute @workgroup_size(${TX}, ${TY})
@@ -310,20 +316,23 @@ ${stores.join("\n")}
   return {
     wgsl,
     workgroups: [Math.ceil(g.N / BN), Math.ceil(g.M / BM), g.batch],
-    bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
+    bindings: b.bindings,
     label: "matmul.tiled",
   };
 };
 
 /** Fill the output with zeros (K = 0: an empty sum). */
-export const zeroPass = (n: number, wgs: [number, number, number], index: string): GpuPass => ({
-  wgsl: `@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+export const zeroPass = (n: number, wgs: [number, number, number], index: string): GpuPass => {
+  const b = bind({ output: 0, name: "out" });
+  return {
+    wgsl: `${b.decls}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
   if (i < ${u(n)}) { out[i] = 0.0; }
 }`,
-  workgroups: wgs,
-  bindings: [{ kind: "output", index: 0 }],
-  label: "matmul.zero",
-});
+    workgroups: wgs,
+    bindings: b.bindings,
+    label: "matmul.zero",
+  };
+};

@@ -10,7 +10,7 @@ import {
 } from "../engine/kernel.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { flatIndex, grid1d, storage } from "../engine/wgsl.ts";
+import { bind, flatPass } from "../engine/wgsl.ts";
 
 const WG = 256;
 
@@ -40,26 +40,11 @@ const mapPass = (
   target: GpuTarget,
   label: string,
 ): GpuPass => {
-  const grid = grid1d(n, WG, target);
-  const decl = [
-    ...Array.from({ length: inputs }, (_, i) => storage(i, `in${i}`, "f32", "read")),
-    ...Array.from({ length: outputs }, (_, i) => storage(inputs + i, `out${i}`, "f32", "read_write")),
-  ].join("\n");
-  return {
-    wgsl: `${decl}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-${body}
-}`,
-    workgroups: grid,
-    bindings: [
-      ...Array.from({ length: inputs }, (_, index) => ({ kind: "input" as const, index })),
-      ...Array.from({ length: outputs }, (_, index) => ({ kind: "output" as const, index })),
-    ],
-    label,
-  };
+  const b = bind(
+    ...Array.from({ length: inputs }, (_, input) => ({ input, name: `in${input}` })),
+    ...Array.from({ length: outputs }, (_, output) => ({ output, name: `out${output}` })),
+  );
+  return flatPass(b, n, WG, target, body, label);
 };
 
 const sigmoidRef = (x: number) => 1 / (1 + Math.exp(-x));

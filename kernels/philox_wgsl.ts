@@ -5,7 +5,7 @@ import { showShape, size } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { flatIndex, grid1d, storage } from "../engine/wgsl.ts";
+import { bind, flatPass } from "../engine/wgsl.ts";
 
 /**
  * WGSL functions: `philoxMulhi(a, b)` (high word of a*b via 16-bit halves), `philox4x32(ctr, key)` and
@@ -60,23 +60,13 @@ export const philoxKernel: Kernel<Record<string, never>> = defineKernel<Record<s
     }
   },
   gpu: (_p, [x], target) => {
-    const n = size(x.shape) / 6;
-    const grid = grid1d(n, WG, target);
-    return [{
-      wgsl: `${storage(0, "inp", "u32", "read")}
-${storage(1, "out", "u32", "read_write")}
-${PHILOX_WGSL}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  let o = philox4x32(vec4u(inp[6u * i], inp[6u * i + 1u], inp[6u * i + 2u], inp[6u * i + 3u]),
+    const b = bind({ input: 0, name: "inp", type: "u32" }, { output: 0, name: "out", type: "u32" });
+    const body =
+      `  let o = philox4x32(vec4u(inp[6u * i], inp[6u * i + 1u], inp[6u * i + 2u], inp[6u * i + 3u]),
                      vec2u(inp[6u * i + 4u], inp[6u * i + 5u]));
-  out[4u * i] = o.x; out[4u * i + 1u] = o.y; out[4u * i + 2u] = o.z; out[4u * i + 3u] = o.w;
-}`,
-      workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
-    }];
+  out[4u * i] = o.x; out[4u * i + 1u] = o.y; out[4u * i + 2u] = o.z; out[4u * i + 3u] = o.w;`;
+    const withPhilox = { decls: `${b.decls}\n${PHILOX_WGSL}`, bindings: b.bindings };
+    return [flatPass(withPhilox, size(x.shape) / 6, WG, target, body)];
   },
 });
 

@@ -7,7 +7,7 @@
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "../engine/kernel.ts";
-import { f32Lit, storage, withinLoopBudget } from "../engine/wgsl.ts";
+import { bind, f32Lit, rowGrid, treeReduce, withinLoopBudget } from "../engine/wgsl.ts";
 
 const WG = 256;
 /** Initial running max: a large negative finite number (exp(-inf - -inf) would be NaN). */
@@ -20,12 +20,6 @@ export interface ChunkParams {
   readonly vocab: number;
   readonly temperature: number;
 }
-
-const rowsGrid = (n: number, max: number): [number, number, number] => {
-  if (n <= max) return [Math.max(1, n), 1, 1];
-  const y = Math.ceil(n / max);
-  return [Math.ceil(n / y), y, 1];
-};
 
 const checkChunk = (
   op: string,
@@ -83,17 +77,17 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
   gpu: ({ start, vocab, temperature }, [_st, z], target) => {
     const [N, C] = z.shape;
     const valid = Math.max(0, Math.min(C, vocab - start));
-    const bindings = [
-      { kind: "input", index: 0 },
-      { kind: "input", index: 1 },
-      { kind: "input", index: 2 },
-      { kind: "uniform", data: new Uint32Array([start | 0, valid, 0, 0]) },
-    ] as const;
-    const head = `${storage(0, "st", "f32", "read_write")}
-${storage(1, "z", "f32", "read")}
-${storage(2, "ids", "i32", "read")}
-struct U { start: i32, valid: u32 }
-@group(0) @binding(3) var<uniform> u: U;`;
+    const { decls: head, bindings } = bind(
+      { input: 0, name: "st", access: "read_write" },
+      { input: 1, name: "z" },
+      { input: 2, name: "ids", type: "i32" },
+      {
+        uniform: new Uint32Array([start | 0, valid, 0, 0]),
+        name: "u",
+        type: "U",
+        struct: "start: i32, valid: u32",
+      },
+    );
     const inv = f32Lit(1 / temperature);
     if (target.software && withinLoopBudget(C)) {
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup barrier costs ~60 us there);
@@ -126,7 +120,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
       return [{ wgsl, workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1], bindings }];
     }
-    const grid = rowsGrid(N, target.maxWorkgroupsPerDimension);
+    const grid = rowGrid(N, target);
     const wgsl = `${head}
 var<workgroup> sm: array<f32, ${WG}>;
 var<workgroup> ss: array<f32, ${WG}>;
@@ -152,18 +146,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     if (i32(c) == tgt) { zt = v; hit = 1u; }
   }
   sm[lid] = m; ss[lid] = s; sw[lid] = w;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) {
-      let m2 = max(sm[lid], sm[lid + k]);
-      let a = exp(sm[lid] - m2);
-      let b = exp(sm[lid + k] - m2);
-      ss[lid] = ss[lid] * a + ss[lid + k] * b;
-      sw[lid] = sw[lid] * a + sw[lid + k] * b;
-      sm[lid] = m2;
+${
+      treeReduce(WG, "lid", "k", [
+        "let m2 = max(sm[lid], sm[lid + k]);",
+        "let a = exp(sm[lid] - m2);",
+        "let b = exp(sm[lid + k] - m2);",
+        "ss[lid] = ss[lid] * a + ss[lid + k] * b;",
+        "sw[lid] = sw[lid] * a + sw[lid + k] * b;",
+        "sm[lid] = m2;",
+      ])
     }
-    workgroupBarrier();
-  }
   if (lid == 0u) {
     let m0 = st[row * 4u];
     let m2 = max(m0, sm[0]);
@@ -225,14 +217,21 @@ export const readoutGrad: Kernel<ChunkParams> = defineKernel<ChunkParams>({
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const grid: [number, number, number] = [gx, Math.ceil(groups / gx), 1];
     const inv = f32Lit(1 / temperature);
-    const wgsl = `${storage(0, "z", "f32", "read")}
-${storage(1, "ids", "i32", "read")}
-${storage(2, "fin", "f32", "read")}
-${storage(3, "ca", "f32", "read")}
-${storage(4, "cb", "f32", "read")}
-${storage(5, "dz", "f32", "read_write")}
-struct U { start: i32, vocab: i32 }
-@group(0) @binding(6) var<uniform> u: U;
+    const b = bind(
+      { input: 0, name: "z" },
+      { input: 1, name: "ids", type: "i32" },
+      { input: 2, name: "fin" },
+      { input: 3, name: "ca" },
+      { input: 4, name: "cb" },
+      { output: 0, name: "dz" },
+      {
+        uniform: new Uint32Array([start | 0, vocab, 0, 0]),
+        name: "u",
+        type: "U",
+        struct: "start: i32, vocab: i32",
+      },
+    );
+    const wgsl = `${b.decls}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * ${gx * WG}u;
@@ -249,15 +248,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     return [{
       wgsl,
       workgroups: grid,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        { kind: "input", index: 3 },
-        { kind: "input", index: 4 },
-        { kind: "output", index: 0 },
-        { kind: "uniform", data: new Uint32Array([start | 0, vocab, 0, 0]) },
-      ],
+      bindings: b.bindings,
     }];
   },
 });
@@ -285,11 +276,14 @@ export const readoutFinish: Kernel<Record<string, never>> = defineKernel<Record<
     const N = st.shape[0];
     const groups = Math.ceil(N / 64);
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    const b = bind(
+      { input: 0, name: "st" },
+      { output: 0, name: "fin" },
+      { output: 1, name: "ent" },
+      { output: 2, name: "lp" },
+    );
     return [{
-      wgsl: `${storage(0, "st", "f32", "read")}
-${storage(1, "fin", "f32", "read_write")}
-${storage(2, "ent", "f32", "read_write")}
-${storage(3, "lp", "f32", "read_write")}
+      wgsl: `${b.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * ${gx * 64}u;
@@ -303,10 +297,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   lp[i] = st[4u * i + 3u] - lse;
 }`,
       workgroups: [gx, Math.ceil(groups / gx), 1],
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }, { kind: "output", index: 1 }, {
-        kind: "output",
-        index: 2,
-      }],
+      bindings: b.bindings,
     }];
   },
 });
@@ -362,10 +353,17 @@ export const readoutTopK: Kernel<TopKParams> = defineKernel<TopKParams>({
     const groups = Math.ceil(N / 64);
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const js = Array.from({ length: k }, (_, j) => j);
-    const wgsl = `${storage(0, "st", "f32", "read_write")}
-${storage(1, "z", "f32", "read")}
-struct U { start: u32, valid: u32 }
-@group(0) @binding(2) var<uniform> u: U;
+    const b = bind(
+      { input: 0, name: "st", access: "read_write" },
+      { input: 1, name: "z" },
+      {
+        uniform: new Uint32Array([start, valid, 0, 0]),
+        name: "u",
+        type: "U",
+        struct: "start: u32, valid: u32",
+      },
+    );
+    const wgsl = `${b.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let row = gid.x + gid.y * ${gx * 64}u;
@@ -386,11 +384,7 @@ ${js.map((j) => `  st[b + ${j}u] = v${j};\n  st[b + ${k + j}u] = i${j};`).join("
     return [{
       wgsl,
       workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1],
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "uniform", data: new Uint32Array([start, valid, 0, 0]) },
-      ],
+      bindings: b.bindings,
     }];
   },
 });
@@ -421,11 +415,14 @@ export const readoutTopKFinish: Kernel<{ readonly k: number }> = defineKernel<{ 
   },
   gpu: ({ k }, [st]) => {
     const n = st.shape[0] * k;
+    const b = bind(
+      { input: 0, name: "st" },
+      { input: 1, name: "fin" },
+      { output: 0, name: "lp" },
+      { output: 1, name: "ids", type: "i32" },
+    );
     return [{
-      wgsl: `${storage(0, "st", "f32", "read")}
-${storage(1, "fin", "f32", "read")}
-${storage(2, "lp", "f32", "read_write")}
-${storage(3, "ids", "i32", "read_write")}
+      wgsl: `${b.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * 4194240u;
@@ -436,10 +433,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   ids[i] = i32(st[row * ${2 * k}u + ${k}u + j]);
 }`,
       workgroups: [Math.min(65535, Math.ceil(n / 64)), Math.ceil(Math.ceil(n / 64) / 65535), 1],
-      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }, {
-        kind: "output",
-        index: 1,
-      }],
+      bindings: b.bindings,
     }];
   },
 });

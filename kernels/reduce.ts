@@ -2,16 +2,17 @@
 import { ShapeError } from "../core/errors.ts";
 import { type Shape, showShape, size } from "../core/shape.ts";
 import { broadcastTo, scale } from "./elementwise.ts";
-import {
-  defineKernel,
-  type GpuTarget,
-  type Kernel,
-  type PassBinding,
-  type TensorSpec,
-} from "../engine/kernel.ts";
+import { defineKernel, type GpuTarget, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { apply1 } from "../engine/apply.ts";
 import { reshape, type Tensor } from "../engine/tensor.ts";
-import { grid1d, LOOP_SAFE, storage, withinLoopBudget } from "../engine/wgsl.ts";
+import {
+  bind,
+  type BindSpec,
+  grid1d,
+  LOOP_SAFE,
+  withinLoopBudget,
+  workgroupReductions,
+} from "../engine/wgsl.ts";
 
 /** Threads per workgroup of the workgroup-per-row variant (the tree reductions assume this power of two). */
 export const ROW_WG = 256;
@@ -19,53 +20,14 @@ export const ROW_WG = 256;
 const THREAD_WG = 64;
 
 /** Workgroup tree reductions over ROW_WG invocations (see `RowPlan`). */
-const WG_HELPERS = `var<workgroup> wgRed: array<f32, ${ROW_WG}>;
-var<workgroup> wgIdx: array<u32, ${ROW_WG}>;
-fn wgSum(t: u32, v: f32) -> f32 {
-  wgRed[t] = v;
-  workgroupBarrier();
-  for (var s = ${ROW_WG / 2}u; s > 0u; s = s >> 1u) {
-    if (t < s) { wgRed[t] = wgRed[t] + wgRed[t + s]; }
-    workgroupBarrier();
-  }
-  let r = wgRed[0];
-  workgroupBarrier();
-  return r;
-}
-fn wgMax(t: u32, v: f32) -> f32 {
-  wgRed[t] = v;
-  workgroupBarrier();
-  for (var s = ${ROW_WG / 2}u; s > 0u; s = s >> 1u) {
-    if (t < s) { wgRed[t] = max(wgRed[t], wgRed[t + s]); }
-    workgroupBarrier();
-  }
-  let r = wgRed[0];
-  workgroupBarrier();
-  return r;
-}
-fn wgArgMax(t: u32, v: f32, i: u32) -> u32 {
-  wgRed[t] = v;
-  wgIdx[t] = i;
-  workgroupBarrier();
-  for (var s = ${ROW_WG / 2}u; s > 0u; s = s >> 1u) {
-    if (t < s) {
-      let w = wgRed[t + s];
-      let k = wgIdx[t + s];
-      if (w > wgRed[t] || (w == wgRed[t] && k < wgIdx[t])) { wgRed[t] = w; wgIdx[t] = k; }
-    }
-    workgroupBarrier();
-  }
-  let r = wgIdx[0];
-  workgroupBarrier();
-  return r;
-}`;
+const WG_HELPERS = workgroupReductions(ROW_WG);
 
 /**
  * How a row kernel is laid out on the GPU. Two variants with the same kernel bodies:
  * - "workgroup" (real GPUs): one workgroup of 256 per row, strided loops, tree reductions in workgroup memory;
  * - "thread" (`target.software`, llvmpipe): one invocation per row, plain loops, no barriers. On llvmpipe a
  *   256-wide workgroup with barriers costs ~60 us, so a [4096, 512] row sum took 265 ms that way. Only when
- *   `passes * cols` fits the per-invocation loop budget (`LOOP_SAFE`, kernels/wgsl.ts): llvmpipe silently
+ *   `passes * cols` fits the per-invocation loop budget (`LOOP_SAFE`, engine/wgsl.ts): llvmpipe silently
  *   cuts every loop short past 65,535 iterations per invocation, so longer rows (a 151,936-token vocabulary)
  *   take the workgroup variant there too, whose invocations loop passes * cols / 256 times.
  * Bodies loop `for (var j = t; j < C; j += stride)` and reduce with `wgSum(t, v)`, `wgMax(t, v)` and
@@ -74,8 +36,8 @@ fn wgArgMax(t: u32, v: f32, i: u32) -> u32 {
  * pipeline cache key) does not depend on it. Fixed reduction order: results are deterministic.
  */
 export interface RowPlan {
-  /** Declarations: the `dims` uniform at the given binding and the reduction helpers. */
-  readonly prelude: string;
+  /** The reduction helpers (after the bindings). */
+  readonly helpers: string;
   /** Opening of `main` up to bindings of `row`, `t` and `C` (the row length); returns past the last row. */
   readonly main: string;
   /** Loop stride of a row's invocations. */
@@ -83,27 +45,19 @@ export interface RowPlan {
   /** True for the one-invocation-per-row variant. */
   readonly thread: boolean;
   readonly workgroups: [number, number, number];
-  /** The `dims` uniform binding. */
-  readonly dims: PassBinding;
+  /** The `dims` uniform, the last binding of the pass. */
+  readonly dims: BindSpec;
 }
 
 /**
- * The plan of a row kernel over `rows` rows of `cols`, with its uniform at binding `binding`; `passes` is how
- * many loops over the row the body runs (it decides whether one invocation per row fits the loop budget).
+ * The plan of a row kernel over `rows` rows of `cols`; `passes` is how many loops over the row the body runs
+ * (it decides whether one invocation per row fits the loop budget).
  */
-export const rowPlan = (
-  rows: number,
-  cols: number,
-  target: GpuTarget,
-  binding: number,
-  passes: number,
-): RowPlan => {
+export const rowPlan = (rows: number, cols: number, target: GpuTarget, passes: number): RowPlan => {
   const thread = target.software && withinLoopBudget(passes * cols);
   const wg = thread ? THREAD_WG : ROW_WG;
   const workgroups = grid1d(thread ? rows : rows * ROW_WG, wg, target);
   const gx = thread ? workgroups[0] * THREAD_WG : workgroups[0];
-  const uniform = `struct RowDims { rows: u32, cols: u32, gx: u32, pad: u32 }
-@group(0) @binding(${binding}) var<uniform> dims: RowDims;`;
   const helpers = thread
     ? `fn wgSum(t: u32, v: f32) -> f32 { return v; }
 fn wgMax(t: u32, v: f32) -> f32 { return v; }
@@ -123,12 +77,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) t: u
   if (row >= dims.rows) { return; }
   let C = dims.cols;`;
   return {
-    prelude: `${uniform}\n${helpers}`,
+    helpers,
     main,
     stride: thread ? 1 : ROW_WG,
     thread,
     workgroups,
-    dims: { kind: "uniform", data: new Uint32Array([rows, cols, gx, 0]) },
+    dims: {
+      uniform: new Uint32Array([rows, cols, gx, 0]),
+      name: "dims",
+      type: "RowDims",
+      struct: "rows: u32, cols: u32, gx: u32, pad: u32",
+    },
   };
 };
 
@@ -186,7 +145,7 @@ export const reduceRows: Kernel<ReduceParams> = defineKernel<ReduceParams>({
   },
   gpu: ({ op }, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 2, 1);
+    const p = rowPlan(rows, cols, target, 1);
     let init: string, step: string, finish: string;
     switch (op) {
       case "sum":
@@ -204,9 +163,9 @@ export const reduceRows: Kernel<ReduceParams> = defineKernel<ReduceParams>({
         op satisfies never;
         throw new Error("unreachable");
     }
-    const wgsl = `${storage(0, "x", "f32", "read")}
-${storage(1, "y", "f32", "read_write")}
-${p.prelude}
+    const b = bind({ input: 0, name: "x" }, { output: 0, name: "y" }, p.dims);
+    const wgsl = `${b.decls}
+${p.helpers}
 ${p.main}
   let base = row * C;
   var acc = ${init};
@@ -220,7 +179,7 @@ ${p.main}
     return [{
       wgsl,
       workgroups: p.workgroups,
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }, p.dims],
+      bindings: b.bindings,
       label: `reduce.${op}`,
     }];
   },
@@ -269,13 +228,12 @@ export const maxGrad: Kernel<Record<never, never>> = defineKernel<Record<never, 
   },
   gpu: (_p, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 3, 2);
+    const p = rowPlan(rows, cols, target, 2);
     // Each invocation keeps its first (value, index) best with a strict >; wgArgMax keeps the smaller index
     // on ties, so the result is the row's first argmax.
-    const wgsl = `${storage(0, "x", "f32", "read")}
-${storage(1, "dy", "f32", "read")}
-${storage(2, "dx", "f32", "read_write")}
-${p.prelude}
+    const b = bind({ input: 0, name: "x" }, { input: 1, name: "dy" }, { output: 0, name: "dx" }, p.dims);
+    const wgsl = `${b.decls}
+${p.helpers}
 ${p.main}
   let base = row * C;
   var best = x[base];
@@ -293,12 +251,7 @@ ${p.main}
     return [{
       wgsl,
       workgroups: p.workgroups,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "output", index: 0 },
-        p.dims,
-      ],
+      bindings: b.bindings,
     }];
   },
 });
@@ -329,11 +282,16 @@ export const sumSquaresKernel: Kernel<Record<never, never>> = defineKernel<Recor
       Math.min(cap, Math.max(1, Math.ceil(n / (ROW_WG * per)))),
       Math.ceil(n / (ROW_WG * LOOP_SAFE)),
     );
-    const dims = `struct SsDims { n: u32, stride: u32, groups: u32, pad: u32 }
-@group(0) @binding(2) var<uniform> dims: SsDims;`;
-    const partial = `${storage(0, "x", "f32", "read")}
-${storage(1, "part", "f32", "read_write")}
-${dims}
+    const part = { kind: "scratch", id: "part", bytes: groups * 4 } as const;
+    const dims: BindSpec = {
+      uniform: new Uint32Array([n, groups * ROW_WG, groups, 0]),
+      name: "dims",
+      type: "SsDims",
+      struct: "n: u32, stride: u32, groups: u32, pad: u32",
+    };
+    const first = bind({ input: 0, name: "x" }, { buffer: part, name: "part" }, dims);
+    const second = bind({ buffer: part, name: "part", access: "read" }, { output: 0, name: "y" }, dims);
+    const partial = `${first.decls}
 ${WG_HELPERS}
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) t: u32) {
@@ -345,9 +303,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) t: u
   let r = wgSum(t, acc);
   if (t == 0u) { part[wid.x] = r; }
 }`;
-    const total = `${storage(0, "part", "f32", "read")}
-${storage(1, "y", "f32", "read_write")}
-${dims}
+    const total = `${second.decls}
 ${WG_HELPERS}
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(local_invocation_index) t: u32) {
@@ -356,19 +312,17 @@ fn main(@builtin(local_invocation_index) t: u32) {
   let r = wgSum(t, acc);
   if (t == 0u) { y[0] = r; }
 }`;
-    const part = { kind: "scratch", id: "part", bytes: groups * 4 } as const;
-    const u = { kind: "uniform", data: new Uint32Array([n, groups * ROW_WG, groups, 0]) } as const;
     return [
       {
         wgsl: partial,
         workgroups: [groups, 1, 1],
-        bindings: [{ kind: "input", index: 0 }, part, u],
+        bindings: first.bindings,
         label: "sumSquares.partial",
       },
       {
         wgsl: total,
         workgroups: [1, 1, 1],
-        bindings: [part, { kind: "output", index: 0 }, u],
+        bindings: second.bindings,
         label: "sumSquares",
       },
     ];

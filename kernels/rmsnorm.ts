@@ -1,11 +1,11 @@
 /** RMSNorm over the last axis (Hugging Face Llama/Qwen convention): fused forward and fused backward kernels. */
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape } from "../core/shape.ts";
-import { defineKernel, type Kernel, type PassBinding, type TensorSpec } from "../engine/kernel.ts";
+import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { requireRows, ROW_WG, type RowPlan, rowPlan, rowsCols } from "./reduce.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { f32Lit, grid1d, LOOP_SAFE, storage } from "../engine/wgsl.ts";
+import { bind, f32Lit, grid1d, LOOP_SAFE, output, type StorageBinding } from "../engine/wgsl.ts";
 
 export interface RmsNormParams {
   /** Added to mean(x^2) before the square root (1e-6 for Qwen2, 1e-5 or 1e-6 for Llama). */
@@ -66,11 +66,10 @@ export const rmsNormKernel: Kernel<RmsNormParams> = defineKernel<RmsNormParams>(
   },
   gpu: ({ eps }, [x], target) => {
     const { rows, cols: d } = rowsCols(x.shape);
-    const p = rowPlan(rows, d, target, 3, 2);
-    const wgsl = `${storage(0, "x", "f32", "read")}
-${storage(1, "w", "f32", "read")}
-${storage(2, "y", "f32", "read_write")}
-${p.prelude}
+    const p = rowPlan(rows, d, target, 2);
+    const b = bind({ input: 0, name: "x" }, { input: 1, name: "w" }, { output: 0, name: "y" }, p.dims);
+    const wgsl = `${b.decls}
+${p.helpers}
 ${p.main}
 ${rowR(p, eps)}
   for (var j = t; j < C; j += ${p.stride}u) { y[base + j] = x[base + j] * r * w[j]; }
@@ -78,12 +77,7 @@ ${rowR(p, eps)}
     return [{
       wgsl,
       workgroups: p.workgroups,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "output", index: 0 },
-        p.dims,
-      ],
+      bindings: b.bindings,
     }];
   },
   // With r = (mean(x^2) + eps)^(-1/2), y_j = x_j r w_j and dr/dx_j = -r^3 x_j / d:
@@ -129,14 +123,18 @@ export const rmsNormGrad: Kernel<RmsNormParams> = defineKernel<RmsNormParams>({
   },
   gpu: ({ eps }, [x], target) => {
     const { rows, cols: d } = rowsCols(x.shape);
-    const p = rowPlan(rows, d, target, 5, 3);
-    const rBuf: PassBinding = { kind: "scratch", id: "r", bytes: Math.max(1, rows) * 4 };
-    const rowPass = `${storage(0, "x", "f32", "read")}
-${storage(1, "w", "f32", "read")}
-${storage(2, "dy", "f32", "read")}
-${storage(3, "dx", "f32", "read_write")}
-${storage(4, "rs", "f32", "read_write")}
-${p.prelude}
+    const p = rowPlan(rows, d, target, 3);
+    const rBuf: StorageBinding = { kind: "scratch", id: "r", bytes: Math.max(1, rows) * 4 };
+    const rowBinds = bind(
+      { input: 0, name: "x" },
+      { input: 1, name: "w" },
+      { input: 2, name: "dy" },
+      { output: 0, name: "dx" },
+      { buffer: rBuf, name: "rs" },
+      p.dims,
+    );
+    const rowPass = `${rowBinds.decls}
+${p.helpers}
 ${p.main}
 ${rowR(p, eps)}
   var p = 0.0;
@@ -154,20 +152,24 @@ ${rowR(p, eps)}
     const n2 = chunks * d;
     const g2 = grid1d(n2, ROW_WG, target);
     const g3 = grid1d(d, ROW_WG, target);
-    const part: PassBinding = { kind: "scratch", id: "part", bytes: n2 * 4 };
-    const dims = (gx: number): PassBinding => ({
-      kind: "uniform",
-      data: new Uint32Array([rows, d, chunks, gx]),
-    });
-    const dimsDecl = `struct DwDims { rows: u32, d: u32, chunks: u32, gx: u32 }
-@group(0) @binding(4) var<uniform> dims: DwDims;`;
+    const part: StorageBinding = { kind: "scratch", id: "part", bytes: n2 * 4 };
+    const dwOut = output(1);
+    const data = (gx: number) => new Uint32Array([rows, d, chunks, gx]);
     // Invocation (k, j): rows [k*chunk, min((k+1)*chunk, rows)) of column j, in row order. With one
     // chunk it writes dw itself.
-    const chunkPass = `${storage(0, "x", "f32", "read")}
-${storage(1, "dy", "f32", "read")}
-${storage(2, "rs", "f32", "read")}
-${storage(3, "part", "f32", "read_write")}
-${dimsDecl}
+    const chunkBinds = bind(
+      { input: 0, name: "x" },
+      { input: 2, name: "dy" },
+      { buffer: rBuf, name: "rs", access: "read" },
+      { buffer: direct ? dwOut : part, name: "part" },
+      {
+        uniform: data(g2[0] * ROW_WG),
+        name: "dims",
+        type: "DwDims",
+        struct: "rows: u32, d: u32, chunks: u32, gx: u32",
+      },
+    );
+    const chunkPass = `${chunkBinds.decls}
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * dims.gx;
@@ -182,9 +184,12 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   part[i] = acc;
 }`;
-    const columnPass = `${storage(0, "part", "f32", "read")}
-${storage(1, "dw", "f32", "read_write")}
-@group(0) @binding(2) var<uniform> dims: vec4u;
+    const columnBinds = bind(
+      { buffer: part, name: "part", access: "read" },
+      { buffer: dwOut, name: "dw" },
+      { uniform: data(g3[0] * ROW_WG), name: "dims", type: "vec4u" },
+    );
+    const columnPass = `${columnBinds.decls}
 @compute @workgroup_size(${ROW_WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let j = gid.x + gid.y * dims.w;
@@ -194,37 +199,23 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   for (var k = 0u; k < dims.z; k++) { acc += part[k * d + j]; }
   dw[j] = acc;
 }`;
-    const dwOut: PassBinding = { kind: "output", index: 1 };
     return [
       {
         wgsl: rowPass,
         workgroups: p.workgroups,
-        bindings: [
-          { kind: "input", index: 0 },
-          { kind: "input", index: 1 },
-          { kind: "input", index: 2 },
-          { kind: "output", index: 0 },
-          rBuf,
-          p.dims,
-        ],
+        bindings: rowBinds.bindings,
         label: "rmsNormGrad.dx",
       },
       {
         wgsl: chunkPass,
         workgroups: g2,
-        bindings: [
-          { kind: "input", index: 0 },
-          { kind: "input", index: 2 },
-          rBuf,
-          direct ? dwOut : part,
-          dims(g2[0] * ROW_WG),
-        ],
+        bindings: chunkBinds.bindings,
         label: "rmsNormGrad.dwChunks",
       },
       ...(direct ? [] : [{
         wgsl: columnPass,
         workgroups: g3,
-        bindings: [part, dwOut, dims(g3[0] * ROW_WG)],
+        bindings: columnBinds.bindings,
         label: "rmsNormGrad.dw",
       }]),
     ];

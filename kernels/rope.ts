@@ -4,7 +4,7 @@ import { showShape, size } from "../core/shape.ts";
 import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { f32Lit, flatIndex, grid1d, storage } from "../engine/wgsl.ts";
+import { bind, f32Lit, flatIndex, grid1d } from "../engine/wgsl.ts";
 
 const WG = 64;
 
@@ -81,9 +81,8 @@ export const ropeKernel: Kernel<RopeParams> = defineKernel<RopeParams>({
     const grid = grid1d(n, WG, target);
     const freqs = invFreqs(theta, d).map(f32Lit).join(", ");
     const posIndex = pos.shape.length === 2 ? "bt" : `bt % ${nt}u`;
-    const wgsl = `${storage(0, "x", "f32", "read")}
-${storage(1, "pos", "i32", "read")}
-${storage(2, "y", "f32", "read_write")}
+    const b = bind({ input: 0, name: "x" }, { input: 1, name: "pos", type: "i32" }, { output: 0, name: "y" });
+    const wgsl = `${b.decls}
 const INV_FREQ = array<f32, ${half}>(${freqs});
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -106,7 +105,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     return [{
       wgsl,
       workgroups: grid,
-      bindings: [{ kind: "input", index: 0 }, { kind: "input", index: 1 }, { kind: "output", index: 0 }],
+      bindings: b.bindings,
       label: inverse ? "rope.inverse" : "rope",
     }];
   },

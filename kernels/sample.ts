@@ -6,13 +6,14 @@ import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { PHILOX_WGSL } from "./philox_wgsl.ts";
+import { bind, type Bound, treeReduce } from "../engine/wgsl.ts";
 
 /** Largest workgroup (one per row); rows of fewer tokens take the smallest power of two >= V, at least 16. */
 const WG_MAX = 256;
 const WG_MIN = 16;
 /**
  * Elements per invocation per iteration of the strided loops over a row (unrolled in the text). llvmpipe cuts
- * an invocation's loops short past 65,535 iterations in total (LOOP_BUDGET, kernels/wgsl.ts); with top-k and
+ * an invocation's loops short past 65,535 iterations in total (LOOP_BUDGET, engine/wgsl.ts); with top-k and
  * top-p the kernel runs ~70 strided passes over V, ~72 V / 256 iterations one element at a time (V = 262,144:
  * 73,700, broken). Four per iteration: ~18 V / 256 + 3 V / 256 (the contiguous-range passes), V up to ~500k.
  */
@@ -157,15 +158,28 @@ const checkParams = (p: SampleParams): void => {
   if (!Number.isSafeInteger(p.seed) || p.seed < 0) fail(`seed ${p.seed} must be an integer in [0, 2^53)`);
 };
 
-/** The shader for workgroups of WG: N, V and the grid width travel in the uniform with the settings. */
-const samplingWgsl = (WG: number): string =>
-  `@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> seqs: array<i32>;
-@group(0) @binding(2) var<storage, read> poss: array<i32>;
-@group(0) @binding(3) var<storage, read_write> ids: array<i32>;
-struct Params { seedLo: u32, seedHi: u32, step: u32, topK: u32, topP: f32, temp: f32, V: u32, N: u32,
-  gx: u32, C: u32, pad0: u32, pad1: u32 }
-@group(0) @binding(4) var<uniform> prm: Params;
+/** The bindings: logits, sequence and position ids, the sampled ids, then the settings `prm` (data `u`). */
+const samplingBindings = (u: Uint32Array): Bound =>
+  bind(
+    { input: 0, name: "logits" },
+    { input: 1, name: "seqs", type: "i32" },
+    { input: 2, name: "poss", type: "i32" },
+    { output: 0, name: "ids", type: "i32" },
+    {
+      uniform: u,
+      name: "prm",
+      type: "Params",
+      struct: `seedLo: u32, seedHi: u32, step: u32, topK: u32, topP: f32, temp: f32, V: u32, N: u32,
+  gx: u32, C: u32, pad0: u32, pad1: u32`,
+    },
+  );
+
+/**
+ * The shader for workgroups of WG over the declarations of `samplingBindings` (the same for every call): N, V
+ * and the grid width travel in the uniform with the settings.
+ */
+const samplingWgsl = (WG: number, decls: string): string =>
+  `${decls}
 ${PHILOX_WGSL}
 var<workgroup> sf: array<f32, ${WG}>;
 var<workgroup> su: array<u32, ${WG}>;
@@ -186,11 +200,7 @@ fn mass(x: f32, xmax: f32) -> f32 {
 }
 fn sumF(lid: u32, x: f32) -> f32 {
   sf[lid] = x;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { sf[lid] += sf[lid + s]; }
-    workgroupBarrier();
-  }
+${treeReduce(WG, "lid", "s", "sf[lid] += sf[lid + s];")}
   let r = workgroupUniformLoad(&sf[0]);
   workgroupBarrier();
   return r;
@@ -198,13 +208,11 @@ fn sumF(lid: u32, x: f32) -> f32 {
 // op 0: sum, 1: max, 2: min
 fn redU(lid: u32, x: u32, op: u32) -> u32 {
   su[lid] = x;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      let a = su[lid]; let b = su[lid + s];
-      su[lid] = select(select(min(a, b), max(a, b), op == 1u), a + b, op == 0u);
-    }
-    workgroupBarrier();
+${
+    treeReduce(WG, "lid", "s", [
+      "let a = su[lid]; let b = su[lid + s];",
+      "su[lid] = select(select(min(a, b), max(a, b), op == 1u), a + b, op == 0u);",
+    ])
   }
   let r = workgroupUniformLoad(&su[0]);
   workgroupBarrier();
@@ -428,19 +436,10 @@ export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
     u[8] = gx;
     const WG = sampleWorkgroup(V);
     u[9] = Math.ceil(V / WG);
+    const b = samplingBindings(u);
     let wgsl = SHADERS.get(WG);
-    if (!wgsl) SHADERS.set(WG, wgsl = samplingWgsl(WG));
-    return [{
-      wgsl,
-      workgroups: [N === 0 ? 0 : gx, gy, 1],
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        { kind: "output", index: 0 },
-        { kind: "uniform", data: u },
-      ],
-    }];
+    if (!wgsl) SHADERS.set(WG, wgsl = samplingWgsl(WG, b.decls));
+    return [{ wgsl, workgroups: [N === 0 ? 0 : gx, gy, 1], bindings: b.bindings }];
   },
 });
 

@@ -7,7 +7,7 @@ import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { apply1 } from "../engine/apply.ts";
 import { custom } from "../engine/tape.ts";
 import { type Tensor, tensor } from "../engine/tensor.ts";
-import { flatIndex, grid1d, storage } from "../engine/wgsl.ts";
+import { bind, flatPass } from "../engine/wgsl.ts";
 
 const WG = 256;
 
@@ -55,24 +55,14 @@ export const selectKernel: Kernel<SelectParams> = defineKernel<SelectParams>({
     }
   },
   gpu: ({ invert }, ins, target) => {
-    const n = size(ins[0].shape);
-    const grid = grid1d(n, WG, target);
     const three = ins.length === 3;
-    const decl = ["c", "a", ...(three ? ["b"] : [])].map((nm, i) => storage(i, nm, "f32", "read")).join("\n");
-    return [{
-      wgsl: `${decl}
-${storage(ins.length, "y", "f32", "read_write")}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(WG, grid)};
-  if (i >= ${n}u) { return; }
-  let keep = (c[i] != 0.0) != ${invert};
-  y[i] = select(${three ? "b[i]" : "0.0"}, a[i], keep);
-}`,
-      workgroups: grid,
-      bindings: [...ins.map((_, i) => ({ kind: "input", index: i }) as const), { kind: "output", index: 0 }],
-      label: "select",
-    }];
+    const b = bind(
+      ...["c", "a", ...(three ? ["b"] : [])].map((name, input) => ({ input, name })),
+      { output: 0, name: "y" },
+    );
+    const body = `  let keep = (c[i] != 0.0) != ${invert};
+  y[i] = select(${three ? "b[i]" : "0.0"}, a[i], keep);`;
+    return [flatPass(b, size(ins[0].shape), WG, target, body, "select")];
   },
   vjp: ({ params: { invert }, inputs }, [dy]) => [
     null,

@@ -5,7 +5,7 @@ import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts"
 import { requireRows, type RowPlan, rowPlan, rowsCols } from "./reduce.ts";
 import { apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { storage } from "../engine/wgsl.ts";
+import { bind } from "../engine/wgsl.ts";
 
 export interface SoftmaxParams {
   /** True for log-softmax. */
@@ -70,11 +70,11 @@ export const softmaxKernel: Kernel<SoftmaxParams> = defineKernel<SoftmaxParams>(
   },
   gpu: ({ log }, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 2, 3);
+    const p = rowPlan(rows, cols, target, 3);
     const write = log ? "x[base + j] - mx - lse" : "exp(x[base + j] - mx) / tot";
-    const wgsl = `${storage(0, "x", "f32", "read")}
-${storage(1, "y", "f32", "read_write")}
-${p.prelude}
+    const b = bind({ input: 0, name: "x" }, { output: 0, name: "y" }, p.dims);
+    const wgsl = `${b.decls}
+${p.helpers}
 ${p.main}
 ${rowStats("x", p)}
   let lse = log(tot);
@@ -83,7 +83,7 @@ ${rowStats("x", p)}
     return [{
       wgsl,
       workgroups: p.workgroups,
-      bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }, p.dims],
+      bindings: b.bindings,
       label: opName(log),
     }];
   },
@@ -114,13 +114,12 @@ export const softmaxGrad: Kernel<SoftmaxParams> = defineKernel<SoftmaxParams>({
   },
   gpu: ({ log }, [y], target) => {
     const { rows, cols } = rowsCols(y.shape);
-    const p = rowPlan(rows, cols, target, 3, 2);
+    const p = rowPlan(rows, cols, target, 2);
     const term = log ? "dy[base + j]" : "dy[base + j] * y[base + j]";
     const write = log ? "dy[k] - exp(y[k]) * sg" : "y[k] * (dy[k] - sg)";
-    const wgsl = `${storage(0, "y", "f32", "read")}
-${storage(1, "dy", "f32", "read")}
-${storage(2, "dx", "f32", "read_write")}
-${p.prelude}
+    const b = bind({ input: 0, name: "y" }, { input: 1, name: "dy" }, { output: 0, name: "dx" }, p.dims);
+    const wgsl = `${b.decls}
+${p.helpers}
 ${p.main}
   let base = row * C;
   var s = 0.0;
@@ -134,12 +133,7 @@ ${p.main}
     return [{
       wgsl,
       workgroups: p.workgroups,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "output", index: 0 },
-        p.dims,
-      ],
+      bindings: b.bindings,
       label: `${opName(log)}Grad`,
     }];
   },
@@ -200,11 +194,15 @@ export const crossEntropyKernel: Kernel<CrossEntropyParams> = defineKernel<Cross
   },
   gpu: ({ negate }, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 3, 2);
-    const wgsl = `${storage(0, "x", "f32", "read")}
-${storage(1, "tg", "i32", "read")}
-${storage(2, "y", "f32", "read_write")}
-${p.prelude}
+    const p = rowPlan(rows, cols, target, 2);
+    const b = bind(
+      { input: 0, name: "x" },
+      { input: 1, name: "tg", type: "i32" },
+      { output: 0, name: "y" },
+      p.dims,
+    );
+    const wgsl = `${b.decls}
+${p.helpers}
 ${p.main}
 ${rowStats("x", p)}
   if (t == 0u) {
@@ -220,12 +218,7 @@ ${rowStats("x", p)}
     return [{
       wgsl,
       workgroups: p.workgroups,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "output", index: 0 },
-        p.dims,
-      ],
+      bindings: b.bindings,
       label: ceName(negate),
     }];
   },
@@ -258,12 +251,16 @@ export const crossEntropyGrad: Kernel<CrossEntropyParams> = defineKernel<CrossEn
   },
   gpu: ({ negate }, [x], target) => {
     const { rows, cols } = rowsCols(x.shape);
-    const p = rowPlan(rows, cols, target, 4, 3);
-    const wgsl = `${storage(0, "x", "f32", "read")}
-${storage(1, "tg", "i32", "read")}
-${storage(2, "dy", "f32", "read")}
-${storage(3, "dx", "f32", "read_write")}
-${p.prelude}
+    const p = rowPlan(rows, cols, target, 3);
+    const b = bind(
+      { input: 0, name: "x" },
+      { input: 1, name: "tg", type: "i32" },
+      { input: 2, name: "dy" },
+      { output: 0, name: "dx" },
+      p.dims,
+    );
+    const wgsl = `${b.decls}
+${p.helpers}
 ${p.main}
 ${rowStats("x", p)}
   let k = tg[row];
@@ -278,13 +275,7 @@ ${rowStats("x", p)}
     return [{
       wgsl,
       workgroups: p.workgroups,
-      bindings: [
-        { kind: "input", index: 0 },
-        { kind: "input", index: 1 },
-        { kind: "input", index: 2 },
-        { kind: "output", index: 0 },
-        p.dims,
-      ],
+      bindings: b.bindings,
       label: `${ceName(negate)}Grad`,
     }];
   },

@@ -99,12 +99,12 @@ gpuTest(
       assertClose(got[4], want[4], { atol: 1e-2, rtol: 1e-3 }, `${b.name} sum`);
     }
     // The row plan's choice: one invocation per row only while passes x cols fits the budget.
-    if (!rowPlan(1, 4096, { ...g.target, software: true }, 0, 3).thread) {
+    if (!rowPlan(1, 4096, { ...g.target, software: true }, 3).thread) {
       throw new Error(
         "short rows: thread plan",
       );
     }
-    if (rowPlan(1, V, { ...g.target, software: true }, 0, 3).thread) {
+    if (rowPlan(1, V, { ...g.target, software: true }, 3).thread) {
       throw new Error(
         "long rows: workgroup plan",
       );

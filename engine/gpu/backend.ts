@@ -421,27 +421,20 @@ export class GpuBackend implements Backend {
       this.#pending.add(s.buffer);
       return { binding: i, resource: { buffer: s.buffer, offset: s.offset, size: s.size } };
     };
+    const named = (s: Storage | undefined, what: "input" | "output", index: number): GpuStorage => {
+      if (!s) {
+        throw new ShapeError({
+          op: kernel,
+          message: `${kernel}: binding ${i} names missing ${what} ${index}`,
+        });
+      }
+      return s as GpuStorage;
+    };
     switch (b.kind) {
-      case "input": {
-        const t = inputs[b.index];
-        if (!t) {
-          throw new ShapeError({
-            op: kernel,
-            message: `${kernel}: binding ${i} names missing input ${b.index}`,
-          });
-        }
-        return range(t.storage as GpuStorage);
-      }
-      case "output": {
-        const s = outputs[b.index];
-        if (!s) {
-          throw new ShapeError({
-            op: kernel,
-            message: `${kernel}: binding ${i} names missing output ${b.index}`,
-          });
-        }
-        return range(s as GpuStorage);
-      }
+      case "input":
+        return range(named(inputs[b.index]?.storage, "input", b.index));
+      case "output":
+        return range(named(outputs[b.index], "output", b.index));
       case "scratch": {
         let buf = scratch.get(b.id);
         if (!buf) {

@@ -192,7 +192,7 @@ export const normalizeAnswer = (answer: string): string => {
     .replace(/\\\$/g, "")
     .replace(/\$/g, "")
     .replace(/\\(quad|qquad)(?![A-Za-z])/g, " ")
-    .replace(/\\[,;: ]|~/g, " ")
+    .replace(/(?<!\\)\\[,;: ]|~/g, " ")
     .replace(/\{,\}/g, ",");
   s = removeRightUnits(s);
   s = unwrapMacro(s, TEXT_MACROS, true);

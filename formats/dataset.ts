@@ -1,14 +1,14 @@
 /**
  * Prompt datasets: JSONL, a JSON array or Parquet (hyparquet, every codec of hyparquet-compressors), the row
  * schemas users already have (verl's, TRL's, or fields named by dotted paths) detected per file, rows
- * normalized to one type, a seeded resumable sampler and the overlong-prompt filter.
+ * normalized to one type, and a seeded resumable sampler. (formats/generation.ts's prepareRows renders and
+ * encodes rows and drops the overlong ones.)
  */
 import { Data, Effect } from "effect";
 import { parquetReadObjects } from "hyparquet";
 import { compressors } from "hyparquet-compressors";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
-import { rngBits } from "../core/rng.ts";
-import { splitmix32 } from "../core/rng.ts";
+import { rngBits, splitmix32 } from "../core/rng.ts";
 import { readBytes } from "../io/files.ts";
 import type { Message, Prompt, RewardRow } from "../tasks/reward.ts";
 
@@ -197,7 +197,10 @@ export const readRecords = (
   field = "--data",
 ): Effect.Effect<Records, FileFormatError | ConfigError | RowError> =>
   Effect.gen(function* () {
-    const format = yield* Effect.try({ try: () => dataFormatOf(file, field), catch: (e) => e as ConfigError });
+    const format = yield* Effect.try({
+      try: () => dataFormatOf(file, field),
+      catch: (e) => e as ConfigError,
+    });
     const bytes = yield* readBytes(file);
     return yield* Effect.tryPromise({
       try: () => parseRecords(file, format, bytes),
@@ -356,36 +359,15 @@ export const readDataset = (
   file: string,
   opts: DatasetOptions & { readonly field?: string } = {},
 ): Effect.Effect<Dataset, FileFormatError | ConfigError | RowError> =>
-  Effect.flatMap(readRecords(file, opts.field), (recs) =>
-    Effect.try({ try: () => rowsOf(file, recs, opts), catch: (e) => e as FileFormatError | RowError }));
+  Effect.flatMap(
+    readRecords(file, opts.field),
+    (recs) =>
+      Effect.try({ try: () => rowsOf(file, recs, opts), catch: (e) => e as FileFormatError | RowError }),
+  );
 
 /** `readDataset` as a Promise (rejects with its error). */
 export const loadDataset = (file: string, opts: DatasetOptions = {}): Promise<Dataset> =>
   Effect.runPromise(readDataset(file, opts));
-
-/** What the overlong filter kept and dropped. */
-export interface Filtered<R> {
-  readonly rows: readonly R[];
-  /** How many rows were dropped. */
-  readonly dropped: number;
-  /** The indices (into the input) of the dropped rows. */
-  readonly droppedAt: readonly number[];
-}
-
-/**
- * Drop rows whose prompt is longer than `maxPrompt` tokens (verl's filter_overlong_prompts); `tokens` gives a
- * row's prompt length. Without `maxPrompt` every row is kept.
- */
-export const dropOverlong = <R>(
-  rows: readonly R[],
-  tokens: (r: R, i: number) => number,
-  maxPrompt?: number,
-): Filtered<R> => {
-  if (maxPrompt === undefined) return { rows, dropped: 0, droppedAt: [] };
-  const kept: R[] = [], droppedAt: number[] = [];
-  rows.forEach((r, i) => (tokens(r, i) > maxPrompt ? droppedAt.push(i) : kept.push(r)));
-  return { rows: kept, dropped: droppedAt.length, droppedAt };
-};
 
 /** The order of `n` rows in epoch `epoch` under `seed`: a Fisher-Yates shuffle, a pure function of the three. */
 export const epochOrder = (n: number, seed: number, epoch: number): Uint32Array => {

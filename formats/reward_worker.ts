@@ -81,7 +81,11 @@ scope.onmessage = async (e: MessageEvent) => {
     try {
       scope.postMessage({ type: "result", id: m.id, value });
     } catch (err) {
-      scope.postMessage({ type: "error", id: m.id, message: `returned a value that cannot be sent (${message(err)})` });
+      scope.postMessage({
+        type: "error",
+        id: m.id,
+        message: `returned a value that cannot be sent (${message(err)})`,
+      });
     }
   } catch (err) {
     if (current === m.id) scope.postMessage({ type: "error", id: m.id, message: `threw: ${message(err)}` });

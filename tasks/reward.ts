@@ -91,7 +91,8 @@ export interface RewardSpecItem {
  * number, so `./r.ts:2` and `C:\r.ts` both read). An empty item or a non-finite weight is a ConfigError.
  */
 export const parseRewardSpec = (spec: string, field = "--reward"): RewardSpecItem[] => {
-  const fail = (message: string) => new ConfigError({ source: "flags", field, message: `${field}: ${message}` });
+  const fail = (message: string) =>
+    new ConfigError({ source: "flags", field, message: `${field}: ${message}` });
   const items = spec.split(",").map((s) => s.trim());
   if (items.length === 0 || items.some((s) => s === "")) {
     throw fail(`expected NAME[:WEIGHT],... (e.g. math:1,format:0.1), got ${JSON.stringify(spec)}`);

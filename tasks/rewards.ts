@@ -18,7 +18,9 @@ const answerText = (completion: string): string => extractAnswer(completion)?.an
 
 /** `exact`: 1 when the final answer (or the whole trimmed completion) is the reference, trimmed, exactly. */
 export const exactScore: RewardFn = (row: RewardRow, completion: string) => {
-  const ref = row.groundTruth.includes("\\boxed") ? lastBoxed(row.groundTruth) ?? row.groundTruth : row.groundTruth;
+  const ref = row.groundTruth.includes("\\boxed")
+    ? lastBoxed(row.groundTruth) ?? row.groundTruth
+    : row.groundTruth;
   return answerText(completion) === ref.trim() ? 1 : 0;
 };
 
@@ -40,7 +42,9 @@ export const parsePattern = (pattern: string, field = "--reward-pattern"): RegEx
     throw new ConfigError({
       source: "flags",
       field,
-      message: `${field}: ${JSON.stringify(pattern)} is not a valid regular expression (${(e as Error).message})`,
+      message: `${field}: ${JSON.stringify(pattern)} is not a valid regular expression (${
+        (e as Error).message
+      })`,
     });
   }
 };

@@ -119,7 +119,9 @@ const GRADED: readonly [string, string, boolean][] = [
 
 Deno.test(`math: ${GRADED.length} graded answer pairs (MATH formats)`, () => {
   const wrong = GRADED.filter(([a, b, want]) => answersEqual(a, b) !== want)
-    .map(([a, b, want]) => `${JSON.stringify(a)} vs ${JSON.stringify(b)}: expected ${want ? "equal" : "different"}`);
+    .map(([a, b, want]) =>
+      `${JSON.stringify(a)} vs ${JSON.stringify(b)}: expected ${want ? "equal" : "different"}`
+    );
   if (wrong.length) throw new Error(`${wrong.length} wrong:\n${wrong.join("\n")}`);
   if (GRADED.length < 80) throw new Error("fewer than 80 graded cases");
 });
@@ -161,12 +163,20 @@ Deno.test("math: full completions graded against references (a reference with \\
     ["No final answer here.", "72", false],
   ];
   for (const [c, gt, want] of cases) eq(gradeMath(c, gt).correct, want, `${JSON.stringify(c)} vs ${gt}`);
-  eq(mathScore({ groundTruth: "72" }, "\\boxed{72}", { finished: true }), { score: 1, extracted: true }, "score");
+  eq(
+    mathScore({ groundTruth: "72" }, "\\boxed{72}", { finished: true }),
+    { score: 1, extracted: true },
+    "score",
+  );
   eq(mathScore({ groundTruth: "72" }, "hmm", { finished: true }), { score: 0, extracted: false }, "none");
 });
 
 Deno.test("exact and format rewards", () => {
-  eq(exactScore({ groundTruth: "Paris" }, "The answer is Paris.", { finished: true }), 1, "exact via answer is");
+  eq(
+    exactScore({ groundTruth: "Paris" }, "The answer is Paris.", { finished: true }),
+    1,
+    "exact via answer is",
+  );
   eq(exactScore({ groundTruth: " Paris " }, "Paris", { finished: true }), 1, "whole completion, trimmed");
   eq(exactScore({ groundTruth: "paris" }, "\\boxed{Paris}", { finished: true }), 0, "case matters");
   eq(formatScore({ groundTruth: "1" }, "\\boxed{1}", { finished: true }), {

@@ -23,10 +23,18 @@ const row = (groundTruth: string) => ({ groundTruth });
 const done = { finished: true };
 
 Deno.test("reward spec: names, weights, paths with colons, bad items", () => {
-  eq(parseRewardSpec("math:1,format:0.1"), [{ name: "math", weight: 1 }, { name: "format", weight: 0.1 }], "two");
+  eq(
+    parseRewardSpec("math:1,format:0.1"),
+    [{ name: "math", weight: 1 }, { name: "format", weight: 0.1 }],
+    "two",
+  );
   eq(parseRewardSpec("math"), [{ name: "math", weight: 1 }], "default weight");
   eq(parseRewardSpec("./r.ts:-2.5e-1"), [{ name: "./r.ts", weight: -0.25 }], "path and weight");
-  eq(parseRewardSpec("C:\\r\\mine.ts"), [{ name: "C:\\r\\mine.ts", weight: 1 }], "a drive letter is no weight");
+  eq(
+    parseRewardSpec("C:\\r\\mine.ts"),
+    [{ name: "C:\\r\\mine.ts", weight: 1 }],
+    "a drive letter is no weight",
+  );
   for (const bad of ["", "math,", "math:", ",format"]) {
     try {
       parseRewardSpec(bad);
@@ -57,9 +65,12 @@ Deno.test("weighted scoring in this thread: sum, parts, and errors (throw, NaN, 
   const rewards = [
     { reward: r("one", () => 1), weight: 2 },
     { reward: r("parts", () => ({ score: 0.5, found: true })), weight: 0.5 },
-    { reward: r("boom", () => {
-      throw new Error("no");
-    }), weight: 1 },
+    {
+      reward: r("boom", () => {
+        throw new Error("no");
+      }),
+      weight: 1,
+    },
     { reward: r("nan", () => NaN), weight: 1 },
     { reward: r("slow", () => new Promise<number>((res) => setTimeout(() => res(1), 400))), weight: 1 },
   ];
@@ -76,7 +87,15 @@ Deno.test("built-ins by name: math (in a worker), exact, format, regex; unknown 
   const set = await resolveRewards("math:1,format:0.5,exact:0.25,regex:0.125", { pattern: "/boxed/i" });
   try {
     const s = await set.score(row("\\frac12"), "so \\boxed{0.5}", done);
-    eq(s.parts, { math: 1, "math/extracted": 1, format: 1, "format/stopped": 1, "format/answer": 1, exact: 0, regex: 1 }, "parts");
+    eq(s.parts, {
+      math: 1,
+      "math/extracted": 1,
+      format: 1,
+      "format/stopped": 1,
+      "format/answer": 1,
+      exact: 0,
+      regex: 1,
+    }, "parts");
     eq(s.score, 1 + 0.5 + 0.125, "score");
     eq(s.errors, 0, "no errors");
   } finally {
@@ -143,14 +162,20 @@ Deno.test("module rewards that throw, return NaN, hang (sync and async) or crash
 });
 
 Deno.test("module loading errors are ConfigErrors naming the flag and the path", async () => {
-  await rejects(() => loadRewardModule(`${FIX}no_reward.ts`), ["--reward", "no_reward.ts", "exports no reward"]);
+  await rejects(() => loadRewardModule(`${FIX}no_reward.ts`), [
+    "--reward",
+    "no_reward.ts",
+    "exports no reward",
+  ]);
   await rejects(() => loadRewardModule(`${FIX}missing.ts`), ["missing.ts", "cannot import"]);
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${dir}/broken.ts`, "export default (=> 1;\n");
     await rejects(() => loadRewardModule(`${dir}/broken.ts`), ["broken.ts", "cannot import"]);
     await Deno.writeTextFile(`${dir}/slow_load.ts`, "for (;;) {}\nexport default () => 1;\n");
-    await rejects(() => loadRewardModule(`${dir}/slow_load.ts`, { loadTimeoutMs: 500 }), ["longer than 500 ms"]);
+    await rejects(() => loadRewardModule(`${dir}/slow_load.ts`, { loadTimeoutMs: 500 }), [
+      "longer than 500 ms",
+    ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

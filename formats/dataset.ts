@@ -134,7 +134,11 @@ export const parseJsonLines = (file: string, text: string): { records: Json[]; l
   return { records, lines };
 };
 
-const clip = (s: string, n = 80) => (s.length > n ? `${s.slice(0, n)}...` : s);
+/** Shorten a value's JSON for a message (undefined reads "undefined"). */
+const clip = (s: string | undefined, n = 80) => {
+  const t = s ?? "undefined";
+  return t.length > n ? `${t.slice(0, n)}...` : t;
+};
 
 /** Parse the bytes of a data file of the given format into records (pure but for Parquet's async reader). */
 export const parseRecords = async (file: string, format: DataFormat, bytes: Uint8Array): Promise<Records> => {

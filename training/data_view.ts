@@ -88,11 +88,11 @@ export const showData = (a: DataViewArgs) =>
     const kwargs = a.chatTemplateKwargs === undefined
       ? undefined
       : yield* Effect.try({ try: () => parseTemplateKwargs(a.chatTemplateKwargs!), catch: (e) => e });
+    const ds = yield* readDataset(a.data, { promptKey: a.promptKey, answerKey: a.answerKey });
     const setup = yield* readPromptSetup(a.model, {
       chatTemplate: !a.noChatTemplate,
       ...(kwargs ? { chatTemplateKwargs: kwargs } : {}),
     });
-    const ds = yield* readDataset(a.data, { promptKey: a.promptKey, answerKey: a.answerKey });
     const prepared = yield* Effect.try({
       try: () => prepareRows(setup, ds.file, ds.rows, { maxPrompt: a.maxPrompt, limit: a.limit }),
       catch: (e) => e,

@@ -22,7 +22,12 @@ brotli, lz4). The row schema is detected from the first row:
 Prompts: the model folder's chat template (chat_template.jinja, else tokenizer_config.json's chat_template)
 with the assistant's turn opened; a string prompt is the user's message. --no-chat-template (or a folder
 without a template) sends string prompts as they are. No special tokens are added beyond the template's.
-Stop ids: every eos_token_id of generation_config.json and the tokenizer's eos_token.`,
+Stop ids: every eos_token_id of generation_config.json and the tokenizer's eos_token.
+
+Output: per row a header (row number, data_source, prompt length), the prompt text exactly, its ids and the
+ground truth; then a summary: the schema, rows shown and dropped, the template, stop and pad ids, and the
+tokenizer's vocabulary size beside config.json's vocab_size. With --json, one object per row on stdout
+({"row", "text", "ids", "ground_truth", "data_source"}) and the summary on stderr.`,
 });
 
 const program = (argv: readonly string[]) =>

@@ -146,6 +146,9 @@ export const renderChat = (
   try {
     return template.compiled.render({
       ...opts.specials,
+      // As transformers' apply_chat_template: no tools and no documents are None, not undefined.
+      tools: null,
+      documents: null,
       add_generation_prompt: opts.addGenerationPrompt ?? true,
       ...opts.kwargs,
       messages: messages.map((m) => ({ ...m })),

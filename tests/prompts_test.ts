@@ -136,7 +136,8 @@ const tinyFolder = async (extra: Record<string, string> = {}): Promise<string> =
 Deno.test("chat_template.jinja beside tokenizer_config.json is used; kwargs and special tokens reach it", async () => {
   const d = await tinyFolder({
     "chat_template.jinja": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}" +
-      "{% if add_generation_prompt %}[assistant]{% endif %}{% if style %}({{ style }}){% endif %}{{ eos_token }}",
+      "{% if add_generation_prompt %}[assistant]{% endif %}{% if style %}({{ style }}){% endif %}{{ eos_token }}" +
+      "{% if tools is not none %}[tools]{% endif %}",
   });
   try {
     const s = await loadPromptSetup(d, { chatTemplateKwargs: { style: "short" } });

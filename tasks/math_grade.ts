@@ -200,7 +200,8 @@ export const normalizeAnswer = (answer: string): string => {
   s = removeUnitWords(s);
   s = stripVariable(s);
   s = fixSqrtFrac(s);
-  s = s.replace(/\s+/g, "");
+  // Spaces go, but a macro name must not run into the letter after it (`\pi r` is not `\pir`).
+  s = s.replace(/(\\[A-Za-z]+)\s+(?=[A-Za-z])/g, "$1{}").replace(/\s+/g, "");
   s = s.replace(/(^|[^\d])\.(\d)/g, "$10.$2");
   s = s.replace(/\.$/, "");
   // Thousands separators: only when the whole answer is one number written with them.

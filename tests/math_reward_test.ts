@@ -52,6 +52,9 @@ const GRADED: readonly [string, string, boolean][] = [
   ["2^{10}", "1024", true],
   ["10^{-2}", "0.01", true],
   ["e^{2}", "e^2", true],
+  ["10^{10}", "10000000000", true],
+  ["\\pi r^2", "r^2\\pi", true],
+  ["\\sqrt{2}", "1.41421356", false],
   // polynomials and expressions in variables
   ["x^2+2x+1", "(x+1)^2", true],
   ["(x-1)(x+1)", "x^2-1", true],
@@ -60,6 +63,7 @@ const GRADED: readonly [string, string, boolean][] = [
   ["\\frac{x}{2}", "0.5x", true],
   ["a^2-b^2", "(a-b)(a+b)", true],
   ["a+b", "a-b", false],
+  ["x^2", "x^3", false],
   ["6x^2-5x-6", "(3x+2)(2x-3)", true],
   ["\\frac{x+1}{x-1}", "\\frac{1+x}{x-1}", true],
   // leading variable, equations

@@ -67,6 +67,12 @@ export interface SampleOptions {
   readonly sequences: Tensor;
   /** i32 [N]: the position of each row (third counter word). */
   readonly positions: Tensor;
+  /**
+   * Draw only ids below this (default V): a model whose unembedding has more rows than its tokenizer has ids
+   * (Qwen3: 151,936 against 151,669) must never emit an id the tokenizer cannot decode. Ids >= vocab are treated
+   * as absent from the row (as if their logits were -inf), for greedy decoding too.
+   */
+  readonly vocab?: number;
 }
 
 /** Kernel params: everything but the tensors; they travel in a uniform, so the shader text depends on N, V only. */
@@ -76,6 +82,8 @@ export interface SampleParams {
   readonly topP: number;
   readonly seed: number;
   readonly step: number;
+  /** Ids below this are drawn (undefined: every id of the row). */
+  readonly vocab?: number;
 }
 
 /** The kept distribution of one row (unnormalized masses, 0 where dropped) and diagnostics for tests. */
@@ -170,7 +178,7 @@ const samplingBindings = (u: Uint32Array): Bound =>
       name: "prm",
       type: "Params",
       struct: `seedLo: u32, seedHi: u32, step: u32, topK: u32, topP: f32, temp: f32, V: u32, N: u32,
-  gx: u32, C: u32, pad0: u32, pad1: u32`,
+  gx: u32, C: u32, stride: u32, pad1: u32`,
     },
   );
 
@@ -258,7 +266,7 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
   if (row >= prm.N) { return; }
   let V = prm.V;
   let C = prm.C;
-  let base = row * V;
+  let base = row * prm.stride;
 
   // The largest key; greedy decoding is its lowest id.
   var mk = 0u;
@@ -399,6 +407,9 @@ export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
       );
     }
     const N = logits.shape[0];
+    if (p.vocab !== undefined && !(Number.isInteger(p.vocab) && p.vocab >= 1 && p.vocab <= logits.shape[1])) {
+      fail(`vocab ${p.vocab} must be an integer in [1, ${logits.shape[1]}] (the row length of the logits)`);
+    }
     for (const [name, t] of [["sequences", seqs], ["positions", poss]] as const) {
       if (t.dtype !== "i32" || t.shape.length !== 1 || t.shape[0] !== N) {
         fail(
@@ -412,14 +423,16 @@ export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
   },
   cpu: (p, [logits, seqs, poss], [ids]) => {
     const [N, V] = logits.shape;
+    const lim = p.vocab ?? V;
     for (let n = 0; n < N; n++) {
-      const row = logits.data.subarray(n * V, (n + 1) * V);
+      const row = logits.data.subarray(n * V, n * V + lim);
       const u = rngUniform({ seed: p.seed, step: p.step, sequence: seqs.data[n], position: poss.data[n] });
       ids.data[n] = pickToken(rowDistribution(row, p).weights, u);
     }
   },
   gpu: (p, [logits], target) => {
-    const [N, V] = logits.shape;
+    const [N, stride] = logits.shape;
+    const V = p.vocab ?? stride; // the ids drawn: [0, V)
     const gx = Math.max(1, Math.min(N, target.maxWorkgroupsPerDimension));
     const gy = Math.max(1, Math.ceil(N / gx));
     const [lo, hi] = seedKey(p.seed);
@@ -436,6 +449,7 @@ export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
     u[8] = gx;
     const WG = sampleWorkgroup(V);
     u[9] = Math.ceil(V / WG);
+    u[10] = stride;
     const b = samplingBindings(u);
     let wgsl = SHADERS.get(WG);
     if (!wgsl) SHADERS.set(WG, wgsl = samplingWgsl(WG, b.decls));
@@ -451,4 +465,5 @@ export const sample = (logits: Tensor, opts: SampleOptions): Tensor =>
     topP: opts.topP ?? 1,
     seed: opts.key.seed,
     step: opts.key.step,
+    ...(opts.vocab === undefined ? {} : { vocab: opts.vocab }),
   }, [logits, opts.sequences, opts.positions]);

@@ -27,6 +27,11 @@ export interface GenerateOptions {
   readonly temperature: number;
   readonly topK?: number;
   readonly topP?: number;
+  /**
+   * The tokenizer's number of ids when the model's vocabulary is larger (Qwen3: 151,669 of 151,936 rows): ids at
+   * or past it are never sampled, greedy decoding included. Default: every row of the unembedding.
+   */
+  readonly vocab?: number;
   /** Philox seed and training step: token (sequence s, position t) uses counter (step, s, t). */
   readonly seed: number;
   readonly step: number;
@@ -97,6 +102,7 @@ export const generate = async (
           key: { seed: o.seed, step: o.step },
           sequences: seqs,
           positions: col,
+          vocab: o.vocab !== undefined && o.vocab < c.vocabSize ? o.vocab : undefined,
         });
         appendToken(ids, done, s, promptLen, { t, eos: o.eos, pad: o.pad, stop: o.stop ?? o.eos });
       });

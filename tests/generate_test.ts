@@ -102,3 +102,34 @@ Deno.test("early stop waits for rows still inside their prompt (a short row's eo
     p.dispose();
   }
 });
+
+gpuTest(
+  "rollouts with vocab below the model's: no id at or past it, sampled or greedy, on GPU and CPU",
+  async (g) => {
+    // A random 24-row model where only 10 ids are the tokenizer's: unmasked, about 14 of every 24 draws would land
+    // past id 9; 4 rows x 12 tokens x 2 temperatures x 2 backends never do.
+    for (const b of [g, cpu32] as Backend[]) {
+      const p = initParams(b, paramSpecs(config), 7, 0.5);
+      try {
+        for (const temperature of [1, 0]) {
+          const r = await generate(config, p, prompts, {
+            maxNew: 12,
+            eos: 2,
+            pad: 0,
+            temperature,
+            seed: 11,
+            step: 1,
+            vocab: 10,
+            checkEvery: 0,
+          });
+          for (let s = 0; s < r.B; s++) {
+            const resp = Array.from(r.ids.subarray(s * r.T + prompts[s].length, (s + 1) * r.T));
+            if (resp.some((id) => id >= 10)) throw new Error(`${b.name} T=${temperature}: ${resp}`);
+          }
+        }
+      } finally {
+        p.dispose();
+      }
+    }
+  },
+);

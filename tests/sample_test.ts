@@ -325,3 +325,56 @@ Deno.test("sample: the workgroup is the smallest power of two >= V, within [16, 
     }
   }
 });
+
+gpuTest(
+  "sample with vocab < V: ids past it are never drawn (greedy too), GPU = CPU on the first vocab columns",
+  async (g) => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 2, max: 300 }),
+        fc.integer({ min: 1, max: 40 }),
+        fc.integer({ min: 1, max: 7 }),
+        fc.constantFrom(0, 0.7, 1),
+        fc.integer({ min: 0, max: 1e6 }),
+        async (vocab, gap, N, temperature, seed) => {
+          const V = vocab + gap;
+          const logits = makeLogits(N * V, seed, 4, false);
+          // The ids of the gap carry the largest logits: without the mask they would win every draw.
+          for (let n = 0; n < N; n++) for (let i = vocab; i < V; i++) logits[n * V + i] = 50;
+          const seqs = Array.from({ length: N }, (_, n) => n), pos = seqs.map((n) => 3 * n);
+          const o: Opts = { temperature, key: { seed, step: 5 }, vocab };
+          const [got, want] = await Promise.all([
+            draw(g, logits, N, V, o, seqs, pos),
+            draw(cpu32, logits, N, V, o, seqs, pos),
+          ]);
+          for (let n = 0; n < N; n++) {
+            if (got[n] >= vocab || want[n] >= vocab) throw new Error(`row ${n}: id past vocab ${vocab}`);
+            const row = logits.slice(n * V, n * V + vocab);
+            const u = rngUniform({ seed, step: 5, sequence: seqs[n], position: pos[n] });
+            if (got[n] !== want[n] && !nearBoundary(row, o, u)) {
+              throw new Error(`row ${n}: GPU ${got[n]} CPU ${want[n]} (V ${V}, vocab ${vocab})`);
+            }
+          }
+        },
+      ),
+      { numRuns: GPU_RUNS },
+    );
+    const bad = () =>
+      tidy(() =>
+        sample(tensor(cpu32, [1, 2, 3], [1, 3]), {
+          temperature: 1,
+          key: { seed: 1, step: 1 },
+          vocab: 4,
+          sequences: tensor(cpu32, [0], [1], "i32"),
+          positions: tensor(cpu32, [0], [1], "i32"),
+        })
+      );
+    let threw = false;
+    try {
+      bad();
+    } catch (e) {
+      threw = e instanceof ShapeError && /vocab 4/.test(e.message);
+    }
+    if (!threw) throw new Error("vocab past the row must be a ShapeError naming it");
+  },
+);

@@ -186,6 +186,7 @@ export const analyseEntropy = (
             maxNew: args.maxNew,
             eos: tok.eos,
             pad: tok.pad,
+            vocab: tok.vocabSize,
             temperature: args.temperature,
             seed: args.seed,
             step: 0,

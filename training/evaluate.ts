@@ -47,6 +47,7 @@ const rollTexts = async (
       eos: tok.eos,
       stop: o.stop,
       pad: tok.pad,
+      vocab: tok.vocabSize,
       temperature: o.temperature,
       seed: o.seed,
       step: o.step,

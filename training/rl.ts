@@ -45,6 +45,7 @@ export const rolloutPlan = (ctx: RlContext, step: number) => {
     eos: tok.eos,
     stop: stopId(tok, task),
     pad: tok.pad,
+    vocab: tok.vocabSize,
     temperature: cfg.temperature,
     seed: cfg.seed,
     step,

@@ -116,8 +116,12 @@ const checkRun = async (b: Backend, out: string) => {
   const panelCount = svg.split('class="panel"').length - 1;
   const vlineCount = svg.split('class="vline"').length - 1;
   if (vlineCount !== panelCount) throw new Error(`${vlineCount} phase markers on ${panelCount} panels`);
-  for (const title of ["clip fraction", "approx KL", "gradient norm", "term weights", "by difficulty"]) {
+  for (const title of ["clip fraction", "approx KL", "gradient norm", "each term", "by difficulty"]) {
     if (!svg.includes(title)) throw new Error(`plots.svg has no panel titled ${title}`);
+  }
+  // Constant weights are written in the legend; only scheduled ones get a panel.
+  if (!svg.includes('data-name="-0.01 * entropy(attn(1)') || svg.includes("weights of the scheduled terms")) {
+    throw new Error("plots.svg: the constant weights");
   }
   if (!svg.includes('data-name="attn(1)"') || !svg.includes('data-name="ffn(0,normed)"')) {
     throw new Error("plots.svg does not draw the named policies' entropies");
@@ -149,6 +153,7 @@ Deno.test("objectivePolicies names every policy of every phase and term once; ph
 });
 
 Deno.test("phase switches are found from phaseIndex (weights may change within a phase) and drawn", () => {
+  const term = (weight: number) => ({ term: "a", weight, value: 2, loss: 2 * weight });
   const m = (step: number, phaseIndex: number[], phase: string): StepMetrics =>
     ({
       step,
@@ -160,7 +165,7 @@ Deno.test("phase switches are found from phaseIndex (weights may change within a
       gradNorm: 1,
       clipFraction: 0,
       approxKl: 0,
-      terms: [],
+      terms: phase.endsWith("a") ? [term(Number(phase.split(" ")[0]))] : [],
       entropy: { final: 1, layers: [1, 1], policies: {} },
     }) as unknown as StepMetrics;
   const ms = [m(1, [0], "0.5 * a"), m(2, [0], "0.6 * a"), m(3, [1], "1 * b"), m(4, [1], "1 * b")];
@@ -173,6 +178,8 @@ Deno.test("phase switches are found from phaseIndex (weights may change within a
   const panelCount = svg.split('class="panel"').length - 1;
   if ((svg.match(/class="vline"/g) ?? []).length !== panelCount) throw new Error("a panel lacks the marker");
   if (!svg.includes("phase switch")) throw new Error("no label");
+  // Term a's weight goes 0.5 -> 0.6: a scheduled weight, drawn in its own panel.
+  if (!svg.includes("weights of the scheduled terms")) throw new Error("no weights panel");
   // Lines logged before phaseIndex existed: the phase text decides.
   const old = ms.map((x) => ({ ...x, phaseIndex: undefined }) as unknown as StepMetrics);
   if (phaseSwitches(old).map((s) => s.step).join() !== "2,3") throw new Error("fallback to the phase text");

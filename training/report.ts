@@ -42,7 +42,13 @@ export const phaseSwitches = (metrics: readonly StepMetrics[]): { step: number; 
 /** Distinct values in order of first appearance. */
 const uniq = <T>(xs: readonly T[]): T[] => [...new Set(xs)];
 
-/** The run's SVG: every panel of `runPlots`' doc, the phase switches drawn as vertical lines on each curve. */
+/**
+ * The run's SVG, the phase switches drawn as vertical lines on every curve: train reward and accuracy; held-out
+ * avg@k, pass@k and greedy (the policy sampled named when not final); the entropy of every layer policy, the
+ * final one and every other policy the objective names; the loss with each term's part of it (constant weights
+ * in the legend) and, for scheduled weights, the weights; gradient norm, clip fraction and approx KL each on its
+ * own axes; rollout and held-out accuracy per difficulty level where the task defines one.
+ */
 export const runPlots = (
   title: string,
   metrics: readonly StepMetrics[],
@@ -87,7 +93,7 @@ export const runPlots = (
     !layerKeys.has(q)
   );
   charts.push(line({
-    title: "entropy of each layer policy (raw; 0-based) and of the objective's policies",
+    title: "entropy per layer policy (raw, 0-based) and named policy",
     yLabel: "mean entropy (nats)",
     series: [
       ...Array.from({ length: L }, (_, l) => ({
@@ -113,6 +119,15 @@ export const runPlots = (
     const ts = (m.terms ?? []).filter((t) => t.term === term);
     return ts.length ? ts.reduce((a, t) => a + f(t), 0) : NaN;
   };
+  /** A term's weights over the steps where it is active (one value: a constant weight). */
+  const weightsOf = (t: string) =>
+    uniq(metrics.flatMap((m) => (m.terms ?? []).filter((x) => x.term === t).map((x) => x.weight)));
+  const scheduled = terms.filter((t) => weightsOf(t).length > 1);
+  /** The term's legend name: its text, with its weight when that is constant and not 1. */
+  const termName = (t: string) => {
+    const w = weightsOf(t);
+    return w.length === 1 && w[0] !== 1 ? `${w[0]} * ${t}` : t;
+  };
   if (terms.length > 0) {
     charts.push(line({
       title: "loss and each term's part of it (weight x value)",
@@ -121,22 +136,22 @@ export const runPlots = (
       series: [
         { name: "loss", points: pts((m) => m.loss), color: "#000" },
         ...terms.map((t, i): LineSeries => ({
-          name: t,
+          name: termName(t),
           points: pts((m) => termSum(m, t, (x) => x.loss)),
           dashed: true,
           color: PALETTE[i % PALETTE.length],
         })),
       ],
     }));
-    if (metrics.some((m) => (m.terms ?? []).some((t) => t.weight !== 1))) {
+    if (scheduled.length > 0) {
       charts.push(line({
-        title: "term weights",
+        title: "weights of the scheduled terms",
         yLabel: "weight",
         zeroLine: true,
-        series: terms.map((t, i) => ({
+        series: scheduled.map((t) => ({
           name: t,
           points: pts((m) => termSum(m, t, (x) => x.weight)),
-          color: PALETTE[i % PALETTE.length],
+          color: PALETTE[terms.indexOf(t) % PALETTE.length],
         })),
       }));
     }

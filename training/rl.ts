@@ -432,14 +432,10 @@ const stepMetrics = (
       ...opt("approxKl"),
     };
   });
-  const levels = [
-    ...new Set(problems.flatMap((q) => (q.difficulty === undefined ? [] : [q.difficulty]))),
-  ].sort((a, b) => a - b);
+  const levelOf = (b: number) => problems[Math.floor(b / G)].difficulty;
+  const levels = [...new Set(rewards.flatMap((_, b) => levelOf(b) ?? []))].sort((x, y) => x - y);
   const byLevel = levels.map((level): DifficultyAccuracy => {
-    const hits = rewards.flatMap((
-      x,
-      b,
-    ) => (problems[Math.floor(b / G)].difficulty === level ? [x >= 1 ? 1 : 0] : []));
+    const hits = rewards.flatMap((x, b) => (levelOf(b) === level ? [x >= 1 ? 1 : 0] : []));
     return { difficulty: level, responses: hits.length, accuracy: mean(hits) };
   });
   return {

@@ -12,6 +12,14 @@ export interface LineSeries {
   readonly markers?: boolean;
 }
 
+/** A vertical marker line across the plot area at `x` (a phase switch, say), with an optional label at its top. */
+export interface VLine {
+  readonly x: number;
+  readonly label?: string;
+  /** A CSS color (default dark gray). */
+  readonly color?: string;
+}
+
 /** A tick placed by hand: value and its label. */
 export interface Tick {
   readonly value: number;
@@ -36,6 +44,8 @@ export interface LineChartSpec extends Common {
   /** Fixed x ticks (default: evenly spaced round numbers). */
   readonly xTicks?: readonly Tick[];
   readonly xRange?: readonly [number, number];
+  /** Vertical markers (drawn under the series; their x is kept inside the x range). */
+  readonly vlines?: readonly VLine[];
 }
 
 /** Grouped bars: one group per category, one bar per series in each group. */
@@ -215,7 +225,7 @@ const legend = (f: Frame, items: readonly { name: string; color: string; dashed?
 
 /** A line chart panel. */
 export const lineChart = (c: LineChartSpec): Chart => {
-  const xs = c.series.flatMap((s) => s.points.map((p) => p[0]));
+  const xs = [...c.series.flatMap((s) => s.points.map((p) => p[0])), ...(c.vlines ?? []).map((v) => v.x)];
   const ys = c.series.flatMap((s) => s.points.map((p) => p[1]));
   const xr = c.xRange ?? extent(xs, false, 0.02);
   const yr = c.yRange ?? extent(ys, c.zeroLine ?? false, 0.08);
@@ -230,6 +240,20 @@ export const lineChart = (c: LineChartSpec): Chart => {
       `<text x="${px(x)}" y="${f.bottom + 16}" text-anchor="middle" font-size="11">${
         escapeXml(t.label)
       }</text>`,
+    );
+  }
+  for (const v of c.vlines ?? []) {
+    if (!Number.isFinite(v.x)) continue;
+    const x = px(f.sx(v.x)), color = escapeXml(v.color ?? "#444");
+    out.push(
+      `<g class="vline"><line x1="${x}" y1="${f.top}" x2="${x}" y2="${f.bottom}" stroke="${color}" ` +
+        `stroke-width="1.2" stroke-dasharray="2 3"/>` +
+        (v.label
+          ? `<text x="${px(f.sx(v.x) + 3)}" y="${f.top + 11}" font-size="10" fill="${color}">${
+            escapeXml(v.label)
+          }</text>`
+          : "") +
+        `</g>`,
     );
   }
   const items: { name: string; color: string; dashed?: boolean }[] = [];

@@ -1,20 +1,31 @@
 /**
- * Sampling rollouts from the model's own policy on the GPU: every token is sampled and appended on the device;
+ * Sampling rollouts from the model's own policy (or any internal policy, `policy`) on the GPU: every token is sampled and appended on the device;
  * the host reads the ids once at the end (and a done flag every `checkEvery` tokens to stop early).
  * With the KV cache (default): one prefill forward over all T columns fills every layer's cache and gives the
  * state that predicts the first new column; each later token is one decode step (one column through every layer,
  * attending the cached keys), O(t) per token. Without it (`cache: false`, the oracle of the tests and the
  * baseline of the benchmark): each step runs the full fixed-length forward and reads column t - 1, O(T^2) per
  * sequence. Either way the shapes never change (no shader recompiles) and causal attention makes the
- * not-yet-written columns irrelevant.
+ * not-yet-written columns irrelevant. With `policy` (default `final`), each next token is drawn from that internal
+ * policy's readout at the last column instead (policies/policy.ts `policyPoint`: raw or normed).
  */
 import { appendToken, column } from "../kernels/decode.ts";
 import { idsColumn } from "../kernels/kvcache.ts";
 import { sample } from "../kernels/sample.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import type { DecoderConfig } from "./config.ts";
-import { decodeStep, forward, type KVCache, kvCache, prefill, unembedding } from "./model.ts";
+import {
+  decodeTaps,
+  forward,
+  type ForwardResult,
+  type KVCache,
+  kvCache,
+  prefill,
+  unembedding,
+} from "./model.ts";
+import { final, type InternalPolicy } from "./internal.ts";
 import type { Params } from "./params.ts";
+import { policyPoint } from "./policy.ts";
 import { unembed } from "./readout.ts";
 
 export interface GenerateOptions {
@@ -46,6 +57,11 @@ export interface GenerateOptions {
    * forward per token (the reference path; same ids up to f32 rounding of the logits).
    */
   readonly cache?: boolean;
+  /**
+   * The policy every token is sampled from (default `final`, the model's own): at each step the readout of its
+   * point at the last column (`layer(k)` raw: E_u h_k, `layer(L-1)` = `final`; attn/ffn: the module output).
+   */
+  readonly policy?: InternalPolicy;
 }
 
 export interface Rollout {
@@ -60,7 +76,7 @@ export interface Rollout {
   readonly finished: readonly boolean[];
 }
 
-/** Sample responses to `prompts` (token ids, lengths may differ) from the model's own policy. */
+/** Sample responses to `prompts` (token ids, lengths may differ) from the model's own policy (or `o.policy`). */
 export const generate = async (
   c: DecoderConfig,
   p: Params,
@@ -83,11 +99,14 @@ export const generate = async (
   const start = Math.min(...plens);
   const every = o.checkEvery ?? 8;
   const kv: KVCache | undefined = o.cache ?? true ? kvCache(c, be, B, T) : undefined;
-  /** The final state (B, d) that predicts column t. */
+  const policy = o.policy ?? final;
+  /** The point the sampled policy reads (the final state by default), of a forward pass or a decoding step. */
+  const point = (f: ForwardResult): Tensor => policyPoint(c, p, f, policy);
+  /** The state (B, d) that predicts column t. */
   const state = (t: number): Tensor => {
-    if (!kv) return column(forward(c, p, ids, positions).final, t - 1);
-    if (t === start) return column(prefill(c, p, ids, positions, kv).final, t - 1);
-    return decodeStep(c, p, kv, idsColumn(ids, t - 1), t - 1);
+    if (!kv) return column(point(forward(c, p, ids, positions)), t - 1);
+    if (t === start) return column(point(prefill(c, p, ids, positions, kv)), t - 1);
+    return point(decodeTaps(c, p, kv, idsColumn(ids, t - 1), t - 1));
   };
   try {
     for (let t = start; t < T; t++) {

@@ -65,3 +65,16 @@ export const InternalPolicyCodec: t.Type<InternalPolicy, unknown> = t.union([
   t.type({ kind: t.literal("attn"), layer: LayerIndex, norm: Norm }),
   t.type({ kind: t.literal("ffn"), layer: LayerIndex, norm: Norm }),
 ]) as unknown as t.Type<InternalPolicy, unknown>;
+
+/**
+ * The inverse of `showPolicy`: `final`, `layer(3)`, `attn(0,normed)`, `ffn(1,raw)` (norm `raw` when omitted;
+ * spaces ignored), checked by InternalPolicyCodec; null for any other text.
+ */
+export const parsePolicy = (text: string): InternalPolicy | null => {
+  const s = text.replace(/\s+/g, "");
+  if (s === "final") return final;
+  const m = /^(layer|attn|ffn)\((\d+)(?:,(raw|normed))?\)$/.exec(s);
+  if (!m) return null;
+  const d = InternalPolicyCodec.decode({ kind: m[1], layer: Number(m[2]), norm: m[3] ?? "raw" });
+  return d._tag === "Right" ? d.right : null;
+};

@@ -177,11 +177,19 @@ export const prefill = (
 /**
  * One decoding step at column t: the token ids (B) (i32) of column t run through every layer, each writing its
  * rotated key and value at column t of `cache` and attending keys 0..t of it (grouped KV heads), so a token
- * costs O(t), not a full forward. Returns RMSNorm_final(h) (B, d): the state that predicts column t + 1,
- * equal to `forward(...).final` at column t when columns 0..t-1 of the cache hold that sequence's keys and
- * values. Shader texts do not depend on t (it travels in uniforms and a one-element positions tensor).
+ * costs O(t), not a full forward. Returns every tap of the step, each (B, d) (a ForwardResult of one column):
+ * `final` = RMSNorm_final(h) is the state that predicts column t + 1, equal to `forward(...).final` at column t
+ * when columns 0..t-1 of the cache hold that sequence's keys and values, and so is each layer tap to its
+ * column of `forward`. Shader texts do not depend on t (it travels in uniforms and a one-element positions
+ * tensor).
  */
-export const decodeStep = (c: DecoderConfig, p: Params, cache: KVCache, ids: Tensor, t: number): Tensor => {
+export const decodeTaps = (
+  c: DecoderConfig,
+  p: Params,
+  cache: KVCache,
+  ids: Tensor,
+  t: number,
+): ForwardResult => {
   const B = ids.shape[0];
   if (ids.rank !== 1 || ids.dtype !== "i32") {
     throw new ShapeError({
@@ -198,14 +206,22 @@ export const decodeStep = (c: DecoderConfig, p: Params, cache: KVCache, ids: Ten
   }
   const pos = tensor(ids.backend, Int32Array.of(t), [1], "i32");
   let h = embedding(p.get("model.embed_tokens.weight"), ids); // (B, d)
+  const embed = h;
+  const layers: LayerTaps[] = [];
   for (let l = 0; l < c.numLayers; l++) {
-    h = block(c, p, l, h, pos, [B, 1], (q, k, v) => {
+    const taps = block(c, p, l, h, pos, [B, 1], (q, k, v) => {
       kvWrite(cache.k[l], cache.v[l], k, v, t);
       return reshape(decodeAttention(q, cache.k[l], cache.v[l], t), [B, c.numHeads * c.headDim]); // (B, Hq*D)
-    }).out; // (B, d)
+    });
+    layers.push(taps);
+    h = taps.out; // (B, d)
   }
-  return rmsNorm(h, p.get("model.norm.weight"), c.rmsNormEps); // (B, d)
+  return { embed, layers, final: rmsNorm(h, p.get("model.norm.weight"), c.rmsNormEps) }; // (B, d) each
 };
+
+/** `decodeTaps`' final state RMSNorm_final(h) (B, d): what predicts column t + 1 under the model's own policy. */
+export const decodeStep = (c: DecoderConfig, p: Params, cache: KVCache, ids: Tensor, t: number): Tensor =>
+  decodeTaps(c, p, cache, ids, t).final;
 
 /** The unembedding E_u: lm_head.weight, or the input embedding when tied. (V, d) */
 export const unembedding = (c: DecoderConfig, p: Params): Tensor =>

@@ -42,6 +42,8 @@ export interface TrainConfig {
   readonly evalEvery: number;
   readonly evalProblems: number;
   readonly evalK: number;
+  /** The policy evaluation samples from: `final`, or an internal one (`layer(2)`, `attn(0,normed)`, ...). */
+  readonly evalPolicy: string;
   readonly checkpointEvery: number;
   /** Truncated importance correction cap for internal-policy terms (0 = off, as in the reference code). */
   readonly tisCap: number;
@@ -73,6 +75,7 @@ export const DEFAULTS: TrainConfig = {
   evalEvery: 10,
   evalProblems: 128,
   evalK: 4,
+  evalPolicy: "final",
   checkpointEvery: 5,
   tisCap: 0,
 };
@@ -103,6 +106,12 @@ const ROWS: { readonly [K in keyof TrainConfig]: Omit<FlagSpec, "default"> } = {
   evalEvery: { kind: "posint", help: "evaluate every N steps" },
   evalProblems: { kind: "posint", help: "held-out problems per evaluation" },
   evalK: { kind: "posint", help: "samples per eval problem (avg@k, pass@k)" },
+  evalPolicy: {
+    kind: "str",
+    arg: "POLICY",
+    help: "policy evaluation samples from: final, or layer(k) | attn(k) | ffn(k), optionally (k,normed)\n" +
+      "(e.g. layer(2): how good pi_k itself gets during BuPO's internal phase)",
+  },
   checkpointEvery: { kind: "posint", help: "checkpoint every N steps" },
   tisCap: { kind: "num", min: 0, help: "truncated importance correction cap (0 = off)" },
 };

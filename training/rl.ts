@@ -1,11 +1,14 @@
 /**
  * One RL step (GRPO / BuPO / any Objective): rollouts from the final policy on the GPU, rewards, group
- * advantages, old log-probs from whichever internal policies the objective names (plus every layer policy's
- * entropy for the logs) in one streaming pass, optional reference log-probs, then minibatch AdamW updates.
- * Reads back only what a step reports: the rollout ids, one set of old log-probs, and scalars at the end.
+ * advantages, old log-probs from whichever internal policies the objective names (plus the entropy of every
+ * layer policy and of every policy the objective names, for the logs) in one streaming pass, optional reference
+ * log-probs, then minibatch AdamW updates. Reads back only what a step reports: the rollout ids, one set of old
+ * log-probs, and the updates' scalars (loss, gradient norm, and each term's value, clip fractions and KL) in one
+ * read at the end.
  */
 import { NonFiniteError } from "../core/errors.ts";
-import { type Tensor, tidy } from "../engine/tensor.ts";
+import { reshape, type Tensor, tidy } from "../engine/tensor.ts";
+import { concatRows } from "../kernels/layout.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { generate, type GenerateOptions, type Rollout } from "../policies/generate.ts";
 import { final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
@@ -15,7 +18,14 @@ import type { TextTokenizer } from "../formats/tokenizer.ts";
 import { batchTensors, type RolloutHost } from "../objectives/batch.ts";
 import { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "../objectives/advantages.ts";
 import { lowerStep } from "../objectives/lower.ts";
-import { activeAt, type Objective, showActive } from "../objectives/objective.ts";
+import {
+  activeAt,
+  type Objective,
+  phaseAt,
+  showActive,
+  showTerm,
+  type Term,
+} from "../objectives/objective.ts";
 import { batch, type Problem, type Task } from "../tasks/task.ts";
 import type { TrainConfig } from "./config.ts";
 import { promptIds, responseText, stopId } from "./data.ts";
@@ -53,10 +63,40 @@ export const rolloutPlan = (ctx: RlContext, step: number) => {
   return { problems, prompts, options };
 };
 
+/** One active term of a step's objective: its weight and its value, means over the step's updates. */
+export interface TermMetrics {
+  /** The term (`showTerm`, without its weight). */
+  readonly term: string;
+  /** Its weight at this step (schedules evaluated, nested weights multiplied). */
+  readonly weight: number;
+  /** Its unweighted value. */
+  readonly value: number;
+  /** weight x value: the term's part of `StepMetrics.loss` (the parts sum to it, up to f32 rounding). */
+  readonly loss: number;
+  /** pg terms: the fraction of response tokens clipped (and dual-clipped), and approx KL(old || new). */
+  readonly clipFraction?: number;
+  readonly dualClipFraction?: number;
+  readonly approxKl?: number;
+}
+
+/** Rollout accuracy of the problems at one difficulty level (`Problem.difficulty`). */
+export interface DifficultyAccuracy {
+  readonly difficulty: number;
+  /** Responses at this level (prompts x group). */
+  readonly responses: number;
+  readonly accuracy: number;
+}
+
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
   readonly step: number;
+  /** The active terms with their weights (`showActive`, joined by " + "). */
   readonly phase: string;
+  /**
+   * The index of the active phase of every `phases` node reached (tree order); it changes exactly where the
+   * active phase does (BuPO: [0] in its internal phase, [1] after; [] without phases).
+   */
+  readonly phaseIndex: readonly number[];
   readonly rewardMean: number;
   readonly rewardStd: number;
   readonly accuracy: number;
@@ -67,13 +107,67 @@ export interface StepMetrics {
   readonly gradNorm: number;
   readonly clipFraction: number;
   readonly approxKl: number;
-  /** Mean entropy over response tokens of the final policy and of every layer policy (raw readout). */
-  readonly entropy: { readonly final: number; readonly layers: readonly number[] };
+  /** Every active term's weight, value and share of the loss, in the objective's order. */
+  readonly terms: readonly TermMetrics[];
+  /**
+   * Mean entropy over response tokens of the final policy, of every layer policy (raw readout), and of every
+   * policy the objective names in any phase or term (`objectivePolicies`, by `showPolicy`: attn/ffn too).
+   */
+  readonly entropy: {
+    readonly final: number;
+    readonly layers: readonly number[];
+    readonly policies: { readonly [policy: string]: number };
+  };
+  /** Rollout accuracy per difficulty level, ascending (absent when the task's problems have none). */
+  readonly accuracyByDifficulty?: readonly DifficultyAccuracy[];
   /** Seconds per phase of the step. */
   readonly time: { rollout: number; old: number; update: number; total: number };
   readonly tokens: { readonly rollout: number; readonly trained: number };
   readonly example: { readonly prompt: string; readonly completion: string; readonly reward: number };
 }
+
+/** Every policy an objective names, in any phase or term (KL pairs' both sides), deduplicated, in tree order. */
+export const objectivePolicies = (o: Objective): InternalPolicy[] => {
+  const out = new Map<string, InternalPolicy>();
+  const add = (q: InternalPolicy) => out.has(showPolicy(q)) || out.set(showPolicy(q), q);
+  const term = (t: Term) => {
+    switch (t.kind) {
+      case "pg":
+      case "kl":
+      case "nll":
+      case "entropy":
+        return add(t.policy);
+      case "klPolicies":
+        add(t.from);
+        return add(t.to);
+      default:
+        return t satisfies never;
+    }
+  };
+  const go = (obj: Objective): void => {
+    for (const n of obj.terms) {
+      if (n.kind === "phases") n.phases.forEach((ph) => go(ph.objective));
+      else term(n);
+    }
+  };
+  go(o);
+  return [...out.values()];
+};
+
+/** The index of the active phase of every `phases` node reached at `step`, in tree order (see StepMetrics). */
+export const phaseIndexAt = (o: Objective, step: number): number[] => {
+  const out: number[] = [];
+  const go = (obj: Objective): void => {
+    for (const n of obj.terms) {
+      if (n.kind !== "phases") continue;
+      const i = phaseAt(n.phases, step);
+      out.push(i);
+      go(n.phases[i].objective);
+    }
+  };
+  go(o);
+  return out;
+};
 
 const mean = (x: ArrayLike<number>): number => {
   let s = 0;
@@ -125,14 +219,16 @@ type HostReads = Map<string, { logp: Float32Array; entropy: Float32Array }>;
 
 /**
  * Stage 3, old log-probs: one forward pass and one streaming pass read the behaviour (final) policy, the
- * policies the objective's pg terms need old log-probs of, and every layer policy (entropies for the logs);
- * with KL-to-reference terms, the reference model's log-probs too. The probe batch is freed however it ends.
+ * policies the objective's pg terms need old log-probs of, and every layer policy and every policy the objective
+ * names (entropies for the logs); with KL-to-reference terms, the reference model's log-probs too. The probe
+ * batch is freed however it ends.
  */
 const oldStage = async (
   ctx: RlContext,
   step: number,
   host: RolloutHost,
   layers: readonly InternalPolicy[],
+  named: readonly InternalPolicy[],
 ) => {
   const { config, params, objective } = ctx;
   const req = requiredReadouts(objective, step);
@@ -140,7 +236,7 @@ const oldStage = async (
   try {
     const reads: HostReads = await tidy(async () => {
       const r = forwardPolicies(config, params, probe.ids, probe.positions)
-        .read([final, ...req.old, ...layers], probe.targets);
+        .read([final, ...req.old, ...layers, ...named], probe.targets);
       const out: HostReads = new Map();
       for (const [k, v] of r) {
         out.set(k, {
@@ -175,58 +271,91 @@ const oldStage = async (
   }
 };
 
-/** Host values of one update's scalars. */
-interface UpdateValues {
-  readonly loss: number;
-  readonly norm: number;
-  readonly clip: number;
-  readonly kl: number;
+/** One active term's scalars of one update (pg terms have the clip fractions and KL). */
+interface TermValues<A> {
+  readonly value: A;
+  readonly clipFraction?: A;
+  readonly dualClipFraction?: A;
+  readonly approxKl?: A;
 }
+
+/** One update's scalars: as tensors on the device, then (A = number) as host values. */
+interface UpdateScalars<A> {
+  readonly loss: A;
+  readonly norm: A;
+  readonly clip: A;
+  readonly kl: A;
+  readonly terms: readonly TermValues<A>[];
+}
+
+/** Host values of one update's scalars. */
+type UpdateValues = UpdateScalars<number>;
+
+const TERM_FIELDS = ["value", "clipFraction", "dualClipFraction", "approxKl"] as const;
+
+/** The tensors of one update's scalars in their fixed order (the order `readScalars` decodes). */
+const scalarList = (s: UpdateScalars<Tensor>): Tensor[] => [
+  s.loss,
+  s.norm,
+  s.clip,
+  s.kl,
+  ...s.terms.flatMap((t) => TERM_FIELDS.flatMap((k) => (t[k] ? [t[k]!] : []))),
+];
+
+/** Every update's scalars in ONE read-back: the scalars concatenated on the device, then decoded in order. */
+const readScalars = async (scalars: readonly UpdateScalars<Tensor>[]): Promise<UpdateValues[]> => {
+  const all = scalars.flatMap(scalarList);
+  if (all.length === 0) return [];
+  const host = await tidy(async () => await concatRows(all.map((t) => reshape(t, [1]))).data());
+  let i = 0;
+  const next = () => host[i++];
+  return scalars.map((s) => ({
+    loss: next(),
+    norm: next(),
+    clip: next(),
+    kl: next(),
+    terms: s.terms.map((t) => {
+      const v: { -readonly [K in keyof TermValues<number>]?: number } = {};
+      for (const k of TERM_FIELDS) if (t[k]) v[k] = next();
+      return v as TermValues<number>;
+    }),
+  }));
+};
 
 /**
  * Stage 4, update: `cfg.epochs` passes of `cfg.minibatches` AdamW steps on the lowered objective; the scalars
- * are read back once, after the last. Every batch and scalar is freed however it ends.
+ * (each update's loss, gradient norm, clip fraction and KL, and every term's metrics) are read back once, in one
+ * read after the last update. Every batch and scalar is freed however it ends.
  */
 const updateStage = async (ctx: RlContext, step: number, full: RolloutHost): Promise<UpdateValues[]> => {
   const { cfg, config, params, opt, objective } = ctx;
   const per = full.N / cfg.minibatches;
-  const scalars: { loss: Tensor; norm: Tensor; clip: Tensor; kl: Tensor }[] = [];
-  const unread = new Set<Tensor>();
+  const scalars: UpdateScalars<Tensor>[] = [];
   try {
     for (let e = 0; e < cfg.epochs; e++) {
       for (let m = 0; m < cfg.minibatches; m++) {
         const part = batchTensors(params.backend, sliceRows(full, m * per, (m + 1) * per));
         try {
-          const out = tidy(() => {
+          const out = tidy((): UpdateScalars<Tensor> => {
             const r = lowerStep(config, params, part, objective, step);
             const norm = optimizerStep(params, opt, r.grads);
-            return { loss: r.loss, norm, clip: r.metrics.clipFraction, kl: r.metrics.approxKl };
+            const terms = r.metrics.perTerm.map((t) => ({
+              value: t.value,
+              ...(t.clipFraction ? { clipFraction: t.clipFraction } : {}),
+              ...(t.dualClipFraction ? { dualClipFraction: t.dualClipFraction } : {}),
+              ...(t.approxKl ? { approxKl: t.approxKl } : {}),
+            }));
+            return { loss: r.loss, norm, clip: r.metrics.clipFraction, kl: r.metrics.approxKl, terms };
           });
           scalars.push(out);
-          for (const t of Object.values(out)) unread.add(t);
         } finally {
           part.dispose();
         }
       }
     }
-    const read1 = async (t: Tensor) => {
-      const v = (await t.data())[0];
-      unread.delete(t);
-      t.dispose();
-      return v;
-    };
-    const vals: UpdateValues[] = [];
-    for (const s of scalars) {
-      vals.push({
-        loss: await read1(s.loss),
-        norm: await read1(s.norm),
-        clip: await read1(s.clip),
-        kl: await read1(s.kl),
-      });
-    }
-    return vals;
+    return await readScalars(scalars);
   } finally {
-    for (const t of unread) t.dispose();
+    for (const s of scalars) for (const t of new Set(scalarList(s))) t.dispose();
   }
 };
 
@@ -266,13 +395,14 @@ const stepMetrics = (
     score: ReturnType<typeof scoreStage>;
     old: Awaited<ReturnType<typeof oldStage>>;
     layers: readonly InternalPolicy[];
+    named: readonly InternalPolicy[];
     vals: readonly UpdateValues[];
     /** performance.now() at the start and after the rollout, old log-prob and update stages. */
     t: readonly [number, number, number, number];
   },
 ): StepMetrics => {
   const { cfg, objective } = ctx;
-  const { problems, roll, vals, layers, t: [t0, t1, t2, t3] } = r;
+  const { problems, roll, vals, layers, named, t: [t0, t1, t2, t3] } = r;
   const { texts, rewards, formats, adv } = r.score;
   const { reads, mask } = r.old;
   const maskedMean = (x: ArrayLike<number>) => {
@@ -284,9 +414,35 @@ const stepMetrics = (
   const rm = mean(rewards);
   const best = rewards.findIndex((r) => r >= 1);
   const ex = best >= 0 ? best : 0;
+  const active = activeAt(objective, step);
+  const termMean = (i: number, k: (typeof TERM_FIELDS)[number]) =>
+    vals[0]?.terms[i]?.[k] === undefined ? undefined : mean(vals.map((v) => v.terms[i][k]!));
+  const terms = active.map((a, i): TermMetrics => {
+    const value = termMean(i, "value")!;
+    const opt = (k: "clipFraction" | "dualClipFraction" | "approxKl") => {
+      const v = termMean(i, k);
+      return v === undefined ? {} : { [k]: v };
+    };
+    return {
+      term: showTerm(a.term),
+      weight: a.weight,
+      value,
+      loss: a.weight * value,
+      ...opt("clipFraction"),
+      ...opt("dualClipFraction"),
+      ...opt("approxKl"),
+    };
+  });
+  const levelOf = (b: number) => problems[Math.floor(b / G)].difficulty;
+  const levels = [...new Set(rewards.flatMap((_, b) => levelOf(b) ?? []))].sort((x, y) => x - y);
+  const byLevel = levels.map((level): DifficultyAccuracy => {
+    const hits = rewards.flatMap((x, b) => (levelOf(b) === level ? [x >= 1 ? 1 : 0] : []));
+    return { difficulty: level, responses: hits.length, accuracy: mean(hits) };
+  });
   return {
     step,
-    phase: activeAt(objective, step).map(showActive).join(" + "),
+    phase: active.map(showActive).join(" + "),
+    phaseIndex: phaseIndexAt(objective, step),
     rewardMean: rm,
     rewardStd: Math.sqrt(mean(rewards.map((r) => (r - rm) ** 2))),
     accuracy: mean(rewards.map((r) => (r >= 1 ? 1 : 0))),
@@ -297,10 +453,15 @@ const stepMetrics = (
     gradNorm: mean(vals.map((v) => v.norm)),
     clipFraction: mean(vals.map((v) => v.clip)),
     approxKl: mean(vals.map((v) => v.kl)),
+    terms,
     entropy: {
       final: maskedMean(reads.get("final")!.entropy),
       layers: layers.map((q) => maskedMean(reads.get(showPolicy(q))!.entropy)),
+      policies: Object.fromEntries(
+        named.map((q) => [showPolicy(q), maskedMean(reads.get(showPolicy(q))!.entropy)]),
+      ),
     },
+    ...(byLevel.length ? { accuracyByDifficulty: byLevel } : {}),
     time: {
       rollout: (t1 - t0) / 1000,
       old: (t2 - t1) / 1000,
@@ -333,10 +494,11 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
     responseLens: roll.responseLens,
     advantages: score.adv.advantages,
   };
-  const old = await oldStage(ctx, step, host, layers);
+  const named = objectivePolicies(ctx.objective);
+  const old = await oldStage(ctx, step, host, layers, named);
   const t2 = performance.now();
   const vals = await updateStage(ctx, step, old.full);
   const t3 = performance.now();
   checkFinite(step, vals);
-  return stepMetrics(ctx, step, { problems, roll, score, old, layers, vals, t: [t0, t1, t2, t3] });
+  return stepMetrics(ctx, step, { problems, roll, score, old, layers, named, vals, t: [t0, t1, t2, t3] });
 };

@@ -25,7 +25,7 @@ import {
 import { arithTask } from "../tasks/arith.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.ts";
 import { resolveConfig, type TrainConfig } from "./config.ts";
-import { evaluate } from "./evaluate.ts";
+import { evalPolicyOf, evaluate } from "./evaluate.ts";
 import { type EvalRecord, runPlots } from "./report.ts";
 import { type RlContext, rlStep, type StepMetrics } from "./rl.ts";
 import { requiredReadouts } from "../objectives/readouts.ts";
@@ -48,7 +48,16 @@ export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => 
 };
 
 /** Settings a resumed run may change; every other flag must match the checkpoint. */
-const RESUME_MAY_CHANGE = ["steps", "evalEvery", "checkpointEvery", "evalProblems", "evalK", "out", "device"];
+const RESUME_MAY_CHANGE = [
+  "steps",
+  "evalEvery",
+  "checkpointEvery",
+  "evalProblems",
+  "evalK",
+  "evalPolicy",
+  "out",
+  "device",
+];
 
 export interface RunOptions {
   readonly resume: boolean;
@@ -141,6 +150,7 @@ const resumeFrom = (dir: string, explicit: Partial<TrainConfig>) =>
       checkpointEvery: explicit.checkpointEvery ?? saved.checkpointEvery,
       evalProblems: explicit.evalProblems ?? saved.evalProblems,
       evalK: explicit.evalK ?? saved.evalK,
+      evalPolicy: explicit.evalPolicy ?? saved.evalPolicy,
       out: dir,
     };
     return {
@@ -273,8 +283,17 @@ const evalStage = (run: Run, step: number) =>
       maxNew: cfg.maxNew,
       seed: cfg.seed + 7919,
       taskSeed: cfg.seed,
+      policy: evalPolicyOf(cfg.evalPolicy, run.config.numLayers),
     });
-    const rec: EvalRecord = { step, avgAtK: r.avgAtK, passAtK: r.passAtK, greedy: r.greedy, k: r.k };
+    const rec: EvalRecord = {
+      step,
+      avgAtK: r.avgAtK,
+      passAtK: r.passAtK,
+      greedy: r.greedy,
+      k: r.k,
+      policy: r.policy,
+      ...(r.byDifficulty ? { byDifficulty: r.byDifficulty } : {}),
+    };
     run.evals.push(rec);
     await Deno.writeTextFile(rd.evals, JSON.stringify(rec) + "\n", { append: true });
     await Deno.writeTextFile(
@@ -283,9 +302,9 @@ const evalStage = (run: Run, step: number) =>
       { append: true },
     );
     run.log(
-      `eval @ step ${step}: avg@${r.k} ${(100 * r.avgAtK).toFixed(1)}%  pass@${r.k} ${
-        (100 * r.passAtK).toFixed(1)
-      }%  greedy ${(100 * r.greedy).toFixed(1)}%`,
+      `eval @ step ${step}${r.policy === "final" ? "" : ` (${r.policy})`}: avg@${r.k} ${
+        (100 * r.avgAtK).toFixed(1)
+      }%  pass@${r.k} ${(100 * r.passAtK).toFixed(1)}%  greedy ${(100 * r.greedy).toFixed(1)}%`,
     );
     return rec;
   });
@@ -361,6 +380,10 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
     const { tok, task } = yield* loadTokenizerAndTask(origin, o.resume);
     const config = origin.host.config;
     const objective = yield* loadObjective(cfg, config);
+    yield* Effect.try({
+      try: () => evalPolicyOf(cfg.evalPolicy, config.numLayers),
+      catch: (e) => e as ConfigError,
+    });
     const model = yield* acquireModel(gpu, origin, o.resume);
     const rd = runDir(cfg.out);
     const logs = yield* openRunFolder(rd, cfg, objective, origin.start);

@@ -487,6 +487,21 @@ export const heatmap = (c: HeatmapSpec): Chart => {
   return { width: W, height: H, body: out.join("\n") };
 };
 
+/** A panel of text: a title and monospace lines (a summary beside the charts). */
+export const textPanel = (title: string, lines: readonly string[], width = 560, height = 360): Chart => {
+  const H = Math.max(height, 48 + 14 * lines.length);
+  const body = [
+    `<rect x="0" y="0" width="${width}" height="${H}" fill="white"/>`,
+    `<text x="${px(width / 2)}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${
+      escapeXml(title)
+    }</text>`,
+    `<g class="text-lines" font-family="monospace" font-size="11">`,
+    ...lines.map((l, i) => `<text x="16" y="${44 + 14 * i}" xml:space="preserve">${escapeXml(l)}</text>`),
+    `</g>`,
+  ];
+  return { width, height: H, body: body.join("\n") };
+};
+
 /** Several panels in one SVG document, `columns` per row (an optional title over all). */
 export const panels = (charts: readonly Chart[], columns = 1, title?: string): string => {
   const cols = Math.max(1, Math.min(columns, charts.length || 1));

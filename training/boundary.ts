@@ -141,7 +141,10 @@ export const resolveLayer = (
     if (o.resume && (yield* exists(file))) {
       const saved = yield* readJson(file);
       if (!isRecord(saved)) {
-        return yield* new FileFormatError({ file, message: `${file}: expected { "layer": K, "flow": [...] }` });
+        return yield* new FileFormatError({
+          file,
+          message: `${file}: expected { "layer": K, "flow": [...] }`,
+        });
       }
       o.log(`--layer auto: boundary layer k = ${saved.layer}, as ${file} records`);
       return saved.layer;

@@ -51,8 +51,7 @@ export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => 
       });
     }
     o = bupo({ layer: cfg.layer, until: cfg.phaseSteps, ...clip });
-  }
-  else o = await loadObjectiveModule(cfg.objective);
+  } else o = await loadObjectiveModule(cfg.objective);
   if (cfg.kl > 0) o = MonoidObjective.concat(o, scale(cfg.kl)(klToRef(final, { estimator: "k3" })));
   return o;
 };

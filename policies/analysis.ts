@@ -374,10 +374,18 @@ export const boundaryLayer = (ffnChange: readonly number[]): BoundaryChoice => {
   return { layer: runEnd, reason: "rule", runStart, runEnd };
 };
 
+/** The rule of `boundaryLayer` in words, for logs and reports. */
+export const BOUNDARY_RULE =
+  "the last layer whose FFN entropy change is still positive (read bottom-up: the end " +
+  "of the first run of positive changes); none positive: layer 0; the run reaching the last layer: layer L-2 " +
+  "(layer L-1 read raw is the final policy)";
+
 /** `boundaryLayer` of a flow's FFN entropy changes under one readout norm (default raw, the paper's). */
 export const boundaryOfFlow = (flow: EntropyFlow, norm: ReadoutNorm = "raw"): BoundaryChoice => {
   if (!flow.norms.includes(norm)) {
-    throw new RangeError(`boundaryOfFlow: the flow has no ${norm} readouts (it has ${flow.norms.join(", ")})`);
+    throw new RangeError(
+      `boundaryOfFlow: the flow has no ${norm} readouts (it has ${flow.norms.join(", ")})`,
+    );
   }
   return boundaryLayer(flow.layers.map((l) => l[norm]!.change.ffn));
 };

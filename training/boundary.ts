@@ -11,6 +11,7 @@ import { type HostModel, readModelDir, toParams } from "../formats/hf.ts";
 import type { TextTokenizer } from "../formats/tokenizer.ts";
 import { exists, readJson, writeAtomic } from "../io/files.ts";
 import {
+  BOUNDARY_RULE,
   type BoundaryChoice,
   boundaryOfFlow,
   type EntropyFlow,
@@ -45,18 +46,13 @@ export interface BoundaryRecord extends BoundaryChoice {
   }[];
 }
 
-/** The rule in words, as boundary.json and the logs state it. */
-export const BOUNDARY_RULE = "the last layer whose FFN entropy change is still positive (raw readout, read " +
-  "bottom-up: the end of the first run of positive changes); none positive: layer 0; the run reaching the last " +
-  "layer: layer L-2 (layer L-1 raw is the final policy)";
-
 /** boundary.json's object for a flow. */
 export const boundaryRecord = (
   flow: EntropyFlow,
   o: { readonly model: string; readonly prompts: number; readonly responses: number },
 ): BoundaryRecord => ({
   ...boundaryOfFlow(flow, "raw"),
-  rule: BOUNDARY_RULE,
+  rule: `${BOUNDARY_RULE}; read on the raw readout`,
   norm: "raw",
   ...o,
   tokens: flow.tokens,

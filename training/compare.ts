@@ -75,11 +75,8 @@ export const compareSpec = (
     });
   }
   const axis = parseAxis(`objective=${objectives.join(",")}`, "--objectives");
-  return sweepSpec(values, given, file, {
-    axes: [axis],
-    baseline: { objective: objectives[0] },
-    title: `${objectives.join(" vs ")} on the ${file.task ?? "embedded"} task`,
-  });
+  const spec = sweepSpec(values, given, file, { axes: [axis], baseline: { objective: objectives[0] } });
+  return { ...spec, title: `${objectives.join(" vs ")} on the ${spec.base.task} task` };
 };
 
 /** The layer k of each seed: its BuPO run's (auto resolved), else the fixed --layer. */

@@ -64,8 +64,8 @@ type Base<S> = S extends { repeat: true } ? readonly One<S>[] : One<S>;
  * The value of one flag: undefined when it is absent and has no default (and is not required, a switch or
  * repeatable).
  */
-export type ValueOf<S> = S extends { default: FlagValue } | { required: true } | { kind: "bool" } | { repeat: true }
-  ? Base<S>
+export type ValueOf<S> = S extends
+  { default: FlagValue } | { required: true } | { kind: "bool" } | { repeat: true } ? Base<S>
   : Base<S> | undefined;
 /** The values of a table, by key. */
 export type Values<T extends FlagTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
@@ -167,8 +167,9 @@ export const parseFlags = <T extends FlagTable>(cmd: Command<T>, argv: readonly 
       : checkValue(cmd.flags[key], value, { source: "flags", field: flag }, true);
   }
   for (const [key, { flag, values: vs }] of repeated) {
-    values[key] = vs.map((v) => checkValue(cmd.flags[key], v, { source: "flags", field: flag }, true)) as
-      FlagValue;
+    values[key] = vs.map((v) =>
+      checkValue(cmd.flags[key], v, { source: "flags", field: flag }, true)
+    ) as FlagValue;
   }
   for (const [key, spec] of Object.entries(cmd.flags)) {
     if (spec.required && values[key] === undefined) {

@@ -70,7 +70,9 @@ const isNum = (k: FlagKind): k is Num => k === "int" || k === "posint" || k === 
 export const expected = (spec: FlagSpec): string => {
   const k = spec.kind;
   if (spec.words?.length && isNum(k)) {
-    return `${expected({ ...spec, words: undefined })} or ${spec.words.map((w) => JSON.stringify(w)).join(" or ")}`;
+    return `${expected({ ...spec, words: undefined })} or ${
+      spec.words.map((w) => JSON.stringify(w)).join(" or ")
+    }`;
   }
   if (k === "str") return "a non-empty string";
   if (k === "enum") return spec.values!.join(" | ");
@@ -186,6 +188,12 @@ export const DEVICE_FLAG = {
 export const defaultsOf = (table: FlagTable): Record<string, FlagValue> =>
   Object.fromEntries(
     Object.entries(table).flatMap(([k, f]) =>
-      f.default !== undefined ? [[k, f.default]] : f.kind === "bool" ? [[k, false]] : f.repeat ? [[k, []]] : []
+      f.default !== undefined
+        ? [[k, f.default]]
+        : f.kind === "bool"
+        ? [[k, false]]
+        : f.repeat
+        ? [[k, []]]
+        : []
     ),
   );

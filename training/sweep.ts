@@ -18,7 +18,7 @@ import { checkValue, flagName, type FlagTable, type FlagValue } from "../core/fl
 import type { Backend } from "../engine/backend.ts";
 import { exists, readJson, writeAtomic } from "../io/files.ts";
 import type { Chart } from "../io/svg.ts";
-import { resolveConfig, TRAIN_FLAGS, type TrainConfig } from "./config.ts";
+import { DEFAULTS, resolveConfig, TRAIN_FLAGS, type TrainConfig } from "./config.ts";
 import type { EvalRecord } from "./report.ts";
 import type { StepMetrics } from "./rl.ts";
 import { runDir } from "./rundir.ts";
@@ -460,7 +460,8 @@ export const sweepSpec = (
   const fixed = { ...file, ...flags };
   const out = values.out as string;
   return {
-    base: resolveConfig(fixed, { out }),
+    // Cross-field rules are checked per run (a cell may be what makes them hold), not on the base settings.
+    base: { ...DEFAULTS, ...fixed, out },
     fixed,
     axes: o.axes,
     seeds: parseSeeds(values.seeds as string),

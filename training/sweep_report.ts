@@ -20,7 +20,8 @@ import {
   type Tick,
   type VLine,
 } from "../io/svg.ts";
-import type { TrainConfig } from "./config.ts";
+import { flagName } from "../core/flags.ts";
+import { TRAIN_FLAGS, type TrainConfig } from "./config.ts";
 import type { EvalRecord } from "./report.ts";
 import type { StepMetrics } from "./rl.ts";
 import type { Cell, SweepSpec } from "./sweep.ts";
@@ -212,7 +213,10 @@ export const sweepReport = (ctx: ReportContext, resources: Resources) => {
   const k = cells[0]?.k ?? spec.base.evalK;
   const grid = spec.axes.map((a) => `${a.flag} = ${a.values.map(showV).join(", ")}`).join("; ") || "(none)";
   const title = spec.title ?? `Sweep over ${spec.axes.map((a) => a.flag).join(" x ") || "seeds"}`;
-  const fixed = Object.entries(spec.fixed).map(([key, v]) => `${key}=${showV(v)}`).join(", ") || "(defaults)";
+  const fixed =
+    Object.entries(spec.fixed).map(([key, v]) =>
+      `--${key in TRAIN_FLAGS ? flagName(key, TRAIN_FLAGS[key as keyof TrainConfig]) : key} ${showV(v)}`
+    ).join(" ") || "(train.ts defaults)";
   const c0 = spec.base;
 
   // ---- figures --------------------------------------------------------------------------------------------
@@ -382,7 +386,8 @@ export const sweepReport = (ctx: ReportContext, resources: Resources) => {
     seeds: spec.seeds,
     baseline: base ? { cell: base.name, settings: spec.baseline } : null,
     fixed: spec.fixed,
-    config: spec.base,
+    // Every run's settings before its cell's (out and seed are per run: `<cell>-s<seed>` under the sweep's folder).
+    config: Object.fromEntries(Object.entries(spec.base).filter(([key]) => key !== "out" && key !== "seed")),
     statistics: {
       interval: `${100 * BOOTSTRAP.level}% percentile bootstrap of the mean over seeds`,
       ...BOOTSTRAP,

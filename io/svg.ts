@@ -480,7 +480,7 @@ export const heatmap = (c: HeatmapSpec): Chart => {
       `<g class="key"><rect x="${right + 14}" y="${px(y)}" width="16" height="${px(keyH)}" fill="${
         heatColor(v, scale, lo, hi)
       }" stroke="#999"/><text x="${right + 34}" y="${px(y + keyH / 2 + 4)}" font-size="10">${
-        escapeXml(fmt(v))
+        escapeXml(fmtV(v))
       }</text></g>`,
     );
   }

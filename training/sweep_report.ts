@@ -287,7 +287,14 @@ export const sweepReport = (ctx: ReportContext, resources: Resources) => {
     charts.push(barChart({
       title: `paired difference from ${base.label} (points, mean)`,
       yLabel: "difference (points)",
-      categories: comparisons.map((c) => c.label),
+      // Grid cells by their values (the axis names in the x label); a cell off the grid by its label.
+      xLabel: spec.axes.map((a) => a.flag).join(" / "),
+      categories: comparisons.map((c) => {
+        const cell = ctx.cells.find((x) => x.name === c.cell)!;
+        return cell.coords.length
+          ? cell.coords.map((v, i) => showV(spec.axes[i].values[v])).join(" / ")
+          : cell.label;
+      }),
       series: METRICS.map((m) => ({
         name: m === "greedy" ? "greedy" : `${m === "avgAtK" ? "avg" : "pass"}@${k}`,
         values: comparisons.map((c) => 100 * c[m].diff.mean),
@@ -359,11 +366,11 @@ export const sweepReport = (ctx: ReportContext, resources: Resources) => {
     ``,
     `## Resources`,
     ``,
-    `Wall time ${resources.wallSeconds.toFixed(1)} s on ${resources.adapter}; peak device memory ${
-      bytes(resources.peakBytes)
-    } (the largest peak of any run trained here); live device memory ${
-      bytes(resources.liveStartBytes)
-    } before the first run and ${
+    `Wall time ${resources.wallSeconds.toFixed(1)} s on ${resources.adapter}; ` +
+    (resources.runs.length
+      ? `peak device memory ${bytes(resources.peakBytes)} (the largest peak of any run trained here); `
+      : `no run trained here, so no peak memory; `) +
+    `live device memory ${bytes(resources.liveStartBytes)} before the first run and ${
       bytes(resources.liveEndBytes)
     } after the last. ${resources.runs.length} of ${ctx.runs.length} runs trained or resumed here, the rest reused.`,
     ...(resources.runs.length

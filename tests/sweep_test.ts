@@ -270,7 +270,7 @@ Deno.test({
       "--device",
       "cpu",
       "--steps",
-      "1",
+      "2",
       "--prompts",
       "2",
       "--group",
@@ -306,6 +306,27 @@ Deno.test({
     const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
     if (report.cells.map((c: { name: string }) => c.name).join() !== "objective-grpo,objective-bupo") {
       throw new Error(JSON.stringify(report.cells.map((c: { name: string }) => c.name)));
+    }
+    // The figure: no empty panel; the phase switch on every curve; layer k and the final policy under both.
+    const svg = await Deno.readTextFile(`${out}/report.svg`);
+    const panels = svg.split('<g class="panel"').slice(1);
+    if (panels.length !== 8) throw new Error(`${panels.length} panels`);
+    for (const p of panels) {
+      const title = p.match(/font-weight="bold">([^<]*)</)?.[1];
+      if (!/<polyline|<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="[\d.]+" fill="#/.test(p)) {
+        throw new Error(`empty panel: ${title}`);
+      }
+      const curve = p.includes("<polyline");
+      if (curve !== p.includes("BuPO phase ends (step 1)")) {
+        throw new Error(`phase marker on ${title}: ${curve}`);
+      }
+    }
+    const shared = panels.find((p) => p.includes("entropy of layer 0 and final"));
+    for (const name of ["objective=grpo: layer 0", "objective=bupo: layer 0", "objective=grpo: final"]) {
+      if (!shared?.includes(`data-name="${name}"`)) throw new Error(`no series ${name}`);
+    }
+    for (const o of ["grpo", "bupo"]) {
+      if (!panels.some((p) => p.includes(`objective=${o}: entropy per layer policy`))) throw new Error(o);
     }
     const again = await cli("compare.ts", tiny);
     if (again.code !== 0 || (again.stdout.match(/reusing/g) ?? []).length !== 2) {

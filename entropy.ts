@@ -7,7 +7,7 @@ import {
   analyseEntropy,
   DEFAULT_MODEL,
   ENTROPY_FLAGS,
-  entropyInput,
+  entropyInputs,
   writeEntropyReport,
 } from "./training/entropy.ts";
 
@@ -16,7 +16,10 @@ export { DEFAULT_MODEL };
 export const ENTROPY = defineCommand({
   name: "entropy",
   summary: "entropy of the internal layer and modular policies, layer by layer.",
-  usage: ["deno task entropy [--model DIR] (--prompts FILE | --tokens IDS) [options]"],
+  usage: [
+    "deno task entropy [--model DIR] (--prompts FILE | --tokens IDS) [options]",
+    "deno task entropy --model models/a --model models/b --prompts p.txt   # several models, one figure",
+  ],
   flags: ENTROPY_FLAGS,
   notes:
     `Input: exactly one of --prompts and --tokens. --max-new, --temperature and --seed apply to --prompts.
@@ -33,9 +36,12 @@ const program = (argv: readonly string[]) =>
   Effect.gen(function* () {
     const args = yield* flagsOf(ENTROPY, argv);
     if (args.help) return console.log(helpText(ENTROPY));
-    const input = yield* entropyInput(args.values);
-    const result = yield* withDevice(args.values.device, (backend) => analyseEntropy(backend, input));
-    yield* writeEntropyReport(input, result);
+    const inputs = yield* entropyInputs(args.values);
+    const results = yield* withDevice(
+      args.values.device,
+      (backend) => Effect.forEach(inputs, (input) => analyseEntropy(backend, input)),
+    );
+    yield* writeEntropyReport(inputs, results);
   });
 
 /** Run the command; returns the exit code. */

@@ -5,7 +5,9 @@
  *
  * Syntax: `--name value` or `--name=value`; switches take no value (`--quiet`; `--quiet=false` also works).
  * A value may start with a dash only when it is a number (`--kl -3` as well as `--kl=-3`); other values that
- * start with a dash need the `=` form. `--` ends the flags: everything after it is positional.
+ * start with a dash need the `=` form. `--` ends the flags: everything after it is positional. A flag whose row
+ * says `repeat` may be given several times (its value: every value, in order); any other flag given twice keeps
+ * its last value.
  */
 import { Effect } from "effect";
 import { ConfigError } from "../core/errors.ts";
@@ -50,14 +52,20 @@ export interface Command<T extends FlagTable = FlagTable> {
 export const defineCommand = <const T extends FlagTable>(c: Command<T>): Command<T> => c;
 
 type NumKind = "int" | "posint" | "num" | "posnum";
-type Base<S> = S extends { kind: "bool" } ? boolean
+type One<S> = S extends { kind: "bool" } ? boolean
+  : S extends { kind: NumKind; words: readonly (infer W)[] } ? number | W
   : S extends { kind: NumKind } ? number
   : S extends { kind: "enum"; values: readonly (infer V)[] } ? V
   : S extends { kind: "list"; of: NumKind } ? readonly number[]
   : S extends { kind: "list" } ? readonly string[]
   : string;
-/** The value of one flag: undefined when it is absent and has no default (and is not required or a switch). */
-export type ValueOf<S> = S extends { default: FlagValue } | { required: true } | { kind: "bool" } ? Base<S>
+type Base<S> = S extends { repeat: true } ? readonly One<S>[] : One<S>;
+/**
+ * The value of one flag: undefined when it is absent and has no default (and is not required, a switch or
+ * repeatable).
+ */
+export type ValueOf<S> = S extends
+  { default: FlagValue } | { required: true } | { kind: "bool" } | { repeat: true } ? Base<S>
   : Base<S> | undefined;
 /** The values of a table, by key. */
 export type Values<T extends FlagTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
@@ -92,6 +100,13 @@ export const parseFlags = <T extends FlagTable>(cmd: Command<T>, argv: readonly 
   if (flagPart.some((a) => a === "--help" || (a === "-h" && !byShort.has("h")))) return { help: true };
 
   const raw = new Map<string, { flag: string; value: string | true }>();
+  const repeated = new Map<string, { flag: string; values: string[] }>();
+  const put = (key: string, flag: string, value: string) => {
+    if (!cmd.flags[key].repeat) return void raw.set(key, { flag, value });
+    const r = repeated.get(key) ?? { flag, values: [] };
+    r.values.push(value);
+    repeated.set(key, r);
+  };
   const positionals: string[] = [];
   for (let i = 0; i < flagPart.length; i++) {
     const a = flagPart[i];
@@ -117,14 +132,14 @@ export const parseFlags = <T extends FlagTable>(cmd: Command<T>, argv: readonly 
       continue;
     }
     if (inline !== undefined) {
-      raw.set(key, { flag, value: inline });
+      put(key, flag, inline);
       continue;
     }
     const next = flagPart[i + 1];
     if (next === undefined || (next.startsWith("-") && !NEGATIVE_NUMBER.test(next))) {
       throw usageError(flag, `${flag} needs a value: ${expected(spec)}`);
     }
-    raw.set(key, { flag, value: next });
+    put(key, flag, next);
     i++;
   }
   if (endOfFlags >= 0) positionals.push(...argv.slice(endOfFlags + 1));
@@ -151,6 +166,11 @@ export const parseFlags = <T extends FlagTable>(cmd: Command<T>, argv: readonly 
       ? true
       : checkValue(cmd.flags[key], value, { source: "flags", field: flag }, true);
   }
+  for (const [key, { flag, values: vs }] of repeated) {
+    values[key] = vs.map((v) =>
+      checkValue(cmd.flags[key], v, { source: "flags", field: flag }, true)
+    ) as FlagValue;
+  }
   for (const [key, spec] of Object.entries(cmd.flags)) {
     if (spec.required && values[key] === undefined) {
       const flag = `--${flagName(key, spec)}`;
@@ -160,7 +180,7 @@ export const parseFlags = <T extends FlagTable>(cmd: Command<T>, argv: readonly 
   return {
     help: false,
     values: values as Values<T>,
-    given: new Set(raw.keys()) as ReadonlySet<keyof T & string>,
+    given: new Set([...raw.keys(), ...repeated.keys()]) as ReadonlySet<keyof T & string>,
     positionals,
   };
 };
@@ -196,7 +216,9 @@ export const helpText = (cmd: Command): string => {
       `--${flagName(key, spec)}`,
       placeholder(spec),
     ].filter(Boolean).join(" ");
-    const extra = spec.required
+    const extra = spec.repeat
+      ? " (repeatable)"
+      : spec.required
       ? " (required)"
       : spec.default !== undefined && spec.kind !== "bool"
       ? ` (default ${showDefault(spec.default)})`

@@ -41,6 +41,13 @@ export interface FlagSpec {
   readonly flag?: string;
   /** Other accepted names (without dashes), e.g. an old spelling. */
   readonly aliases?: readonly string[];
+  /** Numbers: words accepted besides a number (e.g. `auto`); the value is then the word itself. */
+  readonly words?: readonly string[];
+  /**
+   * The flag may be given several times (command lines only): its value is the list of every value given, in
+   * order, each checked against this row; absent, the empty list.
+   */
+  readonly repeat?: boolean;
   /** One-letter short form (`-h`). */
   readonly short?: string;
   /** The value's placeholder in the help (default by kind: N, X, LIST, a|b|c, VALUE). */
@@ -62,6 +69,11 @@ const isNum = (k: FlagKind): k is Num => k === "int" || k === "posint" || k === 
 /** What a spec accepts, in words ("a positive integer", "grpo | bupo", ...). */
 export const expected = (spec: FlagSpec): string => {
   const k = spec.kind;
+  if (spec.words?.length && isNum(k)) {
+    return `${expected({ ...spec, words: undefined })} or ${
+      spec.words.map((w) => JSON.stringify(w)).join(" or ")
+    }`;
+  }
   if (k === "str") return "a non-empty string";
   if (k === "enum") return spec.values!.join(" | ");
   if (k === "bool") return "true or false";
@@ -127,6 +139,7 @@ const item = (kind: ItemKind, spec: FlagSpec, v: unknown, text: boolean): string
  */
 export const checkValue = (spec: FlagSpec, v: unknown, site: ValueSite, text: boolean): FlagValue => {
   const k = spec.kind;
+  if (isNum(k) && typeof v === "string" && spec.words?.includes(v)) return v;
   if (k === "bool") {
     if (typeof v === "boolean") return v;
     if (text && (v === "true" || v === "false")) return v === "true";
@@ -155,7 +168,7 @@ export const checkValue = (spec: FlagSpec, v: unknown, site: ValueSite, text: bo
     });
   }
   const r = item(isNum(k) ? k : "str", spec, v, text);
-  return Array.isArray(r) ? fail(site, r[0], v) : r;
+  return Array.isArray(r) ? fail(site, spec.words?.length ? expected(spec) : r[0], v) : r;
 };
 
 /** The devices a computing command can run on (cli/device.ts acquires them). */
@@ -175,6 +188,12 @@ export const DEVICE_FLAG = {
 export const defaultsOf = (table: FlagTable): Record<string, FlagValue> =>
   Object.fromEntries(
     Object.entries(table).flatMap(([k, f]) =>
-      f.default !== undefined ? [[k, f.default]] : f.kind === "bool" ? [[k, false]] : []
+      f.default !== undefined
+        ? [[k, f.default]]
+        : f.kind === "bool"
+        ? [[k, false]]
+        : f.repeat
+        ? [[k, []]]
+        : []
     ),
   );

@@ -1,4 +1,7 @@
-/** Dependency-free SVG charts: line and grouped-bar panels with axes, ticks, legend and an optional zero line. */
+/**
+ * Dependency-free SVG charts: line panels (with shaded bands and vertical markers), grouped-bar panels and
+ * heatmaps, with axes, ticks, legend and an optional zero line.
+ */
 
 /** One line of a line chart. */
 export interface LineSeries {
@@ -10,6 +13,11 @@ export interface LineSeries {
   readonly color?: string;
   /** Draw a dot at every point (default true when the series has at most 200 points). */
   readonly markers?: boolean;
+  /**
+   * A shaded band around the line in its color: [x, lo, hi] per point (a spread or an interval); a non-finite
+   * value breaks the band.
+   */
+  readonly band?: readonly (readonly [number, number, number])[];
 }
 
 /** A vertical marker line across the plot area at `x` (a phase switch, say), with an optional label at its top. */
@@ -225,8 +233,12 @@ const legend = (f: Frame, items: readonly { name: string; color: string; dashed?
 
 /** A line chart panel. */
 export const lineChart = (c: LineChartSpec): Chart => {
-  const xs = [...c.series.flatMap((s) => s.points.map((p) => p[0])), ...(c.vlines ?? []).map((v) => v.x)];
-  const ys = c.series.flatMap((s) => s.points.map((p) => p[1]));
+  const xs = [
+    ...c.series.flatMap((s) => [...s.points.map((p) => p[0]), ...(s.band ?? []).map((b) => b[0])]),
+    ...(c.vlines ?? []).map((v) => v.x),
+  ];
+  const bandYs = (s: LineSeries) => (s.band ?? []).flatMap((b) => [b[1], b[2]]);
+  const ys = c.series.flatMap((s) => [...s.points.map((p) => p[1]), ...bandYs(s)]);
   const xr = c.xRange ?? extent(xs, false, 0.02);
   const yr = c.yRange ?? extent(ys, c.zeroLine ?? false, 0.08);
   const f = frameOf(c, xr, yr, c.series.map((s) => s.name));
@@ -256,6 +268,25 @@ export const lineChart = (c: LineChartSpec): Chart => {
         `</g>`,
     );
   }
+  c.series.forEach((s, i) => {
+    if (!s.band?.length) return;
+    const color = s.color ?? PALETTE[i % PALETTE.length];
+    const runs: (readonly [number, number, number])[][] = [[]];
+    for (const b of s.band) {
+      if (b.every(Number.isFinite)) runs[runs.length - 1].push(b);
+      else if (runs[runs.length - 1].length) runs.push([]);
+    }
+    const polys = runs.filter((r) => r.length > 0).map((r) => {
+      const pts = [
+        ...r.map((b) => `${px(f.sx(b[0]))},${px(f.sy(b[2]))}`),
+        ...[...r].reverse().map((b) => `${px(f.sx(b[0]))},${px(f.sy(b[1]))}`),
+      ];
+      return `<polygon fill="${escapeXml(color)}" fill-opacity="0.18" stroke="none" points="${
+        pts.join(" ")
+      }"/>`;
+    });
+    out.push(`<g class="band" data-name="${escapeXml(s.name)}">${polys.join("")}</g>`);
+  });
   const items: { name: string; color: string; dashed?: boolean }[] = [];
   c.series.forEach((s, i) => {
     const color = s.color ?? PALETTE[i % PALETTE.length];
@@ -322,6 +353,153 @@ export const barChart = (c: BarChartSpec): Chart => {
   });
   out.push(...legend(f, items));
   return { width: f.W, height: f.H, body: out.join("\n") };
+};
+
+/** A heatmap: one cell per (row, column) category pair, colored by its value, the value written inside. */
+export interface HeatmapSpec {
+  readonly title: string;
+  /** The axis names: columns (x, left to right) and rows (y, top to bottom). */
+  readonly xLabel?: string;
+  readonly yLabel?: string;
+  readonly columns: readonly string[];
+  readonly rows: readonly string[];
+  /** values[row][column]; a non-finite value is a gray cell marked "n/a". */
+  readonly values: readonly (readonly number[])[];
+  /** The text inside a cell (default: the value with 3 significant digits). */
+  readonly format?: (v: number) => string;
+  /**
+   * `sequential` (default): white to dark blue over [min, max] of the values; `diverging`: blue below zero, white
+   * at zero, red above, symmetric around zero.
+   */
+  readonly scale?: "sequential" | "diverging";
+  /** Fixed color range (sequential) or half-width (diverging: [-r, r] from the larger |end|). */
+  readonly range?: readonly [number, number];
+  readonly width?: number;
+  readonly height?: number;
+}
+
+type Rgb = readonly [number, number, number];
+const mix = (a: Rgb, b: Rgb, t: number): Rgb =>
+  [0, 1, 2].map((i) => a[i] + (b[i] - a[i]) * t) as unknown as Rgb;
+const hex = (c: Rgb) =>
+  "#" + c.map((v) => Math.round(Math.min(255, Math.max(0, v))).toString(16).padStart(2, "0")).join("");
+const WHITE: Rgb = [247, 251, 255],
+  BLUE: Rgb = [8, 48, 107],
+  RED: Rgb = [178, 24, 43],
+  DBLUE: Rgb = [33, 102, 172];
+
+/** The color of `v` on a heatmap's scale over [lo, hi] (non-finite: gray). */
+export const heatColor = (v: number, scale: "sequential" | "diverging", lo: number, hi: number): string => {
+  if (!Number.isFinite(v)) return "#d9d9d9";
+  const clamp = (t: number) => Math.min(1, Math.max(0, t));
+  if (scale === "diverging") {
+    const r = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+    const t = clamp(v / r);
+    return hex(v >= 0 ? mix(WHITE, RED, t) : mix(WHITE, DBLUE, clamp(-v / r)));
+  }
+  return hex(mix(WHITE, BLUE, clamp((v - lo) / (hi - lo || 1))));
+};
+
+const dark = (color: string): boolean => {
+  const n = parseInt(color.slice(1), 16);
+  return 0.299 * (n >> 16) + 0.587 * ((n >> 8) & 255) + 0.114 * (n & 255) < 128;
+};
+
+/** A heatmap panel with a color key on the right. */
+export const heatmap = (c: HeatmapSpec): Chart => {
+  const scale = c.scale ?? "sequential";
+  const vals = c.values.flat().filter(Number.isFinite);
+  let [lo, hi] = c.range ?? (vals.length ? [Math.min(...vals), Math.max(...vals)] : [0, 1]);
+  if (scale === "diverging") {
+    const r = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+    [lo, hi] = [-r, r];
+  }
+  const W = c.width ?? 560, H = c.height ?? 360;
+  const labelW = Math.min(140, 12 + 6.5 * Math.max(0, ...c.rows.map((r) => r.length)));
+  const left = 30 + labelW, right = W - 90, top = 40, bottom = H - 48;
+  const nc = Math.max(1, c.columns.length), nr = Math.max(1, c.rows.length);
+  const cw = (right - left) / nc, ch = (bottom - top) / nr;
+  const fmtV = c.format ?? ((v: number) => String(Number(v.toPrecision(3))));
+  const out: string[] = [
+    `<rect x="0" y="0" width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${px(W / 2)}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${
+      escapeXml(c.title)
+    }</text>`,
+  ];
+  c.rows.forEach((rname, i) => {
+    const y = top + ch * i;
+    out.push(
+      `<text x="${left - 6}" y="${px(y + ch / 2 + 4)}" text-anchor="end" font-size="11">${
+        escapeXml(rname)
+      }</text>`,
+    );
+    c.columns.forEach((_, j) => {
+      const v = c.values[i]?.[j] ?? NaN, x = left + cw * j, fill = heatColor(v, scale, lo, hi);
+      const cls = Number.isFinite(v) ? "cell" : "cell missing";
+      out.push(
+        `<g class="${cls}"><rect x="${px(x)}" y="${px(y)}" width="${px(cw)}" height="${
+          px(ch)
+        }" fill="${fill}" ` +
+          `stroke="white"><title>${
+            escapeXml(`${rname}, ${c.columns[j]}: ${Number.isFinite(v) ? fmt(v) : "n/a"}`)
+          }` +
+          `</title></rect><text x="${px(x + cw / 2)}" y="${px(y + ch / 2 + 4)}" text-anchor="middle" ` +
+          `font-size="11" fill="${dark(fill) ? "white" : "black"}">${
+            escapeXml(Number.isFinite(v) ? fmtV(v) : "n/a")
+          }</text></g>`,
+      );
+    });
+  });
+  c.columns.forEach((cname, j) => {
+    out.push(
+      `<text x="${px(left + cw * (j + 0.5))}" y="${bottom + 16}" text-anchor="middle" font-size="11">${
+        escapeXml(cname)
+      }</text>`,
+    );
+  });
+  if (c.xLabel) {
+    out.push(
+      `<text x="${px((left + right) / 2)}" y="${H - 10}" text-anchor="middle" font-size="12">${
+        escapeXml(c.xLabel)
+      }</text>`,
+    );
+  }
+  if (c.yLabel) {
+    const cy = px((top + bottom) / 2);
+    out.push(
+      `<text x="14" y="${cy}" text-anchor="middle" font-size="12" transform="rotate(-90 14 ${cy})">${
+        escapeXml(c.yLabel)
+      }</text>`,
+    );
+  }
+  // The color key: five swatches from the top (hi) to the bottom (lo).
+  const keyH = Math.min(30, (bottom - top) / 5);
+  for (let k = 0; k < 5; k++) {
+    const v = hi - ((hi - lo) * k) / 4, y = top + keyH * k;
+    out.push(
+      `<g class="key"><rect x="${right + 14}" y="${px(y)}" width="16" height="${px(keyH)}" fill="${
+        heatColor(v, scale, lo, hi)
+      }" stroke="#999"/><text x="${right + 34}" y="${px(y + keyH / 2 + 4)}" font-size="10">${
+        escapeXml(fmtV(v))
+      }</text></g>`,
+    );
+  }
+  return { width: W, height: H, body: out.join("\n") };
+};
+
+/** A panel of text: a title and monospace lines (a summary beside the charts). */
+export const textPanel = (title: string, lines: readonly string[], width = 560, height = 360): Chart => {
+  const H = Math.max(height, 48 + 14 * lines.length);
+  const body = [
+    `<rect x="0" y="0" width="${width}" height="${H}" fill="white"/>`,
+    `<text x="${px(width / 2)}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${
+      escapeXml(title)
+    }</text>`,
+    `<g class="text-lines" font-family="monospace" font-size="11">`,
+    ...lines.map((l, i) => `<text x="16" y="${44 + 14 * i}" xml:space="preserve">${escapeXml(l)}</text>`),
+    `</g>`,
+  ];
+  return { width, height: H, body: body.join("\n") };
 };
 
 /** Several panels in one SVG document, `columns` per row (an optional title over all). */

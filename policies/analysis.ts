@@ -322,3 +322,70 @@ export const entropyFlow = async (
     ...(per ? { perToken: per } : {}),
   };
 };
+
+/** Why `boundaryLayer` chose its layer. */
+export type BoundaryReason =
+  /** The rule applied: the positive run ends below the last layer. */
+  | "rule"
+  /** No layer's FFN entropy change is positive: layer 0, the lowest internal policy. */
+  | "none-positive"
+  /** The positive run reaches the last layer (e.g. every change is positive): layer L-2 (see boundaryLayer). */
+  | "positive-to-top";
+
+/** The boundary layer and how it was found. */
+export interface BoundaryChoice {
+  /** The chosen layer k (0-based). */
+  readonly layer: number;
+  readonly reason: BoundaryReason;
+  /** The first layer of the positive run (undefined when there is none). */
+  readonly runStart?: number;
+  /** The last layer of the positive run, before any clamping (undefined when there is none). */
+  readonly runEnd?: number;
+}
+
+/**
+ * The paper's boundary-layer rule for BuPO's k (arXiv 2512.19673v3): the last layer whose FFN entropy change is
+ * still positive. `ffnChange[l]` = H(E_u F_l) - H(E_u RMSNorm_2^l(h_{l-1} + A_l)), layers 0-based, on the raw
+ * readout. Read bottom-up: the first layer with a positive change starts the run of positive layers (exploration);
+ * the layer before the change first turns non-positive ends it, and that last still-positive layer is k. A positive
+ * layer higher up, after the change has turned, does not count (so noise in the convergence stage cannot pull k
+ * up). Leading non-positive layers are skipped.
+ *
+ * Edge cases (our choice; the paper does not state them):
+ * - no positive layer: k = 0 (`none-positive`): the exploration stage is empty, and layer 0 is the lowest internal
+ *   policy there is;
+ * - the run reaches the last layer (every change positive, say): k = L - 2 (`positive-to-top`), because the raw
+ *   readout of layer L-1 IS the final policy and BuPO on it would be plain GRPO; a 1-layer model gets k = 0.
+ *
+ * A change that is not finite is a RangeError (the flow scored no tokens).
+ */
+export const boundaryLayer = (ffnChange: readonly number[]): BoundaryChoice => {
+  const L = ffnChange.length;
+  if (L === 0) throw new RangeError("boundaryLayer: no layers");
+  const bad = ffnChange.findIndex((x) => !Number.isFinite(x));
+  if (bad >= 0) {
+    throw new RangeError(`boundaryLayer: the FFN entropy change of layer ${bad} is ${ffnChange[bad]}`);
+  }
+  const runStart = ffnChange.findIndex((x) => x > 0);
+  if (runStart < 0) return { layer: 0, reason: "none-positive" };
+  let runEnd = runStart;
+  while (runEnd + 1 < L && ffnChange[runEnd + 1] > 0) runEnd++;
+  if (runEnd === L - 1) return { layer: Math.max(0, L - 2), reason: "positive-to-top", runStart, runEnd };
+  return { layer: runEnd, reason: "rule", runStart, runEnd };
+};
+
+/** The rule of `boundaryLayer` in words, for logs and reports. */
+export const BOUNDARY_RULE =
+  "the last layer whose FFN entropy change is still positive (read bottom-up: the end " +
+  "of the first run of positive changes); none positive: layer 0; the run reaching the last layer: layer L-2 " +
+  "(layer L-1 read raw is the final policy)";
+
+/** `boundaryLayer` of a flow's FFN entropy changes under one readout norm (default raw, the paper's). */
+export const boundaryOfFlow = (flow: EntropyFlow, norm: ReadoutNorm = "raw"): BoundaryChoice => {
+  if (!flow.norms.includes(norm)) {
+    throw new RangeError(
+      `boundaryOfFlow: the flow has no ${norm} readouts (it has ${flow.norms.join(", ")})`,
+    );
+  }
+  return boundaryLayer(flow.layers.map((l) => l[norm]!.change.ffn));
+};

@@ -252,7 +252,7 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
-    for (const name of ["train", "grad", "entropy", "compare", "pretrain", "bench/main"]) {
+    for (const name of ["train", "grad", "entropy", "compare", "sweep", "pretrain", "bench/main"]) {
       const mod = await import(`../${name}.ts`) as { main: (argv: readonly string[]) => Promise<number> };
       const logged: string[] = [];
       const log = console.log;

@@ -1,6 +1,16 @@
 /** SVG charts are well-formed XML with every series, ticks are round and cover the range; the progress bar's two modes. */
 import fc from "fast-check";
-import { barChart, escapeXml, lineChart, niceTicks, panels, toSvg } from "../io/svg.ts";
+import {
+  barChart,
+  escapeXml,
+  heatColor,
+  heatmap,
+  lineChart,
+  niceTicks,
+  panels,
+  textPanel,
+  toSvg,
+} from "../io/svg.ts";
 import { formatDuration, progress, progressLine } from "../io/progress.ts";
 
 /** Check tags nest and close, attribute values are quoted, and text has no raw `<` or bare `&`; returns the tag names. */
@@ -169,5 +179,123 @@ Deno.test("progress: plain mode prints a line per 10% or per 5 s; terminal mode 
   }
   if (!progressLine("x", 1, 4, 2).endsWith("ETA 0:06") || formatDuration(3725) !== "1:02:05") {
     throw new Error("eta");
+  }
+});
+
+/** Every `x,y` pair of the `points` attributes of the first `<tag>` group with class `cls`. */
+const pointsIn = (doc: string, cls: string, tag = "polygon"): [number, number][][] => {
+  const g = doc.match(new RegExp(`<g class="${cls}"[^>]*>(.*?)</g>`))?.[1] ?? "";
+  return [...g.matchAll(new RegExp(`<${tag}[^>]* points="([^"]*)"`, "g"))].map((m) =>
+    m[1].split(" ").map((p) => p.split(",").map(Number) as [number, number])
+  );
+};
+/** The plot area of a line chart: its frame rectangle. */
+const plotArea = (doc: string) => {
+  const m = doc.match(/<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)" fill="none"/)!;
+  const [x, y, w, h] = m.slice(1).map(Number);
+  return { left: x, top: y, right: x + w, bottom: y + h };
+};
+
+Deno.test("lineChart bands: a polygon per finite run, in the series' color, inside the plot, widening the y range", () => {
+  const doc = toSvg(lineChart({
+    title: "bands",
+    series: [{
+      name: "mean",
+      color: "#123456",
+      points: [[0, 1], [1, 2], [2, 1.5], [3, 1]],
+      band: [[0, 0.5, 1.5], [1, 1, 4], [2, NaN, 2], [3, 0, 1.2]],
+    }],
+  }));
+  parseXmlish(doc);
+  const polys = pointsIn(doc, "band");
+  if (polys.length !== 2 || polys[0].length !== 4 || polys[1].length !== 2) {
+    throw new Error(`polygons: ${JSON.stringify(polys)}`);
+  }
+  if (!/<g class="band" data-name="mean"><polygon fill="#123456" fill-opacity="0.18"/.test(doc)) {
+    throw new Error("band color");
+  }
+  const area = plotArea(doc);
+  const ys = polys.flat().map((p) => p[1]);
+  if (ys.some((y) => y < area.top || y > area.bottom)) throw new Error(`band outside the plot: ${ys}`);
+  // The band's top (hi = 4 at x = 1) is above every point of the line (max 2): the range was widened for it.
+  const line = pointsIn(doc, "series", "polyline")[0].map((p) => p[1]);
+  if (!(Math.min(...ys) < Math.min(...line))) throw new Error("the band does not reach above the line");
+  // Upper edge left to right, then the lower edge back: the first polygon's x go 0, 1, then 1, 0.
+  const xs = polys[0].map((p) => p[0]);
+  if (!(xs[0] < xs[1] && xs[1] === xs[2] && xs[3] === xs[0])) throw new Error(`band order: ${xs}`);
+});
+
+Deno.test("lineChart vlines: a dashed marker across the plot at x with its label; x widens the range", () => {
+  const doc = toSvg(lineChart({
+    title: "markers",
+    series: [{ name: "s", points: [[0, 0], [1, 1], [2, 2]] }],
+    vlines: [{ x: 1.5, label: "phase <switch>" }, { x: 4, color: "#ff0000" }],
+  }));
+  parseXmlish(doc);
+  const lines = [
+    ...doc.matchAll(
+      /<g class="vline"><line x1="([\d.]+)" y1="([\d.]+)" x2="[\d.]+" y2="([\d.]+)" stroke="([^"]+)"/g,
+    ),
+  ];
+  if (lines.length !== 2) throw new Error(`${lines.length} markers`);
+  const area = plotArea(doc);
+  const pts = pointsIn(doc, "series", "polyline")[0].map((p) => p[0]);
+  const x15 = Number(lines[0][1]), x4 = Number(lines[1][1]);
+  if (!(x15 > pts[1] && x15 < pts[2]) || Math.abs(x15 - (pts[1] + pts[2]) / 2) > 0.02) {
+    throw new Error(`x = 1.5 drawn at ${x15}, points at ${pts}`);
+  }
+  if (!(x4 > pts[2] && x4 <= area.right)) throw new Error(`x = 4 drawn at ${x4}`);
+  if (Number(lines[0][2]) !== area.top || Number(lines[0][3]) !== area.bottom) {
+    throw new Error("marker height");
+  }
+  if (lines[1][4] !== "#ff0000" || !doc.includes("phase &lt;switch&gt;")) throw new Error("color / label");
+});
+
+Deno.test("heatmap: a cell per value with its text, darker for larger values, n/a for missing; diverging colors", () => {
+  const doc = toSvg(heatmap({
+    title: "grid",
+    xLabel: "phase-steps",
+    yLabel: "layer",
+    rows: ["0", "1"],
+    columns: ["5", "10", "<20>"],
+    values: [[10, 20, 30], [40, NaN, 60]],
+    format: (v) => v.toFixed(1),
+  }));
+  const names = parseXmlish(doc);
+  if (
+    (doc.match(/class="cell"/g) ?? []).length !== 5 || (doc.match(/class="cell missing"/g) ?? []).length !== 1
+  ) {
+    throw new Error("cells");
+  }
+  for (const t of ["10.0", "30.0", "60.0", "n/a", "&lt;20&gt;", "phase-steps", "layer"]) {
+    if (!doc.includes(`>${t}<`)) throw new Error(`missing text ${t}`);
+  }
+  if (names.filter((n) => n === "rect").length < 6 + 5) throw new Error("cells and key swatches");
+  const fill = (v: string) =>
+    doc.match(new RegExp(`fill="(#[0-9a-f]{6})" stroke="white"><title>[^<]*: ${v}<`))![1];
+  const lum = (c: string) => {
+    const n = parseInt(c.slice(1), 16);
+    return 0.299 * (n >> 16) + 0.587 * ((n >> 8) & 255) + 0.114 * (n & 255);
+  };
+  if (!(lum(fill("10")) > lum(fill("30")) && lum(fill("30")) > lum(fill("60")))) {
+    throw new Error(`sequential scale: ${fill("10")} ${fill("30")} ${fill("60")}`);
+  }
+  // The darkest cell gets white text.
+  if (!/fill="white">60\.0</.test(doc)) throw new Error("text color on a dark cell");
+  const rgb = (c: string) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16));
+  const [neg, zero, pos] = [-2, 0, 1].map((v) => rgb(heatColor(v, "diverging", -1, 2)));
+  if (!(neg[2] > neg[0] && pos[0] > pos[2] && zero.every((c) => c > 240))) {
+    throw new Error(`diverging: ${neg} ${zero} ${pos}`);
+  }
+  if (heatColor(NaN, "sequential", 0, 1) !== "#d9d9d9") throw new Error("missing color");
+});
+
+Deno.test("textPanel: escaped monospace lines under a title", () => {
+  const doc = toSvg(textPanel("summary & more", ["a < b", "c"]));
+  parseXmlish(doc);
+  if (
+    !doc.includes("summary &amp; more") || !doc.includes(">a &lt; b<") || !doc.includes('class="text-lines"')
+  ) {
+    throw new Error(doc);
   }
 });

@@ -20,8 +20,12 @@ export interface TrainConfig {
   readonly task: "arith";
   /** `grpo`, `bupo`, or the path of a TypeScript module exporting an Objective. */
   readonly objective: string;
-  /** BuPO's internal layer k (0-based) and phase length (steps of the internal phase). */
-  readonly layer: number;
+  /**
+   * BuPO's internal layer k (0-based) and phase length (steps of the internal phase). `auto`: the boundary layer
+   * of the base model's entropy flow on training prompts (policies/analysis.ts boundaryLayer), chosen before step
+   * 1 and logged to boundary.json; the config keeps `auto`.
+   */
+  readonly layer: number | "auto";
   readonly phaseSteps: number;
   readonly steps: number;
   readonly prompts: number;
@@ -85,7 +89,14 @@ const ROWS: { readonly [K in keyof TrainConfig]: Omit<FlagSpec, "default"> } = {
   device: DEVICE_FLAG,
   task: { kind: "enum", values: ["arith"], help: "embedded task" },
   objective: { kind: "str", arg: "NAME|FILE", help: "grpo | bupo | path/to/objective.ts" },
-  layer: { kind: "int", min: 0, arg: "K", help: "BuPO internal layer k (0-based; the paper's layer k+1)" },
+  layer: {
+    kind: "int",
+    min: 0,
+    words: ["auto"],
+    arg: "K|auto",
+    help: "BuPO internal layer k (0-based; the paper's layer k+1); auto: the boundary layer of the\n" +
+      "base model's entropy flow on training prompts (logged to boundary.json)",
+  },
   phaseSteps: { kind: "posint", help: "steps of BuPO's internal phase" },
   steps: { kind: "posint", help: "RL steps" },
   prompts: { kind: "posint", help: "prompts per step" },

@@ -20,7 +20,15 @@ import {
 } from "../policies/analysis.ts";
 import { generate } from "../policies/generate.ts";
 import type { ReadoutNorm } from "../policies/internal.ts";
-import { readPrompts, reportJson, reportSvg, summaryTable } from "./entropy_report.ts";
+import {
+  boundaryLine,
+  modelNames,
+  multiModelSvg,
+  readPrompts,
+  reportJson,
+  reportSvg,
+  summaryTable,
+} from "./entropy_report.ts";
 
 /** The model used when --model is not given (created by the embedded-task training). */
 export const DEFAULT_MODEL = "models/tiny-arith";
@@ -29,9 +37,11 @@ export const DEFAULT_MODEL = "models/tiny-arith";
 export const ENTROPY_FLAGS = {
   model: {
     kind: "str",
+    repeat: true,
     arg: "DIR",
     help: "Hugging Face model folder: config.json and model.safetensors (or shards through\n" +
-      `model.safetensors.index.json). Default: ${DEFAULT_MODEL} when it exists.`,
+      `model.safetensors.index.json). Default: ${DEFAULT_MODEL} when it exists. Several\n` +
+      "--model: every model on the same input, one figure (depth l/(L-1) when layer counts differ).",
   },
   prompts: {
     kind: "str",
@@ -72,7 +82,8 @@ export const ENTROPY_FLAGS = {
 
 /** The settings of one analysis (ENTROPY_FLAGS' values). */
 export interface EntropyArgs {
-  readonly model?: string;
+  /** Model folders (none: the default model). */
+  readonly model: readonly string[];
   readonly prompts?: string;
   readonly tokens?: readonly number[];
   readonly out: string;
@@ -102,8 +113,24 @@ export interface EntropyInput {
   };
 }
 
-/** Check the input flags and read the model (and the prompts and tokenizer): no backend needed yet. */
-export const entropyInput = (args: EntropyArgs): Effect.Effect<EntropyInput, ConfigError | FileFormatError> =>
+/** Check the input flags and read every model (and the prompts and tokenizer): no backend needed yet. */
+export const entropyInputs = (
+  args: EntropyArgs,
+): Effect.Effect<EntropyInput[], ConfigError | FileFormatError> =>
+  Effect.gen(function* () {
+    const dirs = args.model.length ? args.model : [undefined];
+    const twice = args.model.find((d, i) => args.model.indexOf(d) !== i);
+    if (twice) return yield* usage("--model", `--model ${twice} is given twice`);
+    const out: EntropyInput[] = [];
+    for (const dir of dirs) out.push(yield* entropyInput(args, dir));
+    return out;
+  });
+
+/** Check the input flags and read one model, `modelDir` (default: DEFAULT_MODEL), with the prompts and tokenizer. */
+export const entropyInput = (
+  args: EntropyArgs,
+  modelDir?: string,
+): Effect.Effect<EntropyInput, ConfigError | FileFormatError> =>
   Effect.gen(function* () {
     if ((args.prompts === undefined) === (args.tokens === undefined)) {
       return yield* usage(
@@ -113,7 +140,7 @@ export const entropyInput = (args: EntropyArgs): Effect.Effect<EntropyInput, Con
           : "give either --prompts or --tokens, not both",
       );
     }
-    let dir = args.model;
+    let dir = modelDir;
     if (dir === undefined) {
       if (!(yield* exists(`${DEFAULT_MODEL}/config.json`))) {
         return yield* usage(
@@ -248,17 +275,36 @@ const mkdirFor = (path: string) =>
     catch: (e) => new FileFormatError({ file: path, message: `${path}: cannot create its folder (${e})` }),
   });
 
-/** Write the JSON report and the SVG (creating their folders) and print the summary table. */
-export const writeEntropyReport = (input: EntropyInput, r: EntropyResult) =>
+/**
+ * Write the JSON report and the SVG (creating their folders) and print the summary table and boundary layer of
+ * each model. One model: its report and the paper's two figures per norm. Several: `{ models: [report, ...] }`
+ * and the multi-model figure (entropy_report.ts multiModelSvg).
+ */
+export const writeEntropyReport = (inputs: readonly EntropyInput[], rs: readonly EntropyResult[]) =>
   Effect.gen(function* () {
-    const { args, dir, model } = input, c = model.config, svg = svgPath(args);
+    const args = inputs[0].args, svg = svgPath(args);
+    const json = inputs.map((input, i) => reportJson(rs[i].flow, input.model, rs[i].batch, rs[i].source));
+    const names = modelNames(inputs.map((x) => x.dir));
+    const c = inputs[0].model.config;
     yield* mkdirFor(args.out);
     yield* writeAtomic(
       args.out,
-      JSON.stringify(reportJson(r.flow, model, r.batch, r.source), null, 1) + "\n",
+      JSON.stringify(inputs.length === 1 ? json[0] : { models: json }, null, 1) + "\n",
     );
     yield* mkdirFor(svg);
-    yield* writeAtomic(svg, reportSvg(r.flow, `${dir} (${c.architecture}, ${c.numLayers} layers)`));
-    console.log(summaryTable(r.flow));
+    yield* writeAtomic(
+      svg,
+      inputs.length === 1
+        ? reportSvg(rs[0].flow, `${inputs[0].dir} (${c.architecture}, ${c.numLayers} layers)`)
+        : multiModelSvg(
+          rs.map((r, i) => ({ name: names[i], flow: r.flow })),
+          `Entropy flow of ${names.join(", ")}`,
+        ),
+    );
+    inputs.forEach((input, i) => {
+      if (inputs.length > 1) console.log(`\n${input.dir}:`);
+      console.log(summaryTable(rs[i].flow));
+      console.log(boundaryLine(rs[i].flow));
+    });
     console.log(`wrote ${args.out} and ${svg}`);
   });

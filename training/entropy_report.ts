@@ -6,8 +6,16 @@
 import { Effect } from "effect";
 import { FileFormatError } from "../core/errors.ts";
 import { readBytes } from "../io/files.ts";
-import { barChart, type Chart, lineChart, panels } from "../io/svg.ts";
-import type { EntropyBatch, EntropyFlow, LayerEntropies } from "../policies/analysis.ts";
+import { barChart, type Chart, lineChart, PALETTE, panels, type VLine } from "../io/svg.ts";
+import {
+  BOUNDARY_RULE,
+  type BoundaryChoice,
+  boundaryOfFlow,
+  type EntropyBatch,
+  type EntropyFlow,
+  type LayerEntropies,
+} from "../policies/analysis.ts";
+import type { ReadoutNorm } from "../policies/internal.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 
 /** What the report's `notes.layers` says. */
@@ -52,6 +60,7 @@ export const reportJson = (
   tokens: flow.tokens,
   targets: flow.targets,
   final: means(flow.final),
+  boundary: boundaryJson(flow),
   layers: flow.layers.map((l) => ({
     layer: l.layer,
     paperLayer: l.layer + 1,
@@ -143,3 +152,109 @@ export const readPrompts = (file: string): Effect.Effect<string[], FileFormatErr
       ? Effect.succeed(lines)
       : Effect.fail(new FileFormatError({ file, message: `${file}: no prompts (one per line expected)` }));
   });
+
+/** The norm the boundary rule reads: raw when the flow has it (the paper's convention), else normed. */
+const boundaryNorm = (flow: EntropyFlow): ReadoutNorm => (flow.norms.includes("raw") ? "raw" : "normed");
+
+/** The boundary layer of a flow (policies/analysis.ts boundaryLayer) and the norm it was read on. */
+export const boundaryOf = (flow: EntropyFlow): BoundaryChoice & { readonly norm: ReadoutNorm } => ({
+  ...boundaryOfFlow(flow, boundaryNorm(flow)),
+  norm: boundaryNorm(flow),
+});
+
+const boundaryJson = (flow: EntropyFlow) => {
+  const b = boundaryOf(flow);
+  return {
+    layer: b.layer,
+    paperLayer: b.layer + 1,
+    reason: b.reason,
+    norm: b.norm,
+    rule: BOUNDARY_RULE,
+  };
+};
+
+/** The line printed after the summary table: the boundary layer `--layer auto` would choose on this input. */
+export const boundaryLine = (flow: EntropyFlow): string => {
+  const b = boundaryOf(flow);
+  return `boundary layer (the last layer whose FFN entropy change is still positive, ${b.norm}): ${b.layer} ` +
+    `(the paper's layer ${b.layer + 1}; ${b.reason})${
+      b.norm === "raw" ? "" : "; --layer auto reads the raw readouts"
+    }`;
+};
+
+/** One model of a multi-model figure: a short name and its flow. */
+export interface NamedFlow {
+  readonly name: string;
+  readonly flow: EntropyFlow;
+}
+
+/** Short, distinct names for model folders: the last path part, or the whole path where those collide. */
+export const modelNames = (dirs: readonly string[]): string[] => {
+  const base = dirs.map((d) => d.replace(/\/+$/, "").split("/").pop() || d);
+  return base.map((b, i) => (base.filter((x) => x === b).length > 1 ? dirs[i] : b));
+};
+
+/**
+ * The multi-model figure: per norm the entropy flow of every model, then its FFN, attention and whole-layer entropy
+ * changes per layer, one line per model, each model's boundary layer marked on the FFN panel. With different layer
+ * counts the x axis is the normalized depth: layer l at l / (L-1) on the change panels (a 1-layer model sits at
+ * 0); on the flow panel the four points of layer l (input, attention, FFN, output) at (l + 0, .25, .5, .75) /
+ * (L - 0.25), so every model's flow runs from 0 to 1. With equal layer counts, the layer itself.
+ */
+export const multiModelSvg = (models: readonly NamedFlow[], title: string): string => {
+  const Ls = models.map((m) => m.flow.numLayers);
+  const normalize = new Set(Ls).size > 1;
+  const x = (L: number, l: number) => (normalize ? (L > 1 ? l / (L - 1) : 0) : l);
+  const xFlow = (L: number, at: number) => (normalize ? at / (L - 0.25) : at);
+  const xLabel = normalize ? "normalized depth: layer l / (L-1)" : "layer (0-based)";
+  const flowLabel = normalize
+    ? "normalized depth (0 = layer 0's input, 1 = the last layer's output)"
+    : "layer l: input, attention, FFN, output (0-based)";
+  const norms = (["raw", "normed"] as const).filter((n) => models.every((m) => m.flow.norms.includes(n)));
+  const color = (i: number) => PALETTE[i % PALETTE.length];
+  const charts: Chart[] = [];
+  for (const norm of norms) {
+    charts.push(lineChart({
+      title: `Entropy flow (${norm}): input, attention, FFN, output per layer`,
+      xLabel: flowLabel,
+      yLabel: "mean entropy (nats)",
+      series: models.map((m, i) => {
+        const L = m.flow.numLayers;
+        return {
+          name: `${m.name} (${L} layers)`,
+          color: color(i),
+          points: m.flow.layers.flatMap((l) => {
+            const e = l[norm]!;
+            return [e.input, e.attn, e.ffn, e.output].map((v, j) =>
+              [xFlow(L, l.layer + 0.25 * j), v.entropy] as const
+            );
+          }),
+        };
+      }),
+    }));
+    const change = (what: "ffn" | "attn" | "layer", name: string, marks: boolean) =>
+      lineChart({
+        title: `${name} entropy change per layer (${norm})`,
+        xLabel,
+        yLabel: "mean entropy change (nats)",
+        zeroLine: true,
+        series: models.map((m, i) => ({
+          name: `${m.name} (${m.flow.numLayers} layers)`,
+          color: color(i),
+          points: m.flow.layers.map((l) => [x(m.flow.numLayers, l.layer), l[norm]!.change[what]] as const),
+        })),
+        vlines: marks
+          ? models.map((m, i): VLine => {
+            const b = boundaryOfFlow(m.flow, norm);
+            return { x: x(m.flow.numLayers, b.layer), label: `k=${b.layer}`, color: color(i) };
+          })
+          : undefined,
+      });
+    charts.push(
+      change("ffn", "FFN", true),
+      change("attn", "Attention", false),
+      change("layer", "Whole-layer", false),
+    );
+  }
+  return panels(charts, 2, title);
+};

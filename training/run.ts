@@ -25,6 +25,7 @@ import {
 import { arithTask } from "../tasks/arith.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.ts";
 import { resolveConfig, type TrainConfig } from "./config.ts";
+import { resolveLayer } from "./boundary.ts";
 import { evalPolicyOf, evaluate } from "./evaluate.ts";
 import { type EvalRecord, runPlots } from "./report.ts";
 import { type RlContext, rlStep, type StepMetrics } from "./rl.ts";
@@ -41,8 +42,16 @@ export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => 
   };
   let o: Objective;
   if (cfg.objective === "grpo") o = grpo(final, clip);
-  else if (cfg.objective === "bupo") o = bupo({ layer: cfg.layer, until: cfg.phaseSteps, ...clip });
-  else o = await loadObjectiveModule(cfg.objective);
+  else if (cfg.objective === "bupo") {
+    if (cfg.layer === "auto") {
+      throw new ConfigError({
+        source: "config",
+        field: "layer",
+        message: "layer auto: resolve it first (runTraining does, with training/boundary.ts resolveLayer)",
+      });
+    }
+    o = bupo({ layer: cfg.layer, until: cfg.phaseSteps, ...clip });
+  } else o = await loadObjectiveModule(cfg.objective);
   if (cfg.kl > 0) o = MonoidObjective.concat(o, scale(cfg.kl)(klToRef(final, { estimator: "k3" })));
   return o;
 };
@@ -379,7 +388,12 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
     const { cfg } = origin;
     const { tok, task } = yield* loadTokenizerAndTask(origin, o.resume);
     const config = origin.host.config;
-    const objective = yield* loadObjective(cfg, config);
+    const layer = yield* resolveLayer(gpu, cfg, tok, task, {
+      base: origin.host,
+      resume: o.resume,
+      log: (s) => o.quiet || console.log(s),
+    });
+    const objective = yield* loadObjective({ ...cfg, layer }, config);
     yield* Effect.try({
       try: () => evalPolicyOf(cfg.evalPolicy, config.numLayers),
       catch: (e) => e as ConfigError,

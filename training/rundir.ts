@@ -29,6 +29,8 @@ export const runDir = (dir: string) => ({
   plots: `${dir}/plots.svg`,
   /** The resolved run config. */
   config: `${dir}/config.json`,
+  /** `--layer auto`: the entropy flow of the base model and the boundary layer chosen from it (training/boundary.ts). */
+  boundary: `${dir}/boundary.json`,
   /** The objective in its text form. */
   objective: `${dir}/objective.txt`,
   /** `{ "checkpoint": "checkpoints/step-NNNNNN", "step": N }`: the newest complete checkpoint. */

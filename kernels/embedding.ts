@@ -271,7 +271,7 @@ const u8 = (n: number, d: number, T: number, V: number, gx: number, nb: number, 
 
 /** Blocks of positions and the head/part scratch of the one-kernel gradient. */
 const gradScratch = (vocab: number, d: number, T: number) => {
-  const nb = Math.ceil(T / EMB_BLOCK);
+  const nb = Math.max(1, Math.ceil(T / EMB_BLOCK));
   const head: StorageBinding = { kind: "scratch", id: "head", bytes: Math.max(1, nb * vocab) * 4 };
   const part: StorageBinding = { kind: "scratch", id: "part", bytes: T * d * 4 };
   return { nb, head, part };
@@ -289,7 +289,7 @@ const prepPasses = (
   head: StorageBinding,
   part: StorageBinding,
 ): GpuPass[] => {
-  const nb = Math.ceil(T / EMB_BLOCK);
+  const nb = Math.max(1, Math.ceil(T / EMB_BLOCK));
   if (nb > LOOP_SAFE) {
     throw new ShapeError({ op: "embeddingGrad", message: `embeddingGrad: ${T} positions are too many` });
   }

@@ -93,7 +93,7 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup barrier costs ~60 us there);
       // invocations of a workgroup run as SIMD lanes over 64 rows. Only for chunks within the loop budget:
       // llvmpipe silently cuts a loop short past 65,535 iterations (longer chunks take the workgroup variant).
-      const groups = Math.ceil(N / 64);
+      const groups = Math.max(1, Math.ceil(N / 64));
       const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
       const wgsl = `${head}
 @compute @workgroup_size(64)
@@ -213,7 +213,7 @@ export const readoutGrad: Kernel<ChunkParams> = defineKernel<ChunkParams>({
   gpu: ({ start, vocab, temperature }, [z], target) => {
     const [N, C] = z.shape;
     const n = N * C;
-    const groups = Math.ceil(n / WG);
+    const groups = Math.max(1, Math.ceil(n / WG));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const grid: [number, number, number] = [gx, Math.ceil(groups / gx), 1];
     const inv = f32Lit(1 / temperature);
@@ -274,7 +274,7 @@ export const readoutFinish: Kernel<Record<string, never>> = defineKernel<Record<
   },
   gpu: (_p, [st], target) => {
     const N = st.shape[0];
-    const groups = Math.ceil(N / 64);
+    const groups = Math.max(1, Math.ceil(N / 64));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const b = bind(
       { input: 0, name: "st" },
@@ -350,7 +350,7 @@ export const readoutTopK: Kernel<TopKParams> = defineKernel<TopKParams>({
   gpu: ({ start, vocab, temperature, k }, [_s, z], target) => {
     const [N, C] = z.shape;
     const valid = Math.max(0, Math.min(C, vocab - start));
-    const groups = Math.ceil(N / 64);
+    const groups = Math.max(1, Math.ceil(N / 64));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const js = Array.from({ length: k }, (_, j) => j);
     const b = bind(

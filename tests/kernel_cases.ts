@@ -277,7 +277,7 @@ const readoutInit = (n: number) => new Float32Array(4 * n).map((_, i) => (i % 4 
 /** A vocabulary chunk problem with a temperature from `temperatures` (a literal in the fold kernels' WGSL). */
 const chunkOf = (temperatures: readonly number[]) =>
   fc.record({
-    n: dim(9), // >= 1: the readout kernels fail on 0 rows (see KNOWN_BUGS)
+    n: dim(9), // >= 1: the readout kernels fail on 0 rows (see ZERO_SIZE_REGRESSIONS)
     c: fc.oneof(dim(70), fc.integer({ min: 250, max: 300 })),
     start: fc.constantFrom(0, 3, 64),
     /** How far the vocabulary reaches into the chunk: past it (no padding), inside it (padding) or before it. */
@@ -655,7 +655,7 @@ export const CASES: { readonly [K in KernelName]: Case<KernelParams<K>> } = {
     why: DYADIC + " (repeated ids sum; ids -1 and V contribute nothing; no positions give zeros)",
   },
   embeddingGradPrep: {
-    // Not ids of shape [0]: with no positions the GPU leaves head unwritten (see KNOWN_BUGS).
+    // Not ids of shape [0]: with no positions the GPU leaves head unwritten (see ZERO_SIZE_REGRESSIONS).
     arb: fc.record({ vocab: dim(33), d: dim(17), ids: shapeArb(2, 17), seed: seedArb }).map((a) =>
       problem({ vocab: a.vocab }, [D([...a.ids, a.d], a.seed), I(a.ids, a.seed + 1, -1, a.vocab + 1)])
     ),
@@ -1224,7 +1224,7 @@ const NAN_GRID =
   "with 0 rows the grid is [0, NaN, 1] (ceil(groups / gx) with gx = 0): dispatchWorkgroups throws " +
   "a TypeError (the backend skips only grids whose product is 0)";
 
-export const KNOWN_BUGS: readonly KnownBug[] = [
+export const ZERO_SIZE_REGRESSIONS: readonly KnownBug[] = [
   known(
     "embeddingGradPrep",
     { vocab: 5 },

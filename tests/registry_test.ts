@@ -28,7 +28,14 @@ import { tensor, tidy } from "../engine/tensor.ts";
 import { wgslType } from "../engine/wgsl.ts";
 import { type KernelName, type KernelParams, KERNELS } from "../kernels/index.ts";
 import { MAX_TEXTURE } from "../kernels/matmul.ts";
-import { assertCheck, type Case, CASES, type Check, KNOWN_BUGS, type Problem } from "./kernel_cases.ts";
+import {
+  assertCheck,
+  type Case,
+  CASES,
+  type Check,
+  type Problem,
+  ZERO_SIZE_REGRESSIONS,
+} from "./kernel_cases.ts";
 import { cpu32, cpu64, gpu, hwGpu, softwareTarget } from "./util.ts";
 
 const env = (k: string): string | undefined => {
@@ -558,18 +565,18 @@ Deno.test({
   },
 });
 
-// ---- known bugs -------------------------------------------------------------------------------------------------
+// ---- zero-size regressions -------------------------------------------------------------------------------------------------
 
 Deno.test({
-  name: `registry: KNOWN BUGS (${
-    KNOWN_BUGS.map((b) => b.kernel).join(", ")
-  }; ignored until the kernels are fixed)`,
-  ignore: true,
+  name: `registry: zero-size inputs that once broke ${
+    ZERO_SIZE_REGRESSIONS.map((b) => b.kernel).join(", ")
+  } now agree`,
+  ignore: gpu === null,
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
     const failures: string[] = [];
-    for (const { kernel: name, problem: p, bug } of KNOWN_BUGS) {
+    for (const { kernel: name, problem: p, bug } of ZERO_SIZE_REGRESSIONS) {
       const kernel = KERNELS[name] as unknown as Kernel<unknown>, kase = CASES[name] as Case<unknown>;
       const what = `${name} ${p[fc.toStringMethod]()} (${bug})`;
       try {

@@ -85,6 +85,7 @@ export { requiredReadouts } from "./objectives/readouts.ts";
 export { lowerLoss, lowerStep } from "./objectives/lower.ts";
 export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
 export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
+export { loadTaskModule, resolveTask } from "./formats/task.ts";
 export { gradients, normTable, writeGradients } from "./training/grad.ts";
 export { readKl, streamKl } from "./policies/kl.ts";
 export { entropyFlow } from "./policies/analysis.ts";

@@ -1,4 +1,5 @@
-/** Verifiable reasoning tasks: the Task interface, batching helpers and the embedded arithmetic and rewriting tasks. */
+/** Verifiable reasoning tasks: the Task interface, batching helpers, the embedded tasks and their registry. */
 export * from "./task.ts";
 export * from "./arith.ts";
 export * from "./rewrite.ts";
+export * from "./index.ts";

@@ -9,6 +9,7 @@ import * as t from "io-ts";
 import { ConfigError, type FileFormatError } from "../core/errors.ts";
 import { readJson } from "../io/files.ts";
 import { checkValue, DEVICE_FLAG, type DeviceChoice, type FlagSpec } from "../core/flags.ts";
+import { embeddedTaskNames } from "../tasks/index.ts";
 
 /** Everything `train.ts` reads. */
 export interface TrainConfig {
@@ -16,8 +17,8 @@ export interface TrainConfig {
   readonly model: string;
   /** Where to run: auto (WebGPU when an adapter exists, else the CPU), gpu, or the CPU reference backend. */
   readonly device: DeviceChoice;
-  /** Embedded task name. */
-  readonly task: "arith";
+  /** An embedded task's name (`arith`, `rewrite`) or the path of a module exporting a Task (`./t.ts[#export]`). */
+  readonly task: string;
   /** `grpo`, `bupo`, or the path of a TypeScript module exporting an Objective. */
   readonly objective: string;
   /**
@@ -87,7 +88,11 @@ export const DEFAULTS: TrainConfig = {
 const ROWS: { readonly [K in keyof TrainConfig]: Omit<FlagSpec, "default"> } = {
   model: { kind: "str", arg: "DIR", help: "model folder" },
   device: DEVICE_FLAG,
-  task: { kind: "enum", values: ["arith"], help: "embedded task" },
+  task: {
+    kind: "str",
+    arg: "NAME|FILE",
+    help: `${embeddedTaskNames().join(" | ")} | path/to/task.ts[#export] (a module exporting a Task)`,
+  },
   objective: { kind: "str", arg: "NAME|FILE", help: "grpo | bupo | path/to/objective.ts" },
   layer: {
     kind: "int",

@@ -22,7 +22,9 @@ import {
   scale,
   show,
 } from "../objectives/objective.ts";
-import { arithTask } from "../tasks/arith.ts";
+import { resolveTask } from "../formats/task.ts";
+import { EMBEDDED_TASKS, isEmbeddedTask } from "../tasks/index.ts";
+import { outsideAlphabet } from "../tasks/task.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.ts";
 import { resolveConfig, type TrainConfig } from "./config.ts";
 import { resolveLayer } from "./boundary.ts";
@@ -177,26 +179,44 @@ const resumeOrStart = (
 ): Effect.Effect<Origin, ConfigError | FileFormatError> =>
   o.resume ? resumeFrom(cfg.out, o.explicit ?? {}) : startFresh(cfg);
 
-/** The char tokenizer (the checkpoint's on resume) and the embedded task, which must fit each other. */
-const loadTokenizerAndTask = (origin: Origin, resume: boolean) =>
+/**
+ * The char tokenizer (the checkpoint's on resume) and the task `cfg.task` names (embedded, or a module checked
+ * against the Task contract), which must fit each other: every character of the task's alphabet is a token.
+ */
+const loadTokenizerAndTask = (origin: Origin, o: RunOptions) =>
   Effect.gen(function* () {
     const { cfg, start } = origin;
-    const tok = yield* readTokenizerDir(resume ? runDir(cfg.out).checkpoint(start - 1) : cfg.model);
+    const tokDir = o.resume ? runDir(cfg.out).checkpoint(start - 1) : cfg.model;
+    const tok = yield* readTokenizerDir(tokDir);
     if (!(tok instanceof CharTokenizer)) {
       return yield* new ConfigError({
         source: cfg.model,
         field: "tokenizer.json",
-        message: `${cfg.model}: the embedded tasks need a char tokenizer`,
+        message: `${cfg.model}: the tasks train char models; this tokenizer is not a char tokenizer`,
       });
     }
-    const task = arithTask();
-    const missing = [...task.alphabet].filter((ch) => !tok.alphabet.includes(ch));
+    const task = yield* resolveTask(cfg.task, "--task", cfg.seed);
+    const missing = outsideAlphabet(tok.alphabet, task.alphabet);
     if (missing.length) {
+      const shipped = isEmbeddedTask(cfg.task) ? EMBEDDED_TASKS[cfg.task].model : undefined;
       return yield* new ConfigError({
-        source: `${cfg.model}/tokenizer.json`,
-        field: "model.vocab",
-        message: `${cfg.model}: tokenizer lacks task characters ${JSON.stringify(missing.join(""))}`,
+        source: `${tokDir}/tokenizer.json`,
+        field: "--task",
+        message: `--task ${cfg.task}: the tokenizer of ${tokDir} lacks the task's characters ${
+          JSON.stringify(missing.join(""))
+        }${
+          shipped && shipped !== cfg.model
+            ? ` (${shipped} is the shipped model for this task: --model ${shipped})`
+            : ""
+        }`,
       });
+    }
+    const longest = task.maxSolutionChars;
+    if (!o.quiet && longest !== undefined && cfg.maxNew < longest) {
+      console.warn(
+        `note: --max-new ${cfg.maxNew} is below the task's longest solution (${longest} characters); ` +
+          `longer responses are cut off (pass --max-new ${longest + 1})`,
+      );
     }
     return { tok, task };
   });
@@ -386,7 +406,7 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
   Effect.gen(function* () {
     const origin = yield* resumeOrStart(cfgIn, o);
     const { cfg } = origin;
-    const { tok, task } = yield* loadTokenizerAndTask(origin, o.resume);
+    const { tok, task } = yield* loadTokenizerAndTask(origin, o);
     const config = origin.host.config;
     const layer = yield* resolveLayer(gpu, cfg, tok, task, {
       base: origin.host,

@@ -77,8 +77,8 @@ const forwardWith = (
       q = rmsNorm(q, n("self_attn.q_norm.weight"), c.rmsNormEps);
       k = rmsNorm(k, n("self_attn.k_norm.weight"), c.rmsNormEps);
     }
-    q = rope(q, positions, c.ropeTheta); // (B, T, Hq, D)
-    k = rope(k, positions, c.ropeTheta); // (B, T, Hkv, D)
+    q = rope(q, positions, c.ropeTheta, c.ropeScaling); // (B, T, Hq, D)
+    k = rope(k, positions, c.ropeTheta, c.ropeScaling); // (B, T, Hkv, D)
     onKV?.(l, k, v);
     const o = reshape(attention(q, k, v), [B, T, Hq * D]); // (B, T, Hq*D)
     const attn = linear(o, n("self_attn.o_proj.weight")); // (B, T, d)
@@ -190,8 +190,8 @@ export const decodeStep = (c: DecoderConfig, p: Params, cache: KVCache, ids: Ten
       q = rmsNorm(q, n("self_attn.q_norm.weight"), c.rmsNormEps);
       k = rmsNorm(k, n("self_attn.k_norm.weight"), c.rmsNormEps);
     }
-    q = rope(q, pos, c.ropeTheta); // (B, 1, Hq, D)
-    k = rope(k, pos, c.ropeTheta); // (B, 1, Hkv, D)
+    q = rope(q, pos, c.ropeTheta, c.ropeScaling); // (B, 1, Hq, D)
+    k = rope(k, pos, c.ropeTheta, c.ropeScaling); // (B, 1, Hkv, D)
     kvWrite(cache.k[l], cache.v[l], k, v, t);
     const o = reshape(decodeAttention(q, cache.k[l], cache.v[l], t), [B, Hq * D]); // (B, Hq*D)
     const mid = add(h, linear(o, n("self_attn.o_proj.weight"))); // (B, d)

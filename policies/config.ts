@@ -1,6 +1,6 @@
 /** The decoder family's configuration (Qwen3 / Qwen2 / Llama pre-norm blocks) and the parameter layout it implies. */
 import * as t from "io-ts";
-import { ConfigError } from "../core/errors.ts";
+import { ConfigError, showValue } from "../core/errors.ts";
 import type { Shape } from "../core/shape.ts";
 import { type RopeScaling, ropeScalingProblem } from "../kernels/rope.ts";
 
@@ -172,7 +172,7 @@ const decodeRopeScaling = (
   if (bad !== undefined) fail(`${field}.${bad}`, "unknown field");
   const rt = own(o, "rope_type"), ty = own(o, "type");
   if (rt !== undefined && ty !== undefined && rt !== ty) {
-    fail(`${field}.rope_type`, `${JSON.stringify(rt)} disagrees with ${field}.type ${JSON.stringify(ty)}`);
+    fail(`${field}.rope_type`, `${showValue(rt)} disagrees with ${field}.type ${showValue(ty)}`);
   }
   const type = rt ?? ty;
   if (type === undefined) fail(`${field}.rope_type`, `missing (expected "default" or "llama3")`);
@@ -180,7 +180,7 @@ const decodeRopeScaling = (
   if (type !== "llama3") {
     fail(
       `${field}.rope_type`,
-      `rope type ${JSON.stringify(type)} is not implemented (supported: "default", "llama3")`,
+      `rope type ${showValue(type)} is not implemented (supported: "default", "llama3")`,
     );
   }
   for (const k of Object.keys(o)) {
@@ -196,7 +196,7 @@ const decodeRopeScaling = (
     const v = own(o, k);
     if (v === undefined) fail(`${field}.${k}`, "missing (required by rope_type llama3)");
     if (typeof v !== "number" || !Number.isFinite(v) || !(v > 0)) {
-      fail(`${field}.${k}`, `expected a positive number, got ${JSON.stringify(v)}`);
+      fail(`${field}.${k}`, `expected a positive number, got ${showValue(v)}`);
     }
     out[name] = v as number;
   }
@@ -251,8 +251,7 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
         continue;
       }
       if (!(c as t.Any).is(v)) {
-        const shown = JSON.stringify(v) ?? String(v);
-        fail(k, `expected ${(c as t.Any).name}, got ${shown.length > 80 ? `${shown.slice(0, 77)}...` : shown}`);
+        fail(k, `expected ${(c as t.Any).name}, got ${showValue(v)}`);
       }
     }
   }
@@ -260,13 +259,13 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
   if (archs.length === 0) fail("architectures", `expected one architecture; supported: ${ARCHS.join(", ")}`);
   const arch = archs[0];
   if (!ARCHS.includes(arch as typeof ARCHS[number])) {
-    fail("architectures", `unknown architecture ${JSON.stringify(arch)}; supported: ${ARCHS.join(", ")}`);
+    fail("architectures", `unknown architecture ${showValue(arch)}; supported: ${ARCHS.join(", ")}`);
   }
   const a = arch as DecoderConfig["architecture"];
   const layers = o.num_hidden_layers as number;
   const act = own(o, "hidden_act") as string | undefined;
   if (act !== undefined && !SILU.includes(act)) {
-    fail("hidden_act", `activation ${JSON.stringify(act)} is not implemented (the decoder's MLP is SiLU-gated)`);
+    fail("hidden_act", `activation ${showValue(act)} is not implemented (the decoder's MLP is SiLU-gated)`);
   }
   const prf = own(o, "partial_rotary_factor");
   if (prf !== undefined && prf !== 1) {
@@ -283,7 +282,7 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
     if (k >= 0) {
       fail(
         `layer_types[${k}]`,
-        `${JSON.stringify(types[k])} is not implemented (the decoder has full attention only: "full_attention")`,
+        `${showValue(types[k])} is not implemented (the decoder has full attention only: "full_attention")`,
       );
     }
     if (types.length !== layers) {
@@ -297,8 +296,12 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
     if (win !== null && from < layers) {
       fail(
         "sliding_window",
-        `use_sliding_window is true, so layers ${from}..${layers - 1} (from max_window_layers ${from}) would ` +
-          `attend within a window of ${win ?? "4096 (the default)"} tokens; sliding-window attention is not ` +
+        `use_sliding_window is true, so layers ${from}..${
+          layers - 1
+        } (from max_window_layers ${from}) would ` +
+          `attend within a window of ${
+            win ?? "4096 (the default)"
+          } tokens; sliding-window attention is not ` +
           "implemented (set use_sliding_window false)",
       );
     }
@@ -315,7 +318,9 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
     }
     const pt = own(rp, "rope_theta");
     if (pt !== undefined) {
-      if (!PositiveNumber.is(pt)) fail("rope_parameters.rope_theta", `expected a positive number, got ${JSON.stringify(pt)}`);
+      if (!PositiveNumber.is(pt)) {
+        fail("rope_parameters.rope_theta", `expected a positive number, got ${showValue(pt)}`);
+      }
       if (theta !== undefined && theta !== pt) {
         fail("rope_parameters.rope_theta", `${pt} disagrees with rope_theta ${theta}`);
       }
@@ -331,7 +336,9 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
     if (heads % kv !== 0) fail("num_key_value_heads", `${kv} does not divide num_attention_heads ${heads}`);
     const hidden = o.hidden_size as number;
     const headDim = (own(o, "head_dim") as number | undefined) ?? hidden / heads;
-    if (!Number.isInteger(headDim) || headDim % 2 !== 0) fail("head_dim", `${headDim} must be an even integer`);
+    if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+      fail("head_dim", `${headDim} must be an even integer`);
+    }
     return {
       architecture: a,
       vocabSize: o.vocab_size as number,

@@ -122,9 +122,10 @@ export const decodeConfigJson = (source: string, json: unknown): Partial<TrainCo
   if (!ConfigFile.is(json)) {
     throw new ConfigError({ source, field: "(root)", message: `${source}: expected a JSON object` });
   }
-  const out: Record<string, unknown> = {};
+  const out: Record<string, unknown> = Object.create(null);
   for (const [k, v] of Object.entries(json)) {
-    if (!(k in TRAIN_FLAGS)) {
+    // Own keys only: `__proto__`, `constructor` or `toString` are unknown fields, not inherited members.
+    if (!Object.hasOwn(TRAIN_FLAGS, k)) {
       throw new ConfigError({
         source,
         field: k,
@@ -140,7 +141,7 @@ export const decodeConfigJson = (source: string, json: unknown): Partial<TrainCo
       false,
     );
   }
-  return out as Partial<TrainConfig>;
+  return { ...out } as Partial<TrainConfig>;
 };
 
 /** Read and decode a JSON config file (`--config FILE`). */

@@ -67,6 +67,12 @@ export const ENTROPY_FLAGS = {
   temperature: { kind: "posnum", default: 1, help: "(--prompts) sampling temperature" },
   seed: { kind: "int", min: 0, max: 2 ** 32 - 1, default: 0, help: "(--prompts) sampling seed" },
   quiet: { kind: "bool", help: "no progress bar" },
+  allowNonfinite: {
+    kind: "bool",
+    help: "load weights that hold NaN or infinite values (to analyse a broken checkpoint); the\n" +
+      "report lists those tensors (nonFiniteTensors) and the summary says so. Without it they\n" +
+      "are an error naming the tensor and the first bad element.",
+  },
   device: DEVICE_FLAG,
 } as const satisfies FlagTable;
 
@@ -85,6 +91,8 @@ export interface EntropyArgs {
   readonly temperature: number;
   readonly seed: number;
   readonly quiet: boolean;
+  /** Load non-finite weights and mark them in the report (default false: they are an error). */
+  readonly allowNonfinite?: boolean;
   readonly device?: DeviceChoice;
 }
 
@@ -124,7 +132,7 @@ export const entropyInput = (args: EntropyArgs): Effect.Effect<EntropyInput, Con
       }
       dir = DEFAULT_MODEL;
     }
-    const model = yield* readModelDir(dir);
+    const model = yield* readModelDir(dir, { allowNonFinite: args.allowNonfinite === true });
     const c = model.config;
     const bad = args.tokens?.find((id) => id >= c.vocabSize);
     if (bad !== undefined) {
@@ -258,6 +266,6 @@ export const writeEntropyReport = (input: EntropyInput, r: EntropyResult) =>
     );
     yield* mkdirFor(svg);
     yield* writeAtomic(svg, reportSvg(r.flow, `${dir} (${c.architecture}, ${c.numLayers} layers)`));
-    console.log(summaryTable(r.flow));
+    console.log(summaryTable(r.flow, model.nonFinite));
     console.log(`wrote ${args.out} and ${svg}`);
   });

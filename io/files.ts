@@ -15,11 +15,11 @@ export const readBytes = (path: string): Effect.Effect<Uint8Array, FileFormatErr
 
 /** A parser's message made printable: control characters escaped, at most `max` characters. */
 export const printable = (s: string, max = 160): string => {
-  // deno-lint-ignore no-control-regex
-  const p = s.replace(
-    /[\u0000-\u001f\u007f-\u009f\ufffd]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
+  let p = "";
+  for (const c of s) {
+    const k = c.codePointAt(0)!;
+    p += k < 0x20 || (k >= 0x7f && k <= 0x9f) || k === 0xfffd ? `\\u${k.toString(16).padStart(4, "0")}` : c;
+  }
   return p.length > max ? `${p.slice(0, max - 3)}...` : p;
 };
 

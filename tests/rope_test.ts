@@ -190,8 +190,6 @@ Deno.test("llama3 rope scaling: frequencies hand-computed from the published for
   closeRel(ropeInvFreqs(10000, 8, SMALL), SMALL_WANT, 1e-14, "llama3 D=8");
   closeRel(ropeInvFreqs(10000, 8), [1, 0.1, 0.01, 0.001], 1e-14, "unscaled D=8");
 });
-  if (!(e[1] < 0.1 && e[1] > 0.1 * 0.99)) throw new Error(`near the high edge: ${e[1]}`);
-});
 
 Deno.test("llama3 rope scaling with Llama 3.2's parameters: 15 kept, 3 blended, 14 divided by 32 (D = 64)", () => {
   const s: RopeScaling = {

@@ -29,7 +29,7 @@ const program = (argv: readonly string[]) =>
     const { config, steps, seeds, objectives, out, device } = args.values;
     const file = config ? yield* readConfigFile(config) : {};
     const base = yield* Effect.try({
-      try: () => resolveConfig(file, steps ? { steps } : {}),
+      try: () => resolveConfig(file, steps ? { steps } : {}, config),
       catch: (e) => e,
     });
     yield* withDevice(device, (backend) => compare(backend, { base, seeds, objectives, out }));

@@ -8,7 +8,13 @@ import { parseSafetensors, serializeSafetensors, type StEntry, toF32 } from "../
 import { type Shape, showShape } from "../core/shape.ts";
 import type { Backend } from "../engine/backend.ts";
 import { exists, folderRoots, insideFolder, readBytes, readJson, writeAtomic } from "../io/files.ts";
-import { decodeHfConfig, type DecoderConfig, encodeHfConfig, paramSpecs } from "../policies/config.ts";
+import {
+  decodeHfConfig,
+  type DecoderConfig,
+  encodeHfConfig,
+  iterParamSpecs,
+  paramSpecs,
+} from "../policies/config.ts";
 import { Params, paramsFromHost, paramsToHostArrays } from "../policies/params.ts";
 
 /** A tensor that holds NaN or infinite values (read with `allowNonFinite`). */
@@ -60,6 +66,16 @@ const nonFiniteOf = (data: Float32Array): { count: number; first: number; value:
     }
   }
   return first < 0 ? undefined : { count, first, value: data[first] };
+};
+
+/** How many decoder layers a set of tensor names holds: one more than the largest `model.layers.<i>.` index. */
+const layersIn = (names: Iterable<string>): number => {
+  let n = 0;
+  for (const name of names) {
+    const m = /^model\.layers\.(\d+)\./.exec(name);
+    if (m) n = Math.max(n, Number(m[1]) + 1);
+  }
+  return n;
 };
 
 /** Decode model.safetensors.index.json: `{ weight_map: { tensor name: shard file } }` (other fields ignored). */
@@ -189,12 +205,21 @@ export const readModelDir = (
     }
     const tensors = new Map<string, { data: Float32Array; shape: Shape; file: string }>();
     const nonFinite: NonFiniteTensor[] = [];
-    for (const spec of paramSpecs(config)) {
+    // One spec at a time: a config.json that claims more layers than the files hold stops at the first gap.
+    for (const spec of iterParamSpecs(config)) {
       const found = entries.get(spec.name);
       if (!found) {
+        const layers = layersIn(entries.keys());
+        const m = /^model\.layers\.(\d+)\./.exec(spec.name);
+        const why = m && Number(m[1]) >= layers
+          ? `; config.json's num_hidden_layers is ${config.numLayers}, the files hold ${layers} layer${
+            layers === 1 ? "" : "s"
+          }`
+          : "";
         return yield* new FileFormatError({
           file: dir,
-          message: `${dir}: tensor ${spec.name} is missing (config.json implies ${showShape(spec.shape)}); ` +
+          message:
+            `${dir}: tensor ${spec.name} is missing (config.json implies ${showShape(spec.shape)})${why}; ` +
             `files read: ${files.join(", ")}`,
         });
       }

@@ -378,6 +378,39 @@ export const charTokenizerFromJson = (
   }
 };
 
+/**
+ * Check the ids of a tokenizer.json before @huggingface/tokenizers reads it: every id of `model.vocab` (an
+ * object for BPE, WordPiece and WordLevel) and of `added_tokens` must be an integer in [0, limit), where the
+ * limit leaves room for gaps (twice the number of tokens, plus 256). A sparse id like 1879048192 would
+ * otherwise make the library build a table of that size (minutes, or out of memory).
+ */
+const checkIds = (json: Json, file: string): void => {
+  const model = own(json, "model");
+  const vocab = isObj(model) ? own(model, "vocab") : undefined;
+  const added = own(json, "added_tokens");
+  const entries = isObj(vocab) ? Object.entries(vocab) : [];
+  const addedList = Array.isArray(added) ? added : [];
+  const limit = 2 * (entries.length + addedList.length + (Array.isArray(vocab) ? vocab.length : 0)) + 256;
+  const bad = (where: string, id: unknown) =>
+    new FileFormatError({
+      file,
+      message: `${file}: ${where} is ${showValue(id)}; ids must be integers in [0, ${limit}) (the file has ${
+        entries.length + addedList.length
+      } tokens)`,
+    });
+  for (const [t, id] of entries) {
+    if (typeof id === "number" && !(Number.isInteger(id) && id >= 0 && id < limit)) {
+      throw bad(`model.vocab[${showValue(t)}]`, id);
+    }
+  }
+  addedList.forEach((a, k) => {
+    const id = isObj(a) ? own(a, "id") : undefined;
+    if (typeof id === "number" && !(Number.isInteger(id) && id >= 0 && id < limit)) {
+      throw bad(`added_tokens[${k}].id`, id);
+    }
+  });
+};
+
 /** Wrap a parsed real Hugging Face tokenizer (Qwen, Llama...); eos required, pad defaults to eos, bos optional. */
 export const hfTokenizerFromJson = (
   json: unknown,
@@ -393,6 +426,7 @@ export const hfTokenizerFromJson = (
       }`,
     });
   }
+  checkIds(json, file);
   let inner: Tokenizer;
   let vocabSize: number;
   try {

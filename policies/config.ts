@@ -71,34 +71,39 @@ export interface ParamSpec {
 }
 
 /** The parameters of a config, in Hugging Face names and layouts, in a fixed order. */
-export const paramSpecs = (c: DecoderConfig): ParamSpec[] => {
+export const paramSpecs = (c: DecoderConfig): ParamSpec[] => [...iterParamSpecs(c)];
+
+/**
+ * The parameters of a config one at a time, in paramSpecs' order: a reader can stop at the first one a file
+ * lacks, so a config that claims billions of layers costs nothing.
+ */
+export function* iterParamSpecs(c: DecoderConfig): Generator<ParamSpec> {
   const d = c.hiddenSize, qd = c.numHeads * c.headDim, kvd = c.numKvHeads * c.headDim;
-  const out: ParamSpec[] = [{ name: "model.embed_tokens.weight", shape: [c.vocabSize, d], init: "normal" }];
+  yield { name: "model.embed_tokens.weight", shape: [c.vocabSize, d], init: "normal" };
   for (let l = 0; l < c.numLayers; l++) {
     const p = `model.layers.${l}`;
-    out.push({ name: `${p}.input_layernorm.weight`, shape: [d], init: "ones" });
-    out.push({ name: `${p}.self_attn.q_proj.weight`, shape: [qd, d], init: "normal" });
-    out.push({ name: `${p}.self_attn.k_proj.weight`, shape: [kvd, d], init: "normal" });
-    out.push({ name: `${p}.self_attn.v_proj.weight`, shape: [kvd, d], init: "normal" });
+    yield { name: `${p}.input_layernorm.weight`, shape: [d], init: "ones" };
+    yield { name: `${p}.self_attn.q_proj.weight`, shape: [qd, d], init: "normal" };
+    yield { name: `${p}.self_attn.k_proj.weight`, shape: [kvd, d], init: "normal" };
+    yield { name: `${p}.self_attn.v_proj.weight`, shape: [kvd, d], init: "normal" };
     if (c.qkvBias) {
-      out.push({ name: `${p}.self_attn.q_proj.bias`, shape: [qd], init: "zeros" });
-      out.push({ name: `${p}.self_attn.k_proj.bias`, shape: [kvd], init: "zeros" });
-      out.push({ name: `${p}.self_attn.v_proj.bias`, shape: [kvd], init: "zeros" });
+      yield { name: `${p}.self_attn.q_proj.bias`, shape: [qd], init: "zeros" };
+      yield { name: `${p}.self_attn.k_proj.bias`, shape: [kvd], init: "zeros" };
+      yield { name: `${p}.self_attn.v_proj.bias`, shape: [kvd], init: "zeros" };
     }
     if (c.qkNorm) {
-      out.push({ name: `${p}.self_attn.q_norm.weight`, shape: [c.headDim], init: "ones" });
-      out.push({ name: `${p}.self_attn.k_norm.weight`, shape: [c.headDim], init: "ones" });
+      yield { name: `${p}.self_attn.q_norm.weight`, shape: [c.headDim], init: "ones" };
+      yield { name: `${p}.self_attn.k_norm.weight`, shape: [c.headDim], init: "ones" };
     }
-    out.push({ name: `${p}.self_attn.o_proj.weight`, shape: [d, qd], init: "normal" });
-    out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [d], init: "ones" });
-    out.push({ name: `${p}.mlp.gate_proj.weight`, shape: [c.intermediateSize, d], init: "normal" });
-    out.push({ name: `${p}.mlp.up_proj.weight`, shape: [c.intermediateSize, d], init: "normal" });
-    out.push({ name: `${p}.mlp.down_proj.weight`, shape: [d, c.intermediateSize], init: "normal" });
+    yield { name: `${p}.self_attn.o_proj.weight`, shape: [d, qd], init: "normal" };
+    yield { name: `${p}.post_attention_layernorm.weight`, shape: [d], init: "ones" };
+    yield { name: `${p}.mlp.gate_proj.weight`, shape: [c.intermediateSize, d], init: "normal" };
+    yield { name: `${p}.mlp.up_proj.weight`, shape: [c.intermediateSize, d], init: "normal" };
+    yield { name: `${p}.mlp.down_proj.weight`, shape: [d, c.intermediateSize], init: "normal" };
   }
-  out.push({ name: "model.norm.weight", shape: [d], init: "ones" });
-  if (!c.tieWordEmbeddings) out.push({ name: "lm_head.weight", shape: [c.vocabSize, d], init: "normal" });
-  return out;
-};
+  yield { name: "model.norm.weight", shape: [d], init: "ones" };
+  if (!c.tieWordEmbeddings) yield { name: "lm_head.weight", shape: [c.vocabSize, d], init: "normal" };
+}
 
 // ---- Hugging Face config.json (io-ts at the edge) ------------------------------------------------------
 

@@ -38,9 +38,10 @@ export const parseSafetensors = (file: string, buf: Uint8Array): StFile => {
   };
   if (buf.length < 8) fail(`file is ${buf.length} bytes, too short for the 8-byte header length`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const n = Number(dv.getBigUint64(0, true));
+  const n64 = dv.getBigUint64(0, true);
+  const n = Number(n64);
   if (n > buf.length - 8) {
-    fail(`header length ${n} runs past the end of the file (${buf.length} bytes): truncated?`);
+    fail(`header length ${n64} runs past the end of the file (${buf.length} bytes): truncated?`);
   }
   let header: unknown;
   try {

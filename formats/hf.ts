@@ -185,7 +185,7 @@ export const readModelDir = (
         if (!found) {
           return yield* new FileFormatError({
             file: indexPath,
-            message: `${indexPath}: weight_map names ${JSON.stringify(f)} for tensor ${name}, but ${
+            message: `${indexPath}: weight_map names ${JSON.stringify(f)} for tensor ${name || '""'}, but ${
               paths.get(f)
             } does not hold it`,
           });

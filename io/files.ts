@@ -9,7 +9,11 @@ export const readBytes = (path: string): Effect.Effect<Uint8Array, FileFormatErr
     catch: (e) =>
       new FileFormatError({
         file: path,
-        message: e instanceof Deno.errors.NotFound ? `${path}: no such file` : `${path}: cannot read (${e})`,
+        message: e instanceof Deno.errors.NotFound
+          ? `${path}: no such file`
+          : e instanceof Deno.errors.IsADirectory
+          ? `${path}: is a folder, expected a file`
+          : `${path}: cannot read (${e})`,
       }),
   });
 

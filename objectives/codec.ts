@@ -71,9 +71,13 @@ const num = (o: Record<string, unknown>, key: string, c: t.Context): number =>
   finite(o[key]) ? o[key] : bad(o[key], at(c, key, o[key]), `expected a finite number, got ${got(o[key])}`);
 
 const oneOf = <A extends string>(u: unknown, c: t.Context, options: readonly A[], what: string): A =>
-  options.includes(u as A)
-    ? (u as A)
-    : bad(u, c, `unknown ${what} ${got(u)} (expected one of ${options.join(", ")})`);
+  options.includes(u as A) ? (u as A) : bad(
+    u,
+    c,
+    u === undefined
+      ? `missing ${what} (expected one of ${options.join(", ")})`
+      : `unknown ${what} ${got(u)} (expected one of ${options.join(", ")})`,
+  );
 
 /** Report a semantic problem found by objective.ts's checks under context c. */
 const problem = (p: Problem | null, u: unknown, c: t.Context): void => {

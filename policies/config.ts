@@ -149,6 +149,19 @@ export const prototypeKey = (o: object): string | undefined =>
 /** An own property of `o` (never one it inherits). */
 const own = (o: Record<string, unknown>, k: string): unknown => (Object.hasOwn(o, k) ? o[k] : undefined);
 
+/** What an io-ts codec of this file accepts, in words. */
+const inWords = (name: string): string =>
+  ({
+    PositiveInt: "a positive integer",
+    Positive: "a positive number",
+    NonNegativeInt: "an integer >= 0",
+    boolean: "true or false",
+    string: "a string",
+    "Array<string>": "a list of strings",
+    "(null | UnknownRecord)": "null or an object",
+    "(null | PositiveInt)": "null or a positive integer",
+  } as Record<string, string>)[name] ?? name;
+
 /** HF's activation names of SiLU (transformers ACT2FN: "silu" and "swish" are the same function). */
 const SILU = ["silu", "swish"];
 
@@ -255,9 +268,7 @@ export const decodeHfConfig = (file: string, json: unknown): DecoderConfig => {
         if (codec === HfRequired) fail(k, "missing (required for a decoder config)");
         continue;
       }
-      if (!(c as t.Any).is(v)) {
-        fail(k, `expected ${(c as t.Any).name}, got ${showValue(v)}`);
-      }
+      if (!(c as t.Any).is(v)) fail(k, `expected ${inWords((c as t.Any).name)}, got ${showValue(v)}`);
     }
   }
   const archs = o.architectures as string[];

@@ -40,7 +40,7 @@ Deno.test("hidden_act: silu (and its alias swish) decode; any other activation i
   for (const act of ["gelu", "gelu_pytorch_tanh", "relu", "SiLU"]) {
     rejects({ ...base, hidden_act: act }, "hidden_act", `activation "${act}" is not implemented`);
   }
-  rejects({ ...base, hidden_act: 3 }, "hidden_act", "expected string, got 3");
+  rejects({ ...base, hidden_act: 3 }, "hidden_act", "expected a string, got 3");
 });
 
 Deno.test("attention_bias, mlp_bias and partial_rotary_factor the decoder lacks are errors naming them", () => {
@@ -75,7 +75,7 @@ Deno.test("sliding windows: an active window (HF's use_sliding_window + max_wind
     "sliding_window",
     "window of 4096 (the default) tokens",
   );
-  rejects({ ...q2, sliding_window: -1 }, "sliding_window", "expected");
+  rejects({ ...q2, sliding_window: -1 }, "sliding_window", "expected null or a positive integer, got -1");
   decodes({ ...q2, layer_types: ["full_attention", "full_attention", "full_attention", "full_attention"] });
   rejects(
     { ...q2, layer_types: ["full_attention", "sliding_attention", "full_attention", "full_attention"] },
@@ -133,7 +133,7 @@ Deno.test("rope_scaling: llama3 decodes (rope_type or type) and round-trips; oth
     "positive integer",
   );
   rejects({ ...base, rope_scaling: { ...LLAMA3, beta_fast: 32 } }, "rope_scaling.beta_fast", "unknown field");
-  rejects({ ...base, rope_scaling: "llama3" }, "rope_scaling", "expected");
+  rejects({ ...base, rope_scaling: "llama3" }, "rope_scaling", `expected null or an object, got "llama3"`);
 });
 
 Deno.test("rope_parameters (transformers v5): rope_theta and the rope type read from it; a disagreement is named", () => {
@@ -173,5 +173,5 @@ Deno.test("config.json keys with prototype names are unknown fields, named; look
   // A value nested too deeply for JSON.stringify is still reported, not a RangeError.
   let deep: unknown = 1;
   for (let i = 0; i < 100_000; i++) deep = [deep];
-  rejects({ ...base, hidden_size: deep }, "hidden_size", "expected PositiveInt, got");
+  rejects({ ...base, hidden_size: deep }, "hidden_size", "expected a positive integer, got");
 });

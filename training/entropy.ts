@@ -143,7 +143,10 @@ export const entropyInput = (args: EntropyArgs): Effect.Effect<EntropyInput, Con
     }
     if (args.prompts === undefined) return { args, dir, model };
     const file = args.prompts;
-    const text = yield* readPrompts(file);
+    const text = yield* Effect.mapError(
+      readPrompts(file),
+      (e) => new FileFormatError({ file: e.file, message: `--prompts ${e.message}` }),
+    );
     const tok = yield* readTokenizerDir(dir);
     if (tok.vocabSize > c.vocabSize) {
       return yield* new FileFormatError({

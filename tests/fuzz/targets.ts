@@ -383,7 +383,7 @@ const damageFolder = async (rng: Rng, dir: string, tpl: Templates): Promise<stri
     await Deno.writeFile(path, new Uint8Array(0));
     return [`${f} empty`];
   }
-  if (r === 4 && !names.includes("model.safetensors.index.json")) {
+  if (r === 4 && !(await Deno.lstat(`${dir}/model.safetensors.index.json`).then(() => true, () => false))) {
     // An index where there was none, naming files in and out of the folder.
     const wm: Record<string, string> = {};
     for (const s of paramSpecs(tinyConfig())) {
@@ -506,6 +506,45 @@ const flagVector = (
       );
     } else if (r === 9) argv.push(rng.pick(values));
     else argv.push(`--${name}`, rng.pick(values), `--${name}`, value());
+  }
+  return argv;
+};
+
+/**
+ * A flag vector of valid, small values only (for commands that really run): 0-3 flags of the table, each with
+ * a value of its kind (numbers 1..3, enum values, existing or missing paths), so the run gets past the parser
+ * and reaches the files and the model.
+ */
+const validFlags = (rng: Rng, cmd: Command, skip: RegExp, paths: readonly string[]): string[] => {
+  const argv: string[] = [];
+  const keys = Object.keys(cmd.flags).filter((k) =>
+    !skip.test(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`)
+  );
+  for (let i = rng.int(4); i > 0; i--) {
+    const k = rng.pick(keys), spec = cmd.flags[k];
+    const flag = `--${spec.flag ?? k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    const small = () =>
+      String(spec.multipleOf ? spec.multipleOf * rng.range(1, 2) : rng.range(spec.min ?? 1, 3));
+    switch (spec.kind) {
+      case "bool":
+        argv.push(flag);
+        break;
+      case "enum":
+        argv.push(flag, rng.pick(spec.values!));
+        break;
+      case "str":
+        argv.push(flag, rng.pick(paths));
+        break;
+      case "list":
+        argv.push(flag, [small(), small()].join(spec.sep ?? ","));
+        break;
+      case "num":
+      case "posnum":
+        argv.push(flag, rng.pick(["0.5", "1", "2"]));
+        break;
+      default:
+        argv.push(flag, small());
+    }
   }
   return argv;
 };
@@ -683,15 +722,19 @@ export const TARGETS: readonly Target[] = [
       if (rng.chance(0.4)) text = mutateBytes(rng, text).bytes;
       await Deno.writeFile(prompts, text);
       const input = rng.chance(0.5)
-        ? ["--tokens", rng.pick(["1,2,3", "0", "23,1", "24", "1,-2", "1,,2", "", "a"])]
+        ? ["--tokens", rng.pick(["1,2,3", "4,5,6,7,8", "0", "23,1", "24", "1,-2", "1,,2", "", "a"])]
         : ["--prompts", prompts, "--max-new", rng.pick(["1", "3", "0", "-1"])];
       const argv = [
         "--model",
         model,
         ...input,
-        ...flagVector(rng, ENTROPY, SMALL_VALUES, [prompts, `${dir}/none.txt`, dir]).filter((a) =>
-          !/^--(model|max-new|svg|out)\b/.test(a)
-        ),
+        ...(rng.chance(0.5)
+          ? validFlags(rng, ENTROPY, /^--(model|max-new|svg|out|prompts|tokens|device|chunk)$/, [
+            `${dir}/out/x.svg`,
+          ])
+          : flagVector(rng, ENTROPY, SMALL_VALUES, [prompts, `${dir}/none.txt`, dir]).filter((a) =>
+            !/^--(model|max-new|svg|out)\b/.test(a)
+          )),
         "--out",
         `${dir}/out/r.json`,
         "--device",
@@ -725,9 +768,13 @@ export const TARGETS: readonly Target[] = [
         "--model",
         model,
         ...batch,
-        ...flagVector(rng, GRAD, SMALL_VALUES, [roll, `${dir}/nope.ts`, dir]).filter((a) =>
-          !/^--(model|out|objective)\b/.test(a)
-        ),
+        ...(rng.chance(0.5)
+          ? validFlags(rng, GRAD, /^--(model|out|objective|tokens|prompt-len|advantages|rollout|device)$/, [
+            roll,
+          ])
+          : flagVector(rng, GRAD, SMALL_VALUES, [roll, `${dir}/nope.ts`, dir]).filter((a) =>
+            !/^--(model|out|objective)\b/.test(a)
+          )),
         "--objective",
         rng.pick(["grpo", "bupo", `${dir}/nope.ts`, "x"]),
         "--out",

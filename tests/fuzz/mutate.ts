@@ -454,7 +454,7 @@ export const mutateSafetensors = (rng: Rng, file: Uint8Array): { bytes: Uint8Arr
         delete header[name];
         what.push(`${name} deleted`);
       } else {
-        defineField(header, rng.chance(0.5) ? rng.pick(PROTO_KEYS) : `${name}.copy`, structuredClone(e));
+        defineField(header, rng.chance(0.5) ? rng.pick(PROTO_KEYS) : `${name}.copy`, e);
         what.push("entry added");
       }
       break;
@@ -475,5 +475,12 @@ export const mutateSafetensors = (rng: Rng, file: Uint8Array): { bytes: Uint8Arr
       return { bytes: joinSafetensors(rng.chance(0.2) ? duplicateKey(rng, text) : text, body), what: m.what };
     }
   }
-  return { bytes: joinSafetensors(JSON.stringify(header), body, len), what };
+  let text: string;
+  try {
+    text = JSON.stringify(header);
+  } catch {
+    text = "{}"; // an earlier mutation nested it too deeply to write back
+    what.push("header too deep: {}");
+  }
+  return { bytes: joinSafetensors(text, body, len), what };
 };

@@ -42,7 +42,7 @@ const program = (argv: readonly string[]) =>
     const file = config ? yield* readConfigFile(config) : {};
     const given = [...args.given].filter((k): k is keyof TrainConfig => k in TRAIN_FLAGS);
     const flags = Object.fromEntries(given.map((k) => [k, settings[k]])) as Partial<TrainConfig>;
-    const cfg = yield* Effect.try({ try: () => resolveConfig(file, flags), catch: (e) => e });
+    const cfg = yield* Effect.try({ try: () => resolveConfig(file, flags, config), catch: (e) => e });
     const opts = { resume: resume === true, quiet: quiet === true, explicit: { ...file, ...flags } };
     yield* withDevice(cfg.device, (backend) => runTraining(backend, cfg, opts));
   });

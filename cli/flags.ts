@@ -146,10 +146,8 @@ export const parseFlags = <T extends FlagTable>(cmd: Command<T>, argv: readonly 
 
   const p = cmd.positionals;
   if (positionals.length && !p) {
-    throw usageError(
-      positionals[0],
-      `unexpected argument ${JSON.stringify(positionals[0])} (flags take --name value; see --help)`,
-    );
+    const arg = `argument ${JSON.stringify(positionals[0])}`;
+    throw usageError(arg, `unexpected ${arg} (flags take --name value; see --help)`);
   }
   if (p?.max !== undefined && positionals.length > p.max) {
     throw usageError(p.name, `at most ${p.max} ${p.name} argument${p.max === 1 ? "" : "s"} (see --help)`);

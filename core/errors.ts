@@ -87,3 +87,18 @@ export class ConfigError extends Data.TaggedError("ConfigError")<{
   readonly field: string;
   readonly message: string;
 }> {}
+
+/**
+ * A value as short JSON for an error message: at most `max` characters, and never a failure itself (a value
+ * nested too deeply for JSON.stringify, or one JSON cannot show, is described instead).
+ */
+export const showValue = (u: unknown, max = 80): string => {
+  let s: string | undefined;
+  try {
+    s = JSON.stringify(u);
+  } catch {
+    s = "(a value nested too deeply to show)";
+  }
+  if (s === undefined) s = String(u);
+  return s.length > max ? `${s.slice(0, max - 3)}...` : s;
+};

@@ -4,7 +4,7 @@
  * (training/config.ts) check JSON values with the same rows, so a flag and its config field agree on what
  * they accept and on how a bad value is reported. Pure: no argv, no files.
  */
-import { ConfigError } from "./errors.ts";
+import { ConfigError, showValue } from "./errors.ts";
 
 /**
  * What a flag holds. Numbers: `int` an integer, `posint` an integer > 0, `num` a finite number, `posnum` a
@@ -120,7 +120,7 @@ const fail = (site: ValueSite, what: string, v: unknown): never => {
   throw new ConfigError({
     source: site.source,
     field: site.field,
-    message: `${where}: expected ${what}, got ${JSON.stringify(v)}`,
+    message: `${where}: expected ${what}, got ${showValue(v)}`,
   });
 };
 
@@ -163,7 +163,7 @@ export const checkValue = (spec: FlagSpec, v: unknown, site: ValueSite, text: bo
       throw new ConfigError({
         source: site.source,
         field: site.field,
-        message: `${where}: item ${i + 1} ${JSON.stringify(x)}: expected ${r[0]}`,
+        message: `${where}: item ${i + 1} ${showValue(x)}: expected ${r[0]}`,
       });
     });
   }

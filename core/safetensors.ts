@@ -5,7 +5,7 @@
  */
 import { isLeft } from "fp-ts/Either.js";
 import * as t from "io-ts";
-import { FileFormatError } from "./errors.ts";
+import { FileFormatError, showValue } from "./errors.ts";
 import { type Shape, showShape, size } from "./shape.ts";
 
 const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2, I32: 4, I64: 8, F64: 8 } as const;
@@ -38,9 +38,10 @@ export const parseSafetensors = (file: string, buf: Uint8Array): StFile => {
   };
   if (buf.length < 8) fail(`file is ${buf.length} bytes, too short for the 8-byte header length`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const n = Number(dv.getBigUint64(0, true));
+  const n64 = dv.getBigUint64(0, true);
+  const n = Number(n64);
   if (n > buf.length - 8) {
-    fail(`header length ${n} runs past the end of the file (${buf.length} bytes): truncated?`);
+    fail(`header length ${n64} runs past the end of the file (${buf.length} bytes): truncated?`);
   }
   let header: unknown;
   try {
@@ -64,7 +65,7 @@ export const parseSafetensors = (file: string, buf: Uint8Array): StFile => {
     if (isLeft(d)) {
       return fail(
         `tensor ${name}: header entry must be { dtype: F32|F16|BF16|I32|I64|F64, shape: number[], ` +
-          `data_offsets: [begin, end] }, got ${JSON.stringify(raw)}`,
+          `data_offsets: [begin, end] }, got ${showValue(raw, 160)}`,
       );
     }
     const { dtype, shape, data_offsets: [b, e] } = d.right;

@@ -1,8 +1,9 @@
 /** Tokenizers: a character tokenizer stored as a Hugging Face tokenizer.json, and a loader for real HF folders. */
 import { Data, Effect } from "effect";
 import { Tokenizer } from "@huggingface/tokenizers";
-import { ConfigError, FileFormatError } from "../core/errors.ts";
-import { exists, readJson, writeAtomic } from "../io/files.ts";
+import { ConfigError, FileFormatError, showValue } from "../core/errors.ts";
+import { exists, folderRoots, insideFolder, printable, readJson, writeAtomic } from "../io/files.ts";
+import { prototypeKey } from "../policies/config.ts";
 
 /**
  * Text to token ids and back. `encode` never adds special tokens: prepend `bos` (where the model has one) and
@@ -211,6 +212,13 @@ export class CharTokenizer implements TextTokenizer {
   }
 }
 
+/** One more than the largest id of a tokenizer's vocabulary (added tokens included). */
+const vocabSizeOf = (inner: Tokenizer): number => {
+  let max = -1;
+  for (const id of inner.get_vocab(true).values()) max = Math.max(max, id);
+  return max + 1;
+};
+
 /** A Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) run by `@huggingface/tokenizers`. */
 export class HfTokenizer implements TextTokenizer {
   readonly kind = "hf" as const;
@@ -221,10 +229,9 @@ export class HfTokenizer implements TextTokenizer {
     readonly eos: number,
     readonly pad: number,
     readonly bos?: number,
+    vocabSize?: number,
   ) {
-    let max = -1;
-    for (const id of inner.get_vocab(true).values()) max = Math.max(max, id);
-    this.vocabSize = max + 1;
+    this.vocabSize = vocabSize ?? vocabSizeOf(inner);
   }
 
   /** Ids of `text`, without the special tokens a post-processor would add; unknown pieces are an error. */
@@ -260,6 +267,8 @@ export class HfTokenizer implements TextTokenizer {
 
 type Json = Record<string, unknown>;
 const isObj = (x: unknown): x is Json => typeof x === "object" && x !== null && !Array.isArray(x);
+/** An own property (never an inherited one: a vocabulary may hold the token "constructor"). */
+const own = (o: Json, k: string): unknown => (Object.hasOwn(o, k) ? o[k] : undefined);
 
 /** Whether a parsed tokenizer.json is the char format written by CharTokenizer (then CharTokenizer reads it). */
 export const isCharTokenizerJson = (json: unknown): boolean => {
@@ -285,14 +294,14 @@ export const isCharTokenizerJson = (json: unknown): boolean => {
 
 /** The content of a special-token field of tokenizer_config.json: a string, `{ content }`, or null/absent. */
 const specialContent = (cfg: Json, field: string, cfgPath: string): string | null => {
-  const v = cfg[field];
+  const v = own(cfg, field);
   if (v === undefined || v === null) return null;
   if (typeof v === "string") return v;
-  if (isObj(v) && typeof v.content === "string") return v.content;
+  if (isObj(v) && typeof own(v, "content") === "string") return v.content as string;
   throw new ConfigError({
     source: cfgPath,
     field,
-    message: `${cfgPath}: ${field} must be a string, { "content": string } or null; got ${JSON.stringify(v)}`,
+    message: `${cfgPath}: ${field} must be a string, { "content": string } or null; got ${showValue(v)}`,
   });
 };
 
@@ -313,7 +322,7 @@ export const charTokenizerFromJson = (
     if (typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= V) {
       throw ff(
         `model.vocab[${JSON.stringify(t)}]`,
-        `is ${JSON.stringify(id)}; ids must be 0..${V - 1}, each once`,
+        `is ${showValue(id)}; ids must be 0..${V - 1}, each once`,
       );
     }
     if (tokens[id] !== undefined) {
@@ -326,18 +335,18 @@ export const charTokenizerFromJson = (
   }
   const added = Array.isArray(json.added_tokens) ? json.added_tokens : [];
   added.forEach((a, k) => {
-    if (!isObj(a) || typeof a.content !== "string" || vocab[a.content] !== a.id) {
+    if (!isObj(a) || typeof a.content !== "string" || own(vocab, a.content) !== a.id) {
       throw ff(
         `added_tokens[${k}]`,
-        `must be { id, content } with model.vocab[content] = id; got ${JSON.stringify(a)}`,
+        `must be { id, content } with model.vocab[content] = id; got ${showValue(a)}`,
       );
     }
   });
   const cfg = isObj(config) ? config : {};
   const role = (field: string, fallback: string, required: boolean): number | undefined => {
-    const content = field in cfg
+    const content = Object.hasOwn(cfg, field)
       ? specialContent(cfg, field, configFile)
-      : (fallback in vocab ? fallback : null);
+      : (Object.hasOwn(vocab, fallback) ? fallback : null);
     if (content === null) {
       if (!required) return undefined;
       throw new ConfigError({
@@ -346,7 +355,7 @@ export const charTokenizerFromJson = (
         message: `${configFile}: ${field} is missing (needed)`,
       });
     }
-    const id = vocab[content];
+    const id = own(vocab, content);
     if (typeof id !== "number" || !added.some((a) => isObj(a) && a.content === content)) {
       throw new ConfigError({
         source: configFile,
@@ -369,6 +378,39 @@ export const charTokenizerFromJson = (
   }
 };
 
+/**
+ * Check the ids of a tokenizer.json before @huggingface/tokenizers reads it: every id of `model.vocab` (an
+ * object for BPE, WordPiece and WordLevel) and of `added_tokens` must be an integer in [0, limit), where the
+ * limit leaves room for gaps (twice the number of tokens, plus 256). A sparse id like 1879048192 would
+ * otherwise make the library build a table of that size (minutes, or out of memory).
+ */
+const checkIds = (json: Json, file: string): void => {
+  const model = own(json, "model");
+  const vocab = isObj(model) ? own(model, "vocab") : undefined;
+  const added = own(json, "added_tokens");
+  const entries = isObj(vocab) ? Object.entries(vocab) : [];
+  const addedList = Array.isArray(added) ? added : [];
+  const limit = 2 * (entries.length + addedList.length + (Array.isArray(vocab) ? vocab.length : 0)) + 256;
+  const bad = (where: string, id: unknown) =>
+    new FileFormatError({
+      file,
+      message: `${file}: ${where} is ${showValue(id)}; ids must be integers in [0, ${limit}) (the file has ${
+        entries.length + addedList.length
+      } tokens)`,
+    });
+  for (const [t, id] of entries) {
+    if (typeof id === "number" && !(Number.isInteger(id) && id >= 0 && id < limit)) {
+      throw bad(`model.vocab[${showValue(t)}]`, id);
+    }
+  }
+  addedList.forEach((a, k) => {
+    const id = isObj(a) ? own(a, "id") : undefined;
+    if (typeof id === "number" && !(Number.isInteger(id) && id >= 0 && id < limit)) {
+      throw bad(`added_tokens[${k}].id`, id);
+    }
+  });
+};
+
 /** Wrap a parsed real Hugging Face tokenizer (Qwen, Llama...); eos required, pad defaults to eos, bos optional. */
 export const hfTokenizerFromJson = (
   json: unknown,
@@ -376,13 +418,27 @@ export const hfTokenizerFromJson = (
   file = "tokenizer.json",
   configFile = "tokenizer_config.json",
 ): HfTokenizer => {
-  let inner: Tokenizer;
-  try {
-    inner = new Tokenizer(json as object, (isObj(config) ? config : {}) as object);
-  } catch (e) {
+  if (!isObj(json)) {
     throw new FileFormatError({
       file,
-      message: `${file}: @huggingface/tokenizers cannot load it (${(e as Error).message})`,
+      message: `${file}: expected a JSON object (a tokenizer.json with a model), got ${
+        Array.isArray(json) ? "an array" : json === null ? "null" : typeof json
+      }`,
+    });
+  }
+  checkIds(json, file);
+  let inner: Tokenizer;
+  let vocabSize: number;
+  try {
+    inner = new Tokenizer(json as object, (isObj(config) ? config : {}) as object);
+    vocabSize = vocabSizeOf(inner);
+  } catch (e) {
+    const m = e instanceof Error ? e.message.trim() : String(e);
+    throw new FileFormatError({
+      file,
+      message: `${file}: @huggingface/tokenizers cannot load it (${
+        m ? printable(m) : `${e instanceof Error ? e.name : typeof e} without a message`
+      })`,
     });
   }
   const cfg = isObj(config) ? config : {};
@@ -407,7 +463,7 @@ export const hfTokenizerFromJson = (
       message: `${configFile}: eos_token is missing; it names the token that ends a generation`,
     });
   }
-  return new HfTokenizer(inner, file, eos, id("pad_token") ?? eos, id("bos_token"));
+  return new HfTokenizer(inner, file, eos, id("pad_token") ?? eos, id("bos_token"), vocabSize);
 };
 
 /**
@@ -419,13 +475,31 @@ export const readTokenizerDir = (
   dir: string,
 ): Effect.Effect<CharTokenizer | HfTokenizer, FileFormatError | ConfigError> =>
   Effect.gen(function* () {
-    const file = `${dir}/tokenizer.json`, configFile = `${dir}/tokenizer_config.json`;
+    const roots = yield* folderRoots(dir);
+    if (roots === undefined) {
+      return yield* new FileFormatError({
+        file: `${dir}/tokenizer.json`,
+        message: `${dir}/tokenizer.json: no such file (the folder ${dir} does not exist)`,
+      });
+    }
+    const inside = (name: string) =>
+      insideFolder(dir, roots, name, `${dir}/${name}`, (p) => `${dir}/${name}: ${p}`);
+    const file = yield* inside("tokenizer.json"), configFile = yield* inside("tokenizer_config.json");
     const json = yield* readJson(file);
     const config = (yield* exists(configFile)) ? yield* readJson(configFile) : undefined;
     if (config !== undefined && !isObj(config)) {
       return yield* new FileFormatError({
         file: configFile,
         message: `${configFile}: expected a JSON object`,
+      });
+    }
+    const proto = config === undefined ? undefined : prototypeKey(config);
+    if (proto !== undefined) {
+      return yield* new ConfigError({
+        source: configFile,
+        field: proto,
+        message:
+          `${configFile}: ${proto}: unknown field (a JavaScript prototype name, not a tokenizer setting)`,
       });
     }
     return yield* Effect.try({

@@ -8,18 +8,63 @@ import { bind, f32Lit, flatIndex, grid1d } from "../engine/wgsl.ts";
 
 const WG = 64;
 
+/**
+ * Llama 3 frequency scaling (Hugging Face `rope_type: "llama3"`, `_compute_llama3_parameters`): with
+ * wavelen_i = 2 pi / inv_freq_i, low = originalMaxPositionEmbeddings / lowFreqFactor and
+ * high = originalMaxPositionEmbeddings / highFreqFactor, a frequency is kept where wavelen < high, divided by
+ * `factor` where wavelen > low, and in between blended: (1 - s) inv_freq / factor + s inv_freq with
+ * s = (originalMaxPositionEmbeddings / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor).
+ */
+export interface RopeScaling {
+  readonly kind: "llama3";
+  readonly factor: number;
+  readonly lowFreqFactor: number;
+  readonly highFreqFactor: number;
+  readonly originalMaxPositionEmbeddings: number;
+}
+
 export interface RopeParams {
   /** Frequency base (10000 in Llama 2, 500000 in Llama 3). */
   readonly theta: number;
+  /** Frequency scaling (Llama 3.1 / 3.2); absent: the plain theta^(-2i/D). */
+  readonly scaling?: RopeScaling;
   /** Rotate by -angle instead of +angle (the transpose of the rotation: the gradient rule). */
   readonly inverse?: boolean;
 }
 
-/** inv_freq_i = theta^(-2i/D), i in [0, D/2), in f64. */
-const invFreqs = (theta: number, d: number): number[] =>
-  Array.from({ length: d / 2 }, (_, i) => Math.pow(theta, -(2 * i) / d));
+/**
+ * The rotary frequencies of head dimension `d`: inv_freq_i = theta^(-2i/D), i in [0, D/2), then `scaling`'s
+ * rule (see RopeScaling), all in f64 (the GPU kernel rounds each to f32 once).
+ */
+export const ropeInvFreqs = (theta: number, d: number, scaling?: RopeScaling): number[] => {
+  const base = Array.from({ length: d / 2 }, (_, i) => Math.pow(theta, -(2 * i) / d));
+  if (!scaling) return base;
+  const { factor, lowFreqFactor: lo, highFreqFactor: hi, originalMaxPositionEmbeddings: orig } = scaling;
+  const lowWavelen = orig / lo, highWavelen = orig / hi;
+  return base.map((f) => {
+    const wavelen = (2 * Math.PI) / f;
+    if (wavelen < highWavelen) return f;
+    if (wavelen > lowWavelen) return f / factor;
+    const s = (orig / wavelen - lo) / (hi - lo);
+    return ((1 - s) * f) / factor + s * f;
+  });
+};
 
-const check = ({ theta }: RopeParams, [x, pos]: readonly TensorSpec[]): void => {
+/** Why a scaling cannot be used (or undefined): every factor positive and finite, high > low, orig a positive integer. */
+export const ropeScalingProblem = (s: RopeScaling): string | undefined => {
+  for (const k of ["factor", "lowFreqFactor", "highFreqFactor", "originalMaxPositionEmbeddings"] as const) {
+    if (!(s[k] > 0) || !Number.isFinite(s[k])) return `${k} = ${s[k]} must be a positive finite number`;
+  }
+  if (!Number.isInteger(s.originalMaxPositionEmbeddings)) {
+    return `originalMaxPositionEmbeddings = ${s.originalMaxPositionEmbeddings} must be an integer`;
+  }
+  if (!(s.highFreqFactor > s.lowFreqFactor)) {
+    return `highFreqFactor = ${s.highFreqFactor} must be greater than lowFreqFactor = ${s.lowFreqFactor}`;
+  }
+  return undefined;
+};
+
+const check = ({ theta, scaling }: RopeParams, [x, pos]: readonly TensorSpec[]): void => {
   const bad = (message: string) => new ShapeError({ op: "rope", message: `rope: ${message}` });
   if (!x || !pos) throw bad("needs x and positions");
   if (x.dtype !== "f32") throw bad(`x has dtype ${x.dtype}, expected f32`);
@@ -37,6 +82,9 @@ const check = ({ theta }: RopeParams, [x, pos]: readonly TensorSpec[]): void => 
     );
   }
   if (!(theta > 0) || !Number.isFinite(theta)) throw bad(`theta = ${theta} must be a positive finite number`);
+  if (scaling && scaling.kind !== "llama3") throw bad(`unknown rope scaling ${JSON.stringify(scaling.kind)}`);
+  const problem = scaling && ropeScalingProblem(scaling);
+  if (problem) throw bad(`rope scaling: ${problem}`);
 };
 
 /**
@@ -53,10 +101,10 @@ export const ropeKernel: Kernel<RopeParams> = defineKernel<RopeParams>({
     check(p, inputs);
     return [{ shape: inputs[0].shape, dtype: "f32" }];
   },
-  cpu: ({ theta, inverse = false }, [x, pos], [y]) => {
+  cpu: ({ theta, scaling, inverse = false }, [x, pos], [y]) => {
     const [nb, nt, nh, d] = x.shape;
     const half = d / 2;
-    const inv = invFreqs(theta, d);
+    const inv = ropeInvFreqs(theta, d, scaling);
     const sign = inverse ? -1 : 1;
     for (let b = 0; b < nb; b++) {
       for (let t = 0; t < nt; t++) {
@@ -74,12 +122,12 @@ export const ropeKernel: Kernel<RopeParams> = defineKernel<RopeParams>({
       }
     }
   },
-  gpu: ({ theta, inverse = false }, [x, pos], target) => {
+  gpu: ({ theta, scaling, inverse = false }, [x, pos], target) => {
     const [, nt, nh, d] = x.shape;
     const half = d / 2;
     const n = size(x.shape) / 2;
     const grid = grid1d(n, WG, target);
-    const freqs = invFreqs(theta, d).map(f32Lit).join(", ");
+    const freqs = ropeInvFreqs(theta, d, scaling).map(f32Lit).join(", ");
     const posIndex = pos.shape.length === 2 ? "bt" : `bt % ${nt}u`;
     const b = bind({ input: 0, name: "x" }, { input: 1, name: "pos", type: "i32" }, { output: 0, name: "y" });
     const wgsl = `${b.decls}
@@ -120,7 +168,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 /**
  * Rotary position embedding of `x` (B, T, H, D) at integer `positions` (i32, shape [T] or [B, T]) with
- * frequency base `theta`; D must be even. Returns a tensor of x's shape.
+ * frequency base `theta` and optional frequency `scaling` (Llama 3); D must be even. Returns a tensor of x's
+ * shape.
  */
-export const rope = (x: Tensor, positions: Tensor, theta: number): Tensor =>
-  apply1(ropeKernel, { theta }, [x, positions]);
+export const rope = (x: Tensor, positions: Tensor, theta: number, scaling?: RopeScaling): Tensor =>
+  apply1(ropeKernel, scaling ? { theta, scaling } : { theta }, [x, positions]);

@@ -1,7 +1,7 @@
 /** io-ts JSON codec of objectives: exact round trips, and ConfigErrors that name the JSON path of a problem. */
 import * as E from "fp-ts/Either.js";
 import * as t from "io-ts";
-import { ConfigError } from "../core/errors.ts";
+import { ConfigError, showValue } from "../core/errors.ts";
 import { type InternalPolicy, InternalPolicyCodec } from "../policies/internal.ts";
 import {
   type Agg,
@@ -31,20 +31,33 @@ const bad = (u: unknown, c: t.Context, message: string): never => {
 const at = (c: t.Context, key: string | number, u: unknown): t.Context =>
   t.appendContext(c, String(key), t.unknown, u);
 
-const got = (u: unknown): string => {
-  const s = JSON.stringify(u);
-  return s === undefined ? String(u) : s.length > 60 ? `${s.slice(0, 57)}...` : s;
+const got = (u: unknown): string => showValue(u, 60);
+
+/**
+ * The deepest context decoding follows (about 100 levels of nested weights or phases): deeper JSON is an
+ * error naming its path, never a stack overflow.
+ */
+const MAX_CONTEXT = 200;
+
+const depth = (u: unknown, c: t.Context): void => {
+  if (c.length > MAX_CONTEXT) bad(u, c, `nested too deeply (more than ${MAX_CONTEXT / 2} levels)`);
 };
 
 const finite = (u: unknown): u is number => typeof u === "number" && Number.isFinite(u);
 
-const record = (u: unknown, c: t.Context, what: string): Record<string, unknown> =>
-  u !== null && typeof u === "object" && !Array.isArray(u)
-    ? (u as Record<string, unknown>)
-    : bad(u, c, `expected ${what}, got ${got(u)}`);
+const record = (u: unknown, c: t.Context, what: string): Record<string, unknown> => {
+  depth(u, c);
+  if (u === null || typeof u !== "object" || Array.isArray(u)) {
+    return bad(u, c, `expected ${what}, got ${got(u)}`);
+  }
+  // A null-prototype copy of the own fields: every read below sees own fields only.
+  return Object.assign(Object.create(null), Object.fromEntries(Object.entries(u))) as Record<string, unknown>;
+};
 
-const array = (u: unknown, c: t.Context, what: string): readonly unknown[] =>
-  Array.isArray(u) ? u : bad(u, c, `expected ${what}, got ${got(u)}`);
+const array = (u: unknown, c: t.Context, what: string): readonly unknown[] => {
+  depth(u, c);
+  return Array.isArray(u) ? u : bad(u, c, `expected ${what}, got ${got(u)}`);
+};
 
 const onlyKeys = (o: Record<string, unknown>, c: t.Context, allowed: readonly string[]): void => {
   for (const k of Object.keys(o)) {
@@ -58,9 +71,13 @@ const num = (o: Record<string, unknown>, key: string, c: t.Context): number =>
   finite(o[key]) ? o[key] : bad(o[key], at(c, key, o[key]), `expected a finite number, got ${got(o[key])}`);
 
 const oneOf = <A extends string>(u: unknown, c: t.Context, options: readonly A[], what: string): A =>
-  options.includes(u as A)
-    ? (u as A)
-    : bad(u, c, `unknown ${what} ${got(u)} (expected one of ${options.join(", ")})`);
+  options.includes(u as A) ? (u as A) : bad(
+    u,
+    c,
+    u === undefined
+      ? `missing ${what} (expected one of ${options.join(", ")})`
+      : `unknown ${what} ${got(u)} (expected one of ${options.join(", ")})`,
+  );
 
 /** Report a semantic problem found by objective.ts's checks under context c. */
 const problem = (p: Problem | null, u: unknown, c: t.Context): void => {
@@ -75,14 +92,7 @@ const weight = (u: unknown, c: t.Context): Weight => {
     problem(weightProblem(u), u, c);
     return u;
   }
-  if (u === null || typeof u !== "object" || Array.isArray(u)) {
-    return bad(
-      u,
-      c,
-      `expected a finite number or a {kind: "linear" | "piecewise" | "product"} weight, got ${got(u)}`,
-    );
-  }
-  const o = u as Record<string, unknown>;
+  const o = record(u, c, `a finite number or a {kind: "linear" | "piecewise" | "product"} weight`);
   const kind = oneOf(
     o.kind,
     at(c, "kind", o.kind),

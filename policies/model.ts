@@ -79,8 +79,8 @@ const block = (
     q = rmsNorm(q, n("self_attn.q_norm.weight"), c.rmsNormEps);
     k = rmsNorm(k, n("self_attn.k_norm.weight"), c.rmsNormEps);
   }
-  q = rope(q, positions, c.ropeTheta); // (B, T, Hq, D)
-  k = rope(k, positions, c.ropeTheta); // (B, T, Hkv, D)
+  q = rope(q, positions, c.ropeTheta, c.ropeScaling); // (B, T, Hq, D)
+  k = rope(k, positions, c.ropeTheta, c.ropeScaling); // (B, T, Hkv, D)
   const attn = linear(attend(q, k, v), n("self_attn.o_proj.weight")); // (..., d)
   const mid = add(h, attn);
   const ffnIn = rmsNorm(mid, n("post_attention_layernorm.weight"), c.rmsNormEps);

@@ -233,7 +233,7 @@ Deno.test({
     }
     const fails: [string, typeof bad, number, RegExp][] = [
       ["unknown flag", bad, 2, /^grad: unknown flag --frobnicate \(see --help\)$/],
-      ["negative step", negative, 2, /^grad: --step: expected a number >= 0, got "-2"$/],
+      ["negative step", negative, 2, /^grad: --step: expected a number >= 1, got "-2"$/],
       [
         "missing model",
         missing,

@@ -1,7 +1,10 @@
 /** The entropy report builders called directly on a hand-made EntropyFlow: JSON fields, SVG content, table. */
 import { Effect } from "effect";
 import type { EntropyBatch, EntropyFlow, LayerEntropies } from "../policies/analysis.ts";
-import { tinyConfig } from "../policies/config.ts";
+import { paramSpecs, tinyConfig } from "../policies/config.ts";
+import { normals } from "../policies/params.ts";
+import { writeModelDir } from "../formats/hf.ts";
+import { main as entropyMain } from "../entropy.ts";
 import { readPrompts, reportJson, reportSvg, summaryTable } from "../training/entropy_report.ts";
 
 const m = (entropy: number, logp = -entropy / 2) => ({ entropy, logp });
@@ -158,4 +161,117 @@ Deno.test("readPrompts: one prompt per line, CRLF and blank lines handled; a fil
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+const nonFinite = [
+  { name: "model.layers.0.mlp.up_proj.weight", file: "m/model.safetensors", count: 3, first: 17, value: NaN },
+  { name: "model.norm.weight", file: "m/model.safetensors", count: 1, first: 0, value: -Infinity },
+];
+
+Deno.test("reportJson and summaryTable mark the non-finite tensors of a model read with --allow-nonfinite", () => {
+  // deno-lint-ignore no-explicit-any
+  const j = reportJson(flowOf(["raw"]), { ...model, nonFinite }, batch, { kind: "tokens" }) as any;
+  const want = [
+    {
+      name: "model.layers.0.mlp.up_proj.weight",
+      file: "m/model.safetensors",
+      count: 3,
+      first: 17,
+      value: "NaN",
+    },
+    { name: "model.norm.weight", file: "m/model.safetensors", count: 1, first: 0, value: "-Infinity" },
+  ];
+  if (JSON.stringify(j.nonFiniteTensors) !== JSON.stringify(want)) {
+    throw new Error(JSON.stringify(j.nonFiniteTensors));
+  }
+  // deno-lint-ignore no-explicit-any
+  const clean = reportJson(flowOf(["raw"]), model, batch, { kind: "tokens" }) as any;
+  if (JSON.stringify(clean.nonFiniteTensors) !== "[]") throw new Error("a finite model lists none");
+  const rows = summaryTable(flowOf(["raw"]), nonFinite).split("\n");
+  const last = rows[rows.length - 1];
+  if (
+    last !==
+      "WARNING: non-finite weights (--allow-nonfinite): 2 tensors: model.layers.0.mlp.up_proj.weight (3 values, " +
+        "first at 17: NaN), model.norm.weight (1 values, first at 0: -Infinity); the report lists them in nonFiniteTensors"
+  ) {
+    throw new Error(last);
+  }
+  if (summaryTable(flowOf(["raw"])).includes("WARNING")) {
+    throw new Error("no warning without non-finite tensors");
+  }
+});
+
+Deno.test({
+  name:
+    "entropy main(argv) on a model with a NaN weight: exit 1 naming it; with --allow-nonfinite a report that marks it",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "bupo-nan-" });
+    try {
+      const c = tinyConfig({
+        numLayers: 2,
+        vocabSize: 17,
+        hiddenSize: 16,
+        numHeads: 2,
+        numKvHeads: 1,
+        headDim: 8,
+      });
+      const rnd = normals(3);
+      const bad = "model.layers.1.self_attn.v_proj.weight";
+      const ts = paramSpecs(c).map((s) => {
+        const data = Float32Array.from(
+          { length: s.shape.reduce((a, x) => a * x, 1) },
+          () => s.init === "ones" ? 1 : s.init === "zeros" ? 0 : 0.2 * rnd(),
+        );
+        if (s.name === bad) data[9] = NaN;
+        return { name: s.name, shape: s.shape, data };
+      });
+      await Effect.runPromise(writeModelDir(`${dir}/m`, c, ts));
+      const argv = [
+        "--model",
+        `${dir}/m`,
+        "--tokens",
+        "1,2,3,4",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        `${dir}/r.json`,
+      ];
+      const errs: string[] = [], logs: string[] = [];
+      const [err, log] = [console.error, console.log];
+      console.error = (...a: unknown[]) => void errs.push(a.join(" "));
+      console.log = (...a: unknown[]) => void logs.push(a.join(" "));
+      let refused: number, allowed: number;
+      try {
+        refused = await entropyMain(argv);
+        allowed = await entropyMain([...argv, "--allow-nonfinite"]);
+      } finally {
+        console.error = err;
+        console.log = log;
+      }
+      if (
+        refused !== 1 ||
+        errs[0] !==
+          `entropy: FileFormatError: ${dir}/m/model.safetensors: tensor ${bad}: element 9 [0,9] is NaN ` +
+            "(1 of 128 values are not finite); expected finite weights (--allow-nonfinite loads them for analysis)"
+      ) {
+        throw new Error(`${refused}: ${errs.join("\n")}`);
+      }
+      if (allowed !== 0) throw new Error(`--allow-nonfinite: exit ${allowed}: ${errs.join("\n")}`);
+      const report = JSON.parse(await Deno.readTextFile(`${dir}/r.json`));
+      const nf = report.nonFiniteTensors;
+      if (nf.length !== 1 || nf[0].name !== bad || nf[0].first !== 9 || nf[0].value !== "NaN") {
+        throw new Error(JSON.stringify(nf));
+      }
+      if (
+        !logs.some((l) => l.includes(`WARNING: non-finite weights (--allow-nonfinite): 1 tensor: ${bad}`))
+      ) {
+        throw new Error(logs.join("\n"));
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

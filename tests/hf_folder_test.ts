@@ -1,10 +1,17 @@
 /** Hugging Face folders: a tiny random Qwen3 (single file and sharded) loads and matches a naive f64 forward; bad folders fail naming file, tensor and shapes. */
 import { Cause, Effect, Exit } from "effect";
+import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { serializeSafetensors } from "../core/safetensors.ts";
 import type { Shape } from "../core/shape.ts";
 import type { Backend } from "../engine/backend.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
-import { type DecoderConfig, encodeHfConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
+import {
+  decodeHfConfig,
+  type DecoderConfig,
+  encodeHfConfig,
+  paramSpecs,
+  tinyConfig,
+} from "../policies/config.ts";
 import { readModelDir, toParams, writeModelDir } from "../formats/hf.ts";
 import { forward, logits } from "../policies/model.ts";
 import { normals } from "../policies/params.ts";
@@ -37,7 +44,15 @@ const randomTensors = (c: DecoderConfig, seed: number): HostTensor[] => {
 };
 
 /** A naive f64 Qwen3/Qwen2/Llama forward written from the Hugging Face modeling code, independent of the engine. */
-const naiveLogits = (c: DecoderConfig, ts: HostTensor[], ids: number[]): number[][] => {
+const naiveLogits = (
+  c: DecoderConfig,
+  ts: HostTensor[],
+  ids: number[],
+  freqs: readonly number[] = Array.from(
+    { length: c.headDim / 2 },
+    (_, i) => Math.pow(c.ropeTheta, -(2 * i) / c.headDim),
+  ),
+): number[][] => {
   const W = new Map(ts.map((t) => [t.name, t.data]));
   const w = (n: string) => W.get(n)!;
   const d = c.hiddenSize, D = c.headDim, H = c.numHeads, Hkv = c.numKvHeads;
@@ -50,7 +65,7 @@ const naiveLogits = (c: DecoderConfig, ts: HostTensor[], ids: number[]): number[
   const rope = (x: number[], pos: number) => {
     const y = x.slice();
     for (let i = 0; i < D / 2; i++) {
-      const ang = pos * Math.pow(c.ropeTheta, -(2 * i) / D);
+      const ang = pos * freqs[i];
       y[i] = x[i] * Math.cos(ang) - x[i + D / 2] * Math.sin(ang);
       y[i + D / 2] = x[i + D / 2] * Math.cos(ang) + x[i] * Math.sin(ang);
     }
@@ -147,7 +162,16 @@ const logitsOf = async (b: Backend, dir: string) => {
 const failure = async (dir: string): Promise<string> => {
   const exit = await Effect.runPromiseExit(readModelDir(dir));
   if (Exit.isSuccess(exit)) throw new Error(`${dir} loaded but should not`);
-  return (Cause.squash(exit.cause) as Error).message;
+  const e = Cause.squash(exit.cause);
+  if (!(e instanceof FileFormatError) && !(e instanceof ConfigError)) throw new Error(`untagged: ${e}`);
+  return e.message;
+};
+
+/** The failure of reading `dir` must contain every part. */
+const failsWith = async (dir: string, parts: string[]) => {
+  const m = await failure(dir);
+  for (const p of parts) if (!m.includes(p)) throw new Error(`message "${m}" lacks "${p}"`);
+  return m;
 };
 
 const withDirs = async (fn: (root: string) => Promise<void>) => {
@@ -232,6 +256,230 @@ Deno.test("a shape that disagrees with config.json, or a missing tensor, names t
         .test(m2)
     ) {
       throw new Error(`got: ${m2}`);
+    }
+  });
+});
+
+/** A two-shard folder whose index's weight_map is edited by `edit` (tensor name -> file name). */
+const shardedWithMap = async (dir: string, edit: (m: Record<string, string>) => void) => {
+  await writeSharded(dir, config, randomTensors(config, 6));
+  const path = `${dir}/model.safetensors.index.json`;
+  const idx = JSON.parse(await Deno.readTextFile(path));
+  edit(idx.weight_map);
+  await Deno.writeTextFile(path, JSON.stringify(idx));
+  return path;
+};
+
+const FIRST = "model.embed_tokens.weight";
+const SHARD1 = "model-00001-of-00002.safetensors", SHARD2 = "model-00002-of-00002.safetensors";
+
+Deno.test("paths: a weight_map entry with .., an absolute path or a symlink out of the folder is an error naming the index, tensor and path", async () => {
+  await withDirs(async (root) => {
+    // A file outside the model folder that the index tries to reach.
+    await Deno.writeFile(`${root}/outside.safetensors`, serializeSafetensors(randomTensors(config, 1)));
+    for (
+      const [name, f, why] of [
+        ["dotdot", "../outside.safetensors", `has a ".." segment`],
+        ["deep", "../../../../etc/hostname", `has a ".." segment`],
+        ["inner", "sub/../../outside.safetensors", `has a ".." segment`],
+        ["absolute", `${root}/outside.safetensors`, "is an absolute path"],
+        ["backslash", "..\\outside.safetensors", `has a ".." segment`],
+        ["empty", "", "is empty"],
+      ]
+    ) {
+      const dir = `${root}/${name}`;
+      const index = await shardedWithMap(dir, (m) => (m[FIRST] = f));
+      await failsWith(dir, [
+        `${index}: weight_map["${FIRST}"] = ${JSON.stringify(f)} ${why}`,
+        "inside the model folder",
+      ]);
+    }
+    // A shard that is a symbolic link leading out of the folder.
+    const dir = `${root}/link`;
+    const index = await shardedWithMap(dir, (m) => (m[FIRST] = "linked.safetensors"));
+    await Deno.symlink(`${root}/outside.safetensors`, `${dir}/linked.safetensors`);
+    await failsWith(dir, [
+      `${index}: weight_map["${FIRST}"] = "linked.safetensors" resolves to ${await Deno.realPath(
+        root,
+      )}/outside.safetensors`,
+      "outside the folder",
+    ]);
+    // config.json itself linked from outside.
+    const dir2 = `${root}/cfglink`;
+    await Effect.runPromise(writeModelDir(dir2, config, randomTensors(config, 2)));
+    await Deno.rename(`${dir2}/config.json`, `${root}/config.json`);
+    await Deno.symlink(`${root}/config.json`, `${dir2}/config.json`);
+    await failsWith(dir2, [`${dir2}/config.json: resolves to`, "outside the folder"]);
+    // A link that stays inside the folder is fine (and so is a folder that is itself a link).
+    const dir3 = `${root}/innerlink`;
+    await Effect.runPromise(writeModelDir(dir3, config, randomTensors(config, 2)));
+    await Deno.rename(`${dir3}/model.safetensors`, `${dir3}/real.safetensors`);
+    await Deno.symlink("real.safetensors", `${dir3}/model.safetensors`);
+    await Effect.runPromise(readModelDir(dir3));
+    await Deno.symlink(dir3, `${root}/folderlink`);
+    await Effect.runPromise(readModelDir(`${root}/folderlink`));
+  });
+});
+
+Deno.test("paths: a Hugging Face cache snapshot (files linked into ../../blobs) loads", async () => {
+  await withDirs(async (root) => {
+    const repo = `${root}/models--org--tiny`, snap = `${repo}/snapshots/0123abcd`;
+    const ts = randomTensors(config, 3);
+    await Effect.runPromise(writeModelDir(`${root}/plain`, config, ts));
+    await Deno.mkdir(`${repo}/blobs`, { recursive: true });
+    await Deno.mkdir(snap, { recursive: true });
+    for (const [f, blob] of [["config.json", "aa11"], ["model.safetensors", "bb22"]]) {
+      await Deno.copyFile(`${root}/plain/${f}`, `${repo}/blobs/${blob}`);
+      await Deno.symlink(`../../blobs/${blob}`, `${snap}/${f}`);
+    }
+    const m = await Effect.runPromise(readModelDir(snap));
+    if (m.tensors.size !== paramSpecs(config).length) throw new Error("tensors");
+    // ...but a link from a snapshot to anywhere else in the cache is still refused.
+    await Deno.writeFile(`${repo}/elsewhere`, await Deno.readFile(`${root}/plain/model.safetensors`));
+    await Deno.remove(`${snap}/model.safetensors`);
+    await Deno.symlink("../../elsewhere", `${snap}/model.safetensors`);
+    await failsWith(snap, [`${snap}/model.safetensors: resolves to`, "outside the folder"]);
+  });
+});
+
+Deno.test("shards: a tensor in two shards, or not in the shard the index names, is an error naming both", async () => {
+  await withDirs(async (root) => {
+    const ts = randomTensors(config, 7);
+    // The same tensor written into both shards.
+    const dup = `${root}/dup`;
+    await writeSharded(dup, config, ts);
+    const extra = ts.find((t) => t.name === FIRST)!;
+    const second = ts.slice(Math.ceil(ts.length / 2));
+    await Deno.writeFile(`${dup}/${SHARD2}`, serializeSafetensors([...second, extra]));
+    await failsWith(dup, [
+      `${dup}/${SHARD2}: tensor ${FIRST} is also in ${dup}/${SHARD1}; a tensor must be in one shard only`,
+      `the index names "${SHARD1}"`,
+    ]);
+    // The index names the wrong shard for a tensor.
+    const wrong = `${root}/wrong`;
+    const index = await shardedWithMap(wrong, (m) => (m[FIRST] = SHARD2));
+    await failsWith(wrong, [
+      `${index}: weight_map names "${SHARD2}" for tensor ${FIRST}, but it is in ${wrong}/${SHARD1}`,
+    ]);
+    // The index names a tensor that no shard holds.
+    const ghost = `${root}/ghost`;
+    const index2 = await shardedWithMap(ghost, (m) => (m["model.ghost.weight"] = SHARD2));
+    await failsWith(ghost, [
+      `${index2}: weight_map names "${SHARD2}" for tensor model.ghost.weight, but`,
+      "does not hold it",
+    ]);
+    // A weight_map that is not a map of names to file names.
+    const bad = `${root}/bad`;
+    const index3 = await shardedWithMap(bad, (m) => ((m as Record<string, unknown>)[FIRST] = 3));
+    await failsWith(bad, [`${index3}: weight_map["${FIRST}"]: expected a file name, got 3`]);
+  });
+});
+
+Deno.test("non-finite weights fail the read with the tensor and the first bad element, unless allowNonFinite", async () => {
+  await withDirs(async (root) => {
+    const name = "model.layers.1.mlp.up_proj.weight"; // [24, 16]
+    for (const [bad, shown] of [[NaN, "NaN"], [Infinity, "Infinity"], [-Infinity, "-Infinity"]] as const) {
+      const ts = randomTensors(config, 8).map((t) => {
+        if (t.name !== name) return t;
+        const data = t.data.slice();
+        data[2 * 16 + 5] = bad;
+        data[100] = bad;
+        return { ...t, data };
+      });
+      const dir = `${root}/${shown}`;
+      await Effect.runPromise(writeModelDir(dir, config, ts));
+      await failsWith(dir, [
+        `${dir}/model.safetensors: tensor ${name}: element 37 [2,5] is ${shown} (2 of 384 values are not finite)`,
+        "--allow-nonfinite",
+      ]);
+      const m = await Effect.runPromise(readModelDir(dir, { allowNonFinite: true }));
+      const nf = m.nonFinite ?? [];
+      if (
+        nf.length !== 1 || nf[0].name !== name || nf[0].count !== 2 || nf[0].first !== 37 ||
+        String(nf[0].value) !== shown
+      ) {
+        throw new Error(JSON.stringify(nf));
+      }
+      if (!Object.is(m.tensors.get(name)!.data[37], bad)) throw new Error("the value is loaded as it is");
+    }
+    // A finite model lists none.
+    await Effect.runPromise(writeModelDir(`${root}/fine`, config, randomTensors(config, 8)));
+    const ok = await Effect.runPromise(readModelDir(`${root}/fine`, { allowNonFinite: true }));
+    if (ok.nonFinite?.length !== 0) throw new Error("finite");
+  });
+});
+
+Deno.test("a tiny Llama 3 folder (rope_scaling llama3, hand-written config.json) loads and gives the reference logits with the scaled frequencies", async () => {
+  // headDim 6, theta 1000: inv_freq 1, 0.1, 0.01; wavelengths 6.28, 62.8, 628. With orig 256, low 1, high 8:
+  // high_freq_wavelen 32, low_freq_wavelen 256, so one frequency of each band (by hand, HF's formula).
+  const s1 = (256 / (2 * Math.PI / 0.1) - 1) / (8 - 1);
+  const freqs = [1, (1 - s1) * 0.1 / 4 + s1 * 0.1, 0.01 / 4];
+  const llamaJson = {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    attention_bias: false,
+    attention_dropout: 0.0,
+    bos_token_id: 1,
+    eos_token_id: [2, 3],
+    head_dim: 6,
+    hidden_act: "silu",
+    hidden_size: 16,
+    initializer_range: 0.02,
+    intermediate_size: 24,
+    max_position_embeddings: 2048,
+    mlp_bias: false,
+    num_attention_heads: 4,
+    num_hidden_layers: 2,
+    num_key_value_heads: 2,
+    pretraining_tp: 1,
+    rms_norm_eps: 1e-5,
+    rope_scaling: {
+      factor: 4.0,
+      high_freq_factor: 8.0,
+      low_freq_factor: 1.0,
+      original_max_position_embeddings: 256,
+      rope_type: "llama3",
+    },
+    rope_theta: 1000.0,
+    tie_word_embeddings: true,
+    torch_dtype: "bfloat16",
+    use_cache: true,
+    vocab_size: 41,
+  };
+  await withDirs(async (root) => {
+    await Deno.writeTextFile(`${root}/config.json`, JSON.stringify(llamaJson, null, 2));
+    const c = decodeHfConfig("config.json", llamaJson);
+    if (c.architecture !== "LlamaForCausalLM" || c.ropeScaling?.originalMaxPositionEmbeddings !== 256) {
+      throw new Error(JSON.stringify(c));
+    }
+    const ts = randomTensors(c, 10);
+    await Deno.writeFile(`${root}/model.safetensors`, serializeSafetensors(ts, { format: "pt" }));
+    const m = await Effect.runPromise(readModelDir(root));
+    if (JSON.stringify(m.config) !== JSON.stringify(c)) throw new Error("config");
+    const longIds = Array.from({ length: 40 }, (_, i) => (i * 7 + 3) % 41);
+    const got = await tidy(async () => {
+      const p = toParams(cpu64, m);
+      const f = forward(
+        m.config,
+        p,
+        tensor(cpu64, longIds, [1, longIds.length], "i32"),
+        tensor(cpu64, longIds.map((_, i) => i), [longIds.length], "i32"),
+      );
+      const z = await logits(m.config, p, f).data();
+      p.dispose();
+      return z;
+    });
+    const want = naiveLogits(c, ts, longIds, freqs).flat();
+    assertClose(got, want, { atol: 1e-9, rtol: 1e-9 }, "Llama 3 logits");
+    // The scaling matters at these positions: the unscaled reference differs.
+    const plain = naiveLogits(c, ts, longIds).flat();
+    const diff = plain.reduce((a, v, i) => Math.max(a, Math.abs(v - want[i])), 0);
+    if (diff < 1e-4) throw new Error(`scaled and unscaled logits differ by only ${diff}`);
+    // writeModelDir writes the scaling back: the folder reloads to the same config.
+    await Effect.runPromise(writeModelDir(`${root}/again`, c, ts));
+    const again = await Effect.runPromise(readModelDir(`${root}/again`));
+    if (JSON.stringify(again.config) !== JSON.stringify(c)) {
+      throw new Error("round trip through writeModelDir");
     }
   });
 });

@@ -263,3 +263,65 @@ Deno.test("folder errors name the file and the field", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("robustness: binary files, prototype keys, special tokens named like prototype members, links out", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "bupo-tok-" });
+  try {
+    const char = new CharTokenizer("ab");
+    // A binary tokenizer.json (and tokenizer_config.json) is named, with what is wrong.
+    await Deno.mkdir(`${dir}/bin`);
+    await Deno.writeFile(`${dir}/bin/tokenizer.json`, Uint8Array.from({ length: 64 }, (_, i) => 0x80 + i));
+    await throwsWith(() => loadTokenizer(`${dir}/bin`), FileFormatError, [
+      `${dir}/bin/tokenizer.json: not UTF-8 text (invalid byte 0x80 at offset 0)`,
+    ]);
+    await Deno.writeTextFile(`${dir}/bin/tokenizer.json`, JSON.stringify(char.tokenizerJson()));
+    await Deno.writeFile(`${dir}/bin/tokenizer_config.json`, Uint8Array.from([0x7b, 0xfe, 0x7d]));
+    await throwsWith(() => loadTokenizer(`${dir}/bin`), FileFormatError, [
+      `${dir}/bin/tokenizer_config.json: not UTF-8 text (invalid byte 0xfe at offset 1)`,
+    ]);
+    // tokenizer.json that is JSON but not an object.
+    await Deno.mkdir(`${dir}/num`);
+    await Deno.writeTextFile(`${dir}/num/tokenizer.json`, "[1, 2]");
+    await throwsWith(() => loadTokenizer(`${dir}/num`), FileFormatError, [
+      `${dir}/num/tokenizer.json: expected a JSON object`,
+    ]);
+    // Prototype-name keys in tokenizer_config.json are unknown fields.
+    for (const k of ["__proto__", "constructor", "toString"]) {
+      await Deno.mkdir(`${dir}/${k}`);
+      await Deno.writeTextFile(`${dir}/${k}/tokenizer.json`, JSON.stringify(char.tokenizerJson()));
+      await Deno.writeTextFile(
+        `${dir}/${k}/tokenizer_config.json`,
+        `{${JSON.stringify(k)}: {"eos_token": "<eos>"}, "eos_token": "<eos>"}`,
+      );
+      const e = await throwsWith(() => loadTokenizer(`${dir}/${k}`), ConfigError, [
+        `${dir}/${k}/tokenizer_config.json: ${k}: unknown field`,
+      ]);
+      eq((e as ConfigError).field, k, "field");
+    }
+    // Special tokens whose text is a prototype member's name are ordinary tokens.
+    const odd = new CharTokenizer(["constructor", "__proto__", "toString", "a"], { pad: 0, bos: 1, eos: 2 });
+    await saveTokenizer(`${dir}/odd`, odd);
+    const back = await loadTokenizer(`${dir}/odd`);
+    if (!(back instanceof CharTokenizer)) throw new Error("char");
+    eq([back.pad, back.bos, back.eos], [0, 1, 2], "roles");
+    eq(back.encode("a__proto__atoString"), [3, 1, 3, 2], "encode");
+    // A pad_token naming a prototype member that is not a token is an error, not a lookup.
+    await Deno.writeTextFile(
+      `${dir}/odd/tokenizer_config.json`,
+      JSON.stringify({ ...odd.tokenizerConfigJson(), pad_token: "valueOf" }),
+    );
+    await throwsWith(() => loadTokenizer(`${dir}/odd`), ConfigError, [
+      `pad_token "valueOf" is not an added token`,
+    ]);
+    // tokenizer.json linked from outside the folder.
+    await Deno.mkdir(`${dir}/link`);
+    await Deno.writeTextFile(`${dir}/outside.json`, JSON.stringify(char.tokenizerJson()));
+    await Deno.symlink(`${dir}/outside.json`, `${dir}/link/tokenizer.json`);
+    await throwsWith(() => loadTokenizer(`${dir}/link`), FileFormatError, [
+      `${dir}/link/tokenizer.json: resolves to`,
+      "outside the folder",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

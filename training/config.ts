@@ -6,9 +6,9 @@
  */
 import { Effect } from "effect";
 import * as t from "io-ts";
-import { ConfigError, type FileFormatError } from "../core/errors.ts";
+import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { readJson } from "../io/files.ts";
-import { checkValue, DEVICE_FLAG, type DeviceChoice, type FlagSpec } from "../core/flags.ts";
+import { checkValue, DEVICE_FLAG, type DeviceChoice, type FlagSpec, kebab } from "../core/flags.ts";
 import { embeddedTaskNames } from "../tasks/index.ts";
 
 /** Everything `train.ts` reads. */
@@ -147,9 +147,10 @@ export const decodeConfigJson = (source: string, json: unknown): Partial<TrainCo
   if (!ConfigFile.is(json)) {
     throw new ConfigError({ source, field: "(root)", message: `${source}: expected a JSON object` });
   }
-  const out: Record<string, unknown> = {};
+  const out: Record<string, unknown> = Object.create(null);
   for (const [k, v] of Object.entries(json)) {
-    if (!(k in TRAIN_FLAGS)) {
+    // Own keys only: `__proto__`, `constructor` or `toString` are unknown fields, not inherited members.
+    if (!Object.hasOwn(TRAIN_FLAGS, k)) {
       throw new ConfigError({
         source,
         field: k,
@@ -165,33 +166,57 @@ export const decodeConfigJson = (source: string, json: unknown): Partial<TrainCo
       false,
     );
   }
-  return out as Partial<TrainConfig>;
+  return { ...out } as Partial<TrainConfig>;
 };
 
-/** Read and decode a JSON config file (`--config FILE`). */
+/**
+ * Read and decode a JSON config file (`--config FILE`); a file that cannot be read or parsed is named with the
+ * flag that gave it (`--config run.json: no such file`).
+ */
 export const readConfigFile = (
   path: string,
+  flag = "--config",
 ): Effect.Effect<Partial<TrainConfig>, FileFormatError | ConfigError> =>
   Effect.flatMap(
-    readJson(path),
-    (j) => Effect.try({ try: () => decodeConfigJson(path, j), catch: (e) => e as ConfigError }),
+    Effect.mapError(readJson(path), (e) =>
+      new FileFormatError({ file: e.file, message: `${flag} ${e.message}` })),
+    (j) =>
+      Effect.try({ try: () => decodeConfigJson(path, j), catch: (e) => e as ConfigError }),
   );
 
-/** Merge defaults, file and flags, then check cross-field rules. */
-export const resolveConfig = (file: Partial<TrainConfig>, flags: Partial<TrainConfig>): TrainConfig => {
+/**
+ * Merge defaults, file and flags, then check cross-field rules. An error names where the value came from: the
+ * flag (`--group 1`), the config file's field (`run.json: group 1`, with `fileName`), or the default.
+ */
+export const resolveConfig = (
+  file: Partial<TrainConfig>,
+  flags: Partial<TrainConfig>,
+  fileName = "the config file",
+): TrainConfig => {
   const c = { ...DEFAULTS, ...file, ...flags };
+  const where = (k: keyof TrainConfig): { field: string; shown: string } =>
+    Object.hasOwn(flags, k)
+      ? {
+        field: `--${TRAIN_FLAGS[k].flag ?? kebab(k)}`,
+        shown: `--${TRAIN_FLAGS[k].flag ?? kebab(k)} ${c[k]}`,
+      }
+      : Object.hasOwn(file, k)
+      ? { field: k, shown: `${fileName}: ${k} ${c[k]}` }
+      : { field: k, shown: `${k} ${c[k]} (the default)` };
   if (c.group < 2) {
+    const w = where("group");
     throw new ConfigError({
       source: "config",
-      field: "group",
-      message: `group ${c.group}: GRPO needs at least 2 responses per prompt`,
+      field: w.field,
+      message: `${w.shown}: GRPO needs at least 2 responses per prompt`,
     });
   }
   if ((c.prompts * c.group) % c.minibatches !== 0) {
+    const w = where("minibatches"), p = where("prompts"), g = where("group");
     throw new ConfigError({
       source: "config",
-      field: "minibatches",
-      message: `minibatches ${c.minibatches} must divide prompts x group = ${c.prompts * c.group}`,
+      field: w.field,
+      message: `${w.shown} must divide prompts x group = ${c.prompts * c.group} (${p.shown}, ${g.shown})`,
     });
   }
   return c;

@@ -77,6 +77,12 @@ export const ENTROPY_FLAGS = {
   temperature: { kind: "posnum", default: 1, help: "(--prompts) sampling temperature" },
   seed: { kind: "int", min: 0, max: 2 ** 32 - 1, default: 0, help: "(--prompts) sampling seed" },
   quiet: { kind: "bool", help: "no progress bar" },
+  allowNonfinite: {
+    kind: "bool",
+    help: "load weights that hold NaN or infinite values (to analyse a broken checkpoint); the\n" +
+      "report lists those tensors (nonFiniteTensors) and the summary says so. Without it they\n" +
+      "are an error naming the tensor and the first bad element.",
+  },
   device: DEVICE_FLAG,
 } as const satisfies FlagTable;
 
@@ -96,6 +102,8 @@ export interface EntropyArgs {
   readonly temperature: number;
   readonly seed: number;
   readonly quiet: boolean;
+  /** Load non-finite weights and mark them in the report (default false: they are an error). */
+  readonly allowNonfinite?: boolean;
   readonly device?: DeviceChoice;
 }
 
@@ -151,7 +159,7 @@ export const entropyInput = (
       }
       dir = DEFAULT_MODEL;
     }
-    const model = yield* readModelDir(dir);
+    const model = yield* readModelDir(dir, { allowNonFinite: args.allowNonfinite === true });
     const c = model.config;
     const bad = args.tokens?.find((id) => id >= c.vocabSize);
     if (bad !== undefined) {
@@ -162,7 +170,10 @@ export const entropyInput = (
     }
     if (args.prompts === undefined) return { args, dir, model };
     const file = args.prompts;
-    const text = yield* readPrompts(file);
+    const text = yield* Effect.mapError(
+      readPrompts(file),
+      (e) => new FileFormatError({ file: e.file, message: `--prompts ${e.message}` }),
+    );
     const tok = yield* readTokenizerDir(dir);
     if (tok.vocabSize > c.vocabSize) {
       return yield* new FileFormatError({
@@ -303,7 +314,7 @@ export const writeEntropyReport = (inputs: readonly EntropyInput[], rs: readonly
     );
     inputs.forEach((input, i) => {
       if (inputs.length > 1) console.log(`\n${input.dir}:`);
-      console.log(summaryTable(rs[i].flow));
+      console.log(summaryTable(rs[i].flow, input.model.nonFinite));
       console.log(boundaryLine(rs[i].flow));
     });
     console.log(`wrote ${args.out} and ${svg}`);

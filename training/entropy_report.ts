@@ -17,6 +17,7 @@ import {
 } from "../policies/analysis.ts";
 import type { ReadoutNorm } from "../policies/internal.ts";
 import type { DecoderConfig } from "../policies/config.ts";
+import type { NonFiniteTensor } from "../formats/hf.ts";
 
 /** What the report's `notes.layers` says. */
 export const LAYERS_NOTE = "Layers are 0-based: entry `layer: l` is the paper's layer l+1 (paperLayer). " +
@@ -41,10 +42,22 @@ const layerJson = (e: LayerEntropies) => ({
   change: { attn: round(e.change.attn), ffn: round(e.change.ffn), layer: round(e.change.layer) },
 });
 
-/** The JSON report of an analysis. */
+/** The report's entry of a non-finite tensor (a model read with --allow-nonfinite). */
+const nonFiniteJson = (t: NonFiniteTensor) => ({
+  name: t.name,
+  file: t.file,
+  count: t.count,
+  first: t.first,
+  value: String(t.value),
+});
+
+/**
+ * The JSON report of an analysis. `nonFiniteTensors` lists the tensors that hold NaN or infinite values (a
+ * model read with --allow-nonfinite; empty otherwise): every number derived from them is suspect.
+ */
 export const reportJson = (
   flow: EntropyFlow,
-  model: { dir: string; config: DecoderConfig },
+  model: { dir: string; config: DecoderConfig; nonFinite?: readonly NonFiniteTensor[] },
   batch: EntropyBatch,
   source: Record<string, unknown>,
 ): Record<string, unknown> => ({
@@ -53,6 +66,7 @@ export const reportJson = (
   numLayers: flow.numLayers,
   hiddenSize: model.config.hiddenSize,
   vocabSize: flow.vocabSize,
+  nonFiniteTensors: (model.nonFinite ?? []).map(nonFiniteJson),
   notes: { layers: LAYERS_NOTE, norms: NORM_NOTE },
   source,
   readoutTemperature: flow.temperature,
@@ -124,8 +138,11 @@ export const reportSvg = (flow: EntropyFlow, title: string): string => {
 
 const fmt = (x: number) => (Number.isFinite(x) ? x.toFixed(3).padStart(8) : "     n/a");
 
-/** The summary table printed after an analysis: one row per layer (raw readouts when reported), then the final policy. */
-export const summaryTable = (flow: EntropyFlow): string => {
+/**
+ * The summary table printed after an analysis: one row per layer (raw readouts when reported), then the final
+ * policy, then (a model read with --allow-nonfinite) a line naming the tensors with non-finite values.
+ */
+export const summaryTable = (flow: EntropyFlow, nonFinite: readonly NonFiniteTensor[] = []): string => {
   const n = flow.norms.includes("raw") ? "raw" : "normed";
   const rows = [
     `layer (0-based, ${n}):   H(input)   H(attn)    H(ffn)  H(output)    dAttn     dFfn   dLayer`,
@@ -139,6 +156,18 @@ export const summaryTable = (flow: EntropyFlow): string => {
     );
   }
   rows.push(`final policy: H = ${flow.final.entropy.toFixed(4)} nats over ${flow.tokens} scored positions`);
+  if (nonFinite.length) {
+    const shown = nonFinite.slice(0, 5).map((t) =>
+      `${t.name} (${t.count} values, first at ${t.first}: ${t.value})`
+    );
+    rows.push(
+      `WARNING: non-finite weights (--allow-nonfinite): ${nonFinite.length} tensor${
+        nonFinite.length === 1 ? "" : "s"
+      }: ${shown.join(", ")}${
+        nonFinite.length > 5 ? ", ..." : ""
+      }; the report lists them in nonFiniteTensors`,
+    );
+  }
   return rows.join("\n");
 };
 

@@ -1,6 +1,6 @@
 /** Gradient inspection: the loss of an objective on a batch and the gradient of every parameter, by HF name. */
 import { Effect } from "effect";
-import { ConfigError, type FileFormatError } from "../core/errors.ts";
+import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { DEVICE_FLAG, type FlagTable } from "../core/flags.ts";
 import { serializeSafetensors } from "../core/safetensors.ts";
 import type { Backend } from "../engine/backend.ts";
@@ -25,7 +25,8 @@ export type GradientsBatch =
     /** one advantage per sequence. */
     readonly advantages: readonly number[];
   }
-  | { readonly rolloutFile: string }
+  /** A rollout file; `flag` (e.g. `--rollout`) prefixes the errors of reading it. */
+  | { readonly rolloutFile: string; readonly flag?: string }
   | { readonly rollout: RolloutHost };
 
 /** What `gradients` needs. */
@@ -58,10 +59,11 @@ export interface GradientsResult {
 }
 
 const hostBatch = (b: GradientsBatch): Effect.Effect<RolloutHost, FileFormatError> =>
-  "rollout" in b
-    ? Effect.succeed(b.rollout)
-    : "rolloutFile" in b
-    ? readRolloutFile(b.rolloutFile)
+  "rollout" in b ? Effect.succeed(b.rollout) : "rolloutFile" in b
+    ? Effect.mapError(
+      readRolloutFile(b.rolloutFile),
+      (e) => (b.flag ? new FileFormatError({ file: e.file, message: `${b.flag} ${e.message}` }) : e),
+    )
     : Effect.sync(() => rolloutFromSequences(b.ids, b.promptLen, b.advantages));
 
 /**
@@ -194,7 +196,7 @@ export const batchFromFlags = (f: {
   readonly promptLen?: readonly number[];
   readonly advantages?: readonly number[];
 }): GradientsBatch => {
-  if (f.rollout) return { rolloutFile: f.rollout };
+  if (f.rollout) return { rolloutFile: f.rollout, flag: "--rollout" };
   if (!f.tokens || !f.promptLen || !f.advantages) {
     throw usage("--tokens", "give --tokens, --prompt-len and --advantages (or --rollout FILE)");
   }
@@ -250,14 +252,14 @@ export const GRAD_FLAGS = {
       "a path to a module that exports an Objective (default export or `objective`)",
   },
   layer: { kind: "int", min: 0, arg: "K", help: "0-based layer index (the paper's layer 1 is 0)" },
-  until: { kind: "int", min: 0, default: 30, help: "bupo: last step of the internal phase" },
+  until: { kind: "int", min: 1, default: 30, help: "bupo: last step of the internal phase (1-based)" },
   norm: {
     kind: "enum",
     values: ["raw", "normed"],
     default: "raw",
     help: "readout of layer(k): raw (the paper's) or through the final norm",
   },
-  step: { kind: "int", min: 0, default: 1, help: "1-based training step (selects the phase)" },
+  step: { kind: "int", min: 1, default: 1, help: "1-based training step (selects the phase)" },
   device: { ...DEVICE_FLAG, aliases: ["backend"] },
   out: { kind: "str", required: true, arg: "FILE", help: "output safetensors file" },
 } as const satisfies FlagTable;

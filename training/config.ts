@@ -8,7 +8,7 @@ import { Effect } from "effect";
 import * as t from "io-ts";
 import { ConfigError, type FileFormatError } from "../core/errors.ts";
 import { readJson } from "../io/files.ts";
-import { checkValue, DEVICE_FLAG, type DeviceChoice, type FlagSpec } from "../core/flags.ts";
+import { checkValue, DEVICE_FLAG, type DeviceChoice, flagName, type FlagSpec } from "../core/flags.ts";
 
 /** Everything `train.ts` reads. */
 export interface TrainConfig {
@@ -18,7 +18,7 @@ export interface TrainConfig {
   readonly device: DeviceChoice;
   /** Embedded task name. */
   readonly task: "arith";
-  /** `grpo`, `bupo`, or the path of a TypeScript module exporting an Objective. */
+  /** `grpo`, `bupo`, or the path of a TypeScript module exporting an Objective (`path#export` picks one). */
   readonly objective: string;
   /** BuPO's internal layer k (0-based) and phase length (steps of the internal phase). */
   readonly layer: number;
@@ -81,7 +81,7 @@ const ROWS: { readonly [K in keyof TrainConfig]: Omit<FlagSpec, "default"> } = {
   model: { kind: "str", arg: "DIR", help: "model folder" },
   device: DEVICE_FLAG,
   task: { kind: "enum", values: ["arith"], help: "embedded task" },
-  objective: { kind: "str", arg: "NAME|FILE", help: "grpo | bupo | path/to/objective.ts" },
+  objective: { kind: "str", arg: "NAME|FILE", help: "grpo | bupo | path/to/objective.ts[#export]" },
   layer: { kind: "int", min: 0, arg: "K", help: "BuPO internal layer k (0-based; the paper's layer k+1)" },
   phaseSteps: { kind: "posint", help: "steps of BuPO's internal phase" },
   steps: { kind: "posint", help: "RL steps" },
@@ -152,9 +152,48 @@ export const readConfigFile = (
     (j) => Effect.try({ try: () => decodeConfigJson(path, j), catch: (e) => e as ConfigError }),
   );
 
-/** Merge defaults, file and flags, then check cross-field rules. */
+/** Whether `--objective` names a module (a path, `path#export`) rather than a built-in objective. */
+export const isObjectiveModule = (objective: string): boolean => objective !== "grpo" && objective !== "bupo";
+
+/**
+ * The settings an objective module makes meaningless: they build the built-in objectives (BuPO's layer and phase
+ * length, the clip range and the TIS cap of grpo and bupo); a module's objective carries its own.
+ */
+export const BUILT_IN_OBJECTIVE_SETTINGS = ["layer", "phaseSteps", "clip", "clipHigh", "tisCap"] as const;
+
+/** The flag of a setting: `--phase-steps` for `phaseSteps`. */
+export const flagOf = (key: keyof TrainConfig): string => `--${flagName(key, TRAIN_FLAGS[key])}`;
+
+/**
+ * The config as a run records it (config.json, checkpoints): without the settings its objective does not use
+ * (BUILT_IN_OBJECTIVE_SETTINGS when the objective is a module).
+ */
+export const recordedConfig = <C extends Partial<TrainConfig>>(c: C): Partial<C> => {
+  if (c.objective === undefined || !isObjectiveModule(c.objective)) return c;
+  const out: Partial<C> = { ...c };
+  for (const k of BUILT_IN_OBJECTIVE_SETTINGS) delete out[k];
+  return out;
+};
+
+/**
+ * Merge defaults, file and flags, then check cross-field rules. With an objective module, giving a setting it
+ * makes meaningless (BUILT_IN_OBJECTIVE_SETTINGS) in the file or as a flag is an error naming it.
+ */
 export const resolveConfig = (file: Partial<TrainConfig>, flags: Partial<TrainConfig>): TrainConfig => {
   const c = { ...DEFAULTS, ...file, ...flags };
+  if (isObjectiveModule(c.objective)) {
+    for (const k of BUILT_IN_OBJECTIVE_SETTINGS) {
+      const flag = k in flags, field = flag ? flagOf(k) : k;
+      if (!flag && !(k in file)) continue;
+      throw new ConfigError({
+        source: flag ? "flags" : "config file",
+        field,
+        message: `${field} ${c[k]}: the objective module ${c.objective} defines its own ${
+          k === "layer" || k === "phaseSteps" ? "policies and phases" : "clip range and importance correction"
+        }; ${field} only applies to --objective grpo or bupo (remove it)`,
+      });
+    }
+  }
   if (c.group < 2) {
     throw new ConfigError({
       source: "config",

@@ -1,4 +1,8 @@
-/** Evaluation on a task's held-out split: sample k responses per problem; avg@k, pass@k and greedy accuracy. */
+/**
+ * Evaluation on a task's held-out split: sample k responses per problem; avg@k, pass@k and greedy accuracy.
+ * Streamed: problems are drawn, generated and scored one batch of sequences at a time, so memory does not grow
+ * with the number of problems.
+ */
 import type { DecoderConfig } from "../policies/config.ts";
 import { generate } from "../policies/generate.ts";
 import type { Params } from "../policies/params.ts";
@@ -13,7 +17,7 @@ export interface EvalOptions {
   readonly temperature: number;
   readonly maxNew: number;
   readonly seed: number;
-  /** Sequences per generation call. */
+  /** Sequences per generation call (default EVAL_BATCH). */
   readonly batchSize?: number;
   /** Problem set seed (the task's seed; fixed across a run so evaluations are comparable). */
   readonly taskSeed: number;
@@ -32,34 +36,37 @@ export interface EvalResult {
   readonly samples: { prompt: string; completion: string; reward: number }[];
 }
 
+/** Sequences per generation call of an evaluation (the memory of evaluation is that of one such batch). */
+export const EVAL_BATCH = 128;
+
 const rollTexts = async (
   c: DecoderConfig,
   p: Params,
   tok: TextTokenizer,
-  prompts: string[],
-  o: { temperature: number; maxNew: number; seed: number; step: number; batchSize: number; stop?: number },
+  prompts: readonly string[],
+  o: { temperature: number; maxNew: number; seed: number; step: number; first: number; stop?: number },
 ): Promise<string[]> => {
-  const out: string[] = [];
-  for (let i = 0; i < prompts.length; i += o.batchSize) {
-    const part = prompts.slice(i, i + o.batchSize);
-    const r = await generate(c, p, part.map((x) => promptIds(tok, x)), {
-      maxNew: o.maxNew,
-      eos: tok.eos,
-      stop: o.stop,
-      pad: tok.pad,
-      temperature: o.temperature,
-      seed: o.seed,
-      step: o.step,
-      firstSequence: i,
-    });
-    for (let b = 0; b < r.B; b++) {
-      out.push(responseText(tok, r.ids, b * r.T + r.promptLens[b], (b + 1) * r.T));
-    }
-  }
-  return out;
+  const r = await generate(c, p, prompts.map((x) => promptIds(tok, x)), {
+    maxNew: o.maxNew,
+    eos: tok.eos,
+    stop: o.stop,
+    pad: tok.pad,
+    temperature: o.temperature,
+    seed: o.seed,
+    step: o.step,
+    firstSequence: o.first,
+  });
+  return Array.from(
+    { length: r.B },
+    (_, b) => responseText(tok, r.ids, b * r.T + r.promptLens[b], (b + 1) * r.T),
+  );
 };
 
-/** Evaluate the model on `problems` eval problems. Deterministic given the seeds. */
+/**
+ * Evaluate the model on `problems` eval problems. Deterministic given the seeds. The k samples of problem i are
+ * sequences i k .. i k + k - 1 of one flat list generated `batchSize` sequences at a time (each batch draws its
+ * problems as it goes); the greedy responses likewise, one sequence per problem.
+ */
 export const evaluate = async (
   c: DecoderConfig,
   p: Params,
@@ -67,45 +74,54 @@ export const evaluate = async (
   task: Task,
   o: EvalOptions,
 ): Promise<EvalResult> => {
-  const probs = batch(task, "eval", o.taskSeed, 0, o.problems);
-  const bs = o.batchSize ?? 128;
-  const sampledPrompts = probs.flatMap((q) => Array.from({ length: o.k }, () => q.prompt));
-  const sampled = await rollTexts(c, p, tok, sampledPrompts, {
-    temperature: o.temperature,
-    maxNew: o.maxNew,
-    seed: o.seed,
-    step: 0x7fff0000,
-    batchSize: bs,
-    stop: stopId(tok, task),
-  });
-  const greedyTexts = await rollTexts(c, p, tok, probs.map((q) => q.prompt), {
-    temperature: 0,
-    maxNew: o.maxNew,
-    seed: o.seed,
-    step: 0x7fff0001,
-    batchSize: bs,
-    stop: stopId(tok, task),
-  });
-  let sum = 0, pass = 0, greedy = 0;
+  const n = o.problems, k = o.k;
+  const bs = o.batchSize ?? EVAL_BATCH;
+  const stop = stopId(tok, task);
+  const common = { maxNew: o.maxNew, seed: o.seed, stop };
+  let sum = 0, pass = 0, greedy = 0, any = false;
   const samples: EvalResult["samples"] = [];
-  probs.forEach((q, i) => {
-    let any = false;
-    for (let j = 0; j < o.k; j++) {
-      const completion = sampled[i * o.k + j];
+  for (let s0 = 0; s0 < n * k; s0 += bs) {
+    const s1 = Math.min(n * k, s0 + bs);
+    const first = Math.floor(s0 / k);
+    const probs = batch(task, "eval", o.taskSeed, first, Math.floor((s1 - 1) / k) - first + 1);
+    const prompts = Array.from({ length: s1 - s0 }, (_, x) => probs[Math.floor((s0 + x) / k) - first].prompt);
+    const texts = await rollTexts(c, p, tok, prompts, {
+      ...common,
+      temperature: o.temperature,
+      step: 0x7fff0000,
+      first: s0,
+    });
+    for (let s = s0; s < s1; s++) {
+      const q = probs[Math.floor(s / k) - first], j = s % k;
+      const completion = texts[s - s0];
       const r = task.reward(q, completion);
       sum += r;
       if (r >= 1) any = true;
       if (samples.length < 8 && j === 0) samples.push({ prompt: q.prompt, completion, reward: r });
+      if (j === k - 1) {
+        if (any) pass++;
+        any = false;
+      }
     }
-    if (any) pass++;
-    if (task.reward(q, greedyTexts[i]) >= 1) greedy++;
-  });
+  }
+  for (let i0 = 0; i0 < n; i0 += bs) {
+    const probs = batch(task, "eval", o.taskSeed, i0, Math.min(bs, n - i0));
+    const texts = await rollTexts(c, p, tok, probs.map((q) => q.prompt), {
+      ...common,
+      temperature: 0,
+      step: 0x7fff0001,
+      first: i0,
+    });
+    probs.forEach((q, i) => {
+      if (task.reward(q, texts[i]) >= 1) greedy++;
+    });
+  }
   return {
-    avgAtK: sum / (probs.length * o.k),
-    passAtK: pass / probs.length,
-    greedy: greedy / probs.length,
-    k: o.k,
-    problems: probs.length,
+    avgAtK: sum / (n * k),
+    passAtK: pass / n,
+    greedy: greedy / n,
+    k,
+    problems: n,
     samples,
   };
 };

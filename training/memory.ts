@@ -265,6 +265,8 @@ export interface MemoryLimits {
   readonly host: number;
   /** Free space of the JavaScript heap (V8's heap limit less what is in use). */
   readonly heap: number;
+  /** Whether freed device buffers stay in a pool for reuse (the GPU backend): the footprint, not the peak, counts. */
+  readonly pool: boolean;
   /** How `device` was found, for messages. */
   readonly deviceWords: string;
 }
@@ -300,6 +302,7 @@ export const memoryLimits = (backend: Backend): MemoryLimits => {
     device: parsed !== null ? parsed : software ? "host" : null,
     host,
     heap: h.heap_size_limit - h.used_heap_size,
+    pool: backend.kind === "gpu",
     deviceWords: parsed !== null
       ? "the device budget BUPO_DEVICE_MEMORY"
       : backend.kind === "cpu"
@@ -341,51 +344,55 @@ export const shortfall = (e: MemoryEstimate, lim: MemoryLimits): Shortfall | nul
         stage: st.stage,
         need: st.largest.bytes,
         limit: bind,
-        message: `${st.words} bind ${st.largest.what}, ${
+        message: `${st.words} would bind ${st.largest.what} in one buffer: ${
           showBytes(st.largest.bytes)
-        } in one buffer, more than the device's ${which} of ${showBytes(bind)}`,
+        }, more than the device's ${which}, ${showBytes(bind)}`,
       };
     }
   }
   const base = sum(e.persistent);
   const shared = lim.device === "host";
   const deviceLimit = typeof lim.device === "number" ? lim.device : shared ? lim.host : null;
-  const hostOf = (st: StageEstimate | null) => (shared ? 0 : st?.host ?? 0);
   if (deviceLimit !== null) {
     const hostShare = shared ? e.hostPeak : 0;
-    if (base + hostShare > deviceLimit) {
+    if (base > deviceLimit) {
       return {
         stage: null,
-        need: base + hostShare,
+        need: base,
         limit: deviceLimit,
-        message: `the model's state needs about ${showBytes(base)} (${
+        message: `the model's state would need about ${showBytes(base)} (${
           top(e.persistent)
         }), more than ${lim.deviceWords}, ${showBytes(deviceLimit)}`,
       };
     }
     const worst = [...e.stages].sort((a, b) => sum(b.device) - sum(a.device))[0];
-    const need = e.deviceFootprint + hostShare;
+    const need = (lim.pool ? e.deviceFootprint : e.devicePeak) + hostShare;
     if (need > deviceLimit) {
+      const with_ = [
+        `the model's state (${showBytes(base)})`,
+        ...(lim.pool ? ["the buffers the GPU pool keeps for the other stages"] : []),
+        ...(shared ? ["host memory"] : []),
+      ];
       return {
         stage: worst.stage,
         need,
         limit: deviceLimit,
-        message: `${worst.words} need about ${showBytes(sum(worst.device))} of device memory (${
+        message: `${worst.words} would need about ${showBytes(sum(worst.device))} of device memory (${
           top(worst.device)
-        }); with the model's state (${showBytes(base)}), the other stages' buffers the GPU pool keeps${
-          shared ? " and host memory" : ""
-        }, about ${showBytes(need)}, more than ${lim.deviceWords}, ${showBytes(deviceLimit)}`,
+        }); with ${with_.join(", ")}: about ${showBytes(need)}, more than ${lim.deviceWords}, ${
+          showBytes(deviceLimit)
+        }`,
       };
     }
   }
   if (!shared) {
-    const worst = [...e.stages].sort((a, b) => hostOf(b) - hostOf(a))[0];
+    const worst = [...e.stages].sort((a, b) => b.host - a.host)[0];
     if (worst.host > lim.host) {
       return {
         stage: worst.stage,
         need: worst.host,
         limit: lim.host,
-        message: `${worst.words} need about ${showBytes(worst.host)} of host memory, more than the ${
+        message: `${worst.words} would need about ${showBytes(worst.host)} of host memory, more than the ${
           showBytes(lim.host)
         } free`,
       };
@@ -397,9 +404,9 @@ export const shortfall = (e: MemoryEstimate, lim: MemoryLimits): Shortfall | nul
       stage: heavy.stage,
       need: heavy.heap,
       limit: lim.heap,
-      message: `${heavy.words} need about ${showBytes(heavy.heap)} of JavaScript heap, more than the ${
+      message: `${heavy.words} would need about ${showBytes(heavy.heap)} of JavaScript heap, more than the ${
         showBytes(lim.heap)
-      } left of V8's heap limit`,
+      } left below V8's heap limit`,
     };
   }
   return null;
@@ -460,6 +467,17 @@ export interface RunMemoryInput {
 }
 
 type SizeFlag = "group" | "prompts" | "maxNew" | "minibatches";
+
+/** The divisors of n, ascending. */
+const divisors = (n: number): number[] => {
+  const lo: number[] = [], hi: number[] = [];
+  for (let d = 1; d * d <= n; d++) {
+    if (n % d !== 0) continue;
+    lo.push(d);
+    if (d * d !== n) hi.unshift(n / d);
+  }
+  return [...lo, ...hi];
+};
 
 /** The memory shape of a run's settings. */
 export const memoryShape = (
@@ -527,13 +545,8 @@ export const memoryProblem = (input: RunMemoryInput, lim: MemoryLimits): ConfigE
     : `no ${name} fits (even ${min}); lower the other sizes or choose a smaller model`;
   let also = "";
   if (s.stage === "update") {
-    const n = cfg.prompts * cfg.group;
-    for (let m = cfg.minibatches + 1; m <= n; m++) {
-      if (n % m === 0 && fits({ minibatches: m })) {
-        also = `, or raise --minibatches to ${m}`;
-        break;
-      }
-    }
+    const m = divisors(cfg.prompts * cfg.group).find((m) => m > cfg.minibatches && fits({ minibatches: m }));
+    if (m !== undefined) also = `, or raise --minibatches to ${m}`;
   }
   return new ConfigError({
     source: "flags",

@@ -12,6 +12,7 @@ import type { TrainConfig } from "./config.ts";
 import type { EvalRecord } from "./report.ts";
 import type { StepMetrics } from "./rl.ts";
 import { runTraining } from "./run.ts";
+import { claimCompareFolder } from "./rundir.ts";
 
 /** The flags of `deno task compare` (a core/flags.ts table). */
 export const COMPARE_FLAGS = {
@@ -55,6 +56,9 @@ export const compareRuns = (
   out: string,
 ) =>
   Effect.gen(function* () {
+    // `out` must be new, empty or a comparison's own folder (never a model folder); each run's subfolder then
+    // follows the run folder rule.
+    yield* claimCompareFolder(out, base.model);
     const runs: RunSummary[] = [];
     for (const seed of seeds) {
       for (const objective of objectives) {

@@ -177,7 +177,9 @@ Deno.test("SIGKILL at random moments, each followed by a resume, ends bit-identi
       const s = await child.status;
       const err = await stderr;
       if (s.signal !== "SIGKILL") {
-        if (s.code !== 0) throw new Error(`${out}: the child failed before its kill: ${err}\n${log.join("\n")}`);
+        if (s.code !== 0) {
+          throw new Error(`${out}: the child failed before its kill: ${err}\n${log.join("\n")}`);
+        }
         log.push(`${out}: finished before the kill (mode ${mode})`);
         break;
       }

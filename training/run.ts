@@ -252,12 +252,11 @@ const restartFrom = (cfgIn: TrainConfig, explicit: Partial<TrainConfig>, folder:
 /** The run folder claimed for `o`'s mode, then the origin: a checkpoint, a restart, or the model folder. */
 const resumeOrStart = (
   cfgIn: TrainConfig,
-  o: RunOptions,
+  mode: FolderMode,
+  explicit: Partial<TrainConfig>,
 ): Effect.Effect<Origin, ConfigError | FileFormatError> =>
   Effect.gen(function* () {
-    const mode = yield* folderMode(o);
     const folder = yield* claimRunFolder(cfgIn.out, cfgIn.model, mode);
-    const explicit = o.explicit ?? {};
     const origin = mode !== "resume"
       ? yield* startFresh(cfgIn, folder)
       : folder.kind === "run" && folder.checkpoint
@@ -515,7 +514,7 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
   Effect.gen(function* () {
     const explicit = o.explicit ?? {};
     const mode = yield* folderMode(o);
-    const origin = yield* resumeOrStart(cfgIn, o);
+    const origin = yield* resumeOrStart(cfgIn, mode, explicit);
     const { cfg } = origin;
     const { tok, task } = yield* loadTokenizerAndTask(origin);
     const config = origin.host.config;

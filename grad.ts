@@ -40,8 +40,12 @@ const program = (argv: readonly string[]) =>
       catch: (e) => e,
     });
     const batch = yield* Effect.try({ try: () => batchFromFlags(f), catch: (e) => e });
+    const builtIn = f.objective === "grpo" || f.objective === "bupo";
+    const objectiveSource = builtIn && f.layer !== undefined
+      ? { field: "--layer", value: String(f.layer) }
+      : { field: "--objective", value: f.objective };
     const r = yield* withDevice(f.device, (backend) =>
-      gradients({ backend, model: { dir: f.model }, batch, objective, step: f.step }));
+      gradients({ backend, model: { dir: f.model }, batch, objective, step: f.step, objectiveSource }));
     yield* writeGradients(f.out, r);
     console.log(
       `objective at step ${f.step}:\n${show(objective)}\n\nloss ${r.loss}\n\n${

@@ -18,6 +18,7 @@ export const TRAIN = defineCommand({
     "deno run -A train.ts --objective grpo --out runs/grpo",
     "deno run -A train.ts --objective ./my_objective.ts   # a module exporting an Objective",
     "deno run -A train.ts --out runs/x --resume           # continue a stopped run from its last checkpoint",
+    "deno run -A train.ts --out runs/x --overwrite        # start the run in runs/x over",
   ],
   flags: {
     config: {
@@ -26,24 +27,34 @@ export const TRAIN = defineCommand({
       help: "JSON file with any of the settings below (camelCase names); flags win",
     },
     resume: { kind: "bool", help: "continue the run in --out" },
+    overwrite: { kind: "bool", help: "start the run in --out over (removes only that run's own files)" },
     quiet: { kind: "bool", help: "no progress output" },
     ...TRAIN_FLAGS,
   },
   notes:
     "Layers are 0-based: --layer 2 is the paper's layer 3. Outputs in --out: metrics.jsonl, eval.jsonl,\n" +
-    "samples.jsonl, plots.svg, config.json, objective.txt, checkpoints/ and latest.json.",
+    "samples.jsonl, plots.svg, config.json, objective.txt, checkpoints/ and latest.json, with the marker\n" +
+    "bupo-run.json. --out must be new or empty, or a bupo run (with --resume or --overwrite); never a model\n" +
+    "folder. --objective FILE#name picks a module's export; with a module, --layer, --phase-steps, --clip,\n" +
+    "--clip-high and --tis-cap are errors. Memory is estimated before step 1 and a run that would not fit is\n" +
+    "refused, naming the flag to lower.",
 });
 
 const program = (argv: readonly string[]) =>
   Effect.gen(function* () {
     const args = yield* flagsOf(TRAIN, argv);
     if (args.help) return console.log(helpText(TRAIN));
-    const { config, resume, quiet, ...settings } = args.values;
+    const { config, resume, overwrite, quiet, ...settings } = args.values;
     const file = config ? yield* readConfigFile(config) : {};
     const given = [...args.given].filter((k): k is keyof TrainConfig => k in TRAIN_FLAGS);
     const flags = Object.fromEntries(given.map((k) => [k, settings[k]])) as Partial<TrainConfig>;
     const cfg = yield* Effect.try({ try: () => resolveConfig(file, flags, config), catch: (e) => e });
-    const opts = { resume: resume === true, quiet: quiet === true, explicit: { ...file, ...flags } };
+    const opts = {
+      resume: resume === true,
+      overwrite: overwrite === true,
+      quiet: quiet === true,
+      explicit: { ...file, ...flags },
+    };
     yield* withDevice(cfg.device, (backend) => runTraining(backend, cfg, opts));
   });
 

@@ -1,8 +1,8 @@
 /**
  * Objectives from TypeScript modules named by a path (a `--objective` flag or a config field): the module's
  * file URL, built portably (POSIX and Windows paths, relative to the working folder, percent-encoded), and
- * the one loader every command uses. The export rule: the default export, else an export named `objective`;
- * the value is checked by the objective codec.
+ * the one loader every command uses. The export rule: `path#name` picks the export `name`; a bare path takes
+ * the default export, else an export named `objective`. The value is checked by the objective codec.
  */
 import { ConfigError } from "../core/errors.ts";
 import { decodeObjective } from "../objectives/codec.ts";
@@ -46,28 +46,78 @@ export const moduleUrl = (path: string, opts: PathOptions = {}): string => {
 const problem = (path: string, field: string, message: string) =>
   new ConfigError({ source: path, field, message: `${field} ${path}: ${message}` });
 
+/** A module reference split into its path and, after a final `#`, the export it names (a JS identifier). */
+export const splitExport = (spec: string): { readonly path: string; readonly name?: string } => {
+  const m = /^(.+)#([A-Za-z_$][\w$]*)$/.exec(spec);
+  return m ? { path: m[1], name: m[2] } : { path: spec };
+};
+
+const decodes = (value: unknown): boolean => {
+  try {
+    decodeObjective("", JSON.parse(JSON.stringify(value)));
+    return true;
+  } catch {
+    return false;
+  }
+};
+
 /**
- * Import the module at `path` and decode its Objective (default export, else `objective`). Every failure is a
- * ConfigError (a usage error) naming `field` and the path: cannot import, no such export, not an Objective.
+ * Import the module `spec` names (`path` or `path#export`) and decode its Objective: the named export, else the
+ * default export, else `objective`. Every failure is a ConfigError (a usage error) naming `field` and the
+ * reference: cannot import, no such export (listing the exports that are Objectives), not an Objective.
  */
-export const loadObjectiveModule = async (path: string, field = "--objective"): Promise<Objective> => {
+export const loadObjectiveModule = async (spec: string, field = "--objective"): Promise<Objective> => {
+  const { path, name } = splitExport(spec);
   let mod: Record<string, unknown>;
   try {
     mod = await import(moduleUrl(path));
   } catch (e) {
-    throw problem(path, field, `cannot import the module (${(e as Error).message.split("\n")[0]})`);
+    throw problem(spec, field, `cannot import the module (${(e as Error).message.split("\n")[0]})`);
   }
-  const value = mod.default ?? mod.objective;
-  if (value === undefined) {
+  const candidates = () => Object.keys(mod).filter((k) => decodes(mod[k]));
+  const pick = (names: string[]) => `pick one with ${field} ${path}#${names[0]}`;
+  if (name !== undefined && !(name in mod)) {
+    const names = candidates();
     throw problem(
-      path,
+      spec,
       field,
-      "the module exports no Objective (expected a default export or an export named `objective`)",
+      `the module has no export named ${JSON.stringify(name)}; ${
+        names.length
+          ? `its Objective exports: ${names.join(", ")} (${pick(names)})`
+          : "it exports no Objective"
+      }`,
+    );
+  }
+  const key = name ?? ("default" in mod ? "default" : "objective" in mod ? "objective" : undefined);
+  if (key === undefined) {
+    const names = candidates();
+    throw problem(
+      spec,
+      field,
+      names.length
+        ? `the module has no default export and no export named \`objective\`; its Objective exports: ${
+          names.join(", ")
+        } (${pick(names)})`
+        : "the module exports no Objective (expected a default export, an export named `objective`, or path#name)",
+    );
+  }
+  const value = mod[key];
+  if (typeof value === "function") {
+    throw problem(
+      spec,
+      field,
+      `the export ${
+        JSON.stringify(key)
+      } is a function, not an Objective (export the value it returns, e.g. \`export const o = ${key}(...)\`)`,
     );
   }
   try {
-    return decodeObjective(path, JSON.parse(JSON.stringify(value)));
+    return decodeObjective(spec, JSON.parse(JSON.stringify(value ?? null)));
   } catch (e) {
-    throw problem(path, field, `the export is not a valid Objective: ${(e as Error).message}`);
+    throw problem(
+      spec,
+      field,
+      `the export ${JSON.stringify(key)} is not a valid Objective: ${(e as Error).message}`,
+    );
   }
 };

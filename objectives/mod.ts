@@ -3,3 +3,4 @@ export * from "./objective.ts";
 export * from "./codec.ts";
 export * from "./advantages.ts";
 export * from "./reference.ts";
+export * from "./validate.ts";

@@ -107,7 +107,7 @@ Deno.test("planCells: grid order, names, the baseline inside or after the grid; 
   refuses(() => planCells(specOf(`${tmp}/plan`, { fixed: { layer: 1 } })), /--grid layer and a fixed layer/);
   refuses(
     () => planCells(specOf(`${tmp}/plan`, { axes: [parseAxis("minibatches=1,3")], baseline: undefined })),
-    /^cell minibatches=3: minibatches 3 must divide/,
+    /^cell minibatches=3: --minibatches 3 must divide/,
   );
   if (configDiff({ ...small("a"), lr: 1 }, small("b")).join() !== "lr") {
     throw new Error("configDiff ignores out");

@@ -212,7 +212,7 @@ Deno.test("bad inputs give clear errors and leave good files alone", async () =>
       ),
     );
   const before = await snapshot();
-  await expectFail(["--model", modelDir, "--out", dir], 2, /already holds a run/);
+  await expectFail(["--model", modelDir, "--out", dir], 2, /already holds a bupo run.*--resume.*--overwrite/);
   const ck = `${dir}/checkpoints/step-000002/model.safetensors`;
   const good = await Deno.readFile(ck);
   await Deno.writeFile(ck, good.subarray(0, good.length - 7));

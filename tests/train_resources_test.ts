@@ -4,6 +4,8 @@
  * refused at set-up, or interrupted between steps.
  */
 import { Cause, Effect, Exit, Fiber } from "effect";
+import { GpuError } from "../core/errors.ts";
+import type { Backend } from "../engine/backend.ts";
 import type { GpuBackend } from "../engine/gpu/backend.ts";
 import type { TrainConfig } from "../training/config.ts";
 import { runTraining } from "../training/run.ts";
@@ -29,8 +31,32 @@ const live = async (g: GpuBackend) => {
   return g.memory().live;
 };
 
+/**
+ * `g` with a device failure to inject: once armed, the `nth` dispatch of the kernel `kernel` releases the
+ * outputs allocated for it and throws a GpuError instead of running (a driver error in the middle of a step).
+ */
+const failing = (g: GpuBackend) => {
+  let arm: { kernel: string; nth: number } | null = null, seen = 0;
+  const backend: Backend = new Proxy(g, {
+    get(target, key) {
+      if (key === "exec") {
+        return (...a: Parameters<GpuBackend["exec"]>) => {
+          if (arm && a[0].name === arm.kernel && ++seen === arm.nth) {
+            for (const s of a[3]) if (!a[2].some((t) => t.storage === s)) target.release(s); // not in place
+            throw new GpuError({ kind: "injected", message: `${arm.kernel}: an injected device failure` });
+          }
+          return target.exec(...a);
+        };
+      }
+      const v = Reflect.get(target, key, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  return { backend, arm: (kernel: string, nth: number) => (arm = { kernel, nth }, seen = 0) };
+};
+
 /** Run to its end; the failure's tag (or "ok"). */
-const outcome = async (g: GpuBackend, cfg: TrainConfig, resume = false): Promise<string> => {
+const outcome = async (g: Backend, cfg: TrainConfig, resume = false): Promise<string> => {
   const exit = await Effect.runPromiseExit(runTraining(g, cfg, { resume, quiet: true }));
   if (Exit.isSuccess(exit)) return "ok";
   const e = Cause.squash(exit.cause) as { _tag?: string; name?: string };
@@ -42,8 +68,12 @@ gpuTest(
   async (g) => {
     // A warm-up run of the same shapes first: kernels/elementwise.ts keeps one tensor of ones per backend and
     // shape for the life of the process (it materializes broadcasts); that cache is not a run's to free.
-    if (await outcome(g, small(`${tmp}/warm`, { steps: 3, kl: 0.05 })) !== "ok") {
-      throw new Error("warm-up failed");
+    // The failing backend is another backend object to that cache: it warms up too.
+    const flaky = failing(g);
+    for (const b of [g, flaky.backend]) {
+      if (await outcome(b, small(`${tmp}/warm-${b === g ? "g" : "f"}`, { steps: 3, kl: 0.05 })) !== "ok") {
+        throw new Error("warm-up failed");
+      }
     }
     const start = await live(g);
     // Every stage is measured; the test fails at the end, naming the live bytes after each.
@@ -54,14 +84,26 @@ gpuTest(
     if (await outcome(g, small(`${tmp}/ok`, { kl: 0.05 })) !== "ok") throw new Error("the run failed");
     await expectBack("after a finished run");
 
-    // A run whose objective switches at step 2 to a layer the 2-layer model lacks: it fails inside step 2.
+    // A run whose objective switches at step 2 to a layer the 2-layer model lacks: refused at set-up, before
+    // anything is allocated or written.
     const badLayer = await objectiveModule(
       "late_layer",
       "phases([{ until: 1, objective: grpo(final) }, { objective: grpo(layer(9)) }])",
     );
     const late = await outcome(g, small(`${tmp}/late`, { objective: badLayer, steps: 3 }));
-    if (late !== "ShapeError") throw new Error(`the late bad layer: expected a ShapeError, got ${late}`);
-    await expectBack("after a run failing in step 2 (bad layer)");
+    if (late !== "ConfigError") throw new Error(`the late bad layer: expected a ConfigError, got ${late}`);
+    if (await Deno.stat(`${tmp}/late`).then(() => true, () => false)) {
+      throw new Error("the refused run wrote");
+    }
+    await expectBack("after a run refused at set-up (a bad layer in a later phase)");
+
+    // A device failure inside step 2's backward (the second dispatch of the readout gradient: one per step).
+    flaky.arm("readoutGrad", 2);
+    const failed = await outcome(flaky.backend, small(`${tmp}/late2`, { steps: 3 }));
+    if (failed !== "GpuError") throw new Error(`the failing device: expected a GpuError, got ${failed}`);
+    const logged = await Deno.readTextFile(`${tmp}/late2/metrics.jsonl`);
+    if (logged.trim().split("\n").length !== 1) throw new Error(`the failure was not in step 2: ${logged}`);
+    await expectBack("after a run failing inside step 2 (a device error)");
 
     // A non-finite loss at step 2 (weight 1e39 overflows f32), with a reference model loaded.
     const exploding = await objectiveModule(

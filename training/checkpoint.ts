@@ -49,6 +49,18 @@ export interface Checkpoint {
 const fail = (file: string, message: string) => new FileFormatError({ file, message: `${file}: ${message}` });
 
 /**
+ * A test hook: BUPO_TEST_CHECKPOINT_DELAY_MS milliseconds of sleep after each step of a checkpoint write, so
+ * that tests/kill_resume_test.ts can kill a run inside one. Unset (always, outside that test): no pause.
+ */
+const pause = (() => {
+  let ms = 0;
+  try {
+    ms = Number(Deno.env.get("BUPO_TEST_CHECKPOINT_DELAY_MS") ?? 0) || 0;
+  } catch { /* no env permission */ }
+  return ms > 0 ? Effect.promise(() => new Promise<void>((r) => setTimeout(r, ms))) : Effect.void;
+})();
+
+/**
  * Write a checkpoint for `state.step` into `<run>/checkpoints/step-NNNNNN` and point latest.json at it. The
  * optimizer file holds one tensor per parameter and moment, `m.<name>` and `v.<name>` (the parameter's shape), so it
  * reads back under any segmentation of the parameter store.
@@ -74,7 +86,9 @@ export const saveCheckpoint = (
       catch: (e) => fail(tmp, `cannot create (${e})`),
     });
     yield* writeModelDir(tmp, config, tensors, { format: "pt", step: String(state.step) });
+    yield* pause;
     yield* writeTokenizerDir(tmp, tok);
+    yield* pause;
     yield* writeAtomic(
       files.optimizer,
       serializeSafetensors(
@@ -85,7 +99,9 @@ export const saveCheckpoint = (
         { optimizerStep: String(state.optimizerStep), layout: "per-parameter" },
       ),
     );
+    yield* pause;
     yield* writeAtomic(files.state, JSON.stringify(state, null, 1) + "\n");
+    yield* pause;
     const final = rd.checkpoint(state.step);
     yield* Effect.tryPromise({
       try: async () => {
@@ -94,6 +110,7 @@ export const saveCheckpoint = (
       },
       catch: (e) => fail(final, `cannot move the checkpoint into place (${e})`),
     });
+    yield* pause;
     yield* writeAtomic(
       rd.latest,
       JSON.stringify({ checkpoint: rd.checkpointRef(state.step), step: state.step }) + "\n",

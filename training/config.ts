@@ -8,7 +8,7 @@ import { Effect } from "effect";
 import * as t from "io-ts";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { readJson } from "../io/files.ts";
-import { checkValue, DEVICE_FLAG, type DeviceChoice, type FlagSpec, kebab } from "../core/flags.ts";
+import { checkValue, DEVICE_FLAG, type DeviceChoice, flagName, type FlagSpec } from "../core/flags.ts";
 import { embeddedTaskNames } from "../tasks/index.ts";
 
 /** Everything `train.ts` reads. */
@@ -19,7 +19,7 @@ export interface TrainConfig {
   readonly device: DeviceChoice;
   /** An embedded task's name (`arith`, `rewrite`) or the path of a module exporting a Task (`./t.ts[#export]`). */
   readonly task: string;
-  /** `grpo`, `bupo`, or the path of a TypeScript module exporting an Objective. */
+  /** `grpo`, `bupo`, or the path of a TypeScript module exporting an Objective (`path#export` picks one). */
   readonly objective: string;
   /**
    * BuPO's internal layer k (0-based) and phase length (steps of the internal phase). `auto`: the boundary layer
@@ -93,7 +93,7 @@ const ROWS: { readonly [K in keyof TrainConfig]: Omit<FlagSpec, "default"> } = {
     arg: "NAME|FILE",
     help: `${embeddedTaskNames().join(" | ")} | path/to/task.ts[#export] (a module exporting a Task)`,
   },
-  objective: { kind: "str", arg: "NAME|FILE", help: "grpo | bupo | path/to/objective.ts" },
+  objective: { kind: "str", arg: "NAME|FILE", help: "grpo | bupo | path/to/objective.ts[#export]" },
   layer: {
     kind: "int",
     min: 0,
@@ -184,9 +184,34 @@ export const readConfigFile = (
       Effect.try({ try: () => decodeConfigJson(path, j), catch: (e) => e as ConfigError }),
   );
 
+/** Whether `--objective` names a module (a path, `path#export`) rather than a built-in objective. */
+export const isObjectiveModule = (objective: string): boolean => objective !== "grpo" && objective !== "bupo";
+
+/**
+ * The settings an objective module makes meaningless: they build the built-in objectives (BuPO's layer and phase
+ * length, the clip range and the TIS cap of grpo and bupo); a module's objective carries its own.
+ */
+export const BUILT_IN_OBJECTIVE_SETTINGS = ["layer", "phaseSteps", "clip", "clipHigh", "tisCap"] as const;
+
+/** The flag of a setting: `--phase-steps` for `phaseSteps`. */
+export const flagOf = (key: keyof TrainConfig): string => `--${flagName(key, TRAIN_FLAGS[key])}`;
+
+/**
+ * The config as a run records it (config.json, checkpoints): without the settings its objective does not use
+ * (BUILT_IN_OBJECTIVE_SETTINGS when the objective is a module).
+ */
+export const recordedConfig = <C extends Partial<TrainConfig>>(c: C): Partial<C> => {
+  if (c.objective === undefined || !isObjectiveModule(c.objective)) return c;
+  const out: Partial<C> = { ...c };
+  for (const k of BUILT_IN_OBJECTIVE_SETTINGS) delete out[k];
+  return out;
+};
+
 /**
  * Merge defaults, file and flags, then check cross-field rules. An error names where the value came from: the
- * flag (`--group 1`), the config file's field (`run.json: group 1`, with `fileName`), or the default.
+ * flag (`--group 1`), the config file's field (`run.json: group 1`, with `fileName`), or the default. With an
+ * objective module, giving a setting it makes meaningless (BUILT_IN_OBJECTIVE_SETTINGS) in the file or as a flag
+ * is an error naming it.
  */
 export const resolveConfig = (
   file: Partial<TrainConfig>,
@@ -197,12 +222,25 @@ export const resolveConfig = (
   const where = (k: keyof TrainConfig): { field: string; shown: string } =>
     Object.hasOwn(flags, k)
       ? {
-        field: `--${TRAIN_FLAGS[k].flag ?? kebab(k)}`,
-        shown: `--${TRAIN_FLAGS[k].flag ?? kebab(k)} ${c[k]}`,
+        field: flagOf(k),
+        shown: `${flagOf(k)} ${c[k]}`,
       }
       : Object.hasOwn(file, k)
       ? { field: k, shown: `${fileName}: ${k} ${c[k]}` }
       : { field: k, shown: `${k} ${c[k]} (the default)` };
+  if (isObjectiveModule(c.objective)) {
+    for (const k of BUILT_IN_OBJECTIVE_SETTINGS) {
+      const flag = k in flags, field = flag ? flagOf(k) : k;
+      if (!flag && !(k in file)) continue;
+      throw new ConfigError({
+        source: flag ? "flags" : fileName,
+        field,
+        message: `${field} ${c[k]}: the objective module ${c.objective} defines its own ${
+          k === "layer" || k === "phaseSteps" ? "policies and phases" : "clip range and importance correction"
+        }; ${field} only applies to --objective grpo or bupo (remove it)`,
+      });
+    }
+  }
   if (c.group < 2) {
     const w = where("group");
     throw new ConfigError({

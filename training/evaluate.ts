@@ -1,6 +1,8 @@
 /**
  * Evaluation on a task's held-out split: sample k responses per problem from the final policy (or any internal
  * policy); avg@k, pass@k and greedy accuracy, overall and per difficulty level where the task defines one.
+ * Streamed: problems are drawn, generated and scored one batch of sequences at a time, so memory does not grow
+ * with the number of problems.
  */
 import { ConfigError } from "../core/errors.ts";
 import type { DecoderConfig } from "../policies/config.ts";
@@ -52,44 +54,58 @@ export interface EvalResult {
   readonly samples: { prompt: string; completion: string; reward: number }[];
 }
 
+/** Sequences per generation call of an evaluation (the memory of evaluation is that of one such batch). */
+export const EVAL_BATCH = 128;
+
 const rollTexts = async (
   c: DecoderConfig,
   p: Params,
   tok: TextTokenizer,
-  prompts: string[],
+  prompts: readonly string[],
   o: {
     temperature: number;
     maxNew: number;
     seed: number;
     step: number;
-    batchSize: number;
+    first: number;
     stop?: number;
     policy?: InternalPolicy;
   },
 ): Promise<string[]> => {
-  const out: string[] = [];
-  for (let i = 0; i < prompts.length; i += o.batchSize) {
-    const part = prompts.slice(i, i + o.batchSize);
-    const r = await generate(c, p, part.map((x) => promptIds(tok, x)), {
-      maxNew: o.maxNew,
-      eos: tok.eos,
-      stop: o.stop,
-      pad: tok.pad,
-      vocab: tok.vocabSize,
-      temperature: o.temperature,
-      seed: o.seed,
-      step: o.step,
-      firstSequence: i,
-      policy: o.policy,
-    });
-    for (let b = 0; b < r.B; b++) {
-      out.push(responseText(tok, r.ids, b * r.T + r.promptLens[b], (b + 1) * r.T));
-    }
-  }
-  return out;
+  const r = await generate(c, p, prompts.map((x) => promptIds(tok, x)), {
+    maxNew: o.maxNew,
+    eos: tok.eos,
+    stop: o.stop,
+    pad: tok.pad,
+    vocab: tok.vocabSize,
+    temperature: o.temperature,
+    seed: o.seed,
+    step: o.step,
+    firstSequence: o.first,
+    policy: o.policy,
+  });
+  return Array.from(
+    { length: r.B },
+    (_, b) => responseText(tok, r.ids, b * r.T + r.promptLens[b], (b + 1) * r.T),
+  );
 };
 
-/** Evaluate the model on `problems` eval problems. Deterministic given the seeds. */
+/** Running sums of one group of problems (all, or one difficulty level). */
+interface Tally {
+  problems: number;
+  sum: number;
+  pass: number;
+  greedy: number;
+}
+
+const tally = (): Tally => ({ problems: 0, sum: 0, pass: 0, greedy: 0 });
+
+/**
+ * Evaluate the model on `problems` eval problems. Deterministic given the seeds. The k samples of problem i are
+ * sequences i k .. i k + k - 1 of one flat list generated `batchSize` sequences at a time (each batch draws its
+ * problems as it goes); the greedy responses likewise, one sequence per problem. Only sums are kept: overall and
+ * per difficulty level.
+ */
 export const evaluate = async (
   c: DecoderConfig,
   p: Params,
@@ -97,60 +113,73 @@ export const evaluate = async (
   task: Task,
   o: EvalOptions,
 ): Promise<EvalResult> => {
-  const probs = batch(task, "eval", o.taskSeed, 0, o.problems);
-  const bs = o.batchSize ?? 128;
-  const sampledPrompts = probs.flatMap((q) => Array.from({ length: o.k }, () => q.prompt));
-  const sampled = await rollTexts(c, p, tok, sampledPrompts, {
-    temperature: o.temperature,
-    maxNew: o.maxNew,
-    seed: o.seed,
-    step: 0x7fff0000,
-    batchSize: bs,
-    stop: stopId(tok, task),
-    policy: o.policy,
-  });
-  const greedyTexts = await rollTexts(c, p, tok, probs.map((q) => q.prompt), {
-    temperature: 0,
-    maxNew: o.maxNew,
-    seed: o.seed,
-    step: 0x7fff0001,
-    batchSize: bs,
-    stop: stopId(tok, task),
-    policy: o.policy,
-  });
+  const n = o.problems, k = o.k;
+  const bs = o.batchSize ?? EVAL_BATCH;
+  const stop = stopId(tok, task);
+  const common = { maxNew: o.maxNew, seed: o.seed, stop, policy: o.policy };
+  const all = tally(), levels = new Map<number, Tally>();
+  const groupsOf = (q: Problem): Tally[] => {
+    if (q.difficulty === undefined) return [all];
+    if (!levels.has(q.difficulty)) levels.set(q.difficulty, tally());
+    return [all, levels.get(q.difficulty)!];
+  };
+  let any = false, qsum = 0;
   const samples: EvalResult["samples"] = [];
-  let total = 0; // summed in sample order, as the overall avg@k always was
-  /** Per problem: the summed reward of its k samples, whether one was correct, whether greedy was. */
-  const scores = probs.map((q, i) => {
-    let sum = 0, any = false;
-    for (let j = 0; j < o.k; j++) {
-      const completion = sampled[i * o.k + j];
+  for (let s0 = 0; s0 < n * k; s0 += bs) {
+    const s1 = Math.min(n * k, s0 + bs);
+    const first = Math.floor(s0 / k);
+    const probs = batch(task, "eval", o.taskSeed, first, Math.floor((s1 - 1) / k) - first + 1);
+    const prompts = Array.from({ length: s1 - s0 }, (_, x) => probs[Math.floor((s0 + x) / k) - first].prompt);
+    const texts = await rollTexts(c, p, tok, prompts, {
+      ...common,
+      temperature: o.temperature,
+      step: 0x7fff0000,
+      first: s0,
+    });
+    for (let s = s0; s < s1; s++) {
+      const q = probs[Math.floor(s / k) - first], j = s % k;
+      const completion = texts[s - s0];
       const r = task.reward(q, completion);
-      sum += r;
-      total += r;
+      all.sum += r; // summed in sample order, as the overall avg@k always was
+      qsum += r;
       if (r >= 1) any = true;
       if (samples.length < 8 && j === 0) samples.push({ prompt: q.prompt, completion, reward: r });
+      if (j === k - 1) {
+        for (const g of groupsOf(q)) {
+          g.problems++;
+          if (any) g.pass++;
+          if (g !== all) g.sum += qsum;
+        }
+        any = false;
+        qsum = 0;
+      }
     }
-    return { sum, pass: any, greedy: task.reward(q, greedyTexts[i]) >= 1 };
+  }
+  for (let i0 = 0; i0 < n; i0 += bs) {
+    const probs = batch(task, "eval", o.taskSeed, i0, Math.min(bs, n - i0));
+    const texts = await rollTexts(c, p, tok, probs.map((q) => q.prompt), {
+      ...common,
+      temperature: 0,
+      step: 0x7fff0001,
+      first: i0,
+    });
+    probs.forEach((q, i) => {
+      if (task.reward(q, texts[i]) >= 1) { for (const g of groupsOf(q)) g.greedy++; }
+    });
+  }
+  const rates = (g: Tally) => ({
+    avgAtK: g.sum / (g.problems * k),
+    passAtK: g.pass / g.problems,
+    greedy: g.greedy / g.problems,
   });
-  const summary = (idx: readonly number[]) => {
-    let sum = 0, pass = 0, greedy = 0;
-    for (const i of idx) {
-      sum += scores[i].sum;
-      if (scores[i].pass) pass++;
-      if (scores[i].greedy) greedy++;
-    }
-    return { avgAtK: sum / (idx.length * o.k), passAtK: pass / idx.length, greedy: greedy / idx.length };
-  };
-  const all = { ...summary(probs.map((_, i) => i)), avgAtK: total / (probs.length * o.k) };
-  const byDifficulty = difficultyLevels(probs).map((level): DifficultyResult => {
-    const idx = probs.flatMap((q, i) => (q.difficulty === level ? [i] : []));
-    return { difficulty: level, problems: idx.length, ...summary(idx) };
+  const byDifficulty = [...levels.keys()].sort((a, b) => a - b).map((level): DifficultyResult => {
+    const g = levels.get(level)!;
+    return { difficulty: level, problems: g.problems, ...rates(g) };
   });
   return {
-    ...all,
-    k: o.k,
-    problems: probs.length,
+    ...rates(all),
+    k,
+    problems: n,
     policy: showPolicy(o.policy ?? final),
     ...(byDifficulty.length ? { byDifficulty } : {}),
     samples,

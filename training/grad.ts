@@ -15,6 +15,7 @@ import { bupo, grpo, type Objective, show } from "../objectives/objective.ts";
 import { final, layer, type ReadoutNorm } from "../policies/internal.ts";
 import { loadObjectiveModule } from "../formats/module.ts";
 import { readRolloutFile } from "../formats/rollout.ts";
+import { layerProblems } from "../objectives/validate.ts";
 
 /** A batch given inline (sequences = prompt + response ids), as a rollout file, or as a host batch. */
 export type GradientsBatch =
@@ -40,6 +41,11 @@ export interface GradientsInput {
   readonly step?: number;
   /** Readout temperature / chunk and KL detaching (`StepOptions`); old log-probs are always on-policy here. */
   readonly readout?: Omit<StepOptions, "onPolicy">;
+  /**
+   * Where the objective came from, for the error when it reads a layer the model lacks (default: field
+   * `objective`): grad.ts names `--layer k` or `--objective path`.
+   */
+  readonly objectiveSource?: { readonly field: string; readonly value: string };
 }
 
 /** The result: the loss, each parameter's gradient and its L2 norm by Hugging Face name, and metrics. */
@@ -78,6 +84,18 @@ export const gradients = (
   Effect.gen(function* () {
     const be = input.backend;
     const m = "dir" in input.model ? yield* readModelDir(input.model.dir) : null;
+    const config = m ? m.config : (input.model as { config: DecoderConfig }).config;
+    const problems = layerProblems(input.objective, config.numLayers);
+    if (problems.length > 0) {
+      const src = input.objectiveSource ?? { field: "objective", value: "" };
+      return yield* new ConfigError({
+        source: "objective",
+        field: src.field,
+        message: `${src.field}${src.value ? ` ${src.value}` : ""}: ${problems[0].field}: ${
+          problems[0].message
+        }`,
+      });
+    }
     const host = yield* hostBatch(input.batch);
     return yield* Effect.tryPromise({
       try: () =>
@@ -170,7 +188,8 @@ const usage = (field: string, message: string) => new ConfigError({ source: "fla
 
 /**
  * The objective `deno task grad` names: `grpo` on the final policy (or on layer(k, norm) with a layer),
- * `bupo` on layer k (required) until step `until`, or a path to a module exporting an Objective.
+ * `bupo` on layer k (required) until step `until`, or a module exporting an Objective (`path#export`; a layer
+ * is then an error).
  */
 export const objectiveByName = (o: {
   readonly name: string;
@@ -182,6 +201,14 @@ export const objectiveByName = (o: {
   if (o.name === "bupo") {
     if (o.layer === undefined) return Promise.reject(usage("--layer", "--objective bupo needs --layer k"));
     return Promise.resolve(bupo({ layer: o.layer, until: o.until, norm: o.norm }));
+  }
+  if (o.layer !== undefined) {
+    return Promise.reject(
+      usage(
+        "--layer",
+        `--layer ${o.layer}: the objective module ${o.name} names its own policies (remove --layer)`,
+      ),
+    );
   }
   return loadObjectiveModule(o.name);
 };
@@ -249,7 +276,7 @@ export const GRAD_FLAGS = {
     arg: "NAME",
     help: "grpo: GRPO on the final policy, or on layer(k) with --layer k;\n" +
       "bupo: BuPO with --layer k (required) and --until n;\n" +
-      "a path to a module that exports an Objective (default export or `objective`)",
+      "a module that exports an Objective: path#export, or the default export or `objective` of path",
   },
   layer: { kind: "int", min: 0, arg: "K", help: "0-based layer index (the paper's layer 1 is 0)" },
   until: { kind: "int", min: 1, default: 30, help: "bupo: last step of the internal phase (1-based)" },

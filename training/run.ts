@@ -1,10 +1,12 @@
 /**
- * A whole RL run: set-up (model, tokenizer, task, objective, run folder), the step loop with evaluation,
- * checkpoints and logs, and resume. `train.ts` runs it from flags.
+ * A whole RL run: set-up (run folder rule, model, tokenizer, task, objective checked against the model, memory
+ * checked against the device and host), the step loop with evaluation, checkpoints and logs, and resume.
+ * Every file is written atomically, in an order that leaves the run resumable after a kill at any moment.
+ * `train.ts` runs it from flags.
  */
 import { Effect } from "effect";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
-import { exists, writeAtomic } from "../io/files.ts";
+import { readJson, writeAtomic } from "../io/files.ts";
 import { progress } from "../io/progress.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { DecoderConfig } from "../policies/config.ts";
@@ -26,16 +28,30 @@ import { resolveTask } from "../formats/task.ts";
 import { EMBEDDED_TASKS, isEmbeddedTask } from "../tasks/index.ts";
 import { outsideAlphabet } from "../tasks/task.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.ts";
-import { resolveConfig, type TrainConfig } from "./config.ts";
+import { decodeConfigJson, recordedConfig, resolveConfig, type TrainConfig } from "./config.ts";
 import { resolveLayer } from "./boundary.ts";
 import { evalPolicyOf, evaluate } from "./evaluate.ts";
 import { type EvalRecord, runPlots } from "./report.ts";
 import { type RlContext, rlStep, type StepMetrics } from "./rl.ts";
-import { requiredReadouts } from "../objectives/readouts.ts";
+import { allTerms, layerProblems } from "../objectives/validate.ts";
+import { checkTrainingMemory } from "./memory.ts";
 import { createOptimizer, disposeOptimizer, loadMoments, momentsToHost } from "./optimizer.ts";
-import { type RunDir, runDir } from "./rundir.ts";
+import {
+  checkpointFiles,
+  claimRunFolder,
+  type FolderMode,
+  type FolderState,
+  removeRunFiles,
+  removeStaleTemps,
+  type RunDir,
+  runDir,
+  writeMarker,
+} from "./rundir.ts";
 
-/** The objective a config names: `grpo`, `bupo`, or a module exporting an Objective (default or `objective`). */
+/**
+ * The objective a config names: `grpo`, `bupo`, or a module exporting an Objective (`path#export`, or the
+ * default export or `objective` of `path`; formats/module.ts), plus `--kl`'s KL-to-reference term.
+ */
 export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => {
   const clip = {
     clipLow: cfg.clip,
@@ -71,7 +87,13 @@ const RESUME_MAY_CHANGE = [
 ];
 
 export interface RunOptions {
+  /** Continue the run in `cfg.out` (from its latest checkpoint; one killed before any checkpoint starts over). */
   readonly resume: boolean;
+  /**
+   * Start over in `cfg.out`, an existing bupo run: only the run's own files are removed (latest.json first), and
+   * only once set-up has succeeded. Without it (and without `resume`) `cfg.out` must be new or empty.
+   */
+  readonly overwrite?: boolean;
   /** The flags given explicitly (checked against the checkpoint on resume). */
   readonly explicit?: Partial<TrainConfig>;
   readonly quiet: boolean;
@@ -88,14 +110,40 @@ export interface RunResult {
 const fileErr = (file: string, message: string) =>
   new FileFormatError({ file, message: `${file}: ${message}` });
 
-const readJsonl = async <T>(path: string): Promise<T[]> => {
-  try {
-    return (await Deno.readTextFile(path)).split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as T);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return [];
-    throw e;
-  }
-};
+/**
+ * The lines of a JSONL log (none when it is absent). A last line without its newline (a kill while an older
+ * version appended) is dropped; any other line that is not JSON is an error naming the file and line.
+ */
+const readJsonl = <T>(path: string): Effect.Effect<T[], FileFormatError> =>
+  Effect.flatMap(
+    Effect.tryPromise({
+      try: () =>
+        Deno.readTextFile(path).catch((e) => (e instanceof Deno.errors.NotFound ? "" : Promise.reject(e))),
+      catch: (e) => fileErr(path, `cannot read (${e})`),
+    }),
+    (text) =>
+      Effect.try({
+        try: () => {
+          const lines = text.split("\n");
+          const torn = !text.endsWith("\n") ? lines.length - 1 : -1;
+          const out: T[] = [];
+          lines.forEach((l, i) => {
+            if (!l.trim()) return;
+            try {
+              out.push(JSON.parse(l) as T);
+            } catch (e) {
+              if (i !== torn) throw fileErr(path, `line ${i + 1} is not JSON (${(e as Error).message})`);
+            }
+          });
+          return out;
+        },
+        catch: (e) => e as FileFormatError,
+      }),
+  );
+
+/** Replace a JSONL log atomically with `xs`, one JSON line each. */
+const writeJsonl = (path: string, xs: readonly unknown[]) =>
+  writeAtomic(path, xs.map((x) => JSON.stringify(x) + "\n").join(""));
 
 /**
  * Work on the device as one uninterruptible effect: an interruption waits for it, so the run's buffers are never
@@ -114,47 +162,58 @@ interface Origin {
   readonly optStep: number;
   /** The first step this invocation runs (1 for a fresh run). */
   readonly start: number;
+  /** What `cfg.out` held before (claimRunFolder). */
+  readonly folder: FolderState;
+  /** Where the tokenizer is read: the checkpoint's folder, or the model folder. */
+  readonly tokDir: string;
+  /** Whether the model came from a checkpoint (the base model folder is read again for a reference model). */
+  readonly fromCheckpoint: boolean;
 }
 
-/** A fresh run: the model folder; refused when `--out` already holds a run. */
-const startFresh = (cfg: TrainConfig) =>
-  Effect.gen(function* () {
-    if (yield* exists(runDir(cfg.out).latest)) {
-      return yield* new ConfigError({
+/** The folder mode the options ask for; --resume with --overwrite is an error. */
+const folderMode = (o: RunOptions): Effect.Effect<FolderMode, ConfigError> =>
+  o.resume && o.overwrite
+    ? Effect.fail(
+      new ConfigError({
         source: "flags",
-        field: "--out",
-        message:
-          `--out ${cfg.out} already holds a run with checkpoints; pass --resume to continue it or choose another --out`,
-      });
-    }
+        field: "--overwrite",
+        message: "--overwrite starts the run over and --resume continues it: give one of them",
+      }),
+    )
+    : Effect.succeed(o.resume ? "resume" : o.overwrite ? "overwrite" : "fresh");
+
+/** A fresh run (or one started over): the model folder. */
+const startFresh = (cfg: TrainConfig, folder: FolderState) =>
+  Effect.gen(function* () {
     return {
       cfg,
       host: yield* readModelDir(cfg.model),
       moments: null,
       optStep: 0,
       start: 1,
+      folder,
+      tokDir: cfg.model,
+      fromCheckpoint: false,
     } satisfies Origin;
   });
 
-/** A resumed run: its latest checkpoint, whose settings every explicit flag but RESUME_MAY_CHANGE must match. */
-const resumeFrom = (dir: string, explicit: Partial<TrainConfig>) =>
+/** A saved config with the explicit flags applied: only RESUME_MAY_CHANGE may differ from it. */
+const continueWith = (saved: TrainConfig, explicit: Partial<TrainConfig>, source: string, dir: string) =>
   Effect.gen(function* () {
-    const ck = yield* loadCheckpoint(dir);
-    const saved = resolveConfig(ck.state.config as Partial<TrainConfig>, {});
     for (const [k, val] of Object.entries(explicit)) {
       if (
         RESUME_MAY_CHANGE.includes(k) ||
         JSON.stringify(val) === JSON.stringify(saved[k as keyof TrainConfig])
       ) continue;
       return yield* new ConfigError({
-        source: runDir(dir).latest,
+        source,
         field: k,
-        message: `--resume: ${k} is ${JSON.stringify(saved[k as keyof TrainConfig])} in the checkpoint but ${
+        message: `--resume: ${k} is ${JSON.stringify(saved[k as keyof TrainConfig])} in ${source} but ${
           JSON.stringify(val)
         } was given; a resumed run keeps its settings (only ${RESUME_MAY_CHANGE.join(", ")} may change)`,
       });
     }
-    const cfg: TrainConfig = {
+    return {
       ...saved,
       steps: explicit.steps ?? saved.steps,
       evalEvery: explicit.evalEvery ?? saved.evalEvery,
@@ -162,32 +221,83 @@ const resumeFrom = (dir: string, explicit: Partial<TrainConfig>) =>
       evalProblems: explicit.evalProblems ?? saved.evalProblems,
       evalK: explicit.evalK ?? saved.evalK,
       evalPolicy: explicit.evalPolicy ?? saved.evalPolicy,
+      device: explicit.device ?? saved.device,
       out: dir,
-    };
+    } satisfies TrainConfig;
+  });
+
+/** A saved config (a checkpoint's or config.json) as a TrainConfig: its objective's unused settings take defaults. */
+const savedConfig = (source: string, json: unknown) =>
+  Effect.try({
+    try: () => resolveConfig(recordedConfig(decodeConfigJson(source, json)), {}),
+    catch: (e) => e as ConfigError,
+  });
+
+/** A resumed run: its latest checkpoint, whose settings every explicit flag but RESUME_MAY_CHANGE must match. */
+const resumeFrom = (dir: string, explicit: Partial<TrainConfig>, folder: FolderState) =>
+  Effect.gen(function* () {
+    const ck = yield* loadCheckpoint(dir);
+    const source = checkpointFiles(ck.dir).state;
+    const cfg = yield* continueWith(yield* savedConfig(source, ck.state.config), explicit, source, dir);
     return {
       cfg,
       host: ck.model,
       moments: ck.moments,
       optStep: ck.state.optimizerStep,
       start: ck.state.step + 1,
+      folder,
+      tokDir: ck.dir,
+      fromCheckpoint: true,
     } satisfies Origin;
   });
 
+/**
+ * --resume of a run killed before its first checkpoint: it starts over from step 1 with the settings of its
+ * config.json (checked against the explicit flags like a checkpoint's), or the flags' when it was killed before
+ * writing one.
+ */
+const restartFrom = (cfgIn: TrainConfig, explicit: Partial<TrainConfig>, folder: FolderState) =>
+  Effect.gen(function* () {
+    const rd = runDir(cfgIn.out);
+    const cfg = folder.kind === "run" && folder.config
+      ? yield* continueWith(
+        yield* savedConfig(rd.config, yield* readJson(rd.config)),
+        explicit,
+        rd.config,
+        rd.dir,
+      )
+      : cfgIn;
+    return yield* startFresh(cfg, folder);
+  });
+
+/** The run folder claimed for `o`'s mode, then the origin: a checkpoint, a restart, or the model folder. */
 const resumeOrStart = (
-  cfg: TrainConfig,
-  o: RunOptions,
+  cfgIn: TrainConfig,
+  mode: FolderMode,
+  explicit: Partial<TrainConfig>,
 ): Effect.Effect<Origin, ConfigError | FileFormatError> =>
-  o.resume ? resumeFrom(cfg.out, o.explicit ?? {}) : startFresh(cfg);
+  Effect.gen(function* () {
+    const folder = yield* claimRunFolder(cfgIn.out, cfgIn.model, mode);
+    const origin = mode !== "resume"
+      ? yield* startFresh(cfgIn, folder)
+      : folder.kind === "run" && folder.checkpoint
+      ? yield* resumeFrom(cfgIn.out, explicit, folder)
+      : yield* restartFrom(cfgIn, explicit, folder);
+    if (origin.cfg.model !== cfgIn.model) {
+      // A resumed run's model folder is its saved one: the same overlap rule applies to it.
+      yield* claimRunFolder(cfgIn.out, origin.cfg.model, mode);
+    }
+    return origin;
+  });
 
 /**
  * The char tokenizer (the checkpoint's on resume) and the task `cfg.task` names (embedded, or a module checked
  * against the Task contract), which must fit each other: every character of the task's alphabet is a token.
  */
-const loadTokenizerAndTask = (origin: Origin, o: RunOptions) =>
+const loadTokenizerAndTask = (origin: Origin, quiet: boolean) =>
   Effect.gen(function* () {
-    const { cfg, start } = origin;
-    const tokDir = o.resume ? runDir(cfg.out).checkpoint(start - 1) : cfg.model;
-    const tok = yield* readTokenizerDir(tokDir);
+    const { cfg } = origin;
+    const tok = yield* readTokenizerDir(origin.tokDir);
     if (!(tok instanceof CharTokenizer)) {
       return yield* new ConfigError({
         source: cfg.model,
@@ -200,9 +310,9 @@ const loadTokenizerAndTask = (origin: Origin, o: RunOptions) =>
     if (missing.length) {
       const shipped = isEmbeddedTask(cfg.task) ? EMBEDDED_TASKS[cfg.task].model : undefined;
       return yield* new ConfigError({
-        source: `${tokDir}/tokenizer.json`,
+        source: `${origin.tokDir}/tokenizer.json`,
         field: "--task",
-        message: `--task ${cfg.task}: the tokenizer of ${tokDir} lacks the task's characters ${
+        message: `--task ${cfg.task}: the tokenizer of ${origin.tokDir} lacks the task's characters ${
           JSON.stringify(missing.join(""))
         }${
           shipped && shipped !== cfg.model
@@ -212,7 +322,7 @@ const loadTokenizerAndTask = (origin: Origin, o: RunOptions) =>
       });
     }
     const longest = task.maxSolutionChars;
-    if (!o.quiet && longest !== undefined && cfg.maxNew < longest) {
+    if (!quiet && longest !== undefined && cfg.maxNew < longest) {
       console.warn(
         `note: --max-new ${cfg.maxNew} is below the task's longest solution (${longest} characters); ` +
           `longer responses are cut off (pass --max-new ${longest + 1})`,
@@ -221,24 +331,44 @@ const loadTokenizerAndTask = (origin: Origin, o: RunOptions) =>
     return { tok, task };
   });
 
-/** The run's objective; refused when its first step reads a layer the model does not have. */
-const loadObjective = (cfg: TrainConfig, config: DecoderConfig) =>
+/**
+ * The run's objective, checked against the model before step 1: every policy of every term in every phase must
+ * be one of its layers. The error names the term and the layer count, and `--layer` only when BuPO's layer came
+ * from it (or its default).
+ */
+const loadObjective = (cfg: TrainConfig, config: DecoderConfig, explicit: Partial<TrainConfig>) =>
   Effect.gen(function* () {
     const objective = yield* Effect.tryPromise({
       try: () => resolveObjective(cfg),
       catch: (e) => e as ConfigError,
     });
-    if (requiredReadouts(objective, 1).logp.some((p) => p.kind !== "final" && p.layer >= config.numLayers)) {
+    const problems = layerProblems(objective, config.numLayers);
+    if (problems.length === 0) return objective;
+    const L = config.numLayers;
+    if (cfg.objective === "bupo") {
       return yield* new ConfigError({
         source: "flags",
         field: "--layer",
-        message: `--layer ${cfg.layer}: the model has ${config.numLayers} layers (0-based: 0..${
-          config.numLayers - 1
-        })`,
+        message: `--layer ${cfg.layer}${
+          "layer" in explicit ? "" : " (the default)"
+        }: BuPO's internal phase reads ${
+          problems[0].policy
+        }, but the model ${cfg.model} has ${L} layers (0-based: 0..${L - 1})`,
       });
     }
-    return objective;
+    const more = problems.length > 1
+      ? ` (and ${problems.length - 1} more: ${problems.slice(1).map((p) => p.policy).join(", ")})`
+      : "";
+    return yield* new ConfigError({
+      source: cfg.objective,
+      field: "--objective",
+      message: `--objective ${cfg.objective}: ${problems[0].field}: ${problems[0].message}${more}`,
+    });
   });
+
+/** Whether a run needs the frozen reference model: --kl, or a KL-to-reference term anywhere in the objective. */
+const needsReference = (cfg: TrainConfig, objective: Objective) =>
+  cfg.kl > 0 || allTerms(objective).some((t) => t.kind === "kl");
 
 /** Parameters on the device, disposed when the scope closes. */
 const scopedParams = (make: () => Params) =>
@@ -249,7 +379,7 @@ const scopedParams = (make: () => Params) =>
  * parameters, the AdamW moments (a resumed run's loaded from its checkpoint) and, with a KL term, the frozen
  * reference model (the base model folder; a fresh run uploads the model it already read).
  */
-const acquireModel = (gpu: Backend, origin: Origin, resume: boolean) =>
+const acquireModel = (gpu: Backend, origin: Origin, withRef: boolean) =>
   Effect.gen(function* () {
     const { cfg, host, moments } = origin;
     const params = yield* scopedParams(() => toParams(gpu, host));
@@ -263,57 +393,83 @@ const acquireModel = (gpu: Backend, origin: Origin, resume: boolean) =>
       // loadCheckpoint checked every moment against paramSpecs(config), the order of params.layout.specs.
       loadMoments(params, opt, moments.map((x) => x.m), moments.map((x) => x.v), origin.optStep);
     }
-    const refHost = cfg.kl > 0 ? (resume ? yield* readModelDir(cfg.model) : host) : undefined;
+    const refHost = withRef ? (origin.fromCheckpoint ? yield* readModelDir(cfg.model) : host) : undefined;
     const ref = refHost ? yield* scopedParams(() => toParams(gpu, refHost)) : undefined;
     return { params, opt, ref };
   });
+
+/** One line of samples.jsonl: an example completion of an evaluation. */
+interface SampleRecord {
+  readonly step: number;
+  readonly prompt: string;
+  readonly completion: string;
+  readonly reward: number;
+}
 
 /** Everything the run's stages share. */
 interface Run extends RlContext {
   readonly rd: RunDir;
   readonly tok: CharTokenizer;
-  /** The logs so far (resumed runs: up to the checkpoint); each stage appends. */
+  /** The logs so far (resumed runs: up to the checkpoint); each stage appends and rewrites its file atomically. */
   readonly metrics: StepMetrics[];
   readonly evals: EvalRecord[];
+  readonly samples: SampleRecord[];
   readonly log: (s: string) => void;
 }
 
 /**
- * Create the run folder; keep only the log lines before `start` (a killed run may have logged past its last
- * checkpoint) and write the config and objective.
+ * Claim the run folder on disk, in an order that leaves a resumable run at every moment: a new folder gets its
+ * marker first; `--overwrite` removes the run's files (latest.json first); a resumed one loses what a killed
+ * process left half-written. Then config.json and objective.txt, and the logs cut to what the checkpoint
+ * covers (a killed run may have logged past it; a run starting at step 1 redoes the step-0 evaluation too).
  */
-const openRunFolder = (rd: RunDir, cfg: TrainConfig, objective: Objective, start: number) =>
+const openRunFolder = (rd: RunDir, origin: Origin, objective: Objective, mode: FolderMode) =>
   Effect.gen(function* () {
-    yield* Effect.tryPromise({
-      try: () => Deno.mkdir(rd.dir, { recursive: true }),
-      catch: (e) => fileErr(rd.dir, `cannot create (${e})`),
-    });
+    const { folder, start, cfg } = origin;
+    if (folder.kind === "new") {
+      yield* Effect.tryPromise({
+        try: () => Deno.mkdir(rd.dir, { recursive: true }),
+        catch: (e) => fileErr(rd.dir, `cannot create (${e})`),
+      });
+      yield* writeMarker(rd.marker, "bupo-run");
+    } else if (mode === "overwrite") {
+      yield* removeRunFiles(rd.dir);
+      yield* writeMarker(rd.marker, "bupo-run");
+    } else {
+      yield* removeStaleTemps(rd.dir);
+      if (!folder.marker) yield* writeMarker(rd.marker, "bupo-run");
+    }
+    yield* writeAtomic(rd.config, JSON.stringify(recordedConfig(cfg), null, 1) + "\n");
+    yield* writeAtomic(rd.objective, show(objective) + "\n");
+    const keepBelow = start === 1 ? 0 : start;
     const before = <T extends { step: number }>(path: string) =>
-      Effect.promise(() => readJsonl<T>(path)).pipe(Effect.map((xs) => xs.filter((x) => x.step < start)));
+      readJsonl<T>(path).pipe(Effect.map((xs) => xs.filter((x) => x.step < keepBelow)));
     const metrics = yield* before<StepMetrics>(rd.metrics);
     const evals = yield* before<EvalRecord>(rd.evals);
-    yield* writeAtomic(rd.metrics, metrics.map((x) => JSON.stringify(x) + "\n").join(""));
-    yield* writeAtomic(rd.evals, evals.map((x) => JSON.stringify(x) + "\n").join(""));
-    yield* writeAtomic(rd.config, JSON.stringify(cfg, null, 1) + "\n");
-    yield* writeAtomic(rd.objective, show(objective) + "\n");
-    return { metrics, evals };
+    const samples = yield* before<SampleRecord>(rd.samples);
+    yield* writeJsonl(rd.metrics, metrics);
+    yield* writeJsonl(rd.evals, evals);
+    yield* writeJsonl(rd.samples, samples);
+    return { metrics, evals, samples };
   });
 
 // ---- the stages of the loop -------------------------------------------------------------------------------
 
-/** Evaluate at `step` (0: the base model); append to eval.jsonl and samples.jsonl. */
+/** Evaluate at `step` (0: the base model); add to eval.jsonl and samples.jsonl. */
 const evalStage = (run: Run, step: number) =>
-  onDevice(async () => {
+  Effect.gen(function* () {
     const { cfg, rd } = run;
-    const r = await evaluate(run.config, run.params, run.tok, run.task, {
-      problems: cfg.evalProblems,
-      k: cfg.evalK,
-      temperature: cfg.temperature,
-      maxNew: cfg.maxNew,
-      seed: cfg.seed + 7919,
-      taskSeed: cfg.seed,
-      policy: evalPolicyOf(cfg.evalPolicy, run.config.numLayers),
-    });
+    const r = yield* onDevice(() =>
+      evaluate(run.config, run.params, run.tok, run.task, {
+        problems: cfg.evalProblems,
+        k: cfg.evalK,
+        temperature: cfg.temperature,
+        maxNew: cfg.maxNew,
+        seed: cfg.seed + 7919,
+        taskSeed: cfg.seed,
+        policy: evalPolicyOf(cfg.evalPolicy, run.config.numLayers),
+      })
+    );
     const rec: EvalRecord = {
       step,
       avgAtK: r.avgAtK,
@@ -324,12 +480,9 @@ const evalStage = (run: Run, step: number) =>
       ...(r.byDifficulty ? { byDifficulty: r.byDifficulty } : {}),
     };
     run.evals.push(rec);
-    await Deno.writeTextFile(rd.evals, JSON.stringify(rec) + "\n", { append: true });
-    await Deno.writeTextFile(
-      rd.samples,
-      r.samples.map((s) => JSON.stringify({ step, ...s }) + "\n").join(""),
-      { append: true },
-    );
+    run.samples.push(...r.samples.map((s) => ({ step, ...s })));
+    yield* writeJsonl(rd.evals, run.evals);
+    yield* writeJsonl(rd.samples, run.samples);
     run.log(
       `eval @ step ${step}${r.policy === "final" ? "" : ` (${r.policy})`}: avg@${r.k} ${
         (100 * r.avgAtK).toFixed(1)
@@ -351,7 +504,7 @@ const checkpointStage = (run: Run, step: number, last?: StepMetrics) =>
       step,
       optimizerStep: opt.step,
       objective: JSON.parse(JSON.stringify(run.objective)),
-      config: run.cfg,
+      config: recordedConfig(run.cfg),
       metrics: last,
     });
     yield* writePlots(run);
@@ -360,7 +513,7 @@ const checkpointStage = (run: Run, step: number, last?: StepMetrics) =>
 const writePlots = (run: Run) =>
   writeAtomic(run.rd.plots, runPlots(`bupo run ${run.rd.dir}`, run.metrics, run.evals));
 
-/** One RL step, appended to metrics.jsonl. */
+/** One RL step, added to metrics.jsonl. */
 const trainStage = (run: Run, step: number) =>
   Effect.gen(function* () {
     const sm = yield* Effect.uninterruptible(Effect.tryPromise({
@@ -368,9 +521,7 @@ const trainStage = (run: Run, step: number) =>
       catch: (e) => e as Error,
     }));
     run.metrics.push(sm);
-    yield* Effect.promise(() =>
-      Deno.writeTextFile(run.rd.metrics, JSON.stringify(sm) + "\n", { append: true })
-    );
+    yield* writeJsonl(run.rd.metrics, run.metrics);
     return sm;
   });
 
@@ -401,26 +552,34 @@ const stepLoop = (run: Run, start: number, o: RunOptions) =>
 
 // ---- the run ----------------------------------------------------------------------------------------------
 
-/** Set-up: origin, tokenizer and task, objective, device state (scoped), run folder. */
+/**
+ * Set-up, everything checked before anything is written: the run folder's rule and the origin, tokenizer and
+ * task, the objective against the model, the memory the flags need against the device's and the host's, the
+ * device state (scoped); only then the run folder.
+ */
 const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
   Effect.gen(function* () {
-    const origin = yield* resumeOrStart(cfgIn, o);
+    const explicit = o.explicit ?? {};
+    const mode = yield* folderMode(o);
+    const origin = yield* resumeOrStart(cfgIn, mode, explicit);
     const { cfg } = origin;
-    const { tok, task } = yield* loadTokenizerAndTask(origin, o);
+    const { tok, task } = yield* loadTokenizerAndTask(origin, o.quiet);
     const config = origin.host.config;
     const layer = yield* resolveLayer(gpu, cfg, tok, task, {
       base: origin.host,
       resume: o.resume,
       log: (s) => o.quiet || console.log(s),
     });
-    const objective = yield* loadObjective({ ...cfg, layer }, config);
+    const objective = yield* loadObjective({ ...cfg, layer }, config, explicit);
     yield* Effect.try({
       try: () => evalPolicyOf(cfg.evalPolicy, config.numLayers),
       catch: (e) => e as ConfigError,
     });
-    const model = yield* acquireModel(gpu, origin, o.resume);
+    const withRef = needsReference(cfg, objective);
+    yield* checkTrainingMemory(gpu, { cfg, config, objective, task, tok, reference: withRef, explicit });
+    const model = yield* acquireModel(gpu, origin, withRef);
     const rd = runDir(cfg.out);
-    const logs = yield* openRunFolder(rd, cfg, objective, origin.start);
+    const logs = yield* openRunFolder(rd, origin, objective, mode);
     const log = (s: string) => {
       if (!o.quiet) console.log(s);
     };

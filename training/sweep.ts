@@ -21,7 +21,7 @@ import type { Chart } from "../io/svg.ts";
 import { DEFAULTS, resolveConfig, TRAIN_FLAGS, type TrainConfig } from "./config.ts";
 import type { EvalRecord } from "./report.ts";
 import type { StepMetrics } from "./rl.ts";
-import { runDir } from "./rundir.ts";
+import { claimCompareFolder, runDir } from "./rundir.ts";
 import { runTraining } from "./run.ts";
 import { bytes, type ReportContext, type Resources, sweepReport, type SweepRun } from "./sweep_report.ts";
 
@@ -341,12 +341,11 @@ export const runSweep = (backend: Backend, spec: SweepSpec, o: SweepOptions = {}
     const plan = spec.seeds.flatMap((seed) =>
       cells.map((cell) => ({ cell, seed, cfg: runConfig(spec, cell, seed) }))
     );
+    // `out` must be new, empty or a sweep's own folder (never a model folder); its run folders then follow the
+    // run folder rule.
+    yield* claimCompareFolder(spec.out, spec.base.model);
     const states: RunState[] = [];
     for (const p of plan) states.push(yield* runState(p.cfg));
-    yield* Effect.tryPromise({
-      try: () => Deno.mkdir(spec.out, { recursive: true }),
-      catch: (e) => new FileFormatError({ file: spec.out, message: `${spec.out}: cannot create (${e})` }),
-    });
     yield* Effect.promise(() => backend.sync());
     const liveStart = backend.memory().live;
     const runs: SweepRun[] = [];

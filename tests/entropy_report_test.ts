@@ -270,6 +270,18 @@ Deno.test({
       ) {
         throw new Error(logs.join("\n"));
       }
+      // The NaN reaches the FFN entropy change of layer 1: no boundary layer, said so rather than thrown.
+      const b = report.boundary;
+      if (b.layer !== null || b.reason !== "non-finite" || b.nonFiniteLayer !== 1) {
+        throw new Error(JSON.stringify(b));
+      }
+      if (
+        !logs.includes(
+          "boundary layer (raw): none: the FFN entropy change of layer 1 is NaN (non-finite weights or activations)",
+        )
+      ) {
+        throw new Error(logs.join("\n"));
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -1,7 +1,7 @@
 /**
  * The entropy-flow report of `deno task entropy`: the JSON object (means of every readout per layer, notes on
  * the conventions, the input's source, optional per-token values), the SVG with the paper's two figures per
- * norm, the summary table printed after a run, and the prompt file reader. Pure builders but readPrompts.
+ * norm, the summary table printed after a run, and the text prompt file reader. Pure builders but the reader.
  */
 import { Effect } from "effect";
 import { FileFormatError } from "../core/errors.ts";
@@ -171,28 +171,59 @@ export const summaryTable = (flow: EntropyFlow, nonFinite: readonly NonFiniteTen
   return rows.join("\n");
 };
 
-/** The prompts of a file: one per line (CRLF too), blank lines skipped; a file without any is a FileFormatError. */
-export const readPrompts = (file: string): Effect.Effect<string[], FileFormatError> =>
+/** The prompts of a text file with their 1-based line numbers: one per line (CRLF too), blank lines skipped. */
+export const readPromptLines = (
+  file: string,
+): Effect.Effect<{ readonly text: string; readonly line: number }[], FileFormatError> =>
   Effect.flatMap(readBytes(file), (b) => {
-    const lines = new TextDecoder().decode(b).split("\n").map((s) => s.replace(/\r$/, "")).filter((s) =>
-      s.trim() !== ""
-    );
+    const lines = new TextDecoder().decode(b).split("\n").flatMap((s, i) => {
+      const text = s.replace(/\r$/, "");
+      return text.trim() === "" ? [] : [{ text, line: i + 1 }];
+    });
     return lines.length
       ? Effect.succeed(lines)
       : Effect.fail(new FileFormatError({ file, message: `${file}: no prompts (one per line expected)` }));
   });
 
+/** The prompts of a file: one per line (CRLF too), blank lines skipped; a file without any is a FileFormatError. */
+export const readPrompts = (file: string): Effect.Effect<string[], FileFormatError> =>
+  Effect.map(readPromptLines(file), (ls) => ls.map((l) => l.text));
+
 /** The norm the boundary rule reads: raw when the flow has it (the paper's convention), else normed. */
 const boundaryNorm = (flow: EntropyFlow): ReadoutNorm => (flow.norms.includes("raw") ? "raw" : "normed");
 
-/** The boundary layer of a flow (policies/analysis.ts boundaryLayer) and the norm it was read on. */
-export const boundaryOf = (flow: EntropyFlow): BoundaryChoice & { readonly norm: ReadoutNorm } => ({
-  ...boundaryOfFlow(flow, boundaryNorm(flow)),
-  norm: boundaryNorm(flow),
-});
+/**
+ * The first layer whose FFN entropy change under `norm` is NaN or infinite (a model read with --allow-nonfinite),
+ * or undefined: boundaryLayer has no answer for such a flow.
+ */
+export const nonFiniteChange = (flow: EntropyFlow, norm: ReadoutNorm): number | undefined => {
+  const l = flow.layers.findIndex((x) => !Number.isFinite(x[norm]!.change.ffn));
+  return l < 0 ? undefined : l;
+};
+
+/**
+ * The boundary layer of a flow (policies/analysis.ts boundaryLayer) and the norm it was read on; undefined when
+ * an FFN entropy change is not finite (nonFiniteChange).
+ */
+export const boundaryOf = (
+  flow: EntropyFlow,
+): (BoundaryChoice & { readonly norm: ReadoutNorm }) | undefined =>
+  nonFiniteChange(flow, boundaryNorm(flow)) !== undefined
+    ? undefined
+    : { ...boundaryOfFlow(flow, boundaryNorm(flow)), norm: boundaryNorm(flow) };
 
 const boundaryJson = (flow: EntropyFlow) => {
-  const b = boundaryOf(flow);
+  const b = boundaryOf(flow), norm = boundaryNorm(flow);
+  if (!b) {
+    return {
+      layer: null,
+      paperLayer: null,
+      reason: "non-finite",
+      nonFiniteLayer: nonFiniteChange(flow, norm),
+      norm,
+      rule: BOUNDARY_RULE,
+    };
+  }
   return {
     layer: b.layer,
     paperLayer: b.layer + 1,
@@ -205,6 +236,11 @@ const boundaryJson = (flow: EntropyFlow) => {
 /** The line printed after the summary table: the boundary layer `--layer auto` would choose on this input. */
 export const boundaryLine = (flow: EntropyFlow): string => {
   const b = boundaryOf(flow);
+  if (!b) {
+    const norm = boundaryNorm(flow), l = nonFiniteChange(flow, norm)!;
+    return `boundary layer (${norm}): none: the FFN entropy change of layer ${l} is ` +
+      `${flow.layers[l][norm]!.change.ffn} (non-finite weights or activations)`;
+  }
   return `boundary layer (the last layer whose FFN entropy change is still positive, ${b.norm}): ${b.layer} ` +
     `(the paper's layer ${b.layer + 1}; ${b.reason})${
       b.norm === "raw" ? "" : "; --layer auto reads the raw readouts"
@@ -273,9 +309,10 @@ export const multiModelSvg = (models: readonly NamedFlow[], title: string): stri
           points: m.flow.layers.map((l) => [x(m.flow.numLayers, l.layer), l[norm]!.change[what]] as const),
         })),
         vlines: marks
-          ? models.map((m, i): VLine => {
+          ? models.flatMap((m, i): VLine[] => {
+            if (nonFiniteChange(m.flow, norm) !== undefined) return [];
             const b = boundaryOfFlow(m.flow, norm);
-            return { x: x(m.flow.numLayers, b.layer), label: `k=${b.layer}`, color: color(i) };
+            return [{ x: x(m.flow.numLayers, b.layer), label: `k=${b.layer}`, color: color(i) }];
           })
           : undefined,
       });

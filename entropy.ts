@@ -19,10 +19,14 @@ export const ENTROPY = defineCommand({
   usage: [
     "deno task entropy [--model DIR] (--prompts FILE | --tokens IDS) [options]",
     "deno task entropy --model models/a --model models/b --prompts p.txt   # several models, one figure",
+    "deno task entropy --model path/to/Qwen3-4B --prompts chats.jsonl --chat-template-kwargs '{\"enable_thinking\": false}'",
   ],
   flags: ENTROPY_FLAGS,
   notes:
-    `Input: exactly one of --prompts and --tokens. --max-new, --temperature and --seed apply to --prompts.
+    `Input: exactly one of --prompts and --tokens. --max-new, --temperature, --seed, --prompt-key and the chat
+template flags apply to --prompts. A .jsonl/.ndjson/.json/.parquet --prompts file holds rows (each row's
+"prompt": a string, multi-line allowed, or chat messages; or "messages"); any other file one prompt per line.
+The JSON report's source.responses hold each prompt as the model saw it (template applied) and its row or line.
 
 Layers are numbered from 0: layer l here is the paper's layer l+1 (its "layer 1" is our layer 0; its
 last layer L is our layer L-1). Entropies are in nats, token-weighted means over the scored positions.

@@ -283,27 +283,23 @@ const contentOf = (v: unknown): string | undefined => {
   return out;
 };
 
-/** Check and normalize one record into a Row (a RowError names the field). */
-export const toRow = (
-  file: string,
-  row: number,
-  record: Json,
-  paths: { promptPath: string; answerPath: string },
-  line?: number,
-): Row => {
-  const where = `${file}: row ${row}${line !== undefined ? ` (line ${line})` : ""}`;
-  const bad = (field: string, msg: string) =>
-    new RowError({ file, row, field, message: `${where}: ${field}: ${msg}` });
-  const p = getPath(record, paths.promptPath);
-  if (!p.found || p.value === null || p.value === undefined) throw bad(paths.promptPath, "is missing");
-  let prompt: Prompt;
-  if (typeof p.value === "string") {
-    if (p.value.trim() === "") throw bad(paths.promptPath, "is empty");
-    prompt = p.value;
-  } else if (Array.isArray(p.value)) {
-    if (p.value.length === 0) throw bad(paths.promptPath, "is an empty list of messages");
-    prompt = p.value.map((m, i): Message => {
-      const f = `${paths.promptPath}[${i}]`;
+/**
+ * Check and normalize a prompt value read from `field` of row `row`: a non-empty string, or a non-empty list of
+ * {role, content} messages (content a string or a list of text parts, joined). A RowError names the field
+ * (`prompt`, `prompt[1].role`) and `where` (`data.jsonl: row 3 (line 4)`) starts its message.
+ */
+export const toPrompt = (file: string, row: number, field: string, value: unknown, where: string): Prompt => {
+  const bad = (f: string, msg: string) =>
+    new RowError({ file, row, field: f, message: `${where}: ${f}: ${msg}` });
+  if (value === null || value === undefined) throw bad(field, "is missing");
+  if (typeof value === "string") {
+    if (value.trim() === "") throw bad(field, "is empty");
+    return value;
+  }
+  if (Array.isArray(value)) {
+    if (value.length === 0) throw bad(field, "is an empty list of messages");
+    return value.map((m, i): Message => {
+      const f = `${field}[${i}]`;
       if (!isObj(m)) throw bad(f, `expected a {role, content} message, got ${clip(JSON.stringify(m))}`);
       if (typeof m.role !== "string" || m.role === "") {
         throw bad(`${f}.role`, `expected a non-empty string, got ${clip(JSON.stringify(m.role))}`);
@@ -317,12 +313,27 @@ export const toRow = (
       }
       return { ...m, role: m.role, content };
     });
-  } else {
-    throw bad(
-      paths.promptPath,
-      `expected a string or a list of {role, content} messages, got ${clip(JSON.stringify(p.value))}`,
-    );
   }
+  throw bad(
+    field,
+    `expected a string or a list of {role, content} messages, got ${clip(JSON.stringify(value))}`,
+  );
+};
+
+/** Check and normalize one record into a Row (a RowError names the field). */
+export const toRow = (
+  file: string,
+  row: number,
+  record: Json,
+  paths: { promptPath: string; answerPath: string },
+  line?: number,
+): Row => {
+  const where = `${file}: row ${row}${line !== undefined ? ` (line ${line})` : ""}`;
+  const bad = (field: string, msg: string) =>
+    new RowError({ file, row, field, message: `${where}: ${field}: ${msg}` });
+  const p = getPath(record, paths.promptPath);
+  if (!p.found) throw bad(paths.promptPath, "is missing");
+  const prompt = toPrompt(file, row, paths.promptPath, p.value, where);
   const a = getPath(record, paths.answerPath);
   if (!a.found || a.value === null || a.value === undefined) throw bad(paths.answerPath, "is missing");
   let groundTruth: string;

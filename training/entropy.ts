@@ -1,14 +1,19 @@
 /**
  * The entropy-flow analysis of a model folder, as `deno task entropy` runs it: check the input and read the
- * model (and the prompts and tokenizer), then on a backend sample responses (prompts) and read every layer and
- * module policy, then write the JSON report and the SVG (training/entropy_report.ts builds them).
+ * model (and the prompts, rendered through the folder's chat template when it has one, and its tokenizer), then
+ * on a backend sample responses (prompts) and read every layer and module policy, then write the JSON report and
+ * the SVG (training/entropy_report.ts builds them).
  */
 import { Effect } from "effect";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { DEVICE_FLAG, type DeviceChoice, type FlagTable } from "../core/flags.ts";
 import type { Backend } from "../engine/backend.ts";
+import { parseTemplateKwargs } from "../formats/chat.ts";
+import { getPath, readRecords, RowError, toPrompt } from "../formats/dataset.ts";
+import { readPromptSetup } from "../formats/generation.ts";
 import { type HostModel, readModelDir, toParams } from "../formats/hf.ts";
-import { readTokenizerDir, type TextTokenizer } from "../formats/tokenizer.ts";
+import type { TextTokenizer } from "../formats/tokenizer.ts";
+import type { Prompt } from "../tasks/reward.ts";
 import { exists, writeAtomic } from "../io/files.ts";
 import { progress } from "../io/progress.ts";
 import {
@@ -24,7 +29,7 @@ import {
   boundaryLine,
   modelNames,
   multiModelSvg,
-  readPrompts,
+  readPromptLines,
   reportJson,
   reportSvg,
   summaryTable,
@@ -46,10 +51,29 @@ export const ENTROPY_FLAGS = {
   prompts: {
     kind: "str",
     arg: "FILE",
-    help: "one prompt per line (blank lines skipped). Responses are sampled from the model's\n" +
-      "own policy, then only the response positions are scored: the positions that predict\n" +
-      "a response token (eos included), each with that token as the log-prob target.\n" +
+    help: "prompts: one per line (blank lines skipped), or rows of a .jsonl/.ndjson, .json (an\n" +
+      'array) or .parquet file: {"prompt": "..."} (multi-line text), {"prompt": [messages]} or\n' +
+      '{"messages": [{"role": "user", "content": "..."}, ...]} (--prompt-key names another\n' +
+      "field). With a chat template in the model folder every prompt is rendered through it\n" +
+      "(a string prompt as the user's message, the assistant's turn opened); without one, string\n" +
+      "prompts go as they are (after the tokenizer's bos). Responses are sampled from the\n" +
+      "model's own policy, then only the response positions are scored: the positions that\n" +
+      "predict a response token (eos included), each with that token as the log-prob target.\n" +
       "Needs tokenizer.json in the model folder.",
+  },
+  promptKey: {
+    kind: "str",
+    arg: "PATH",
+    help: "(--prompts data files) the prompt's field, a dotted path (default: prompt, else messages)",
+  },
+  chatTemplateKwargs: {
+    kind: "str",
+    arg: "JSON",
+    help: `(--prompts) chat template variables, e.g. '{"enable_thinking": false}'`,
+  },
+  noChatTemplate: {
+    kind: "bool",
+    help: "(--prompts) send string prompts as they are, without the folder's chat template",
   },
   tokens: {
     kind: "list",
@@ -90,8 +114,16 @@ export const ENTROPY_FLAGS = {
 export interface EntropyArgs {
   /** Model folders (none: the default model). */
   readonly model: readonly string[];
+  /** The prompt file: one prompt per line, or a data file (`.jsonl`, `.ndjson`, `.json`, `.parquet`) of rows. */
   readonly prompts?: string;
+  /** The token ids of one sequence (instead of prompts). */
   readonly tokens?: readonly number[];
+  /** The prompt field of a data file's rows (a dotted path); default `prompt`, else `messages`. */
+  readonly promptKey?: string;
+  /** Chat template variables as JSON text (`{"enable_thinking": false}`). */
+  readonly chatTemplateKwargs?: string;
+  /** Send string prompts as they are even when the folder has a chat template. */
+  readonly noChatTemplate?: boolean;
   readonly out: string;
   readonly svg?: string;
   readonly norm: ReadoutNorm | "both";
@@ -109,22 +141,108 @@ export interface EntropyArgs {
 
 const usage = (field: string, message: string) => new ConfigError({ source: "flags", field, message });
 
+/** One prompt of a --prompts file and where it came from. */
+export interface PromptEntry {
+  /** `file:line` in a text file, `file: row n (line l)` in a data file: how messages name the prompt. */
+  readonly where: string;
+  /** A string, or chat messages (formats/dataset.ts toPrompt checked them). */
+  readonly prompt: Prompt;
+}
+
+/** Whether a --prompts file holds rows (formats/dataset.ts reads it) rather than one prompt per line. */
+export const isPromptDataFile = (file: string): boolean => /\.(jsonl|ndjson|json|parquet)$/i.test(file);
+
+/**
+ * The prompt fields looked for in each row of a data file without --prompt-key, in order: verl's and TRL's
+ * `prompt` (a string or messages), then `messages` (TRL's conversational rows).
+ */
+export const PROMPT_FIELDS = ["prompt", "messages"] as const;
+
+const withPrefix = <E extends FileFormatError | RowError>(e: E, prefix: string): E =>
+  (e instanceof RowError
+    ? new RowError({ file: e.file, row: e.row, field: e.field, message: `${prefix}${e.message}` })
+    : new FileFormatError({ file: e.file, message: `${prefix}${e.message}` })) as E;
+
+/**
+ * Read a --prompts file: a data file's rows, each holding a prompt at `promptKey` (a dotted path) or, without
+ * it, at the first of PROMPT_FIELDS the row has; or one prompt per line. Every error names the file and the row
+ * or line.
+ */
+export const readPromptEntries = (
+  file: string,
+  promptKey?: string,
+): Effect.Effect<PromptEntry[], FileFormatError | RowError | ConfigError> =>
+  Effect.gen(function* () {
+    if (!isPromptDataFile(file)) {
+      if (promptKey !== undefined) {
+        return yield* usage(
+          "--prompt-key",
+          `--prompt-key applies to prompt data files (.jsonl, .ndjson, .json, .parquet); ${file} is read ` +
+            "as one prompt per line",
+        );
+      }
+      const lines = yield* readPromptLines(file);
+      return lines.map((l) => ({ where: `${file}:${l.line}`, prompt: l.text }));
+    }
+    const recs = yield* readRecords(file, "--prompts");
+    if (recs.records.length === 0) {
+      return yield* new FileFormatError({ file, message: `${file}: holds no rows` });
+    }
+    return yield* Effect.try({
+      try: () =>
+        recs.records.map((r, i): PromptEntry => {
+          const line = recs.lines?.[i];
+          const where = `${file}: row ${i + 1}${line !== undefined ? ` (line ${line})` : ""}`;
+          const path = promptKey ?? PROMPT_FIELDS.find((f) => getPath(r, f).found);
+          if (path === undefined || !getPath(r, path).found) {
+            throw new RowError({
+              file,
+              row: i + 1,
+              field: path ?? PROMPT_FIELDS[0],
+              message: `${where}: no ${path ?? PROMPT_FIELDS.join(" or ")} field (its fields: ${
+                Object.keys(r).join(", ") || "none"
+              }); name the prompt's field with --prompt-key (a dotted path such as question or input.text)`,
+            });
+          }
+          return { where, prompt: toPrompt(file, i + 1, path, getPath(r, path).value, where) };
+        }),
+      catch: (e) => e as RowError,
+    });
+  });
+
+/** The prompts of an analysis as the model sees them. */
+export interface EntropyPrompts {
+  /** Each prompt's text: rendered through the chat template when one is used, else the prompt itself. */
+  readonly text: readonly string[];
+  /** Each prompt's ids (the tokenizer's bos first when no template is used; a template writes its own). */
+  readonly ids: number[][];
+  readonly tok: TextTokenizer;
+  /** Where each prompt came from (PromptEntry.where). */
+  readonly where: readonly string[];
+  /** The chat template's file, when prompts were rendered through one. */
+  readonly template?: string;
+  /** The template variables (--chat-template-kwargs). */
+  readonly templateKwargs?: Readonly<Record<string, unknown>>;
+  /** Generation stops at any of these (generation_config.json's eos ids, then the tokenizer's eos). */
+  readonly stopIds: readonly number[];
+  /** The padding id. */
+  readonly pad: number;
+  /** Ids the tokenizer has, [0, vocab): only these are sampled. */
+  readonly vocab: number;
+}
+
 /** The input, checked and read: the model, and the prompts encoded with its tokenizer (or the token ids). */
 export interface EntropyInput {
   readonly args: EntropyArgs;
   readonly dir: string;
   readonly model: HostModel;
-  readonly prompts?: {
-    readonly text: readonly string[];
-    readonly ids: number[][];
-    readonly tok: TextTokenizer;
-  };
+  readonly prompts?: EntropyPrompts;
 }
 
 /** Check the input flags and read every model (and the prompts and tokenizer): no backend needed yet. */
 export const entropyInputs = (
   args: EntropyArgs,
-): Effect.Effect<EntropyInput[], ConfigError | FileFormatError> =>
+): Effect.Effect<EntropyInput[], ConfigError | FileFormatError | RowError> =>
   Effect.gen(function* () {
     const dirs = args.model.length ? args.model : [undefined];
     const twice = args.model.find((d, i) => args.model.indexOf(d) !== i);
@@ -134,11 +252,97 @@ export const entropyInputs = (
     return out;
   });
 
+/** The flags that only apply to --prompts, as [flag, given]. */
+const promptOnly = (args: EntropyArgs): [string, boolean][] => [
+  ["--prompt-key", args.promptKey !== undefined],
+  ["--chat-template-kwargs", args.chatTemplateKwargs !== undefined],
+  ["--no-chat-template", args.noChatTemplate === true],
+];
+
+/** The settings of EntropyArgs that shape how prompts are read and rendered. */
+export type PromptSettings = Pick<EntropyArgs, "promptKey" | "chatTemplateKwargs" | "noChatTemplate">;
+
+/**
+ * Read the prompts of `file` for the model folder `dir` (whose config.json says `modelVocab` rows):
+ * each rendered through the folder's chat template (unless --no-chat-template; string prompts as the user's
+ * message, with add_generation_prompt) or, without one, taken as it is after the tokenizer's bos, then encoded
+ * with the folder's tokenizer. Needs no weights.
+ */
+export const entropyPrompts = (
+  file: string,
+  args: PromptSettings,
+  dir: string,
+  modelVocab: number,
+): Effect.Effect<EntropyPrompts, ConfigError | FileFormatError | RowError> =>
+  Effect.gen(function* () {
+    const kwargs = args.chatTemplateKwargs === undefined ? undefined : yield* Effect.try({
+      try: () => parseTemplateKwargs(args.chatTemplateKwargs!),
+      catch: (e) => e as ConfigError,
+    });
+    if (kwargs && args.noChatTemplate) {
+      return yield* usage(
+        "--chat-template-kwargs",
+        "--chat-template-kwargs sets chat template variables, but --no-chat-template turns the template off",
+      );
+    }
+    const entries = yield* Effect.mapError(
+      readPromptEntries(file, args.promptKey),
+      (e) => (e instanceof ConfigError ? e : withPrefix(e, "--prompts ")),
+    );
+    const setup = yield* readPromptSetup(dir, {
+      chatTemplate: args.noChatTemplate !== true,
+      ...(kwargs ? { chatTemplateKwargs: kwargs } : {}),
+    });
+    const tok = setup.tokenizer;
+    if (tok.vocabSize > modelVocab) {
+      return yield* new FileFormatError({
+        file: `${dir}/tokenizer.json`,
+        message:
+          `${dir}/tokenizer.json: ${tok.vocabSize} token ids, more than the model's vocab_size ${modelVocab}`,
+      });
+    }
+    const bos = setup.template === undefined && tok.bos !== undefined ? [tok.bos] : [];
+    const encoded = yield* Effect.try({
+      try: () =>
+        entries.map(({ where, prompt }) => {
+          let text: string;
+          try {
+            text = setup.render(prompt);
+          } catch (e) {
+            if (e instanceof ConfigError) {
+              throw new ConfigError({ source: e.source, field: e.field, message: `${where}: ${e.message}` });
+            }
+            throw new FileFormatError({ file, message: `${where}: ${(e as Error).message}` });
+          }
+          try {
+            return { text, ids: [...bos, ...tok.encode(text)] };
+          } catch (e) {
+            throw new FileFormatError({
+              file,
+              message: `${where}: cannot tokenize (${(e as Error).message})`,
+            });
+          }
+        }),
+      catch: (e) => e as ConfigError | FileFormatError,
+    });
+    return {
+      text: encoded.map((x) => x.text),
+      ids: encoded.map((x) => x.ids),
+      tok,
+      where: entries.map((x) => x.where),
+      ...(setup.template ? { template: setup.template.file } : {}),
+      ...(setup.template && kwargs ? { templateKwargs: kwargs } : {}),
+      stopIds: setup.stopIds,
+      pad: setup.pad,
+      vocab: setup.tokenizerVocab,
+    };
+  });
+
 /** Check the input flags and read one model, `modelDir` (default: DEFAULT_MODEL), with the prompts and tokenizer. */
 export const entropyInput = (
   args: EntropyArgs,
   modelDir?: string,
-): Effect.Effect<EntropyInput, ConfigError | FileFormatError> =>
+): Effect.Effect<EntropyInput, ConfigError | FileFormatError | RowError> =>
   Effect.gen(function* () {
     if ((args.prompts === undefined) === (args.tokens === undefined)) {
       return yield* usage(
@@ -148,6 +352,8 @@ export const entropyInput = (
           : "give either --prompts or --tokens, not both",
       );
     }
+    const stray = args.tokens !== undefined ? promptOnly(args).find(([, given]) => given) : undefined;
+    if (stray) return yield* usage(stray[0], `${stray[0]} applies to --prompts, not to --tokens`);
     let dir = modelDir;
     if (dir === undefined) {
       if (!(yield* exists(`${DEFAULT_MODEL}/config.json`))) {
@@ -169,34 +375,8 @@ export const entropyInput = (
       );
     }
     if (args.prompts === undefined) return { args, dir, model };
-    const file = args.prompts;
-    const text = yield* Effect.mapError(
-      readPrompts(file),
-      (e) => new FileFormatError({ file: e.file, message: `--prompts ${e.message}` }),
-    );
-    const tok = yield* readTokenizerDir(dir);
-    if (tok.vocabSize > c.vocabSize) {
-      return yield* new FileFormatError({
-        file: `${dir}/tokenizer.json`,
-        message:
-          `${dir}/tokenizer.json: ${tok.vocabSize} token ids, more than the model's vocab_size ${c.vocabSize}`,
-      });
-    }
-    const ids = yield* Effect.try({
-      try: () =>
-        text.map((s, i) => {
-          try {
-            return [...(tok.bos !== undefined ? [tok.bos] : []), ...tok.encode(s)];
-          } catch (e) {
-            throw new FileFormatError({
-              file,
-              message: `${file}:${i + 1}: cannot tokenize (${(e as Error).message})`,
-            });
-          }
-        }),
-      catch: (e) => e as FileFormatError,
-    });
-    return { args, dir, model, prompts: { text, ids, tok } };
+    const prompts = yield* entropyPrompts(args.prompts, args, dir, c.vocabSize);
+    return { args, dir, model, prompts };
   });
 
 /** What an analysis found: the flow, the batch it scored and where the batch came from. */
@@ -220,11 +400,14 @@ export const analyseEntropy = (
         if (input.prompts) {
           const { text, ids, tok } = input.prompts;
           const bar = args.quiet ? undefined : progress("generate", args.maxNew, { unit: "tok" });
+          // generate stops at eos and one more id: the first other stop id (Qwen3: <|endoftext|> beside <|im_end|>).
+          const stop = input.prompts.stopIds.find((id) => id !== tok.eos);
           const r = await generate(c, p, ids, {
             maxNew: args.maxNew,
             eos: tok.eos,
-            pad: tok.pad,
-            vocab: tok.vocabSize,
+            ...(stop !== undefined ? { stop } : {}),
+            pad: input.prompts.pad,
+            vocab: input.prompts.vocab,
             temperature: args.temperature,
             seed: args.seed,
             step: 0,
@@ -239,10 +422,13 @@ export const analyseEntropy = (
             kind: "prompts",
             file: args.prompts,
             prompts: text.length,
+            chatTemplate: input.prompts.template ?? null,
+            ...(input.prompts.templateKwargs ? { chatTemplateKwargs: input.prompts.templateKwargs } : {}),
             maxNew: args.maxNew,
             temperature: args.temperature,
             seed: args.seed,
             responses: Array.from({ length: r.B }, (_, b) => ({
+              from: input.prompts!.where[b],
               prompt: text[b],
               response: tok.decode(
                 Array.from(

@@ -11,14 +11,29 @@ export { type AdamWConfig, adamwHyper, adamwReference, clipScale, globalNorm } f
 export { parseSafetensors, serializeSafetensors, toF32, toI32 } from "./core/safetensors.ts";
 
 // engine: tensors, backends, autodiff, ops
-export type { Backend, MemoryStats } from "./engine/backend.ts";
-export { CpuBackend } from "./engine/cpu.ts";
-export { GpuBackend } from "./engine/gpu/backend.ts";
-export { Gpu, GpuLive, openGpu, withGpu } from "./engine/gpu/device.ts";
-export { defineKernel, type GpuPass, type Kernel } from "./engine/kernel.ts";
+export type { Backend, BackendLimits, MemoryStats, Storage } from "./engine/backend.ts";
+export { CpuBackend, type CpuStorage } from "./engine/cpu.ts";
+export { GpuBackend, type GpuBackendOptions, type GpuStorage, type KernelProfile } from "./engine/gpu/backend.ts";
+export { type AdapterOptions, Gpu, GpuLive, gpuServiceBase, openGpu, withGpu } from "./engine/gpu/device.ts";
+export {
+  defineKernel,
+  type GpuPass,
+  type GpuStep,
+  type GpuTarget,
+  type HostArray,
+  type HostTensor,
+  type Kernel,
+  type OutSpec,
+  type PassBinding,
+  type TensorSpec,
+  type TextureCopy,
+  type VjpContext,
+  type VjpRule,
+} from "./engine/kernel.ts";
 export { apply, apply1 } from "./engine/apply.ts";
+export type { Recorder } from "./engine/recorder.ts";
 export { custom, Tape } from "./engine/tape.ts";
-export { keep, reshape, scalar, Tensor, tensor, tidy, view, zeros } from "./engine/tensor.ts";
+export { keep, reshape, scalar, Tensor, tensor, type TensorData, tidy, view, zeros } from "./engine/tensor.ts";
 export { checkGrad } from "./kernels/gradcheck.ts";
 export * from "./kernels/elementwise.ts";
 export { concatRows, copyInto, permute, sliceRows, transpose } from "./kernels/layout.ts";
@@ -85,10 +100,137 @@ export { requiredReadouts } from "./objectives/readouts.ts";
 export { lowerLoss, lowerStep } from "./objectives/lower.ts";
 export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
 export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
-export { loadTaskModule, resolveTask } from "./formats/task.ts";
 export { gradients, normTable, writeGradients } from "./training/grad.ts";
 export { readKl, streamKl } from "./policies/kl.ts";
 export { entropyFlow } from "./policies/analysis.ts";
 
-// tasks
+// tasks: the Task interface, the embedded tasks (arith, rewrite), their registry and task modules
 export * from "./tasks/mod.ts";
+export { loadTaskModule, resolveTask, splitTaskSpec } from "./formats/task.ts";
+
+// data: prompt datasets, chat templates, prompts as the model sees them, rewards
+export {
+  type Dataset,
+  type DataFormat,
+  type DatasetOptions,
+  epochOrder,
+  loadDataset,
+  makeSampler,
+  readDataset,
+  type Row,
+  RowError,
+  type RowSchema,
+  type Sampler,
+  toPrompt,
+} from "./formats/dataset.ts";
+export {
+  type ChatTemplate,
+  type CompiledTemplate,
+  parseChatTemplate,
+  parseTemplateKwargs,
+  readChatTemplate,
+  renderChat,
+  type RenderOptions,
+} from "./formats/chat.ts";
+export {
+  type EncodedPrompt,
+  type GenerationConfig,
+  loadPromptSetup,
+  type Prepared,
+  type PreparedRow,
+  prepareRow,
+  prepareRows,
+  type PromptOptions,
+  type PromptParts,
+  promptSetup,
+  type PromptSetup,
+  readGenerationConfig,
+  readPromptSetup,
+} from "./formats/generation.ts";
+export {
+  loadRewardModule,
+  type ResolveOptions,
+  resolveRewards,
+  type RewardSet,
+  type WorkerReward,
+  workerReward,
+  type WorkerRewardOptions,
+} from "./formats/rewards.ts";
+export * from "./tasks/reward.ts";
+export {
+  builtinReward,
+  type BuiltinOptions,
+  type BuiltinReward,
+  BUILTIN_REWARDS,
+  exactScore,
+  formatScore,
+  mathScore,
+  regexReward,
+} from "./tasks/rewards.ts";
+export { answersEqual, extractAnswer, gradeMath, type MathGrade, normalizeAnswer } from "./tasks/math_grade.ts";
+
+// training: the configuration, the run, one RL step, evaluation
+export {
+  decodeConfigJson,
+  DEFAULTS,
+  readConfigFile,
+  resolveConfig,
+  TRAIN_FLAGS,
+  type TrainConfig,
+} from "./training/config.ts";
+export { resolveObjective, type RunOptions, type RunResult, runTraining } from "./training/run.ts";
+export {
+  type DifficultyAccuracy,
+  type RlContext,
+  rlStep,
+  type StepMetrics,
+  type TermMetrics,
+} from "./training/rl.ts";
+export { type Optimizer, optimizerStep } from "./training/optimizer.ts";
+export {
+  type DifficultyResult,
+  evaluate,
+  type EvalOptions,
+  type EvalResult,
+  evalPolicyOf,
+} from "./training/evaluate.ts";
+
+// sweeps and comparisons: runs over a grid of settings and seeds, and their statistics
+export {
+  type Axis,
+  type Cell,
+  planCells,
+  runConfig,
+  runSweep,
+  type SweepOptions,
+  type SweepOutcome,
+  type SweepRun,
+  type SweepSpec,
+  sweepSpec,
+} from "./training/sweep.ts";
+export { compare, COMPARE_FLAGS, compareSpec } from "./training/compare.ts";
+export * as stats from "./core/stats.ts";
+export {
+  bootstrapMean,
+  type BootstrapOptions,
+  type Estimate,
+  type PairedComparison,
+  pairedComparison,
+  permutationTest,
+  signTest,
+} from "./core/stats.ts";
+
+// the entropy-flow analysis of `deno task entropy`
+export {
+  analyseEntropy,
+  type EntropyArgs,
+  type EntropyInput,
+  entropyInput,
+  entropyInputs,
+  type EntropyPrompts,
+  entropyPrompts,
+  type EntropyResult,
+  type PromptEntry,
+  readPromptEntries,
+  writeEntropyReport,
+} from "./training/entropy.ts";

@@ -3,10 +3,15 @@ import { NonFiniteError } from "./errors.ts";
 
 /** AdamW settings; the defaults are torch.optim.AdamW's (beta1 0.9, beta2 0.999, eps 1e-8, weightDecay 0.01). */
 export interface AdamWConfig {
+  /** Learning rate (> 0). */
   readonly lr: number;
+  /** Decay of the first-moment average (default 0.9). */
   readonly beta1?: number;
+  /** Decay of the second-moment average (default 0.999). */
   readonly beta2?: number;
+  /** Added to sqrt(v-hat) in the denominator (default 1e-8). */
   readonly eps?: number;
+  /** Decoupled weight decay: each step multiplies a parameter by 1 - lr * weightDecay (default 0.01). */
   readonly weightDecay?: number;
   /** Clip the global gradient norm to this (torch clip_grad_norm_ semantics); absent = no clipping. */
   readonly maxGradNorm?: number;

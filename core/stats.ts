@@ -26,9 +26,11 @@ export const quantileSorted = (sorted: readonly number[], q: number): number => 
 
 /** A mean with its interval. */
 export interface Estimate {
+  /** The mean of the values (NaN for none). */
   readonly mean: number;
   /** Lower and upper end of the interval (both = mean for a single value; NaN for none). */
   readonly lo: number;
+  /** Upper end of the interval (see `lo`). */
   readonly hi: number;
   /** Number of values. */
   readonly n: number;
@@ -146,10 +148,15 @@ export interface PairedComparison {
   readonly diff: Estimate;
   /** Seeds where the treatment is ahead, behind, tied. */
   readonly wins: number;
+  /** Seeds where the treatment is behind. */
   readonly losses: number;
+  /** Seeds where the two are equal. */
   readonly ties: number;
+  /** Two-sided p-value of the exact sign test (`signTest`). */
   readonly signP: number;
+  /** Two-sided p-value of the paired permutation test of the mean difference (`permutationTest`). */
   readonly permutationP: number;
+  /** Whether `permutationP` enumerated every sign flip (n <= EXACT_FLIPS_MAX) rather than sampling them. */
   readonly permutationExact: boolean;
 }
 

@@ -51,7 +51,12 @@ export const limitsOf = (b: Backend): BackendLimits => ({
   ),
 });
 
+/**
+ * Where tensors live and how kernels run: the CPU reference (engine/cpu.ts) or WebGPU (engine/gpu/backend.ts).
+ * Ops call it through `apply`; user code passes it to `tensor`, `zeros`, `readModelDir`/`toParams` and the like.
+ */
 export interface Backend {
+  /** Which implementation this is. */
   readonly kind: "cpu" | "gpu";
   /** Size limits (absent or partial: see `limitsOf`). */
   readonly limits?: Partial<BackendLimits>;
@@ -79,7 +84,9 @@ export interface Backend {
   sync(): Promise<void>;
   /** Give a storage back (to the pool on the GPU). */
   release(s: Storage): void;
+  /** Bytes held now, pooled, and the peak since creation or the last `resetPeak`. */
   memory(): MemoryStats;
+  /** Start a new peak measurement: `peak` becomes the current `live`. */
   resetPeak(): void;
 }
 

@@ -5,6 +5,7 @@ import type { Tensor } from "./tensor.ts";
 
 /** CPU storage: a typed array (a subarray for views). */
 export interface CpuStorage extends Storage {
+  /** The elements, row-major (a view's subarray of its base). */
   readonly data: HostArray;
 }
 
@@ -19,7 +20,9 @@ const arrayFor = (spec: TensorSpec, n: number, precision: "f32" | "f64"): HostAr
 
 /** A CPU backend. `precision: "f64"` stores float tensors as Float64Array (for gradient checks). */
 export class CpuBackend implements Backend {
+  /** Always "cpu". */
   readonly kind = "cpu" as const;
+  /** "cpu f32" or "cpu f64". */
   readonly name: string;
   #live = 0;
   #peak = 0;
@@ -70,9 +73,11 @@ export class CpuBackend implements Backend {
   release(s: Storage): void {
     this.#live -= s.bytes;
   }
+  /** Bytes held by live tensors (the CPU has no pool: allocated = live) and the peak. */
   memory(): MemoryStats {
     return { live: this.#live, allocated: this.#live, peak: this.#peak, allocations: this.#allocations };
   }
+  /** Start a new peak measurement from the current live bytes. */
   resetPeak(): void {
     this.#peak = this.#live;
   }

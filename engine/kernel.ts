@@ -7,18 +7,23 @@ export type HostArray = Float32Array | Float64Array | Int32Array | Uint32Array;
 
 /** A host array with its shape: what a CPU reference reads and writes. */
 export interface HostTensor {
+  /** The elements, row-major. */
   readonly data: HostArray;
+  /** Dimensions, outermost first. */
   readonly shape: Shape;
 }
 
 /** Shape and dtype of a tensor, without its data. */
 export interface TensorSpec {
+  /** Dimensions, outermost first ([] for a scalar). */
   readonly shape: Shape;
+  /** Element type: f32, i32 or u32 (4 bytes each). */
   readonly dtype: DType;
 }
 
 /** An output's spec; `alias: i` makes the output reuse input i's storage (an in-place update). */
 export interface OutSpec extends TensorSpec {
+  /** The 0-based index of the input whose storage this output reuses; absent: fresh storage. */
   readonly alias?: number;
 }
 
@@ -46,8 +51,11 @@ export type PassBinding =
 
 /** One compute dispatch: shader text (its text keys the pipeline cache), grid and bindings. */
 export interface GpuPass {
+  /** The WGSL module with one `@compute` entry point `main`. */
   readonly wgsl: string;
+  /** The dispatch grid: workgroups along x, y, z. */
   readonly workgroups: readonly [number, number, number];
+  /** The resources at @group(0) @binding(0), (1), ... in order. */
   readonly bindings: readonly PassBinding[];
   /** Label for errors and profiles; defaults to the kernel name. */
   readonly label?: string;
@@ -58,6 +66,7 @@ export interface GpuPass {
  * than a compute pass that stores texels). `offset` must be a multiple of 16 bytes and `bytesPerRow` of 256.
  */
 export interface TextureCopy {
+  /** Rows of input `input` from byte `offset`, `bytesPerRow` apart, into the texture `texture` from row `y`. */
   readonly copy: {
     readonly input: number;
     readonly offset: number;
@@ -68,6 +77,7 @@ export interface TextureCopy {
     /** Copied texels: [width, height]. */
     readonly size: readonly [number, number];
   };
+  /** Label for errors and profiles; defaults to the kernel name. */
   readonly label?: string;
 }
 
@@ -84,8 +94,11 @@ export interface GpuTarget {
   readonly software: boolean;
   /** Invocations one SIMD vector of a software adapter runs together (llvmpipe: its vector width / 32). */
   readonly lanes?: number;
+  /** The device's maxComputeWorkgroupsPerDimension (65,535 in WebGPU's defaults). */
   readonly maxWorkgroupsPerDimension: number;
+  /** The device's maxComputeWorkgroupStorageSize, in bytes. */
   readonly maxWorkgroupStorageSize: number;
+  /** The device's maxComputeInvocationsPerWorkgroup. */
   readonly maxInvocationsPerWorkgroup: number;
   /** Largest range one storage binding may cover, in bytes (absent: the WebGPU default, 128 MiB). */
   readonly maxStorageBufferBindingSize?: number;
@@ -93,8 +106,11 @@ export interface GpuTarget {
 
 /** What a gradient rule sees of the forward call. Saved tensors are retained by the tape until backward ends. */
 export interface VjpContext<P> {
+  /** The kernel's parameters in the forward call. */
   readonly params: P;
+  /** The forward call's inputs, in order. */
   readonly inputs: readonly Tensor[];
+  /** Its outputs, in order (disposed already when the kernel has `saveOutputs: false`). */
   readonly outputs: readonly Tensor[];
 }
 
@@ -110,6 +126,7 @@ export type VjpRule<P> = (
 
 /** A kernel: `infer` validates and gives output specs; `cpu` is the reference; `gpu` emits the passes. */
 export interface Kernel<P> {
+  /** The op's name: in errors, shader labels, profiles and kernels/index.ts's registry. */
   readonly name: string;
   /** Validate inputs against params; throw ShapeError naming the op and the tensor; return output specs. */
   readonly infer: (params: P, inputs: readonly TensorSpec[]) => readonly OutSpec[];

@@ -4,6 +4,7 @@ import type { Tensor } from "./tensor.ts";
 
 /** What receives kernel runs while it records (engine/tape.ts's Tape). */
 export interface Recorder {
+  /** One kernel run: its kernel, parameters, input and output tensors. */
   push(kernel: Kernel<unknown>, params: unknown, inputs: readonly Tensor[], outputs: readonly Tensor[]): void;
 }
 

@@ -96,6 +96,7 @@ export class Tape implements Recorder {
     return recordingInto(this, fn);
   }
 
+  /** Record one kernel run (called by `apply` while this tape records); kept only if it depends on a watched tensor. */
   push(
     kernel: Kernel<unknown>,
     params: unknown,

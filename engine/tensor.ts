@@ -9,8 +9,10 @@ let nextId = 1;
 
 /** A tensor on some backend. Create with `tensor`/`zeros` or as the output of an op; free with `dispose`. */
 export class Tensor {
+  /** A number unique in the process (tapes track tensors by it). */
   readonly id = nextId++;
   #refs = 1;
+  /** Wrap `storage` of `backend` (ops and `tensor` call this; the new tensor joins the current `tidy` scope). */
   constructor(
     readonly backend: Backend,
     readonly storage: Storage,
@@ -23,12 +25,15 @@ export class Tensor {
   ) {
     currentScope()?.track(this);
   }
+  /** Number of elements: the product of the shape. */
   get size(): number {
     return size(this.shape);
   }
+  /** Number of dimensions. */
   get rank(): number {
     return this.shape.length;
   }
+  /** Whether every reference was dropped (using it is then a DisposedError). */
   get disposed(): boolean {
     return this.#refs <= 0;
   }
@@ -46,6 +51,7 @@ export class Tensor {
       else this.backend.release(this.storage);
     }
   }
+  /** Throw DisposedError naming `op` when the tensor was disposed. */
   assertLive(op: string): void {
     if (this.#refs <= 0) {
       throw new DisposedError({
@@ -62,6 +68,7 @@ export class Tensor {
   async toArray(): Promise<number[]> {
     return Array.from(await this.data());
   }
+  /** `Tensor#id(dtype[shape] on backend)`, for messages. */
   toString(): string {
     return `Tensor#${this.id}(${this.dtype}${showShape(this.shape)} on ${this.backend.name})`;
   }
@@ -173,6 +180,7 @@ const collect = (x: unknown, out: Set<Tensor>, seen = new Set<unknown>()): void 
  * must not interleave across concurrent tasks.
  */
 export function tidy<R>(fn: () => R): R;
+/** `tidy` of an async `fn`: the scope ends when its promise settles. */
 export function tidy<R>(fn: () => Promise<R>): Promise<R>;
 export function tidy<R>(fn: () => R | Promise<R>): R | Promise<R> {
   const scope = new Scope();

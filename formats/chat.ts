@@ -10,12 +10,20 @@ import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { exists, readBytes, readJson } from "../io/files.ts";
 import type { Message } from "../tasks/reward.ts";
 
+/** A compiled Jinja template (an @huggingface/jinja Template): renders with the given variables. */
+export interface CompiledTemplate {
+  /** The text of the template under `items` (its variables: `messages`, `add_generation_prompt`, ...). */
+  render(items: Record<string, unknown>): string;
+}
+
 /** A parsed chat template and where it came from. */
 export interface ChatTemplate {
   /** The file it was read from (`.../chat_template.jinja` or `.../tokenizer_config.json`). */
   readonly file: string;
+  /** The template's Jinja source. */
   readonly source: string;
-  readonly compiled: Template;
+  /** The source, compiled. */
+  readonly compiled: CompiledTemplate;
 }
 
 /** Parse a template's source; a syntax error is a FileFormatError naming the file. */

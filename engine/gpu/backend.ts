@@ -25,6 +25,7 @@ export type { KernelProfile } from "./profiler.ts";
 
 /** GPU storage: a range of a pooled buffer. */
 export interface GpuStorage extends Storage {
+  /** The pooled buffer the range lies in. */
   readonly buffer: GPUBuffer;
   /** Byte offset of the range (a multiple of 256 for views). */
   readonly offset: number;
@@ -42,6 +43,7 @@ const LARGE_STAGING = 64 * 1024 * 1024;
 /** Round a byte count up to the pool's size classes: multiples of 256 bytes (at least 256). */
 const bucket = (bytes: number): number => Math.max(256, Math.ceil(bytes / 256) * 256);
 
+/** How a GpuBackend is set up beyond its device (AdapterOptions adds the adapter choice). */
 export interface GpuBackendOptions {
   /** Force the kernel variant instead of choosing by adapter ("software" = llvmpipe-tuned). */
   readonly variant?: "software" | "hardware";
@@ -57,9 +59,13 @@ export interface GpuBackendOptions {
 
 /** A WebGPU backend over one device. Create it through the `Gpu` service (kernels/gpu/device.ts). */
 export class GpuBackend implements Backend {
+  /** Always "gpu". */
   readonly kind = "gpu" as const;
+  /** Float tensors are f32 on the GPU. */
   readonly floatArray = "f32" as const;
+  /** `webgpu <adapter description>`, with ` (software kernels)` when the llvmpipe-tuned variants run. */
   readonly name: string;
+  /** What kernels know of the adapter when they pick a variant (software or not, lanes, limits). */
   readonly target: GpuTarget;
   /** The limits kernels and the parameter store respect (the device's, lowered by `opts.limits`). */
   readonly limits: BackendLimits;
@@ -88,6 +94,10 @@ export class GpuBackend implements Backend {
   /** Present in profile mode (where the device has timestamp queries). */
   readonly #profiler: Profiler | null;
 
+  /**
+   * A backend over `device` (its adapter described by `adapterInfo`; software adapters get the llvmpipe-tuned
+   * kernel variants unless `opts.variant` says otherwise). openGpu/GpuLive make one.
+   */
   constructor(
     readonly device: GPUDevice,
     readonly adapterInfo: GPUAdapterInfo,
@@ -219,10 +229,12 @@ export class GpuBackend implements Backend {
     this.#give((s as GpuStorage).buffer);
   }
 
+  /** Bytes held by live tensors, allocated from the device (live + pooled), the peak, allocations made. */
   memory(): MemoryStats {
     return { live: this.#live, allocated: this.#allocated, peak: this.#peak, allocations: this.#allocations };
   }
 
+  /** Start a new peak measurement from the current live bytes. */
   resetPeak(): void {
     this.#peak = this.#live;
   }

@@ -6,6 +6,7 @@ import { applyLlvmpipeEnv } from "./llvmpipe.ts";
 
 /** How to pick an adapter. `BUPO_ADAPTER=low-power|high-performance|fallback` sets it from the environment. */
 export interface AdapterOptions extends GpuBackendOptions {
+  /** Passed to `requestAdapter` ("low-power" or "high-performance"). */
   readonly powerPreference?: GPUPowerPreference;
   /** Ask for the software (fallback) adapter. */
   readonly forceFallbackAdapter?: boolean;
@@ -13,8 +14,12 @@ export interface AdapterOptions extends GpuBackendOptions {
   readonly gpu?: Pick<GPU, "requestAdapter"> | undefined;
 }
 
-/** The WebGPU backend as a service. */
-export class Gpu extends Context.Service<Gpu, GpuBackend>()("bupo/Gpu") {}
+/** The base class of `Gpu`: effect's `Context.Service` keyed "bupo/Gpu" whose value is a GpuBackend. */
+export const gpuServiceBase = (): Context.ServiceClass<Gpu, "bupo/Gpu", GpuBackend> =>
+  Context.Service<Gpu, GpuBackend>()("bupo/Gpu");
+
+/** The WebGPU backend as a service: `yield* Gpu` in an Effect gives the GpuBackend that GpuLive provides. */
+export class Gpu extends gpuServiceBase() {}
 
 export const NO_ADAPTER_HELP =
   "No WebGPU adapter was found. bupo needs one: any GPU with a Vulkan, Metal or D3D12 " +

@@ -2,8 +2,11 @@
 
 /** Per-kernel timing collected in profile mode. */
 export interface KernelProfile {
+  /** The pass label (the kernel name unless the pass sets its own). */
   readonly name: string;
+  /** Dispatches timed. */
   readonly dispatches: number;
+  /** GPU time of those dispatches in total, in milliseconds. */
   readonly ms: number;
 }
 

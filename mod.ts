@@ -3,9 +3,10 @@
  * The public API; everything else is internal. Layers are 0-based everywhere (the paper's layer i is i-1).
  */
 
-// core: shapes, errors, RNG, optimizer math, safetensors
+// core: shapes, errors, JSON codecs, RNG, optimizer math, safetensors
 export * from "./core/shape.ts";
 export * from "./core/errors.ts";
+export type { Decoded, DecodeIssue, JsonCodec } from "./core/codec.ts";
 export { philox4x32, rngBits, type RngKey, rngUniform, uniform01 } from "./core/rng.ts";
 export { type AdamWConfig, adamwHyper, adamwReference, clipScale, globalNorm } from "./core/optim.ts";
 export { parseSafetensors, serializeSafetensors, toF32, toI32 } from "./core/safetensors.ts";
@@ -13,7 +14,12 @@ export { parseSafetensors, serializeSafetensors, toF32, toI32 } from "./core/saf
 // engine: tensors, backends, autodiff, ops
 export type { Backend, BackendLimits, MemoryStats, Storage } from "./engine/backend.ts";
 export { CpuBackend, type CpuStorage } from "./engine/cpu.ts";
-export { GpuBackend, type GpuBackendOptions, type GpuStorage, type KernelProfile } from "./engine/gpu/backend.ts";
+export {
+  GpuBackend,
+  type GpuBackendOptions,
+  type GpuStorage,
+  type KernelProfile,
+} from "./engine/gpu/backend.ts";
 export { type AdapterOptions, Gpu, GpuLive, gpuServiceBase, openGpu, withGpu } from "./engine/gpu/device.ts";
 export {
   defineKernel,
@@ -33,7 +39,17 @@ export {
 export { apply, apply1 } from "./engine/apply.ts";
 export type { Recorder } from "./engine/recorder.ts";
 export { custom, Tape } from "./engine/tape.ts";
-export { keep, reshape, scalar, Tensor, tensor, type TensorData, tidy, view, zeros } from "./engine/tensor.ts";
+export {
+  keep,
+  reshape,
+  scalar,
+  Tensor,
+  tensor,
+  type TensorData,
+  tidy,
+  view,
+  zeros,
+} from "./engine/tensor.ts";
 export { checkGrad } from "./kernels/gradcheck.ts";
 export * from "./kernels/elementwise.ts";
 export { concatRows, copyInto, permute, sliceRows, transpose } from "./kernels/layout.ts";
@@ -50,7 +66,15 @@ export { sample } from "./kernels/sample.ts";
 
 // policies: the decoder, its parameters, internal policies and their readouts
 export * from "./policies/config.ts";
-export { initParams, layoutOf, Params, paramsFromHost, segmentGrads } from "./policies/params.ts";
+export {
+  initParams,
+  type LayoutLimits,
+  layoutOf,
+  type ParamLayout,
+  Params,
+  paramsFromHost,
+  segmentGrads,
+} from "./policies/params.ts";
 export {
   forward,
   type ForwardResult,
@@ -73,24 +97,39 @@ export { createOptimizer, disposeOptimizer, loadMoments, momentsToHost } from ".
 export * as objectives from "./objectives/mod.ts";
 export {
   activeAt,
+  type ActiveTerm,
+  type Agg,
   bupo,
   entropy as entropyTerm,
   entropyBonus,
+  type EntropyTerm,
   grpo,
   gspo,
+  type KlEstimator,
   klPolicies,
+  type KlPoliciesTerm,
+  type KlTerm,
   klToRef,
   linear,
   MonoidObjective,
   nll,
+  type NllTerm,
+  type Node as ObjectiveNode,
   type Objective,
+  type ObjectiveMonoid,
   pg,
+  type PgOptions,
+  type PgTerm,
+  type Phase,
   phases,
+  type PhasesTerm,
   piecewise,
   scale as scaleObjective,
   selfDistill,
   show,
   sum as sumObjectives,
+  type Term,
+  type Weight,
   zero as zeroObjective,
 } from "./objectives/objective.ts";
 export { decodeObjective, ObjectiveCodec } from "./objectives/codec.ts";
@@ -110,8 +149,8 @@ export { loadTaskModule, resolveTask, splitTaskSpec } from "./formats/task.ts";
 
 // data: prompt datasets, chat templates, prompts as the model sees them, rewards
 export {
-  type Dataset,
   type DataFormat,
+  type Dataset,
   type DatasetOptions,
   epochOrder,
   loadDataset,
@@ -142,8 +181,8 @@ export {
   prepareRows,
   type PromptOptions,
   type PromptParts,
-  promptSetup,
   type PromptSetup,
+  promptSetup,
   readGenerationConfig,
   readPromptSetup,
 } from "./formats/generation.ts";
@@ -158,16 +197,22 @@ export {
 } from "./formats/rewards.ts";
 export * from "./tasks/reward.ts";
 export {
-  builtinReward,
+  BUILTIN_REWARDS,
   type BuiltinOptions,
   type BuiltinReward,
-  BUILTIN_REWARDS,
+  builtinReward,
   exactScore,
   formatScore,
   mathScore,
   regexReward,
 } from "./tasks/rewards.ts";
-export { answersEqual, extractAnswer, gradeMath, type MathGrade, normalizeAnswer } from "./tasks/math_grade.ts";
+export {
+  answersEqual,
+  extractAnswer,
+  gradeMath,
+  type MathGrade,
+  normalizeAnswer,
+} from "./tasks/math_grade.ts";
 
 // training: the configuration, the run, one RL step, evaluation
 export {
@@ -189,10 +234,10 @@ export {
 export { type Optimizer, optimizerStep } from "./training/optimizer.ts";
 export {
   type DifficultyResult,
-  evaluate,
   type EvalOptions,
-  type EvalResult,
   evalPolicyOf,
+  type EvalResult,
+  evaluate,
 } from "./training/evaluate.ts";
 
 // sweeps and comparisons: runs over a grid of settings and seeds, and their statistics

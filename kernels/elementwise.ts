@@ -41,8 +41,11 @@ export type UnaryOp =
   | "powc"
   | "step";
 
+/** The parameters of the unary kernel. */
 export interface UnaryParams {
+  /** The map applied to every element. */
   readonly op: UnaryOp;
+  /** The constant of `scale`, `addc`, `powc` (default 0). */
   readonly c?: number;
 }
 
@@ -189,9 +192,12 @@ export const unary: Kernel<UnaryParams> = defineKernel<UnaryParams>({
 
 // ---- binary with broadcasting -----------------------------------------------------------------------------
 
+/** Binary ops, elementwise after broadcasting; `ge` gives 1 where a >= b, else 0. */
 export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "min" | "ge";
 
+/** The parameters of the binary kernel. */
 export interface BinaryParams {
+  /** The op. */
   readonly op: BinaryOp;
 }
 
@@ -321,7 +327,9 @@ export const binary: Kernel<BinaryParams> = defineKernel<BinaryParams>({
 
 // ---- sumTo: the un-broadcast --------------------------------------------------------------------------------
 
+/** The parameters of the sumTo kernel. */
 export interface SumToParams {
+  /** The target shape (it must broadcast to the input's). */
   readonly shape: Shape;
 }
 
@@ -439,22 +447,35 @@ const onesLike = (x: Tensor, shape: Shape): Tensor => {
 
 /** Apply a unary op. */
 export const map = (x: Tensor, op: UnaryOp, c?: number): Tensor => apply1(unary, { op, c }, [x]);
+/** -x, elementwise. */
 export const neg = (x: Tensor): Tensor => map(x, "neg");
+/** e^x, elementwise. */
 export const exp = (x: Tensor): Tensor => map(x, "exp");
+/** The natural log, elementwise (NaN below 0, -Infinity at 0). */
 export const log = (x: Tensor): Tensor => map(x, "log");
+/** The square root, elementwise. */
 export const sqrt = (x: Tensor): Tensor => map(x, "sqrt");
+/** x^2, elementwise. */
 export const square = (x: Tensor): Tensor => map(x, "square");
+/** SiLU: x * sigmoid(x) = x / (1 + e^-x), elementwise. */
 export const silu = (x: Tensor): Tensor => map(x, "silu");
+/** 1 / (1 + e^-x), elementwise. */
 export const sigmoid = (x: Tensor): Tensor => map(x, "sigmoid");
 /** x * c for a constant c. */
 export const scale = (x: Tensor, c: number): Tensor => map(x, "scale", c);
 /** x + c for a constant c. */
 export const addc = (x: Tensor, c: number): Tensor => map(x, "addc", c);
+/** a + b with NumPy broadcasting. */
 export const add = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "add" }, [a, b]);
+/** a - b with NumPy broadcasting. */
 export const sub = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "sub" }, [a, b]);
+/** a * b with NumPy broadcasting. */
 export const mul = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "mul" }, [a, b]);
+/** a / b with NumPy broadcasting. */
 export const div = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "div" }, [a, b]);
+/** The larger of a and b, elementwise, with NumPy broadcasting. */
 export const maximum = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "max" }, [a, b]);
+/** The smaller of a and b, elementwise, with NumPy broadcasting. */
 export const minimum = (a: Tensor, b: Tensor): Tensor => apply1(binary, { op: "min" }, [a, b]);
 /** Sum `x` down to `shape` (no-op when equal). */
 export const sumTo = (x: Tensor, shape: Shape): Tensor =>

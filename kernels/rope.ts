@@ -16,10 +16,15 @@ const WG = 64;
  * s = (originalMaxPositionEmbeddings / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor).
  */
 export interface RopeScaling {
+  /** The rule (`rope_type` "llama3"); the only one supported. */
   readonly kind: "llama3";
+  /** `factor`: low frequencies are divided by it (Llama 3.1: 8, Llama 3.2: 32). */
   readonly factor: number;
+  /** `low_freq_factor` (Llama 3.x: 1). */
   readonly lowFreqFactor: number;
+  /** `high_freq_factor` (Llama 3.x: 4). */
   readonly highFreqFactor: number;
+  /** `original_max_position_embeddings`: the context the model was pretrained at (Llama 3: 8192). */
   readonly originalMaxPositionEmbeddings: number;
 }
 

@@ -1,6 +1,7 @@
 /** io-ts JSON codec of objectives: exact round trips, and ConfigErrors that name the JSON path of a problem. */
 import * as E from "fp-ts/Either.js";
 import * as t from "io-ts";
+import type { JsonCodec } from "../core/codec.ts";
 import { ConfigError, showValue } from "../core/errors.ts";
 import { type InternalPolicy, InternalPolicyCodec } from "../policies/internal.ts";
 import {
@@ -289,13 +290,8 @@ const validate = (u: unknown, c: t.Context): t.Validation<Objective> => {
   }
 };
 
-/**
- * io-ts codec of an objective. Encoding is the identity (an objective is plain JSON data); decoding checks every
- * field, fills documented defaults for omitted optional fields (weight 1, pg clip 0.2/0.2, no dual clip, token
- * ratio, token-mean, no tis; kl estimator k3; policy norm raw) and rejects unknown fields, so
- * decode(JSON.parse(JSON.stringify(o))) equals o exactly.
- */
-export const ObjectiveCodec: t.Type<Objective, unknown, unknown> = new t.Type<Objective, unknown, unknown>(
+/** The io-ts Type behind ObjectiveCodec (its errors carry io-ts contexts, which decodeObjective reads). */
+const objectiveType: t.Type<Objective, unknown, unknown> = new t.Type<Objective, unknown, unknown>(
   "Objective",
   (u): u is Objective => {
     const d = validate(u, [{ key: "", type: t.unknown, actual: u }]);
@@ -305,6 +301,14 @@ export const ObjectiveCodec: t.Type<Objective, unknown, unknown> = new t.Type<Ob
   (o) => o,
 );
 
+/**
+ * The codec of an objective (an io-ts Type underneath). Encoding is the identity (an objective is plain JSON
+ * data); decoding checks every field, fills documented defaults for omitted optional fields (weight 1, pg clip
+ * 0.2/0.2, no dual clip, token ratio, token-mean, no tis; kl estimator k3; policy norm raw) and rejects unknown
+ * fields, so decode(JSON.parse(JSON.stringify(o))) equals o exactly; `is` accepts canonical objectives only.
+ */
+export const ObjectiveCodec: JsonCodec<Objective> = objectiveType;
+
 /** The JSON path of an io-ts error's context (`terms[2].kind`; `(root)` for the value itself). */
 export const contextPath = (c: t.Context): string => fieldOf(c.slice(1).map((e) => e.key));
 
@@ -313,7 +317,7 @@ export const contextPath = (c: t.Context): string => fieldOf(c.slice(1).map((e) 
  * path of the first problem, e.g. `terms[2].kind` with message `<source>: terms[2].kind: unknown term "foo" ...`.
  */
 export const decodeObjective = (source: string, json: unknown): Objective => {
-  const d = ObjectiveCodec.decode(json);
+  const d = objectiveType.decode(json);
   if (E.isRight(d)) return d.right;
   const e = d.left[0];
   const field = contextPath(e.context);
@@ -321,7 +325,7 @@ export const decodeObjective = (source: string, json: unknown): Objective => {
 };
 
 /** The JSON text of an objective (what checkpoints store). */
-export const objectiveToJson = (o: Objective): string => JSON.stringify(ObjectiveCodec.encode(o));
+export const objectiveToJson = (o: Objective): string => JSON.stringify(objectiveType.encode(o));
 
 /** Parse and decode JSON text; a syntax error is a ConfigError on `(root)`. */
 export const objectiveFromJson = (source: string, text: string): Objective => {

@@ -150,13 +150,21 @@ export const seqMeanTokenSumNorm = (maxLen: number): Agg => ({ kind: "seq-mean-t
  * seq-mean-token-mean its gradient equals this one).
  */
 export interface PgTerm {
+  /** The term's tag. */
   readonly kind: "pg";
+  /** The policy whose new and old log-probs form the ratio. */
   readonly policy: InternalPolicy;
+  /** Lower clip: the ratio is clipped below at 1 - clipLow (default 0.2). */
   readonly clipLow: number;
+  /** Upper clip: above at 1 + clipHigh (default 0.2; DAPO's clip-higher raises it). */
   readonly clipHigh: number;
+  /** Dual-clip constant c > 1 for negative advantages, or null for none. */
   readonly dualClip: number | null;
+  /** `token`: one ratio per token (PPO/GRPO); `sequence`: one per sequence (GSPO). */
   readonly ratio: "token" | "sequence";
+  /** How per-token losses become a scalar. */
   readonly agg: Agg;
+  /** Truncated importance correction with its cap, or null for none. */
   readonly tis: { readonly cap: number } | null;
 }
 
@@ -165,31 +173,45 @@ export type KlEstimator = "k1" | "k2" | "k3";
 
 /** KL to a reference model: k1 = logp - logref, k2 = (logp - logref)^2 / 2, k3 = e^d - d - 1 with d = logref - logp. */
 export interface KlTerm {
+  /** The term's tag. */
   readonly kind: "kl";
+  /** The policy compared with the reference model's own policy. */
   readonly policy: InternalPolicy;
+  /** The per-token estimator (default k3). */
   readonly estimator: KlEstimator;
+  /** How per-token values become a scalar. */
   readonly agg: Agg;
 }
 
 /** The policy's full-vocabulary entropy (value = +entropy; a bonus needs a negative weight, see `entropyBonus`). */
 export interface EntropyTerm {
+  /** The term's tag. */
   readonly kind: "entropy";
+  /** The policy whose entropy (nats, full vocabulary) is taken at each response position. */
   readonly policy: InternalPolicy;
+  /** How per-token values become a scalar. */
   readonly agg: Agg;
 }
 
 /** Negative log-likelihood of the batch tokens: per token -logp. */
 export interface NllTerm {
+  /** The term's tag. */
   readonly kind: "nll";
+  /** The policy whose log-probs of the batch tokens are taken. */
   readonly policy: InternalPolicy;
+  /** How per-token values become a scalar. */
   readonly agg: Agg;
 }
 
 /** Per-token full-vocabulary KL(pi_from || pi_to), read from the `kl(from,to)` readout. */
 export interface KlPoliciesTerm {
+  /** The term's tag. */
   readonly kind: "klPolicies";
+  /** The first argument of KL: the distribution expectations are taken under (the teacher in selfDistill). */
   readonly from: InternalPolicy;
+  /** The second argument. */
   readonly to: InternalPolicy;
+  /** How per-token values become a scalar. */
   readonly agg: Agg;
 }
 
@@ -198,13 +220,17 @@ export type Term = PgTerm | KlTerm | EntropyTerm | NllTerm | KlPoliciesTerm;
 
 /** One phase: active for steps <= `until` after the previous phase; the last phase has `until: null`. */
 export interface Phase {
+  /** The last (1-based, absolute) step of this phase; null for the last phase. */
   readonly until: number | null;
+  /** What the loss is during the phase. */
   readonly objective: Objective;
 }
 
 /** A schedule of objectives by (1-based, absolute) training step. */
 export interface PhasesTerm {
+  /** The term's tag. */
   readonly kind: "phases";
+  /** The phases in order; at every step exactly one is active (`phaseAt`). */
   readonly phases: readonly Phase[];
 }
 
@@ -213,6 +239,7 @@ export type Node = { readonly weight: Weight } & (Term | PhasesTerm);
 
 /** An objective: the sum of its weighted terms (the empty sum is `zero`). A plain JSON-ready value. */
 export interface Objective {
+  /** The weighted summands, in order (show, the logs and the codec keep it). */
   readonly terms: readonly Node[];
 }
 
@@ -324,8 +351,16 @@ export const SemigroupObjective: Semigroup<Objective> = {
   ) => (a.terms.length === 0 ? b : b.terms.length === 0 ? a : { terms: [...a.terms, ...b.terms] }),
 };
 
+/** A monoid of objectives (fp-ts's Monoid<Objective>, by structure): an associative `concat` and its identity. */
+export interface ObjectiveMonoid {
+  /** a + b: the terms of a, then those of b. */
+  readonly concat: (a: Objective, b: Objective) => Objective;
+  /** The identity: `zero`, no terms. */
+  readonly empty: Objective;
+}
+
 /** The Monoid of objectives under +, with `zero`. */
-export const MonoidObjective: Monoid<Objective> = { ...SemigroupObjective, empty: zero };
+export const MonoidObjective: ObjectiveMonoid = { ...SemigroupObjective, empty: zero };
 
 /** Sum of any number of objectives. */
 export const sum = (...os: readonly Objective[]): Objective => concatAll(MonoidObjective)(os);
@@ -334,7 +369,7 @@ export const sum = (...os: readonly Objective[]): Objective => concatAll(MonoidO
  * `scale(w)(o)`: multiply every term's weight by w (distributes into the sum; `scale(0)` gives `zero`; a term
  * whose weight becomes exactly 0 is dropped).
  */
-export const scale = (w: Weight) => (o: Objective): Objective => {
+export const scale = (w: Weight): (o: Objective) => Objective => (o: Objective): Objective => {
   checked("weight", w, weightProblem);
   if (w === 0) return zero;
   if (w === 1) return o;
@@ -371,7 +406,9 @@ export const phaseAt = (ps: readonly Phase[], step: number): number => {
 
 /** A term in force at a step with its weight evaluated: the normal form interpreters consume. */
 export interface ActiveTerm {
+  /** The weight at the step, nested phase and scale factors multiplied in (never 0). */
   readonly weight: number;
+  /** The term itself. */
   readonly term: Term;
 }
 
@@ -415,11 +452,17 @@ const single = (weight: Weight, t: Term): Objective => ({
 
 /** Options of a clipped-surrogate term (all optional; defaults: 0.2/0.2, no dual clip, token ratio, token-mean). */
 export interface PgOptions {
+  /** PgTerm.clipLow (default 0.2). */
   readonly clipLow?: number;
+  /** PgTerm.clipHigh (default 0.2). */
   readonly clipHigh?: number;
+  /** PgTerm.dualClip (default null: none). */
   readonly dualClip?: number | null;
+  /** PgTerm.ratio (default `token`). */
   readonly ratio?: "token" | "sequence";
+  /** PgTerm.agg (default `token-mean`). */
   readonly agg?: Agg;
+  /** PgTerm.tis (default null: none). */
   readonly tis?: { readonly cap: number } | null;
 }
 
@@ -486,8 +529,11 @@ export const klPolicies = (from: InternalPolicy, to: InternalPolicy, agg: Agg = 
  * Self-distillation of a lower internal policy towards an upper one: KL(pi_upper || pi_lower) (forward KL,
  * teacher first). Whether the teacher side is detached is the readout's business, not the objective's.
  */
-export const selfDistill = (lower: InternalPolicy, upper: InternalPolicy = final, agg: Agg = "token-mean") =>
-  klPolicies(upper, lower, agg);
+export const selfDistill = (
+  lower: InternalPolicy,
+  upper: InternalPolicy = final,
+  agg: Agg = "token-mean",
+): Objective => klPolicies(upper, lower, agg);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Show and equality

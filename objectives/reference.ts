@@ -19,7 +19,9 @@ import {
  * never read (padding may hold anything, NaN included).
  */
 export interface Batch {
+  /** Sequences. */
   readonly N: number;
+  /** Positions per sequence (padded); position t's values are about token t. */
   readonly T: number;
   /** (N*T) 1 on response tokens, 0 elsewhere (other values act as token weights). */
   readonly mask: Float64Array;
@@ -45,31 +47,43 @@ export interface Readouts {
 
 /** d loss / d readout, shaped like `Readouts`, with an entry for exactly the readouts the step used. */
 export interface Grads {
+  /** d loss / d logp per policy key, each (N*T). */
   readonly logp: Map<string, Float64Array>;
+  /** d loss / d entropy per policy key, each (N*T). */
   readonly entropy: Map<string, Float64Array>;
+  /** d loss / d KL per `from|to` key, each (N*T). */
   readonly kl: Map<string, Float64Array>;
 }
 
 /** Metrics of one active term. `clipFraction`, `dualClipFraction`, `approxKl` only for pg terms. */
 export interface TermMetric {
+  /** The term as `showTerm` prints it, e.g. `pg(layer(5))`. */
   readonly show: string;
+  /** Its weight at this step. */
   readonly weight: number;
   /** the term's unweighted value (its contribution to the loss is weight * value). */
   readonly value: number;
+  /** pg terms: the fraction of response tokens whose ratio was clipped. */
   readonly clipFraction?: number;
+  /** pg terms with dualClip: the fraction of response tokens the dual clip bound. */
   readonly dualClipFraction?: number;
+  /** pg terms: the token-mean of logp_old - logp_new (verl's ppo_kl). */
   readonly approxKl?: number;
 }
 
 /** What `evaluate` returns. */
 export interface Evaluation {
+  /** The scalar loss: the sum over active terms of weight * value. */
   readonly loss: number;
+  /** Its gradient with respect to every readout the step used. */
   readonly grads: Grads;
+  /** What the logs show of the step. */
   readonly metrics: {
     /** mean over the pg terms of each term's clip fraction (0 without pg terms). */
     readonly clipFraction: number;
     /** mean over the pg terms of the token-mean of (logp_old - logp_new) (verl's ppo_kl; 0 without pg terms). */
     readonly approxKl: number;
+    /** One entry per active term, in `activeAt` order. */
     readonly perTerm: readonly TermMetric[];
   };
 }

@@ -16,6 +16,7 @@ export interface LayerProblem {
   readonly term: string;
   /** `showPolicy` of the policy it reads. */
   readonly policy: string;
+  /** The 0-based layer the policy reads (at or past the model's layer count). */
   readonly layer: number;
   /** The 1-based steps of the phase the term is in force: `1..10`, `11..` (every step outside phases). */
   readonly steps: string;

@@ -25,16 +25,27 @@ const PositiveNumber = t.brand(
 
 /** Architecture of a decoder-only transformer. Layers are 0-based everywhere. */
 export interface DecoderConfig {
+  /** config.json's `architectures[0]`: the family, which fixes qkvBias / qkNorm. */
   readonly architecture: "Qwen3ForCausalLM" | "Qwen2ForCausalLM" | "LlamaForCausalLM";
+  /** V: rows of the embedding and the unembedding (config.json's vocab_size; may exceed the tokenizer's). */
   readonly vocabSize: number;
+  /** d: width of the residual stream. */
   readonly hiddenSize: number;
+  /** L: decoder layers, numbered 0..L-1. */
   readonly numLayers: number;
+  /** Query heads per layer. */
   readonly numHeads: number;
+  /** Key/value heads per layer (grouped-query attention: numHeads is a multiple of it). */
   readonly numKvHeads: number;
+  /** D: width of one head (q_proj has numHeads x D rows; not necessarily d / numHeads). */
   readonly headDim: number;
+  /** Width of the SwiGLU FFN's hidden layer (gate_proj and up_proj rows). */
   readonly intermediateSize: number;
+  /** Epsilon of every RMSNorm. */
   readonly rmsNormEps: number;
+  /** Rotary base frequency theta. */
   readonly ropeTheta: number;
+  /** The unembedding E_u is the embedding matrix (no lm_head.weight). */
   readonly tieWordEmbeddings: boolean;
   /** Qwen2: bias on the q, k and v projections. */
   readonly qkvBias: boolean;
@@ -64,7 +75,9 @@ export const tinyConfig = (over: Partial<DecoderConfig> = {}): DecoderConfig => 
 
 /** One named parameter: its Hugging Face tensor name and shape ([out, in] for linear layers). */
 export interface ParamSpec {
+  /** The Hugging Face tensor name, e.g. `model.layers.0.self_attn.q_proj.weight`. */
   readonly name: string;
+  /** Its shape: [out, in] for linear weights, [d] for norm scales, [V, d] for the embedding. */
   readonly shape: Shape;
   /** How to initialize it: normal(0, std) for matrices, ones for norm scales, zeros for biases. */
   readonly init: "normal" | "ones" | "zeros";

@@ -64,11 +64,15 @@ export interface GenerateOptions {
   readonly policy?: InternalPolicy;
 }
 
+/** Sampled sequences: each row its prompt, its response, then pad. */
 export interface Rollout {
   /** Row-major ids (B, T): prompt, response, then pad. T = max prompt length + maxNew. */
   readonly ids: Int32Array;
+  /** Sequences (rows). */
   readonly B: number;
+  /** Columns of `ids`. */
   readonly T: number;
+  /** Prompt tokens of each row (its response starts at that column). */
   readonly promptLens: readonly number[];
   /** Response tokens per sequence, eos included when it was sampled. */
   readonly responseLens: readonly number[];

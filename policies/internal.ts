@@ -8,9 +8,15 @@
  * - `normed` (the logit lens): E_u RMSNorm_final(x), each readout normalized by its own RMS.
  */
 import * as t from "io-ts";
+import type { JsonCodec } from "../core/codec.ts";
 
+/** How a readout treats the residual point x: `raw` E_u x (the paper's), `normed` E_u RMSNorm_final(x). */
 export type ReadoutNorm = "raw" | "normed";
 
+/**
+ * An internal policy: `final` (the model's own), or the readout of layer l's output h_l (`layer`), of its
+ * attention output A_l (`attn`) or of its FFN output F_l (`ffn`), l 0-based, under a readout norm.
+ */
 export type InternalPolicy =
   | { readonly kind: "final" }
   | { readonly kind: "layer"; readonly layer: number; readonly norm: ReadoutNorm }
@@ -58,8 +64,8 @@ export const samePolicy = (a: InternalPolicy, b: InternalPolicy): boolean => sho
 const Norm = t.keyof({ raw: null, normed: null });
 const LayerIndex = t.refinement(t.number, (n) => Number.isInteger(n) && n >= 0, "LayerIndex");
 
-/** io-ts codec of an internal policy (for objective JSON in checkpoints). */
-export const InternalPolicyCodec: t.Type<InternalPolicy, unknown> = t.union([
+/** The codec of an internal policy (for objective JSON in checkpoints); an io-ts Type underneath. */
+export const InternalPolicyCodec: JsonCodec<InternalPolicy> = t.union([
   t.type({ kind: t.literal("final") }),
   t.type({ kind: t.literal("layer"), layer: LayerIndex, norm: Norm }),
   t.type({ kind: t.literal("attn"), layer: LayerIndex, norm: Norm }),

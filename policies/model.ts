@@ -33,9 +33,11 @@ export interface LayerTaps {
   readonly out: Tensor;
 }
 
+/** The named taps of a forward pass over (B, T) ids. */
 export interface ForwardResult {
   /** h_{-1}: the embedding output. (B, T, d) */
   readonly embed: Tensor;
+  /** The taps of each layer, layers[l] for layer l (0-based). */
   readonly layers: readonly LayerTaps[];
   /** RMSNorm_final(h_{L-1}): what the unembedding reads for the model's own policy. (B, T, d) */
   readonly final: Tensor;

@@ -15,6 +15,7 @@ const aligned = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
 
 /** Where each parameter lives: its segment and its element offset in it. */
 export interface ParamLayout {
+  /** The parameters, in storage order. */
   readonly specs: readonly ParamSpec[];
   /** Segment of each parameter. */
   readonly segment: readonly number[];
@@ -80,8 +81,10 @@ export const flatLayoutOf = (specs: readonly ParamSpec[]): ParamLayout => layout
 
 /** Segment buffers and their named views. Dispose it to free the buffers. */
 export class Params {
+  /** One view per parameter, in `layout.specs` order. */
   readonly views: readonly Tensor[];
   readonly #byName = new Map<string, Tensor>();
+  /** Named views over `segments` (one tensor per layout segment, of its size); a mismatch is a ShapeError. */
   constructor(readonly layout: ParamLayout, readonly segments: readonly Tensor[]) {
     if (
       segments.length !== layout.segmentSizes.length ||
@@ -105,12 +108,15 @@ export class Params {
     if (!t) throw new ShapeError({ op: "Params.get", message: `no parameter named ${name}` });
     return t;
   }
+  /** Whether a parameter of that Hugging Face name exists (e.g. `lm_head.weight` for untied models). */
   has(name: string): boolean {
     return this.#byName.has(name);
   }
+  /** The backend the segments live on. */
   get backend(): Backend {
     return this.segments[0].backend;
   }
+  /** Free the views and the segment buffers. */
   dispose(): void {
     for (const v of this.views) v.dispose();
     for (const s of this.segments) s.dispose();

@@ -87,7 +87,14 @@ export * from "./policies/internal.ts";
 export { streamReadout } from "./policies/readout.ts";
 export { forwardPolicies, policyPoint, readPoints, readPolicies } from "./policies/policy.ts";
 export { paramsToHost, readModelDir, toParams, writeModelDir } from "./formats/hf.ts";
-export { CharTokenizer, HfTokenizer, type TextTokenizer } from "./formats/tokenizer.ts";
+export {
+  CharTokenizer,
+  type DecodeOptions,
+  HfTokenizer,
+  type HfTokenizerModel,
+  type TextTokenizer,
+  UnknownCharError,
+} from "./formats/tokenizer.ts";
 export { loadTokenizer, saveTokenizer } from "./formats/tokenizer.ts";
 export { generate, type Rollout } from "./policies/generate.ts";
 export { lossAndGrads, supervisedStep } from "./training/sft.ts";

@@ -4,10 +4,10 @@
  * normalized to one type, and a seeded resumable sampler. (formats/generation.ts's prepareRows renders and
  * encodes rows and drops the overlong ones.)
  */
-import { Data, Effect } from "effect";
+import { Effect } from "effect";
 import { parquetReadObjects } from "hyparquet";
 import { compressors } from "hyparquet-compressors";
-import { ConfigError, FileFormatError } from "../core/errors.ts";
+import { ConfigError, FileFormatError, TaggedError } from "../core/errors.ts";
 import { rngBits, splitmix32 } from "../core/rng.ts";
 import { readBytes } from "../io/files.ts";
 import type { Message, Prompt, RewardRow } from "../tasks/reward.ts";
@@ -15,7 +15,7 @@ import type { Message, Prompt, RewardRow } from "../tasks/reward.ts";
 export type { Message, Prompt } from "../tasks/reward.ts";
 
 /** A row of a dataset is bad: names the file, the row (1-based, in file order) and the field. */
-export class RowError extends Data.TaggedError("RowError")<{
+export class RowError extends TaggedError("RowError")<{
   readonly file: string;
   /** 1-based row number among the file's rows. */
   readonly row: number;

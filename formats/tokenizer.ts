@@ -1,7 +1,7 @@
 /** Tokenizers: a character tokenizer stored as a Hugging Face tokenizer.json, and a loader for real HF folders. */
-import { Data, Effect } from "effect";
+import { Effect } from "effect";
 import { Tokenizer } from "@huggingface/tokenizers";
-import { ConfigError, FileFormatError, showValue } from "../core/errors.ts";
+import { ConfigError, FileFormatError, showValue, TaggedError } from "../core/errors.ts";
 import { exists, folderRoots, insideFolder, printable, readJson, writeAtomic } from "../io/files.ts";
 import { prototypeKey } from "../policies/config.ts";
 
@@ -13,7 +13,9 @@ import { prototypeKey } from "../policies/config.ts";
 export interface TextTokenizer {
   /** Number of ids: every id is in [0, vocabSize). */
   readonly vocabSize: number;
+  /** The ids of `text` (no special tokens added; special tokens written in the text become their ids). */
   encode(text: string): number[];
+  /** The text of `ids` (special tokens written out); an id outside [0, vocabSize) is a RangeError. */
   decode(ids: readonly number[]): string;
   /** Begin-of-sequence id, where the model uses one. */
   readonly bos?: number;
@@ -24,7 +26,7 @@ export interface TextTokenizer {
 }
 
 /** A character of the text has no token. */
-export class UnknownCharError extends Data.TaggedError("UnknownCharError")<{
+export class UnknownCharError extends TaggedError("UnknownCharError")<{
   readonly char: string;
   readonly index: number;
   readonly message: string;
@@ -57,6 +59,7 @@ export interface DecodeOptions {
  * Rust `tokenizers`) with identical ids; this class is the authority on what the ids are.
  */
 export class CharTokenizer implements TextTokenizer {
+  /** Always "char". */
   readonly kind = "char" as const;
   /** Token text by id: special contents and single characters. */
   readonly tokens: readonly string[];
@@ -212,8 +215,20 @@ export class CharTokenizer implements TextTokenizer {
   }
 }
 
+/**
+ * What HfTokenizer uses of an `@huggingface/tokenizers` Tokenizer (one is an HfTokenizerModel by structure).
+ */
+export interface HfTokenizerModel {
+  /** The ids of `text` and each piece's text (`add_special_tokens: false`: no post-processor specials). */
+  encode(text: string, options?: { add_special_tokens?: boolean }): { ids: number[]; tokens: string[] };
+  /** The text of `ids`, special tokens left out with `skip_special_tokens`. */
+  decode(ids: number[], options?: { skip_special_tokens?: boolean }): string;
+  /** Piece text to id; added tokens included with `true`. */
+  get_vocab(withAddedTokens?: boolean): Map<string, number>;
+}
+
 /** One more than the largest id of a tokenizer's vocabulary (added tokens included). */
-const vocabSizeOf = (inner: Tokenizer): number => {
+const vocabSizeOf = (inner: HfTokenizerModel): number => {
   let max = -1;
   for (const id of inner.get_vocab(true).values()) max = Math.max(max, id);
   return max + 1;
@@ -221,10 +236,16 @@ const vocabSizeOf = (inner: Tokenizer): number => {
 
 /** A Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) run by `@huggingface/tokenizers`. */
 export class HfTokenizer implements TextTokenizer {
+  /** Always "hf". */
   readonly kind = "hf" as const;
+  /** One more than the largest id, added tokens included (or the size given to the constructor). */
   readonly vocabSize: number;
+  /**
+   * Wrap a loaded tokenizer read from `file` with its special ids; `vocabSize` defaults to one more than its
+   * largest id. `readTokenizerDir` / `loadTokenizer` build one from a folder.
+   */
   constructor(
-    readonly inner: Tokenizer,
+    readonly inner: HfTokenizerModel,
     readonly file: string,
     readonly eos: number,
     readonly pad: number,

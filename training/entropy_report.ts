@@ -185,14 +185,39 @@ export const readPrompts = (file: string): Effect.Effect<string[], FileFormatErr
 /** The norm the boundary rule reads: raw when the flow has it (the paper's convention), else normed. */
 const boundaryNorm = (flow: EntropyFlow): ReadoutNorm => (flow.norms.includes("raw") ? "raw" : "normed");
 
-/** The boundary layer of a flow (policies/analysis.ts boundaryLayer) and the norm it was read on. */
-export const boundaryOf = (flow: EntropyFlow): BoundaryChoice & { readonly norm: ReadoutNorm } => ({
-  ...boundaryOfFlow(flow, boundaryNorm(flow)),
-  norm: boundaryNorm(flow),
-});
+/**
+ * The boundary layer of a flow (policies/analysis.ts boundaryLayer) and the norm it was read on; `problem` instead
+ * when the rule cannot be applied (a non-finite entropy change, e.g. from non-finite weights loaded with
+ * --allow-nonfinite).
+ */
+export const boundaryOf = (
+  flow: EntropyFlow,
+): (BoundaryChoice & { readonly norm: ReadoutNorm }) | {
+  readonly problem: string;
+  readonly norm: ReadoutNorm;
+} => {
+  const norm = boundaryNorm(flow);
+  try {
+    return { ...boundaryOfFlow(flow, norm), norm };
+  } catch (e) {
+    if (e instanceof RangeError) return { problem: e.message, norm };
+    throw e;
+  }
+};
+
+/** The boundary choice on `norm`, or null where the rule cannot be applied (non-finite changes). */
+const safeBoundary = (flow: EntropyFlow, norm: ReadoutNorm): BoundaryChoice | null => {
+  try {
+    return boundaryOfFlow(flow, norm);
+  } catch (e) {
+    if (e instanceof RangeError) return null;
+    throw e;
+  }
+};
 
 const boundaryJson = (flow: EntropyFlow) => {
   const b = boundaryOf(flow);
+  if ("problem" in b) return { layer: null, problem: b.problem, norm: b.norm, rule: BOUNDARY_RULE };
   return {
     layer: b.layer,
     paperLayer: b.layer + 1,
@@ -205,6 +230,7 @@ const boundaryJson = (flow: EntropyFlow) => {
 /** The line printed after the summary table: the boundary layer `--layer auto` would choose on this input. */
 export const boundaryLine = (flow: EntropyFlow): string => {
   const b = boundaryOf(flow);
+  if ("problem" in b) return `boundary layer: none (${b.problem})`;
   return `boundary layer (the last layer whose FFN entropy change is still positive, ${b.norm}): ${b.layer} ` +
     `(the paper's layer ${b.layer + 1}; ${b.reason})${
       b.norm === "raw" ? "" : "; --layer auto reads the raw readouts"
@@ -273,9 +299,11 @@ export const multiModelSvg = (models: readonly NamedFlow[], title: string): stri
           points: m.flow.layers.map((l) => [x(m.flow.numLayers, l.layer), l[norm]!.change[what]] as const),
         })),
         vlines: marks
-          ? models.map((m, i): VLine => {
-            const b = boundaryOfFlow(m.flow, norm);
-            return { x: x(m.flow.numLayers, b.layer), label: `k=${b.layer}`, color: color(i) };
+          ? models.flatMap((m, i): VLine[] => {
+            const b = safeBoundary(m.flow, norm);
+            return b === null
+              ? []
+              : [{ x: x(m.flow.numLayers, b.layer), label: `k=${b.layer}`, color: color(i) }];
           })
           : undefined,
       });

@@ -233,7 +233,7 @@ export const resolveConfig = (
       const flag = k in flags, field = flag ? flagOf(k) : k;
       if (!flag && !(k in file)) continue;
       throw new ConfigError({
-        source: flag ? "flags" : fileName,
+        source: flag ? "flags" : "config file",
         field,
         message: `${field} ${c[k]}: the objective module ${c.objective} defines its own ${
           k === "layer" || k === "phaseSteps" ? "policies and phases" : "clip range and importance correction"

@@ -193,37 +193,38 @@ export const readPrompts = (file: string): Effect.Effect<string[], FileFormatErr
 const boundaryNorm = (flow: EntropyFlow): ReadoutNorm => (flow.norms.includes("raw") ? "raw" : "normed");
 
 /**
- * The first layer whose FFN entropy change under `norm` is NaN or infinite (a model read with --allow-nonfinite),
- * or undefined: boundaryLayer has no answer for such a flow.
- */
-export const nonFiniteChange = (flow: EntropyFlow, norm: ReadoutNorm): number | undefined => {
-  const l = flow.layers.findIndex((x) => !Number.isFinite(x[norm]!.change.ffn));
-  return l < 0 ? undefined : l;
-};
-
-/**
- * The boundary layer of a flow (policies/analysis.ts boundaryLayer) and the norm it was read on; undefined when
- * an FFN entropy change is not finite (nonFiniteChange).
+ * The boundary layer of a flow (policies/analysis.ts boundaryLayer) and the norm it was read on; `problem` instead
+ * when the rule cannot be applied (a non-finite entropy change, e.g. from non-finite weights loaded with
+ * --allow-nonfinite).
  */
 export const boundaryOf = (
   flow: EntropyFlow,
-): (BoundaryChoice & { readonly norm: ReadoutNorm }) | undefined =>
-  nonFiniteChange(flow, boundaryNorm(flow)) !== undefined
-    ? undefined
-    : { ...boundaryOfFlow(flow, boundaryNorm(flow)), norm: boundaryNorm(flow) };
+): (BoundaryChoice & { readonly norm: ReadoutNorm }) | {
+  readonly problem: string;
+  readonly norm: ReadoutNorm;
+} => {
+  const norm = boundaryNorm(flow);
+  try {
+    return { ...boundaryOfFlow(flow, norm), norm };
+  } catch (e) {
+    if (e instanceof RangeError) return { problem: e.message, norm };
+    throw e;
+  }
+};
+
+/** The boundary choice on `norm`, or null where the rule cannot be applied (non-finite changes). */
+const safeBoundary = (flow: EntropyFlow, norm: ReadoutNorm): BoundaryChoice | null => {
+  try {
+    return boundaryOfFlow(flow, norm);
+  } catch (e) {
+    if (e instanceof RangeError) return null;
+    throw e;
+  }
+};
 
 const boundaryJson = (flow: EntropyFlow) => {
-  const b = boundaryOf(flow), norm = boundaryNorm(flow);
-  if (!b) {
-    return {
-      layer: null,
-      paperLayer: null,
-      reason: "non-finite",
-      nonFiniteLayer: nonFiniteChange(flow, norm),
-      norm,
-      rule: BOUNDARY_RULE,
-    };
-  }
+  const b = boundaryOf(flow);
+  if ("problem" in b) return { layer: null, problem: b.problem, norm: b.norm, rule: BOUNDARY_RULE };
   return {
     layer: b.layer,
     paperLayer: b.layer + 1,
@@ -236,11 +237,7 @@ const boundaryJson = (flow: EntropyFlow) => {
 /** The line printed after the summary table: the boundary layer `--layer auto` would choose on this input. */
 export const boundaryLine = (flow: EntropyFlow): string => {
   const b = boundaryOf(flow);
-  if (!b) {
-    const norm = boundaryNorm(flow), l = nonFiniteChange(flow, norm)!;
-    return `boundary layer (${norm}): none: the FFN entropy change of layer ${l} is ` +
-      `${flow.layers[l][norm]!.change.ffn} (non-finite weights or activations)`;
-  }
+  if ("problem" in b) return `boundary layer: none (${b.problem})`;
   return `boundary layer (the last layer whose FFN entropy change is still positive, ${b.norm}): ${b.layer} ` +
     `(the paper's layer ${b.layer + 1}; ${b.reason})${
       b.norm === "raw" ? "" : "; --layer auto reads the raw readouts"
@@ -310,9 +307,10 @@ export const multiModelSvg = (models: readonly NamedFlow[], title: string): stri
         })),
         vlines: marks
           ? models.flatMap((m, i): VLine[] => {
-            if (nonFiniteChange(m.flow, norm) !== undefined) return [];
-            const b = boundaryOfFlow(m.flow, norm);
-            return [{ x: x(m.flow.numLayers, b.layer), label: `k=${b.layer}`, color: color(i) }];
+            const b = safeBoundary(m.flow, norm);
+            return b === null
+              ? []
+              : [{ x: x(m.flow.numLayers, b.layer), label: `k=${b.layer}`, color: color(i) }];
           })
           : undefined,
       });

@@ -215,6 +215,7 @@ export {
 } from "./tasks/rewards.ts";
 export {
   answersEqual,
+  type AnswerSource,
   extractAnswer,
   gradeMath,
   type MathGrade,

@@ -52,12 +52,17 @@ export interface Row extends RewardRow {
 
 /** A dataset read from one file. */
 export interface Dataset {
+  /** The file read. */
   readonly file: string;
+  /** Its container format. */
   readonly format: DataFormat;
+  /** The row schema detected from row 1 (or `custom` with --prompt-key / --answer-key). */
   readonly schema: RowSchema;
   /** Where the prompt and the answer were read from (dotted paths). */
   readonly promptPath: string;
+  /** The answer's dotted path (see `promptPath`). */
   readonly answerPath: string;
+  /** Every row, checked, in file order. */
   readonly rows: readonly Row[];
 }
 
@@ -400,7 +405,9 @@ export const epochOrder = (n: number, seed: number, epoch: number): Uint32Array 
 
 /** Rows in a seeded order, cycled: the row at draw `index` is a pure function of (seed, index). */
 export interface Sampler<R> {
+  /** Rows per epoch. */
   readonly size: number;
+  /** The seed of the shuffles. */
   readonly seed: number;
   /** The row of draw `index` (0, 1, 2, ...): epoch floor(index / size), reshuffled every epoch. */
   at(index: number): R;

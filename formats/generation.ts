@@ -14,10 +14,13 @@ import { readTokenizerDir, type TextTokenizer } from "./tokenizer.ts";
 
 /** The fields of generation_config.json that matter here. */
 export interface GenerationConfig {
+  /** The file read (for messages). */
   readonly file: string;
   /** `eos_token_id`: one id or several (Qwen3: [151645, 151643]); empty when absent. */
   readonly eosIds: readonly number[];
+  /** `pad_token_id`, when set. */
   readonly padId?: number;
+  /** `bos_token_id`, when set. */
   readonly bosId?: number;
 }
 
@@ -90,21 +93,27 @@ export interface PromptOptions {
 
 /** A prompt as the model sees it. */
 export interface EncodedPrompt {
+  /** The text (template applied or not). */
   readonly text: string;
+  /** Its token ids. */
   readonly ids: number[];
 }
 
 /** Everything between a dataset row's prompt and the sampler. */
 export interface PromptSetup {
+  /** The model folder. */
   readonly dir: string;
+  /** Its tokenizer. */
   readonly tokenizer: TextTokenizer;
   /** The chat template prompts are rendered with; absent: prompts go as they are. */
   readonly template?: ChatTemplate;
+  /** The options it was read with. */
   readonly options: PromptOptions;
   /** Generation stops at any of these: generation_config.json's eos ids, then the tokenizer's eos. */
   readonly stopIds: readonly number[];
   /** Padding: generation_config.json's pad_token_id, else the tokenizer's pad (which defaults to its eos). */
   readonly pad: number;
+  /** generation_config.json's bos_token_id, else the tokenizer's bos (templates write their own). */
   readonly bos?: number;
   /** Ids the tokenizer has: [0, tokenizerVocab). Sample only these. */
   readonly tokenizerVocab: number;
@@ -118,12 +127,17 @@ export interface PromptSetup {
 
 /** The pieces read from a folder. */
 export interface PromptParts {
+  /** The model folder (for messages). */
   readonly dir: string;
+  /** Its tokenizer. */
   readonly tokenizer: TextTokenizer;
+  /** Its chat template, if any. */
   readonly template?: ChatTemplate;
   /** The parsed tokenizer_config.json (for the special tokens' text). */
   readonly tokenizerConfig?: unknown;
+  /** The parsed generation_config.json, if any. */
   readonly generation?: GenerationConfig;
+  /** config.json's vocab_size, if known. */
   readonly modelVocab?: number;
 }
 
@@ -231,13 +245,17 @@ export const loadPromptSetup = (dir: string, options: PromptOptions = {}): Promi
 
 /** A row with its prompt as the model sees it. */
 export interface PreparedRow {
+  /** The row as read. */
   readonly row: Row;
+  /** Its prompt as the model sees it. */
   readonly text: string;
+  /** The prompt's ids. */
   readonly ids: number[];
 }
 
 /** What `prepareRows` kept and dropped. */
 export interface Prepared {
+  /** The rows kept, in file order. */
   readonly rows: readonly PreparedRow[];
   /** Row numbers (1-based, in file order) of prompts longer than `maxPrompt` tokens, dropped. */
   readonly dropped: readonly number[];

@@ -158,8 +158,11 @@ class RewardWorker {
 
 /** A reward run in workers: `restarts` counts the workers replaced after a timeout or a crash. */
 export interface WorkerReward extends Reward {
+  /** Workers time each call themselves (from when it starts running, not while it queues). */
   readonly selfTimed: true;
+  /** How many workers were replaced so far. */
   readonly restarts: () => number;
+  /** Terminate the workers. */
   readonly close: () => void;
 }
 
@@ -223,10 +226,13 @@ export const loadRewardModule = async (
 
 /** Weighted rewards, scoring with errors counted; `close` stops their workers. */
 export interface RewardSet {
+  /** The rewards with their weights, in spec order. */
   readonly rewards: readonly WeightedReward[];
+  /** The per-call timeout in milliseconds. */
   readonly timeoutMs: number;
   /** Score one completion: the weighted sum, each reward's score and parts, and the failures. */
   score(row: RewardRow, completion: string, info: CompletionInfo): Promise<Scored>;
+  /** Stop every worker reward's workers. */
   close(): void;
 }
 

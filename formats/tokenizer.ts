@@ -15,8 +15,8 @@ export interface TextTokenizer {
   readonly vocabSize: number;
   /** The ids of `text` (no special tokens added; special tokens written in the text become their ids). */
   encode(text: string): number[];
-  /** The text of `ids` (special tokens written out); an id outside [0, vocabSize) is a RangeError. */
-  decode(ids: readonly number[]): string;
+  /** Text of `ids`; with `skipSpecial`, special tokens (pad, eos, <|im_end|>...) are left out. */
+  decode(ids: readonly number[], options?: DecodeOptions): string;
   /** Begin-of-sequence id, where the model uses one. */
   readonly bos?: number;
   /** End-of-sequence id: generation stops here. */

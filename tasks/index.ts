@@ -31,7 +31,9 @@ export const isEmbeddedTask = (spec: string): boolean => Object.hasOwn(EMBEDDED_
 
 /** Where a task came from, for error messages: the flag or field, and the value given (a name or a path). */
 export interface TaskSite {
+  /** The flag or config field (`--task`). */
   readonly field: string;
+  /** The value given: an embedded task's name or a module path (`./t.ts#myTask`). */
   readonly spec: string;
 }
 

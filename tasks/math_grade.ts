@@ -429,9 +429,11 @@ export const answersEqual = (predicted: string, reference: string): boolean => {
 
 /** The grade of a completion against a reference answer (a reference holding `\boxed{}` gives its content). */
 export interface MathGrade {
+  /** The extracted answer equals the reference (normalized, then by value or symbolically). */
   readonly correct: boolean;
   /** The answer found in the completion, if any. */
   readonly extracted?: string;
+  /** Where that answer was found, if any. */
   readonly source?: AnswerSource;
 }
 

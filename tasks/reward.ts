@@ -7,8 +7,11 @@ import { ConfigError } from "../core/errors.ts";
 
 /** A chat message; fields beyond role and content (tool calls...) pass through to the chat template. */
 export interface Message {
+  /** `system`, `user`, `assistant` (or any role the template knows). */
   readonly role: string;
+  /** The message's text. */
   readonly content: string;
+  /** Any other field, passed to the template as it is. */
   readonly [field: string]: unknown;
 }
 
@@ -17,10 +20,13 @@ export type Prompt = string | readonly Message[];
 
 /** What a reward sees of a dataset row (formats/dataset.ts's Row is one). */
 export interface RewardRow {
+  /** The row's prompt, when the row came from a dataset. */
   readonly prompt?: Prompt;
   /** The reference answer. */
   readonly groundTruth: string;
+  /** verl's `data_source` (verl-style `compute_score` rewards take it first). */
   readonly dataSource?: string;
+  /** verl's `extra_info`. */
   readonly extraInfo?: Readonly<Record<string, unknown>>;
   /** The record as read from the file. */
   readonly raw?: Readonly<Record<string, unknown>>;
@@ -48,19 +54,24 @@ export type RewardFn = (
 
 /** A named reward. `close` frees what it holds (a worker). */
 export interface Reward {
+  /** The name the logs use: `reward/<name>` and its parts `reward/<name>/<part>`. */
   readonly name: string;
+  /** The function. */
   readonly score: RewardFn;
   /**
    * The reward enforces the timeout itself, per call from when the call starts running (a worker reward
    * queues calls and terminates a worker that runs past it); scoring then does not race it.
    */
   readonly selfTimed?: boolean;
+  /** Free what the reward holds (its workers); absent for plain functions. */
   readonly close?: () => void;
 }
 
 /** A reward and its weight in the sum. */
 export interface WeightedReward {
+  /** The reward. */
   readonly reward: Reward;
+  /** Its weight: the total is the sum of weight * score. */
   readonly weight: number;
 }
 
@@ -83,6 +94,7 @@ export interface Scored {
 export interface RewardSpecItem {
   /** A built-in's name or a module path. */
   readonly name: string;
+  /** Its weight (default 1). */
   readonly weight: number;
 }
 
@@ -137,6 +149,7 @@ export const checkRewardValue = (
 
 /** A reward call ran past its timeout. */
 export class RewardTimeout extends Error {
+  /** A timeout after `ms` milliseconds. */
   constructor(readonly ms: number) {
     super(`timed out after ${ms} ms`);
   }

@@ -5,10 +5,10 @@
  */
 import { ConfigError } from "../core/errors.ts";
 import { extractAnswer, gradeMath, lastBoxed } from "./math_grade.ts";
-import type { CompletionInfo, Reward, RewardFn, RewardRow } from "./reward.ts";
+import type { CompletionInfo, Reward, RewardFn, RewardRow, RewardValue } from "./reward.ts";
 
 /** `math`: 1 when the final answer equals the reference (tasks/math_grade.ts), else 0; part `extracted`. */
-export const mathScore: RewardFn = (row: RewardRow, completion: string) => {
+export const mathScore: RewardFn = (row: RewardRow, completion: string): RewardValue => {
   const g = gradeMath(completion, row.groundTruth);
   return { score: g.correct ? 1 : 0, extracted: g.extracted !== undefined };
 };
@@ -17,7 +17,7 @@ export const mathScore: RewardFn = (row: RewardRow, completion: string) => {
 const answerText = (completion: string): string => extractAnswer(completion)?.answer ?? completion.trim();
 
 /** `exact`: 1 when the final answer (or the whole trimmed completion) is the reference, trimmed, exactly. */
-export const exactScore: RewardFn = (row: RewardRow, completion: string) => {
+export const exactScore: RewardFn = (row: RewardRow, completion: string): RewardValue => {
   const ref = row.groundTruth.includes("\\boxed")
     ? lastBoxed(row.groundTruth) ?? row.groundTruth
     : row.groundTruth;
@@ -25,7 +25,11 @@ export const exactScore: RewardFn = (row: RewardRow, completion: string) => {
 };
 
 /** `format`: 1 when the completion ended with a stop token and holds an answer; parts `stopped`, `answer`. */
-export const formatScore: RewardFn = (_row: RewardRow, completion: string, info: CompletionInfo) => {
+export const formatScore: RewardFn = (
+  _row: RewardRow,
+  completion: string,
+  info: CompletionInfo,
+): RewardValue => {
   const answer = extractAnswer(completion) !== undefined;
   return { score: info.finished && answer ? 1 : 0, stopped: info.finished, answer };
 };
@@ -57,6 +61,7 @@ export const regexReward = (pattern: RegExp): Reward => ({
 
 /** The names of the built-in rewards. */
 export const BUILTIN_REWARDS = ["math", "exact", "regex", "format"] as const;
+/** A built-in reward's name. */
 export type BuiltinReward = typeof BUILTIN_REWARDS[number];
 
 /** Options of the built-ins. */

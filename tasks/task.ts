@@ -53,6 +53,7 @@ export interface Task {
   readonly stop?: string;
   /** Upper bounds on prompt and solution lengths in characters, for sizing sequence buffers. */
   readonly maxPromptChars?: number;
+  /** Upper bound on solution lengths in characters (see maxPromptChars). */
   readonly maxSolutionChars?: number;
   /** The problem at `index` of `split` under `seed` (pure: same arguments, same problem). */
   problem(split: Split, index: number, seed: number): Problem;

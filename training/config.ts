@@ -27,33 +27,55 @@ export interface TrainConfig {
    * 1 and logged to boundary.json; the config keeps `auto`.
    */
   readonly layer: number | "auto";
+  /** Steps of BuPO's internal phase (steps 1..phaseSteps train pi_layer; then the final policy). */
   readonly phaseSteps: number;
+  /** RL steps (1-based in logs and checkpoints). */
   readonly steps: number;
+  /** Prompts per step. */
   readonly prompts: number;
+  /** Responses per prompt (the GRPO group; at least 2). */
   readonly group: number;
+  /** Sampling temperature of the rollouts. */
   readonly temperature: number;
+  /** Most response tokens (eos included). */
   readonly maxNew: number;
+  /** AdamW learning rate. */
   readonly lr: number;
+  /** AdamW decoupled weight decay. */
   readonly weightDecay: number;
+  /** PPO clip range below 1 (built-in objectives). */
   readonly clip: number;
+  /** PPO clip range above 1 (DAPO's clip-higher; built-in objectives). */
   readonly clipHigh: number;
+  /** Coefficient of the k3 KL to the frozen base model added to the objective (0 = off). */
   readonly kl: number;
+  /** Passes over each step's rollouts. */
   readonly epochs: number;
+  /** Optimizer updates per epoch (they must divide prompts x group). */
   readonly minibatches: number;
+  /** Global gradient-norm clip. */
   readonly gradClip: number;
+  /** Advantage estimator: GRPO (group-normalized), Dr. GRPO (mean-centred), RLOO (leave-one-out). */
   readonly advantage: "grpo" | "drgrpo" | "rloo";
+  /** Seed of sampling, training problems and evaluation. */
   readonly seed: number;
+  /** The run folder. */
   readonly out: string;
+  /** Evaluate every this many steps (and before step 1 and after the last). */
   readonly evalEvery: number;
+  /** Held-out problems per evaluation. */
   readonly evalProblems: number;
+  /** Samples per evaluation problem (avg@k, pass@k). */
   readonly evalK: number;
   /** The policy evaluation samples from: `final`, or an internal one (`layer(2)`, `attn(0,normed)`, ...). */
   readonly evalPolicy: string;
+  /** Checkpoint every this many steps (and after the last). */
   readonly checkpointEvery: number;
   /** Truncated importance correction cap for internal-policy terms (0 = off, as in the reference code). */
   readonly tisCap: number;
 }
 
+/** The settings of a run that neither a config file nor a flag gives: `deno run -A train.ts`'s demo. */
 export const DEFAULTS: TrainConfig = {
   model: "models/tiny-arith",
   device: "auto",

@@ -7,6 +7,19 @@
 export * from "./core/shape.ts";
 export * from "./core/errors.ts";
 export type { Decoded, DecodeIssue, JsonCodec } from "./core/codec.ts";
+export {
+  checkValue,
+  DEVICE_FLAG,
+  type DeviceChoice,
+  DEVICES,
+  flagName,
+  type FlagKind,
+  type FlagSpec,
+  type FlagTable,
+  type FlagValue,
+  type ItemKind,
+  type ValueSite,
+} from "./core/flags.ts";
 export { philox4x32, rngBits, type RngKey, rngUniform, uniform01 } from "./core/rng.ts";
 export { type AdamWConfig, adamwHyper, adamwReference, clipScale, globalNorm } from "./core/optim.ts";
 export { parseSafetensors, serializeSafetensors, toF32, toI32 } from "./core/safetensors.ts";
@@ -84,9 +97,17 @@ export {
   unembedding,
 } from "./policies/model.ts";
 export * from "./policies/internal.ts";
-export { streamReadout } from "./policies/readout.ts";
+export { type Readout, type ReadoutOptions, streamReadout } from "./policies/readout.ts";
 export { forwardPolicies, policyPoint, readPoints, readPolicies } from "./policies/policy.ts";
-export { paramsToHost, readModelDir, toParams, writeModelDir } from "./formats/hf.ts";
+export {
+  type HostModel,
+  type NonFiniteTensor,
+  paramsToHost,
+  readModelDir,
+  type ReadModelOptions,
+  toParams,
+  writeModelDir,
+} from "./formats/hf.ts";
 export {
   CharTokenizer,
   type DecodeOptions,
@@ -148,7 +169,7 @@ export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
 export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
 export { gradients, normTable, writeGradients } from "./training/grad.ts";
 export { readKl, streamKl } from "./policies/kl.ts";
-export { entropyFlow } from "./policies/analysis.ts";
+export * from "./policies/analysis.ts";
 
 // tasks: the Task interface, the embedded tasks (arith, rewrite), their registry and task modules
 export * from "./tasks/mod.ts";

@@ -21,6 +21,7 @@ export type FlagValue = string | number | boolean | readonly (string | number)[]
 
 /** One flag (or config field). */
 export interface FlagSpec {
+  /** What the flag holds (FlagKind). */
   readonly kind: FlagKind;
   /** One line (or several, `\n`-separated) for the generated help. */
   readonly help: string;
@@ -32,10 +33,13 @@ export interface FlagSpec {
   readonly values?: readonly string[];
   /** `list`: the kind of each item (default `str`) and the separator (default ","). */
   readonly of?: ItemKind;
+  /** `list`: the item separator (default ","). */
   readonly sep?: string;
   /** Numbers (and numeric list items): inclusive bounds and a step. */
   readonly min?: number;
+  /** Inclusive upper bound (see `min`). */
   readonly max?: number;
+  /** The value must be a multiple of this. */
   readonly multipleOf?: number;
   /** The flag's name on the command line; default: the key in kebab case (`maxNew` -> `max-new`). */
   readonly flag?: string;
@@ -108,6 +112,7 @@ const numberProblem = (kind: Num, spec: FlagSpec, x: number): string | undefined
 
 /** Where a value came from, for the error: the source ("flags", a file) and the field as the user wrote it. */
 export interface ValueSite {
+  /** `flags`, or the file the value was read from (the ConfigError's `source`). */
   readonly source: string;
   /** `--max-new` for a flag, `maxNew` for a config field. */
   readonly field: string;
@@ -173,6 +178,7 @@ export const checkValue = (spec: FlagSpec, v: unknown, site: ValueSite, text: bo
 
 /** The devices a computing command can run on (cli/device.ts acquires them). */
 export const DEVICES = ["auto", "gpu", "cpu"] as const;
+/** `--device`: auto (WebGPU when an adapter exists, else the CPU), gpu (WebGPU or fail), cpu (the reference). */
 export type DeviceChoice = typeof DEVICES[number];
 
 /** The `--device` row every computing command's table shares. */

@@ -19,19 +19,25 @@ import { Params, paramsFromHost, paramsToHostArrays } from "../policies/params.t
 
 /** A tensor that holds NaN or infinite values (read with `allowNonFinite`). */
 export interface NonFiniteTensor {
+  /** The Hugging Face tensor name. */
   readonly name: string;
+  /** The safetensors file it was read from. */
   readonly file: string;
   /** How many of its values are not finite. */
   readonly count: number;
   /** The flat index of the first one and its value. */
   readonly first: number;
+  /** The value at `first` (NaN, Infinity or -Infinity). */
   readonly value: number;
 }
 
 /** A model read from a folder: its config and the host tensors by Hugging Face name. */
 export interface HostModel {
+  /** The folder read. */
   readonly dir: string;
+  /** Its config.json, decoded. */
   readonly config: DecoderConfig;
+  /** Every tensor by Hugging Face name, as f32 on the host, with its shape and file. */
   readonly tensors: ReadonlyMap<string, { data: Float32Array; shape: Shape; file: string }>;
   /** Tensors with NaN or infinite values (only with `allowNonFinite`; otherwise they fail the read). */
   readonly nonFinite?: readonly NonFiniteTensor[];

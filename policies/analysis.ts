@@ -18,7 +18,9 @@ import type { ReadoutOptions } from "./readout.ts";
 export interface EntropyBatch {
   /** Row-major ids (B, T). */
   readonly ids: Int32Array;
+  /** Sequences. */
   readonly B: number;
+  /** Positions per sequence. */
   readonly T: number;
   /** (B*T): weight of each position in the means; 0 = not scored (prompt, padding). */
   readonly mask: ArrayLike<number>;
@@ -26,6 +28,7 @@ export interface EntropyBatch {
   readonly targets: ArrayLike<number>;
 }
 
+/** Options of `entropyFlow` (and the readouts' temperature and chunk). */
 export interface EntropyFlowOptions extends ReadoutOptions {
   /** Readout norms to report (default both). `raw` is the paper's convention. */
   readonly norms?: readonly ReadoutNorm[];
@@ -43,7 +46,9 @@ export interface EntropyFlowOptions extends ReadoutOptions {
 
 /** Token-weighted means of one readout: entropy in nats, and log-prob of the targets (NaN when none). */
 export interface ReadoutMeans {
+  /** Mean entropy over the scored positions, in nats. */
   readonly entropy: number;
+  /** Mean log-prob of the targets over the positions that have one (NaN when none do). */
   readonly logp: number;
 }
 
@@ -67,8 +72,11 @@ export interface LayerEntropies {
 
 /** One layer (0-based; the paper's layer `layer + 1`). */
 export interface LayerFlow {
+  /** The layer l, 0-based. */
   readonly layer: number;
+  /** Its readouts under the raw norm, when reported. */
   readonly raw?: LayerEntropies;
+  /** Its readouts under the normed norm (the logit lens), when reported. */
   readonly normed?: LayerEntropies;
 }
 
@@ -76,27 +84,37 @@ export interface LayerFlow {
 export interface PerToken {
   /** Flat position b*T + t of each scored token, in order. */
   readonly index: Int32Array;
+  /** Entropy (nats) of each readout at each scored position, aligned with `index`. */
   readonly entropy: ReadonlyMap<string, Float64Array>;
   /** NaN where the position has no target. */
   readonly logp: ReadonlyMap<string, Float64Array>;
 }
 
+/** What `entropyFlow` measured: every readout's means, per layer and by key. */
 export interface EntropyFlow {
+  /** L: the model's layers. */
   readonly numLayers: number;
+  /** V: the vocabulary the readouts run over. */
   readonly vocabSize: number;
+  /** The readouts' softmax temperature. */
   readonly temperature: number;
+  /** The readout norms reported. */
   readonly norms: readonly ReadoutNorm[];
   /** Scored positions (mask != 0) and those with a target. */
   readonly tokens: number;
+  /** Scored positions with a log-prob target (see `tokens`). */
   readonly targets: number;
   /** The model's own policy. */
   readonly final: ReadoutMeans;
+  /** One entry per layer, layers[l] for layer l. */
   readonly layers: readonly LayerFlow[];
   /** Means of every readout by key (`embed`, `attnIn(3)`, `ffn(0,normed)`, `layer(5)`, `final`, ...). */
   readonly means: ReadonlyMap<string, ReadoutMeans>;
   /** Streaming passes and forward passes run. */
   readonly passes: number;
+  /** Forward passes run (see `passes`). */
   readonly forwards: number;
+  /** Per-position values, with `perToken`. */
   readonly perToken?: PerToken;
 }
 
@@ -336,6 +354,7 @@ export type BoundaryReason =
 export interface BoundaryChoice {
   /** The chosen layer k (0-based). */
   readonly layer: number;
+  /** Which case of the rule chose it. */
   readonly reason: BoundaryReason;
   /** The first layer of the positive run (undefined when there is none). */
   readonly runStart?: number;
@@ -375,7 +394,7 @@ export const boundaryLayer = (ffnChange: readonly number[]): BoundaryChoice => {
 };
 
 /** The rule of `boundaryLayer` in words, for logs and reports. */
-export const BOUNDARY_RULE =
+export const BOUNDARY_RULE: string =
   "the last layer whose FFN entropy change is still positive (read bottom-up: the end " +
   "of the first run of positive changes); none positive: layer 0; the run reaching the last layer: layer L-2 " +
   "(layer L-1 read raw is the final policy)";

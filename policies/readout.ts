@@ -24,6 +24,7 @@ import { custom } from "../engine/tape.ts";
 import { type Tensor, tensor, view } from "../engine/tensor.ts";
 import { checkChunk, checkTemperature, forChunks, sumChunks } from "./vocab.ts";
 
+/** Options of a streaming readout. */
 export interface ReadoutOptions {
   /** Softmax temperature T (default 1). */
   readonly temperature?: number;
@@ -36,6 +37,7 @@ export interface ReadoutOptions {
   readonly topK?: number;
 }
 
+/** What `streamReadout` gives per row of x: entropy and target log-prob (and the top ids, on request). */
 export interface Readout {
   /** Entropy of the readout policy per row, in nats. (N) */
   readonly entropy: Tensor;

@@ -124,18 +124,29 @@ export interface EntropyArgs {
   readonly chatTemplateKwargs?: string;
   /** Send string prompts as they are even when the folder has a chat template. */
   readonly noChatTemplate?: boolean;
+  /** The JSON report's path. */
   readonly out: string;
+  /** The SVG's path (default: `out` with .svg). */
   readonly svg?: string;
+  /** Readout norm(s) reported: raw (the paper's), normed (the logit lens) or both. */
   readonly norm: ReadoutNorm | "both";
+  /** Add per-position entropies and log-probs to the JSON. */
   readonly perToken: boolean;
+  /** Vocabulary ids per streaming chunk of the readouts (a multiple of 64). */
   readonly chunk: number;
+  /** Softmax temperature of every readout. */
   readonly readoutTemperature: number;
+  /** Most tokens per sampled response (prompts). */
   readonly maxNew: number;
+  /** Sampling temperature of the responses (prompts). */
   readonly temperature: number;
+  /** Sampling seed (prompts). */
   readonly seed: number;
+  /** No progress bars. */
   readonly quiet: boolean;
   /** Load non-finite weights and mark them in the report (default false: they are an error). */
   readonly allowNonfinite?: boolean;
+  /** Where to run (default auto). */
   readonly device?: DeviceChoice;
 }
 
@@ -216,6 +227,7 @@ export interface EntropyPrompts {
   readonly text: readonly string[];
   /** Each prompt's ids (the tokenizer's bos first when no template is used; a template writes its own). */
   readonly ids: number[][];
+  /** The folder's tokenizer (decodes the responses). */
   readonly tok: TextTokenizer;
   /** Where each prompt came from (PromptEntry.where). */
   readonly where: readonly string[];
@@ -233,9 +245,13 @@ export interface EntropyPrompts {
 
 /** The input, checked and read: the model, and the prompts encoded with its tokenizer (or the token ids). */
 export interface EntropyInput {
+  /** The settings. */
   readonly args: EntropyArgs;
+  /** The model folder. */
   readonly dir: string;
+  /** Its config and weights, on the host. */
   readonly model: HostModel;
+  /** The prompts, with --prompts. */
   readonly prompts?: EntropyPrompts;
 }
 
@@ -381,8 +397,11 @@ export const entropyInput = (
 
 /** What an analysis found: the flow, the batch it scored and where the batch came from. */
 export interface EntropyResult {
+  /** Per layer, per readout norm: the entropies and log-probs of every policy, and their changes. */
   readonly flow: EntropyFlow;
+  /** The (B, T) ids scored, their mask and log-prob targets. */
   readonly batch: EntropyBatch;
+  /** The report's `source`: the token ids, or the prompts file with each prompt and its response. */
   readonly source: Record<string, unknown>;
 }
 
@@ -477,7 +496,10 @@ const mkdirFor = (path: string) =>
  * each model. One model: its report and the paper's two figures per norm. Several: `{ models: [report, ...] }`
  * and the multi-model figure (entropy_report.ts multiModelSvg).
  */
-export const writeEntropyReport = (inputs: readonly EntropyInput[], rs: readonly EntropyResult[]) =>
+export const writeEntropyReport = (
+  inputs: readonly EntropyInput[],
+  rs: readonly EntropyResult[],
+): Effect.Effect<void, FileFormatError> =>
   Effect.gen(function* () {
     const args = inputs[0].args, svg = svgPath(args);
     const json = inputs.map((input, i) => reportJson(rs[i].flow, input.model, rs[i].batch, rs[i].source));

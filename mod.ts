@@ -12,8 +12,8 @@ export {
   DEVICE_FLAG,
   type DeviceChoice,
   DEVICES,
-  flagName,
   type FlagKind,
+  flagName,
   type FlagSpec,
   type FlagTable,
   type FlagValue,
@@ -122,6 +122,7 @@ export { lossAndGrads, supervisedStep } from "./training/sft.ts";
 export { createOptimizer, disposeOptimizer, loadMoments, momentsToHost } from "./training/optimizer.ts";
 
 // objectives: the loss algebra (the whole module as `objectives`; the everyday names directly)
+/** The whole objective algebra as one namespace (objectives/mod.ts): terms, codec, advantages, reference, checks. */
 export * as objectives from "./objectives/mod.ts";
 export {
   activeAt,
@@ -274,15 +275,21 @@ export {
   type Axis,
   type Cell,
   planCells,
+  type Resources,
   runConfig,
   runSweep,
   type SweepOptions,
   type SweepOutcome,
+  type SweepReport,
   type SweepRun,
   type SweepSpec,
   sweepSpec,
 } from "./training/sweep.ts";
 export { compare, COMPARE_FLAGS, compareSpec } from "./training/compare.ts";
+export type { ReportContext } from "./training/sweep_report.ts";
+export type { EvalRecord } from "./training/report.ts";
+export type { Chart } from "./io/svg.ts";
+/** Statistics of sweeps (core/stats.ts): mean, sd, the bootstrap interval, the sign and permutation tests. */
 export * as stats from "./core/stats.ts";
 export {
   bootstrapMean,

@@ -68,8 +68,11 @@ export interface BarChartSpec extends Common {
 
 /** A rendered panel: its size and its SVG elements drawn with the top-left corner at the origin. */
 export interface Chart {
+  /** Width in SVG user units (px). */
   readonly width: number;
+  /** Height in SVG user units (px). */
   readonly height: number;
+  /** The panel's SVG elements (no enclosing <svg>). */
   readonly body: string;
 }
 

@@ -4,6 +4,7 @@
  * the entropy of layer k and of the final policy under every objective on shared axes, with BuPO's phase switch
  * marked on every curve. `compare.ts` runs it from flags.
  */
+import type { Effect } from "effect";
 import { ConfigError } from "../core/errors.ts";
 import type { FlagTable } from "../core/flags.ts";
 import type { Backend } from "../engine/backend.ts";
@@ -14,6 +15,7 @@ import {
   runSweep,
   SWEEP_OWN_FLAGS,
   SWEEP_TRAIN_FLAGS,
+  type SweepOutcome,
   type SweepSpec,
   sweepSpec,
 } from "./sweep.ts";
@@ -162,5 +164,9 @@ export const compareCharts = (ctx: ReportContext): Chart[] => {
 };
 
 /** The whole comparison on `backend`: the sweep over objective, its report with compare's entropy panels. */
-export const compare = (backend: Backend, spec: SweepSpec, o: { readonly verbose?: boolean } = {}) =>
+export const compare = (
+  backend: Backend,
+  spec: SweepSpec,
+  o: { readonly verbose?: boolean } = {},
+): Effect.Effect<SweepOutcome, Error> =>
   runSweep(backend, spec, { verbose: o.verbose, extraCharts: compareCharts });

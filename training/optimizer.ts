@@ -6,6 +6,7 @@ import { type Params, paramsToHostArrays, segmentsFromHost } from "../policies/p
 
 /** AdamW state: first and second moments segmented exactly like the parameters (`params.segments`). */
 export interface Optimizer {
+  /** The AdamW settings (lr, betas, eps, weight decay, gradient clip). */
   readonly config: AdamWConfig;
   /** First moments, one tensor per parameter segment. */
   m: Tensor[];

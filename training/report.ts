@@ -16,10 +16,15 @@ import type { StepMetrics } from "./rl.ts";
 
 /** One evaluation of a run (eval.jsonl). */
 export interface EvalRecord {
+  /** The step evaluated after (0: the base model, before step 1). */
   readonly step: number;
+  /** Mean accuracy over the k samples of each problem, averaged over problems. */
   readonly avgAtK: number;
+  /** Fraction of problems with at least one correct sample of k. */
   readonly passAtK: number;
+  /** Accuracy of greedy (argmax) decoding, one response per problem. */
   readonly greedy: number;
+  /** Samples per problem. */
   readonly k: number;
   /** The policy evaluation sampled from (`final`, `layer(2)`, ...; absent in runs logged before it was recorded). */
   readonly policy?: string;

@@ -23,9 +23,16 @@ import type { EvalRecord } from "./report.ts";
 import type { StepMetrics } from "./rl.ts";
 import { claimCompareFolder, runDir } from "./rundir.ts";
 import { runTraining } from "./run.ts";
-import { bytes, type ReportContext, type Resources, sweepReport, type SweepRun } from "./sweep_report.ts";
+import {
+  bytes,
+  type ReportContext,
+  type Resources,
+  type SweepReport,
+  sweepReport,
+  type SweepRun,
+} from "./sweep_report.ts";
 
-export type { Resources, SweepRun } from "./sweep_report.ts";
+export type { Resources, SweepReport, SweepRun } from "./sweep_report.ts";
 
 const { out: _out, seed: _seed, ...TRAIN_PASS } = TRAIN_FLAGS;
 
@@ -68,9 +75,11 @@ export const SWEEP_FLAGS = { ...SWEEP_OWN_FLAGS, ...SWEEP_TRAIN_FLAGS };
 
 /** One axis of a grid: a setting and its values. */
 export interface Axis {
+  /** The setting. */
   readonly key: keyof TrainConfig;
   /** The flag's name (`phase-steps`). */
   readonly flag: string;
+  /** Its values, each checked against the setting's flag row. */
   readonly values: readonly FlagValue[];
 }
 
@@ -80,10 +89,13 @@ export interface SweepSpec {
   readonly base: TrainConfig;
   /** The fixed settings given explicitly (config file and flags), for the report. */
   readonly fixed: Partial<TrainConfig>;
+  /** The grid's axes (none: one cell). */
   readonly axes: readonly Axis[];
+  /** Every cell runs once per seed. */
   readonly seeds: readonly number[];
   /** The baseline's settings over `base` (absent: no comparison). */
   readonly baseline?: Partial<TrainConfig>;
+  /** The sweep's folder: report.{json,md,svg} and one run folder `<cell>-s<seed>` per run. */
   readonly out: string;
   /** The report's title (default from the grid). */
   readonly title?: string;
@@ -95,6 +107,7 @@ export interface Cell {
   readonly name: string;
   /** For people, e.g. `layer=0 phase-steps=5`. */
   readonly label: string;
+  /** Its values of the axes (or the baseline's settings). */
   readonly settings: Partial<TrainConfig>;
   /** The index of its value on each axis (empty for a baseline outside the grid). */
   readonly coords: readonly number[];
@@ -324,14 +337,18 @@ export interface SweepOptions {
 
 /** What `runSweep` returns: the report, or `interrupted` (the test hook). */
 export type SweepOutcome =
-  | { readonly interrupted: false; readonly report: ReturnType<typeof sweepReport> }
+  | { readonly interrupted: false; readonly report: SweepReport }
   | { readonly interrupted: true };
 
 /**
  * Plan the cells (every run's settings checked before any run starts), check every folder, run or reuse each
  * (cell, seed) on `backend`, then write report.json, report.md and report.svg atomically into `spec.out`.
  */
-export const runSweep = (backend: Backend, spec: SweepSpec, o: SweepOptions = {}) =>
+export const runSweep = (
+  backend: Backend,
+  spec: SweepSpec,
+  o: SweepOptions = {},
+): Effect.Effect<SweepOutcome, Error> =>
   Effect.gen(function* () {
     const t0 = performance.now();
     const { cells, baseline } = yield* Effect.try({

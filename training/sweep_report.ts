@@ -30,30 +30,41 @@ import type { Cell, SweepSpec } from "./sweep.ts";
 export interface SweepRun {
   /** Its cell's name. */
   readonly cell: string;
+  /** Its seed. */
   readonly seed: number;
   /** Its folder, relative to the sweep's. */
   readonly dir: string;
+  /** Its settings (its config.json). */
   readonly cfg: TrainConfig;
   /** The BuPO layer it used (`auto` resolved from its boundary.json); undefined when unknown. */
   readonly layer?: number;
+  /** Its metrics.jsonl, one entry per step. */
   readonly metrics: readonly StepMetrics[];
+  /** Its eval.jsonl, one entry per evaluation (step 0 first). */
   readonly evals: readonly EvalRecord[];
 }
 
 /** Time and device memory of a sweep (not part of its results: they differ between machines and reruns). */
 export interface Resources {
+  /** The backend's name. */
   readonly adapter: string;
+  /** Wall-clock seconds of the whole sweep. */
   readonly wallSeconds: number;
   /** Live device bytes before the first run and after the last. */
   readonly liveStartBytes: number;
+  /** Live device bytes after the last run. */
   readonly liveEndBytes: number;
   /** The largest peak of any run trained here. */
   readonly peakBytes: number;
   /** Every run trained or resumed here (reused ones took nothing). */
   readonly runs: readonly {
+    /** The run's folder. */
     readonly dir: string;
+    /** Trained from scratch, or resumed from a checkpoint. */
     readonly status: "trained" | "resumed";
+    /** Wall-clock seconds it took. */
     readonly seconds: number;
+    /** Its peak of live device bytes. */
     readonly peakBytes: number;
     /** Live bytes after the run (its own all given back: the same as before it). */
     readonly liveBytes: number;
@@ -62,10 +73,13 @@ export interface Resources {
 
 /** What the report is built from. */
 export interface ReportContext {
+  /** The sweep. */
   readonly spec: SweepSpec;
+  /** Its cells, in grid order. */
   readonly cells: readonly Cell[];
   /** The baseline cell's index. */
   readonly baseline?: number;
+  /** Every finished run. */
   readonly runs: readonly SweepRun[];
   /** Extra panels after the sweep's own (compare's entropy figures). */
   readonly extraCharts?: (ctx: ReportContext) => Chart[];
@@ -205,8 +219,21 @@ export const bytes = (b: number): string => {
 };
 const showV = (v: unknown) => (typeof v === "string" ? v : JSON.stringify(v));
 
+/** A sweep's report, as its three files hold it. */
+export interface SweepReport {
+  /**
+   * report.json's object: title, grid, seeds, baseline, fixed settings, the runs' shared config, the statistics'
+   * settings, per-cell statistics, paired comparisons with the baseline, mean curves, and `resources` last.
+   */
+  readonly json: Record<string, unknown>;
+  /** report.md's text (also printed). */
+  readonly md: string;
+  /** report.svg's text. */
+  readonly svg: string;
+}
+
 /** report.json's object, report.md's text and report.svg. `resources` goes last, apart from the results. */
-export const sweepReport = (ctx: ReportContext, resources: Resources) => {
+export const sweepReport = (ctx: ReportContext, resources: Resources): SweepReport => {
   const { spec } = ctx;
   const { cells, comparisons } = sweepStats(ctx);
   const base = ctx.baseline === undefined ? undefined : cells[ctx.baseline];

@@ -13,12 +13,17 @@ import type { TextTokenizer } from "../formats/tokenizer.ts";
 import { batch, type Problem, type Task } from "../tasks/task.ts";
 import { promptIds, responseText, stopId } from "./data.ts";
 
+/** How `evaluate` samples. */
 export interface EvalOptions {
+  /** Held-out problems (the task's `eval` split, indices 0..problems-1). */
   readonly problems: number;
   /** Samples per problem (avg@k and pass@k). */
   readonly k: number;
+  /** Sampling temperature of the k samples (greedy decoding is separate). */
   readonly temperature: number;
+  /** Most response tokens. */
   readonly maxNew: number;
+  /** Sampling seed. */
   readonly seed: number;
   /** Sequences per generation call. */
   readonly batchSize?: number;
@@ -30,13 +35,19 @@ export interface EvalOptions {
 
 /** avg@k, pass@k and greedy accuracy of the problems at one difficulty level. */
 export interface DifficultyResult {
+  /** The level (`Problem.difficulty`). */
   readonly difficulty: number;
+  /** Problems at this level. */
   readonly problems: number;
+  /** As EvalResult.avgAtK, over these problems. */
   readonly avgAtK: number;
+  /** As EvalResult.passAtK, over these problems. */
   readonly passAtK: number;
+  /** As EvalResult.greedy, over these problems. */
   readonly greedy: number;
 }
 
+/** What `evaluate` measured. */
 export interface EvalResult {
   /** Mean reward over all samples (avg@k). */
   readonly avgAtK: number;
@@ -44,7 +55,9 @@ export interface EvalResult {
   readonly passAtK: number;
   /** Fraction of problems whose greedy (temperature 0) response is correct. */
   readonly greedy: number;
+  /** Samples per problem. */
   readonly k: number;
+  /** Problems evaluated. */
   readonly problems: number;
   /** The policy sampled (`showPolicy`: `final`, `layer(2)`, ...). */
   readonly policy: string;

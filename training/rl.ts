@@ -34,12 +34,19 @@ import { type Optimizer, optimizerStep } from "./optimizer.ts";
 
 /** Everything a step needs. */
 export interface RlContext {
+  /** The run's settings (prompts, group, maxNew, temperature, advantage, epochs, minibatches, seed...). */
   readonly cfg: TrainConfig;
+  /** The model's architecture. */
   readonly config: DecoderConfig;
+  /** The parameters trained (updated in place). */
   readonly params: Params;
+  /** AdamW's moments for `params` (updated in place). */
   readonly opt: Optimizer;
+  /** Encodes prompts and decodes responses. */
   readonly tok: TextTokenizer;
+  /** Where the problems and rewards come from. */
   readonly task: Task;
+  /** The loss (its phases are resolved at the step). */
   readonly objective: Objective;
   /** Frozen reference model for KL terms (absent when no term needs it). */
   readonly ref?: Params;
@@ -75,20 +82,25 @@ export interface TermMetrics {
   readonly loss: number;
   /** pg terms: the fraction of response tokens clipped (and dual-clipped), and approx KL(old || new). */
   readonly clipFraction?: number;
+  /** pg terms with a dual clip: the fraction of response tokens the dual clip bound. */
   readonly dualClipFraction?: number;
+  /** pg terms: the token-mean of logp_old - logp_new (verl's ppo_kl). */
   readonly approxKl?: number;
 }
 
 /** Rollout accuracy of the problems at one difficulty level (`Problem.difficulty`). */
 export interface DifficultyAccuracy {
+  /** The level (`Problem.difficulty`). */
   readonly difficulty: number;
   /** Responses at this level (prompts x group). */
   readonly responses: number;
+  /** Fraction of those responses with reward >= 1. */
   readonly accuracy: number;
 }
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
+  /** The step, 1-based. */
   readonly step: number;
   /** The active terms with their weights (`showActive`, joined by " + "). */
   readonly phase: string;
@@ -97,15 +109,25 @@ export interface StepMetrics {
    * active phase does (BuPO: [0] in its internal phase, [1] after; [] without phases).
    */
   readonly phaseIndex: readonly number[];
+  /** Mean reward over the step's responses (prompts x group). */
   readonly rewardMean: number;
+  /** Their standard deviation (population). */
   readonly rewardStd: number;
+  /** Fraction of responses with reward >= 1 (a correct answer). */
   readonly accuracy: number;
+  /** Fraction of responses the task's `format` check accepts (0 when the task has none). */
   readonly formatRate: number;
+  /** Fraction of groups whose rewards are all equal: their advantages are 0 and they teach nothing. */
   readonly zeroVarianceGroups: number;
+  /** Mean response length in tokens (eos included). */
   readonly responseLength: number;
+  /** The objective's value, mean over the step's updates (epochs x minibatches). */
   readonly loss: number;
+  /** Global gradient norm before clipping, mean over the updates. */
   readonly gradNorm: number;
+  /** Mean over the updates of the pg terms' mean clip fraction (0 without pg terms). */
   readonly clipFraction: number;
+  /** Mean over the updates of the pg terms' mean approx KL(old || new) (0 without pg terms). */
   readonly approxKl: number;
   /** Every active term's weight, value and share of the loss, in the objective's order. */
   readonly terms: readonly TermMetrics[];
@@ -122,7 +144,9 @@ export interface StepMetrics {
   readonly accuracyByDifficulty?: readonly DifficultyAccuracy[];
   /** Seconds per phase of the step. */
   readonly time: { rollout: number; old: number; update: number; total: number };
+  /** Response tokens sampled, and response tokens trained on (x epochs). */
   readonly tokens: { readonly rollout: number; readonly trained: number };
+  /** One response of the step (the first correct one, else the first) with its prompt and reward. */
   readonly example: { readonly prompt: string; readonly completion: string; readonly reward: number };
 }
 

@@ -86,6 +86,7 @@ const RESUME_MAY_CHANGE = [
   "device",
 ];
 
+/** How `runTraining` starts and reports. */
 export interface RunOptions {
   /** Continue the run in `cfg.out` (from its latest checkpoint; one killed before any checkpoint starts over). */
   readonly resume: boolean;
@@ -96,14 +97,19 @@ export interface RunOptions {
   readonly overwrite?: boolean;
   /** The flags given explicitly (checked against the checkpoint on resume). */
   readonly explicit?: Partial<TrainConfig>;
+  /** No progress bars or log lines (the run folder's files are written all the same). */
   readonly quiet: boolean;
   /** Stop after this many steps of this invocation (tests simulate an interrupted run). */
   readonly stopAfter?: number;
 }
 
+/** What a finished run gives back (its folder holds the same, and more). */
 export interface RunResult {
+  /** The run folder. */
   readonly dir: string;
+  /** Every step's metrics (metrics.jsonl; a resumed run's earlier steps included). */
   readonly metrics: readonly StepMetrics[];
+  /** Every evaluation (eval.jsonl), step 0 first. */
   readonly evals: readonly EvalRecord[];
 }
 
@@ -591,7 +597,11 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
  * Run (or resume) the RL run described by `cfg` on `gpu`. The device state lives in the run's scope: it is
  * freed when the run finishes, fails or is interrupted (interruption waits for the device work in flight).
  */
-export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
+export const runTraining = (
+  gpu: Backend,
+  cfgIn: TrainConfig,
+  o: RunOptions,
+): Effect.Effect<RunResult, Error> =>
   Effect.scoped(
     Effect.gen(function* () {
       const { run, start } = yield* setUp(gpu, cfgIn, o);

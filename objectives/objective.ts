@@ -17,7 +17,7 @@
  *   every reference gradient equals a central finite difference of its loss away from kinks.
  */
 import type { Eq } from "fp-ts/Eq.js";
-import { concatAll, type Monoid } from "fp-ts/Monoid.js";
+import { concatAll } from "fp-ts/Monoid.js";
 import type { Semigroup } from "fp-ts/Semigroup.js";
 import { ConfigError } from "../core/errors.ts";
 import { final, type InternalPolicy, layer as layerPolicy, showPolicy } from "../policies/internal.ts";

@@ -25,7 +25,7 @@ const PositiveNumber = t.brand(
 
 /** Architecture of a decoder-only transformer. Layers are 0-based everywhere. */
 export interface DecoderConfig {
-  /** config.json's `architectures[0]`: the family, which fixes qkvBias / qkNorm. */
+  /** config.json's `architectures[0]`: the family (read from a folder, it sets qkvBias and qkNorm). */
   readonly architecture: "Qwen3ForCausalLM" | "Qwen2ForCausalLM" | "LlamaForCausalLM";
   /** V: rows of the embedding and the unembedding (config.json's vocab_size; may exceed the tokenizer's). */
   readonly vocabSize: number;

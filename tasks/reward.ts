@@ -54,7 +54,7 @@ export type RewardFn = (
 
 /** A named reward. `close` frees what it holds (a worker). */
 export interface Reward {
-  /** The name the logs use: `reward/<name>` and its parts `reward/<name>/<part>`. */
+  /** Its key in `Scored.parts`: `<name>` for its score, `<name>/<part>` for its parts. */
   readonly name: string;
   /** The function. */
   readonly score: RewardFn;

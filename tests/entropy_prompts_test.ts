@@ -132,8 +132,7 @@ Deno.test({
       eq(j.source.chatTemplate, `${m}/chat_template.jinja`, "source.chatTemplate");
       eq(j.source.responses.map((x: { prompt: string }) => x.prompt), [ROW1, ROW2, ROW3], "report prompts");
       eq(j.source.responses[1].from, `${file}: row 2 (line 3)`, "report from");
-      // At least one scored position per response. (Not at most --max-new each: generate gives a prompt shorter
-      // than the longest T - promptLen tokens, past maxNew; policies/generate.ts, reported, not this test's.)
+      // At least one scored position per response.
       if (!(j.tokens >= 3)) throw new Error(`${j.tokens} scored positions (3 or more expected)`);
 
       // A text file on the same folder: each line is the user's message.

@@ -1,6 +1,11 @@
 /**
  * bupo: internal policies of language models, their entropy, and RL objectives over them, on WebGPU.
- * The public API; everything else is internal. Layers are 0-based everywhere (the paper's layer i is i-1).
+ * The public API, by section: core, engine, policies (the decoder, internal policies, model folders,
+ * tokenizers), objectives, tasks, data (datasets, chat templates, prompts, rewards), training, sweeps and
+ * statistics, and the entropy-flow analysis; everything else is internal. `deno doc mod.ts` prints it. Layers
+ * are 0-based everywhere (the paper's layer i is i-1).
+ *
+ * @module
  */
 
 // core: shapes, errors, JSON codecs, RNG, optimizer math, safetensors

@@ -4,7 +4,7 @@
  * are presets (PRETRAIN_PRESETS) that re-create their folders byte for byte. `pretrain.ts` runs it from flags.
  */
 import { Effect } from "effect";
-import { ConfigError } from "../core/errors.ts";
+import { ConfigError, type FileFormatError } from "../core/errors.ts";
 import { DEVICE_FLAG, type FlagTable } from "../core/flags.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -22,17 +22,24 @@ import { supervisedStep } from "./sft.ts";
 
 /** The decoder families pretrain builds: Qwen3 (q/k RMSNorm, tied lm_head) and Llama (neither). */
 export const ARCHS = ["qwen3", "llama"] as const;
+/** A decoder family pretrain builds. */
 export type Arch = typeof ARCHS[number];
 
 /** Everything that decides a pretrained model (and its reported eval). */
 export interface PretrainSettings {
   /** An embedded task's name or a module path (`./t.ts[#export]`). */
   readonly task: string;
+  /** The decoder family. */
   readonly arch: Arch;
+  /** Decoder layers. */
   readonly layers: number;
+  /** Hidden (residual stream) width. */
   readonly hidden: number;
+  /** Query heads. */
   readonly heads: number;
+  /** Key/value heads (divides `heads`). */
   readonly kvHeads: number;
+  /** Width of one head (even). */
   readonly headDim: number;
   /** The FFN's intermediate width. */
   readonly ffn: number;
@@ -40,12 +47,17 @@ export interface PretrainSettings {
   readonly initStd: number;
   /** Seed of the initial weights and of the training problems (also the eval problem set's seed). */
   readonly seed: number;
+  /** Supervised steps. */
   readonly steps: number;
   /** Problems per step. */
   readonly batch: number;
+  /** AdamW learning rate (constant). */
   readonly lr: number;
+  /** AdamW decoupled weight decay. */
   readonly weightDecay: number;
+  /** Evaluate every this many steps (and after the last). */
   readonly evalEvery: number;
+  /** Held-out problems per evaluation. */
   readonly evalProblems: number;
 }
 
@@ -110,6 +122,7 @@ export const PRETRAIN_PRESETS = {
   },
 } as const satisfies { readonly [name: string]: PretrainSettings };
 
+/** The name of a preset (a shipped model folder under models/). */
 export type PresetName = keyof typeof PRETRAIN_PRESETS;
 /** The preset names, in table order. */
 export const PRESET_NAMES = Object.keys(PRETRAIN_PRESETS) as PresetName[];
@@ -197,10 +210,15 @@ export const modelConfigOf = (s: PretrainSettings, vocabSize: number): DecoderCo
 
 /** One held-out evaluation during pretraining. */
 export interface PretrainEval {
+  /** Steps done before it (0: the initial weights). */
   readonly step: number;
+  /** Fraction of problems whose greedy response is correct. */
   readonly greedy: number;
+  /** Mean reward of 4 samples per problem at temperature 1. */
   readonly avgAt4: number;
+  /** Fraction of problems with a correct sample among 4. */
   readonly passAt4: number;
+  /** Problems evaluated. */
   readonly problems: number;
   /** Seconds since the first step started. */
   readonly seconds: number;
@@ -208,16 +226,23 @@ export interface PretrainEval {
 
 /** pretrain.json: the settings, where and how long it ran, the evaluations and every step's loss. */
 export interface PretrainReport {
+  /** The preset whose settings these are exactly; null when flags overrode any. */
   readonly preset: string | null;
+  /** Every setting of the run. */
   readonly settings: PretrainSettings;
   /** The task's name (its `name` field). */
   readonly taskName: string;
+  /** Tokens per training row (bos + longest prompt + longest solution + eos). */
   readonly sequenceLength: number;
+  /** The backend's description (the llvmpipe vector width shows here). */
   readonly adapter: string;
+  /** Wall time from the first evaluation to the last. */
   readonly seconds: number;
   /** The last evaluation (after the last step). */
   readonly eval: PretrainEval;
+  /** Every evaluation, in step order. */
   readonly evals: readonly PretrainEval[];
+  /** The mean next-token loss of every step's batch (before its update), as read back in f32. */
   readonly loss: readonly { step: number; loss: number }[];
 }
 
@@ -289,7 +314,11 @@ const steps = async (
  * The losses of the first `n` steps of a pretraining run with settings `s` (no evaluation, nothing written):
  * bit for bit the first `n` losses of the full run, which tests compare with a shipped model's pretrain.json.
  */
-export const pretrainLosses = (backend: Backend, s: PretrainSettings, n: number) =>
+export const pretrainLosses = (
+  backend: Backend,
+  s: PretrainSettings,
+  n: number,
+): Effect.Effect<number[], ConfigError> =>
   Effect.scoped(
     Effect.gen(function* () {
       const x = yield* setUp(backend, s);
@@ -311,7 +340,7 @@ export const pretrain = (
   backend: Backend,
   s: PretrainSettings,
   o: { readonly out: string; readonly preset: string | null; readonly quiet?: boolean },
-) =>
+): Effect.Effect<PretrainReport, ConfigError | FileFormatError> =>
   Effect.scoped(
     Effect.gen(function* () {
       const x = yield* setUp(backend, s);

@@ -1,29 +1,48 @@
 /**
- * `deno task pretrain`: supervised pretraining of the shipped base model on the embedded arithmetic task, to
- * partial competence (well above zero, well below perfect on the eval split). Reproducible from its seed.
+ * `deno task pretrain`: supervised pretraining of a tiny char base model on a task to partial competence,
+ * reproducible from its settings. `--preset NAME` holds a shipped model's settings (re-creating models/NAME
+ * byte for byte); the other flags override them. Writes into models/ only when --out says so.
  */
 import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
 import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
 import { runMain } from "./cli/main.ts";
-import { pretrain, PRETRAIN_FLAGS } from "./training/pretrain.ts";
+import {
+  defaultOut,
+  pretrain,
+  PRETRAIN_FLAGS,
+  type PretrainSettings,
+  SETTING_KEYS,
+  settingsOf,
+} from "./training/pretrain.ts";
 
 export const PRETRAIN = defineCommand({
   name: "pretrain",
-  summary: "pretrain the tiny base model on the embedded arithmetic task.",
-  usage: ["deno task pretrain [--out DIR] [--seed N] [--steps N] [--batch N] [--lr X] [--eval-every N]"],
+  summary: "pretrain a tiny base model (Qwen3 or Llama family) on a task, reproducibly.",
+  usage: [
+    "deno task pretrain [--preset tiny-arith] [--out DIR]   # default --out runs/pretrain/PRESET",
+    "deno task pretrain --preset tiny-rewrite --out models/tiny-rewrite   # re-create a shipped model",
+    "deno task pretrain --task ./mytask.ts --arch llama --layers 8 --out runs/mine",
+  ],
   flags: PRETRAIN_FLAGS,
-  notes: `Pretrains the tiny Qwen3-style base model (4 layers) on the embedded arithmetic task with supervised
-next-token steps on worked solutions, then writes config.json, model.safetensors, tokenizer.json and
-pretrain.json (the run's settings and eval accuracy) to --out.`,
+  notes: `Supervised next-token steps on the task's worked solutions, evaluations on its held-out split
+(greedy, avg@4, pass@4), then config.json, model.safetensors, tokenizer.json and pretrain.json (the
+settings, time, evaluations and every step's loss) in --out. Presets: tiny-arith (Qwen3), tiny-arith-llama
+(Llama: no q/k norm, untied lm_head), tiny-rewrite (Qwen3, the rewrite task); with a preset's settings the
+result equals models/PRESET byte for byte (models/manifest.json holds the hashes).`,
 });
 
 const program = (argv: readonly string[]) =>
   Effect.gen(function* () {
     const args = yield* flagsOf(PRETRAIN, argv);
     if (args.help) return console.log(helpText(PRETRAIN));
-    const { device, ...o } = args.values;
-    yield* withDevice(device, (backend) => pretrain(backend, o));
+    const { device, preset, out, ...rest } = args.values;
+    const given = SETTING_KEYS.filter((k) => args.given.has(k));
+    const over = Object.fromEntries(given.map((k) => [k, rest[k]])) as Partial<PretrainSettings>;
+    const settings = settingsOf(preset, over);
+    const dir = out ?? defaultOut(preset, given.length > 0);
+    yield* withDevice(device, (backend) =>
+      pretrain(backend, settings, { out: dir, preset: given.length ? null : preset }));
   });
 
 /** Run the command; returns the exit code. */

@@ -17,6 +17,7 @@ export const TRAIN = defineCommand({
     "deno run -A train.ts [flags]          # defaults: BuPO on models/tiny-arith, minutes on llvmpipe",
     "deno run -A train.ts --objective grpo --out runs/grpo",
     "deno run -A train.ts --objective ./my_objective.ts   # a module exporting an Objective",
+    "deno run -A train.ts --task ./my_task.ts --model DIR # a module exporting a Task (or --task rewrite)",
     "deno run -A train.ts --out runs/x --resume           # continue a stopped run from its last checkpoint",
     "deno run -A train.ts --out runs/x --overwrite        # start the run in runs/x over",
   ],

@@ -31,9 +31,9 @@ export const isEmbeddedTask = (spec: string): boolean => Object.hasOwn(EMBEDDED_
 
 /** Where a task came from, for error messages: the flag or field, and the value given (a name or a path). */
 export interface TaskSite {
-  /** The flag or config field (`--task`). */
+  /** The flag or config field that named the task (`--task`). */
   readonly field: string;
-  /** The value given: an embedded task's name or a module path (`./t.ts#myTask`). */
+  /** What it said: an embedded name or a module path. */
   readonly spec: string;
 }
 

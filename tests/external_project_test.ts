@@ -112,7 +112,9 @@ const checkRun = async (dir: string, r: { code: number; stdout: string; stderr: 
     ): [string, unknown] => [`terms[${i}].value`, t.value]),
   ];
   const bad = numbers.find(([, v]) => typeof v !== "number" || !Number.isFinite(v));
-  if (sm.step !== 1 || sm.entropy?.layers?.length !== 4 || sm.terms?.length < 1 || bad) {
+  const layers = JSON.parse(await Deno.readTextFile(new URL("models/tiny-arith/config.json", root)))
+    .num_hidden_layers;
+  if (sm.step !== 1 || sm.entropy?.layers?.length !== layers || sm.terms?.length < 1 || bad) {
     throw new Error(`${what}: metrics ${lines[0].slice(0, 400)}${bad ? ` (${bad[0]} = ${bad[1]})` : ""}`);
   }
   if (Number(m[1]) !== sm.loss) throw new Error(`${what}: printed loss ${m[1]}, metrics.jsonl ${sm.loss}`);

@@ -7,7 +7,8 @@ import { Effect } from "effect";
 import { withGpu } from "../engine/gpu/device.ts";
 import type { GpuBackend } from "../engine/gpu/backend.ts";
 import { readModelDir, toParams } from "../formats/hf.ts";
-import { readTokenizerDir } from "../formats/tokenizer.ts";
+import { type CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
+import { taskSource } from "../training/source.ts";
 import { arithTask } from "../tasks/arith.ts";
 import { DEFAULTS } from "../training/config.ts";
 import { resolveObjective } from "../training/run.ts";
@@ -34,7 +35,14 @@ export async function benchRl(gpu: GpuBackend, steps = 3): Promise<string> {
     maxGradNorm: cfg.gradClip,
   });
   const objective = await resolveObjective(cfg);
-  const ctx: RlContext = { cfg, config: host.config, params, opt, tok, task: arithTask(), objective };
+  const ctx: RlContext = {
+    cfg,
+    config: host.config,
+    params,
+    opt,
+    source: taskSource(tok as CharTokenizer, arithTask(), cfg.seed),
+    objective,
+  };
   await rlStep(ctx, 1); // warm-up: compiles every pipeline
   await gpu.sync();
   gpu.resetPeak();

@@ -13,7 +13,8 @@ export interface TextTokenizer {
   /** Number of ids: every id is in [0, vocabSize). */
   readonly vocabSize: number;
   encode(text: string): number[];
-  decode(ids: readonly number[]): string;
+  /** Text of `ids`; with `skipSpecial`, special tokens (pad, eos, <|im_end|>...) are left out. */
+  decode(ids: readonly number[], options?: DecodeOptions): string;
   /** Begin-of-sequence id, where the model uses one. */
   readonly bos?: number;
   /** End-of-sequence id: generation stops here. */

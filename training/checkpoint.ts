@@ -49,7 +49,8 @@ export interface Checkpoint {
 const fail = (file: string, message: string) => new FileFormatError({ file, message: `${file}: ${message}` });
 
 /**
- * Write a checkpoint for `state.step` into `<run>/checkpoints/step-NNNNNN` and point latest.json at it. The
+ * Write a checkpoint for `state.step` into `<run>/checkpoints/step-NNNNNN` and point latest.json at it: the
+ * model, the tokenizer (a char tokenizer, or a writer of a folder's tokenizer files) and the optimizer. The
  * optimizer file holds one tensor per parameter and moment, `m.<name>` and `v.<name>` (the parameter's shape), so it
  * reads back under any segmentation of the parameter store.
  */
@@ -57,7 +58,7 @@ export const saveCheckpoint = (
   run: string,
   config: DecoderConfig,
   tensors: readonly { name: string; shape: Shape; data: Float32Array }[],
-  tok: CharTokenizer,
+  tok: CharTokenizer | ((dir: string) => Effect.Effect<void, FileFormatError>),
   moments: readonly ParamMoments[],
   state: CheckpointState,
   keep = 2,
@@ -74,7 +75,7 @@ export const saveCheckpoint = (
       catch: (e) => fail(tmp, `cannot create (${e})`),
     });
     yield* writeModelDir(tmp, config, tensors, { format: "pt", step: String(state.step) });
-    yield* writeTokenizerDir(tmp, tok);
+    yield* (typeof tok === "function" ? tok(tmp) : writeTokenizerDir(tmp, tok));
     yield* writeAtomic(
       files.optimizer,
       serializeSafetensors(

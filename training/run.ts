@@ -11,7 +11,6 @@ import type { DecoderConfig } from "../policies/config.ts";
 import { final } from "../policies/internal.ts";
 import { type HostModel, paramsToHost, readModelDir, toParams } from "../formats/hf.ts";
 import type { Params } from "../policies/params.ts";
-import { CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
 import { loadObjectiveModule } from "../formats/module.ts";
 import {
   bupo,
@@ -22,18 +21,16 @@ import {
   scale,
   show,
 } from "../objectives/objective.ts";
-import { resolveTask } from "../formats/task.ts";
-import { EMBEDDED_TASKS, isEmbeddedTask } from "../tasks/index.ts";
-import { outsideAlphabet } from "../tasks/task.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.ts";
 import { resolveConfig, type TrainConfig } from "./config.ts";
 import { resolveLayer } from "./boundary.ts";
-import { evalPolicyOf, evaluate } from "./evaluate.ts";
+import { evalPolicyOf, evaluateSource } from "./evaluate.ts";
 import { type EvalRecord, runPlots } from "./report.ts";
 import { type RlContext, rlStep, type StepMetrics } from "./rl.ts";
 import { requiredReadouts } from "../objectives/readouts.ts";
 import { createOptimizer, disposeOptimizer, loadMoments, momentsToHost } from "./optimizer.ts";
 import { type RunDir, runDir } from "./rundir.ts";
+import { openSource } from "./source.ts";
 
 /** The objective a config names: `grpo`, `bupo`, or a module exporting an Objective (default or `objective`). */
 export const resolveObjective = async (cfg: TrainConfig): Promise<Objective> => {
@@ -180,46 +177,15 @@ const resumeOrStart = (
   o.resume ? resumeFrom(cfg.out, o.explicit ?? {}) : startFresh(cfg);
 
 /**
- * The char tokenizer (the checkpoint's on resume) and the task `cfg.task` names (embedded, or a module checked
- * against the Task contract), which must fit each other: every character of the task's alphabet is a token.
+ * The run's task source (training/source.ts openSource): a dataset (`--data`) over the model folder's tokenizer,
+ * chat template and rewards, or the task `cfg.task` names over its char tokenizer; on resume the tokenizer is
+ * the checkpoint's. It closes (reward workers stop) with the run's scope.
  */
-const loadTokenizerAndTask = (origin: Origin, o: RunOptions) =>
-  Effect.gen(function* () {
-    const { cfg, start } = origin;
-    const tokDir = o.resume ? runDir(cfg.out).checkpoint(start - 1) : cfg.model;
-    const tok = yield* readTokenizerDir(tokDir);
-    if (!(tok instanceof CharTokenizer)) {
-      return yield* new ConfigError({
-        source: cfg.model,
-        field: "tokenizer.json",
-        message: `${cfg.model}: the tasks train char models; this tokenizer is not a char tokenizer`,
-      });
-    }
-    const task = yield* resolveTask(cfg.task, "--task", cfg.seed);
-    const missing = outsideAlphabet(tok.alphabet, task.alphabet);
-    if (missing.length) {
-      const shipped = isEmbeddedTask(cfg.task) ? EMBEDDED_TASKS[cfg.task].model : undefined;
-      return yield* new ConfigError({
-        source: `${tokDir}/tokenizer.json`,
-        field: "--task",
-        message: `--task ${cfg.task}: the tokenizer of ${tokDir} lacks the task's characters ${
-          JSON.stringify(missing.join(""))
-        }${
-          shipped && shipped !== cfg.model
-            ? ` (${shipped} is the shipped model for this task: --model ${shipped})`
-            : ""
-        }`,
-      });
-    }
-    const longest = task.maxSolutionChars;
-    if (!o.quiet && longest !== undefined && cfg.maxNew < longest) {
-      console.warn(
-        `note: --max-new ${cfg.maxNew} is below the task's longest solution (${longest} characters); ` +
-          `longer responses are cut off (pass --max-new ${longest + 1})`,
-      );
-    }
-    return { tok, task };
-  });
+const loadSource = (origin: Origin, o: RunOptions) => {
+  const { cfg, start } = origin;
+  const dir = o.resume ? runDir(cfg.out).checkpoint(start - 1) : cfg.model;
+  return openSource(cfg, dir, origin.host.config.vocabSize, (s) => o.quiet || console.log(s));
+};
 
 /** The run's objective; refused when its first step reads a layer the model does not have. */
 const loadObjective = (cfg: TrainConfig, config: DecoderConfig) =>
@@ -271,7 +237,6 @@ const acquireModel = (gpu: Backend, origin: Origin, resume: boolean) =>
 /** Everything the run's stages share. */
 interface Run extends RlContext {
   readonly rd: RunDir;
-  readonly tok: CharTokenizer;
   /** The logs so far (resumed runs: up to the checkpoint); each stage appends. */
   readonly metrics: StepMetrics[];
   readonly evals: EvalRecord[];
@@ -301,17 +266,20 @@ const openRunFolder = (rd: RunDir, cfg: TrainConfig, objective: Objective, start
 
 // ---- the stages of the loop -------------------------------------------------------------------------------
 
-/** Evaluate at `step` (0: the base model); append to eval.jsonl and samples.jsonl. */
+/**
+ * Evaluate at `step` (0: the base model); append to eval.jsonl and samples.jsonl. A source without held-out
+ * prompts (a dataset run without --eval-data) is not evaluated.
+ */
 const evalStage = (run: Run, step: number) =>
   onDevice(async () => {
     const { cfg, rd } = run;
-    const r = await evaluate(run.config, run.params, run.tok, run.task, {
+    if (run.source.evalSize === 0) return undefined;
+    const r = await evaluateSource(run.config, run.params, run.source, {
       problems: cfg.evalProblems,
       k: cfg.evalK,
       temperature: cfg.temperature,
       maxNew: cfg.maxNew,
       seed: cfg.seed + 7919,
-      taskSeed: cfg.seed,
       policy: evalPolicyOf(cfg.evalPolicy, run.config.numLayers),
     });
     const rec: EvalRecord = {
@@ -322,6 +290,8 @@ const evalStage = (run: Run, step: number) =>
       k: r.k,
       policy: r.policy,
       ...(r.byDifficulty ? { byDifficulty: r.byDifficulty } : {}),
+      ...(r.byDataSource ? { byDataSource: r.byDataSource } : {}),
+      ...(r.rewardErrors ? { rewardErrors: r.rewardErrors } : {}),
     };
     run.evals.push(rec);
     await Deno.writeTextFile(rd.evals, JSON.stringify(rec) + "\n", { append: true });
@@ -335,6 +305,13 @@ const evalStage = (run: Run, step: number) =>
         (100 * r.avgAtK).toFixed(1)
       }%  pass@${r.k} ${(100 * r.passAtK).toFixed(1)}%  greedy ${(100 * r.greedy).toFixed(1)}%`,
     );
+    for (const d of r.byDataSource ?? []) {
+      run.log(
+        `  ${d.dataSource} (${d.problems}): avg@${r.k} ${(100 * d.avgAtK).toFixed(1)}%  pass@${r.k} ${
+          (100 * d.passAtK).toFixed(1)
+        }%  greedy ${(100 * d.greedy).toFixed(1)}%`,
+      );
+    }
     return rec;
   });
 
@@ -347,7 +324,7 @@ const checkpointStage = (run: Run, step: number, last?: StepMetrics) =>
       mv: await momentsToHost(params, opt),
     }));
     const moments = tensors.map((t, i) => ({ name: t.name, shape: t.shape, m: mv.m[i], v: mv.v[i] }));
-    yield* saveCheckpoint(run.rd.dir, run.config, tensors, run.tok, moments, {
+    yield* saveCheckpoint(run.rd.dir, run.config, tensors, run.source.writeTokenizer, moments, {
       step,
       optimizerStep: opt.step,
       objective: JSON.parse(JSON.stringify(run.objective)),
@@ -406,9 +383,9 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
   Effect.gen(function* () {
     const origin = yield* resumeOrStart(cfgIn, o);
     const { cfg } = origin;
-    const { tok, task } = yield* loadTokenizerAndTask(origin, o);
+    const source = yield* loadSource(origin, o);
     const config = origin.host.config;
-    const layer = yield* resolveLayer(gpu, cfg, tok, task, {
+    const layer = yield* resolveLayer(gpu, cfg, source, {
       base: origin.host,
       resume: o.resume,
       log: (s) => o.quiet || console.log(s),
@@ -424,7 +401,7 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
     const log = (s: string) => {
       if (!o.quiet) console.log(s);
     };
-    const run: Run = { cfg, config, tok, task, objective, rd, ...model, ...logs, log };
+    const run: Run = { cfg, config, source, objective, rd, ...model, ...logs, log };
     return { run, start: origin.start };
   });
 
@@ -437,7 +414,7 @@ export const runTraining = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
     Effect.gen(function* () {
       const { run, start } = yield* setUp(gpu, cfgIn, o);
       run.log(
-        `bupo train: ${run.cfg.steps} steps of ${run.cfg.prompts} prompts x ${run.cfg.group} on ${gpu.name}`,
+        `bupo train: ${run.cfg.steps} steps of ${run.cfg.prompts} prompts x ${run.cfg.group} from ${run.source.name} on ${gpu.name}`,
       );
       run.log(`objective:\n${show(run.objective)}`);
       if (start === 1) yield* evalStage(run, 0);

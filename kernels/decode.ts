@@ -73,6 +73,11 @@ export interface AppendParams {
    * stop at most MAX_STOP_IDS distinct ids in all.
    */
   readonly stops?: readonly number[];
+  /**
+   * Most tokens a row writes after its prompt: the row is done once it has written this many (cut, without a
+   * stop id), so rows with short prompts are not given more room than the rest. Default: no limit per row.
+   */
+  readonly maxNew?: number;
 }
 
 /** The most distinct ids that end a row (eos, stop and `stops` together): two vec4 slots of the uniform. */
@@ -90,7 +95,7 @@ export const stopSet = (p: Pick<AppendParams, "eos" | "stop" | "stops">): number
 /**
  * Write sampled ids (B) into column t of ids (B, T), in place, where the prompt (promptLen (B)) has ended:
  * a row already done (it emitted a stop id earlier) gets `pad`; a row that samples eos, `stop` or any of
- * `stops` becomes done. The stop ids live in the uniform (eight slots, unused ones repeat eos), so one shader
+ * `stops` becomes done, and so does a row that has written `maxNew` tokens. The stop ids live in the uniform (eight slots, unused ones repeat eos), so one shader
  * serves every stop set.
  * Inputs: [ids (inout), done i32 (B) (inout), sampled i32 (B), promptLen i32 (B)].
  */
@@ -115,13 +120,14 @@ export const appendKernel: Kernel<AppendParams> = defineKernel<AppendParams>({
   cpu: (p, [_i, _d, sampled, plen], [ids, done]) => {
     const { t, pad } = p;
     const stops = new Set(stopSet(p));
+    const cap = p.maxNew ?? Infinity;
     const [B, T] = ids.shape;
     for (let b = 0; b < B; b++) {
       if (t < plen.data[b]) continue;
       if (done.data[b]) ids.data[b * T + t] = pad;
       else {
         ids.data[b * T + t] = sampled.data[b];
-        if (stops.has(sampled.data[b])) done.data[b] = 1;
+        if (stops.has(sampled.data[b]) || t - plen.data[b] + 1 >= cap) done.data[b] = 1;
       }
     }
   },
@@ -136,7 +142,8 @@ export const appendKernel: Kernel<AppendParams> = defineKernel<AppendParams>({
       { input: 2, name: "sampled", type: "i32" },
       { input: 3, name: "plen", type: "i32" },
       {
-        uniform: new Uint32Array(new Int32Array([t, pad, 0, 0, ...slots]).buffer),
+        // maxNew 0 in the uniform: no limit per row.
+        uniform: new Uint32Array(new Int32Array([t, pad, p.maxNew ?? 0, 0, ...slots]).buffer),
         name: "u",
         type: "array<vec4i, 3>",
       },
@@ -153,7 +160,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (done[b] != 0) { ids[at] = u[0].y; return; }
   let s = sampled[b];
   ids[at] = s;
-  if (any(vec4i(s) == u[1]) || any(vec4i(s) == u[2])) { done[b] = 1; }
+  let full = u[0].z > 0 && t - plen[b] + 1 >= u[0].z;
+  if (any(vec4i(s) == u[1]) || any(vec4i(s) == u[2]) || full) { done[b] = 1; }
 }`,
       workgroups: [Math.ceil(B / 64), 1, 1],
       bindings: b.bindings,

@@ -29,7 +29,10 @@ import { policyPoint } from "./policy.ts";
 import { unembed } from "./readout.ts";
 
 export interface GenerateOptions {
-  /** Most tokens to generate per sequence (eos included). */
+  /**
+   * Most tokens to generate per sequence (eos included), every sequence alike whatever its prompt's length: a
+   * sequence that reaches it without a stop id is cut (`finished` false).
+   */
   readonly maxNew: number;
   readonly eos: number;
   readonly pad: number;
@@ -131,7 +134,14 @@ export const generate = async (
           positions: col,
           vocab: o.vocab !== undefined && o.vocab < c.vocabSize ? o.vocab : undefined,
         });
-        appendToken(ids, done, s, promptLen, { t, eos: o.eos, pad: o.pad, stop: o.stop, stops: o.stops });
+        appendToken(ids, done, s, promptLen, {
+          t,
+          eos: o.eos,
+          pad: o.pad,
+          stop: o.stop,
+          stops: o.stops,
+          maxNew: o.maxNew,
+        });
       });
       o.onToken?.(t - start + 1, T - start);
       if (every > 0 && (t - start + 1) % every === 0 && t + 1 < T) {
@@ -142,8 +152,9 @@ export const generate = async (
     const out = Int32Array.from(await ids.data());
     const responseLens: number[] = [], finished: boolean[] = [], stopIds: (number | undefined)[] = [];
     for (let b = 0; b < B; b++) {
-      let end = T;
-      for (let t = plens[b]; t < T; t++) {
+      const limit = plens[b] + o.maxNew; // <= T; past it the row holds pad only
+      let end = limit;
+      for (let t = plens[b]; t < limit; t++) {
         if (stops.has(out[b * T + t])) {
           end = t + 1;
           break;

@@ -35,9 +35,9 @@ gpuTest("rollouts: GPU ids equal CPU ids for the same key; a replay is exact", a
     if (e >= 0 && row.slice(e + 1).some((x) => x !== 0)) {
       throw new Error(`row ${r}: tokens after eos: ${row}`);
     }
-    if (a.responseLens[r] !== (e >= 0 ? e + 1 : a.T) - prompts[r].length) {
-      throw new Error(`length of row ${r}`);
-    }
+    // maxNew 10 for every row, whatever its prompt's length: past it, pad.
+    if (a.responseLens[r] !== (e >= 0 ? e + 1 - prompts[r].length : 10)) throw new Error(`length of row ${r}`);
+    if (row.slice(prompts[r].length + 10).some((x) => x !== 0)) throw new Error(`row ${r} ran past maxNew`);
   }
 });
 
@@ -155,6 +155,62 @@ gpuTest(
     }
   },
 );
+
+gpuTest(
+  "ragged prompts: every row writes at most maxNew tokens, then pad; a cut row is not finished even when pad is a stop id",
+  async (g) => {
+    // Prompts of 1 and 6 tokens, maxNew 3: the buffer is 9 wide, but the short row may not use the long row's room.
+    // pad is also the eos (as Qwen3's <|endoftext|>), chosen among ids the rows never sample, so no row finishes.
+    const ragged = [[1], [1, 3, 3, 3, 3, 3]];
+    for (const b of [g, cpu32] as Backend[]) {
+      const p = initParams(b, paramSpecs(config), 99, 0.5);
+      try {
+        const base = { maxNew: 3, temperature: 1, topK: 1, seed: 1, step: 0 };
+        const free = await generate(config, p, ragged, { ...base, eos: 23, pad: 0, maxNew: 8 });
+        const seen = new Set(free.ids);
+        const unused = Array.from({ length: 23 }, (_, i) => 22 - i).find((i) => !seen.has(i))!;
+        const r = await generate(config, p, ragged, { ...base, eos: unused, pad: unused });
+        for (let row = 0; row < 2; row++) {
+          const ids = Array.from(r.ids.subarray(row * r.T, (row + 1) * r.T));
+          const pl = ragged[row].length;
+          const tail = ids.slice(pl + 3);
+          if (r.responseLens[row] !== 3 || r.finished[row] || r.stopIds[row] !== undefined) {
+            throw new Error(`${b.name} row ${row}: len ${r.responseLens[row]}, finished ${r.finished[row]}`);
+          }
+          if (tail.some((x) => x !== unused)) {
+            throw new Error(`${b.name} row ${row} wrote past maxNew: ${ids}`);
+          }
+          if (
+            ids.slice(pl, pl + 3).join() !==
+              Array.from(free.ids.subarray(row * free.T + pl, row * free.T + pl + 3)).join()
+          ) {
+            throw new Error(`${b.name} row ${row}: the first 3 tokens differ from the uncapped rollout`);
+          }
+        }
+      } finally {
+        p.dispose();
+      }
+    }
+  },
+);
+
+gpuTest("appendToken: maxNew ends a row once it has written that many tokens (GPU equals CPU)", async (g) => {
+  // Prompt lengths 1, 2, 3 at column 3 with maxNew 2: row 0 writes its 3rd token (done though cut), row 1 its
+  // 2nd (done), row 2 its 1st (not done).
+  const run = async (b: Backend) => {
+    const ids = tensor(b, new Int32Array(3 * 5).fill(1), [3, 5], "i32");
+    const done = tensor(b, new Int32Array(3), [3], "i32");
+    appendToken(ids, done, tensor(b, [5, 5, 5], [3], "i32"), tensor(b, [1, 2, 3], [3], "i32"), {
+      t: 3,
+      eos: 2,
+      pad: 0,
+      maxNew: 2,
+    });
+    return [...await done.data()];
+  };
+  assertClose(await run(g), await run(cpu32), { atol: 0, rtol: 0 }, "append");
+  assertClose(await run(cpu32), [1, 1, 0], { atol: 0, rtol: 0 }, "done flags");
+});
 
 Deno.test("early stop waits for rows still inside their prompt (a short row's eos does not end a long one)", async () => {
   const p = initParams(cpu32, paramSpecs(config), 99, 0.5);

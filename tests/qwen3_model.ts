@@ -71,7 +71,8 @@ export const verlRows = (n: number, split = "train"): VerlRow[] =>
   });
 
 /** Rows as JSON Lines. */
-export const jsonlOf = (rows: readonly unknown[]): string => rows.map((r) => JSON.stringify(r)).join("\n") + "\n";
+export const jsonlOf = (rows: readonly unknown[]): string =>
+  rows.map((r) => JSON.stringify(r)).join("\n") + "\n";
 
 /** verl rows as a snappy-compressed Parquet file (hyparquet-writer: nested prompt, reward_model, extra_info). */
 export const parquetOf = (rows: readonly VerlRow[]): Uint8Array => {
@@ -97,7 +98,12 @@ export const parquetOf = (rows: readonly VerlRow[]): Uint8Array => {
   return new Uint8Array(buf);
 };
 
-const str = (name: string) => ({ name, type: "BYTE_ARRAY", converted_type: "UTF8", repetition_type: "OPTIONAL" });
+const str = (name: string) => ({
+  name,
+  type: "BYTE_ARRAY",
+  converted_type: "UTF8",
+  repetition_type: "OPTIONAL",
+});
 
 /** verl's schema as pandas/pyarrow write it: list<struct<content, role>>, structs, INT64 index. */
 const VERL_PARQUET_SCHEMA = [

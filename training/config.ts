@@ -259,13 +259,12 @@ export const resolveConfig = (file: Partial<TrainConfig>, flags: Partial<TrainCo
       message: `group ${c.group}: GRPO needs at least 2 responses per prompt`,
     });
   }
-  const taskGiven = flags.task !== undefined ? "--task" : file.task !== undefined ? "task" : undefined;
-  if (c.data !== undefined && taskGiven) {
+  // A config file (a run's own config.json among them) always names a task; with data it is not used.
+  if (c.data !== undefined && flags.task !== undefined) {
     throw new ConfigError({
-      source: taskGiven === "--task" ? "flags" : "config",
-      field: taskGiven,
-      message:
-        `${taskGiven} ${c.task} and --data ${c.data}: a run trains on a task or on a dataset, not both`,
+      source: "flags",
+      field: "--task",
+      message: `--task ${c.task} and --data ${c.data}: a run trains on a task or on a dataset, not both`,
     });
   }
   if (c.data === undefined) {

@@ -318,3 +318,97 @@ Deno.test("dataset flags: bad combinations and bad data are errors naming the fl
     /--chat-template-kwargs: expected a JSON object/,
   );
 });
+
+/** The words of a command line: single and double quotes group, backslash-newline continues. */
+const shellWords = (line: string): string[] => {
+  const out: string[] = [];
+  let cur: string | null = null, quote: string | null = null;
+  for (const c of line) {
+    if (quote) {
+      if (c === quote) quote = null;
+      else cur += c;
+    } else if (c === "'" || c === '"') (quote = c, cur ??= "");
+    else if (/\s/.test(c)) cur !== null && (out.push(cur), cur = null);
+    else cur = (cur ?? "") + c;
+  }
+  if (cur !== null) out.push(cur);
+  return out;
+};
+
+/** The `deno task` command lines of README.md's "Train your own model" section, continuations joined. */
+const readmeCommands = async (): Promise<string[][]> => {
+  const md = await Deno.readTextFile(`${root}README.md`);
+  const section = md.split("\n## Train your own model\n")[1]?.split("\n## ")[0];
+  if (!section) throw new Error("README.md has no 'Train your own model' section");
+  const blocks = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]);
+  const block = blocks.find((b) => b.includes("deno task train"));
+  if (!block) throw new Error("no sh block with deno task train");
+  return block.replace(/\\\n\s*/g, " ").split("\n").filter((l) => l.startsWith("deno task ")).map(shellWords);
+};
+
+gpuTest(
+  "README's 'Train your own model' commands work as written on a folder with the real Qwen3 tokenizer",
+  async () => {
+    const cmds = await readmeCommands();
+    if (cmds.map((c) => c[2]).join() !== "data,train") {
+      throw new Error(
+        `commands ${cmds.map((c) => c.join(" "))}`,
+      );
+    }
+    const out = `${tmp}/readme-run`;
+    const paths: Record<string, string> = {
+      "models/Qwen3-0.6B": qwen,
+      "data/gsm8k/train.parquet": trainParquet,
+      "data/gsm8k/test.parquet": evalParquet,
+      "runs/qwen3-gsm8k": out,
+    };
+    // The sizes shrink to a test's; every other flag stays as the README writes it.
+    const sizes: Record<string, string> = {
+      "--steps": "2",
+      "--phase-steps": "1",
+      "--prompts": "2",
+      "--group": "2",
+      "--max-new": "8",
+      "--eval-every": "2",
+      "--eval-problems": "2",
+      "--eval-k": "1",
+    };
+    const [data, train] = cmds.map((c) => c.slice(3).map((w) => paths[w] ?? w));
+    for (const f of Object.keys(sizes)) {
+      const i = train.indexOf(f);
+      if (i < 0) throw new Error(`the README's train command has no ${f}`);
+      train[i + 1] = sizes[f];
+    }
+    for (const p of Object.keys(paths)) {
+      if (![...cmds[0], ...cmds[1]].includes(p)) throw new Error(`the README's commands no longer name ${p}`);
+    }
+    const shown = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${root}data.ts`, ...data],
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(shown.stdout);
+    if (
+      shown.code !== 0 || !text.includes("=== row 1 (toy/add)") || !text.includes("=== row 2 (toy/mul)") ||
+      text.includes("=== row 3") || !text.includes("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    ) {
+      throw new Error(
+        `deno task data exited ${shown.code}:\n${text}\n${new TextDecoder().decode(shown.stderr)}`,
+      );
+    }
+    const { main } = await import("../train.ts");
+    const code = await main([...train, "--quiet"]);
+    if (code !== 0) throw new Error(`deno task train exited ${code}`);
+    const evals = await jsonl<EvalRecord>(`${out}/eval.jsonl`);
+    const metrics = await jsonl<StepMetrics>(`${out}/metrics.jsonl`);
+    if (metrics.length !== 2 || evals.map((e) => e.step).join() !== "0,2" || !evals[1].byDataSource) {
+      throw new Error(`metrics ${metrics.length}, evals ${JSON.stringify(evals)}`);
+    }
+    for (const k of ["reward/math", "reward/format", "reward/format/stopped", "reward/errors"] as const) {
+      if (typeof metrics[1][k] !== "number") throw new Error(`metrics lack ${k}: ${Object.keys(metrics[1])}`);
+    }
+    const boundary = JSON.parse(await Deno.readTextFile(`${out}/boundary.json`));
+    if (!(boundary.layer >= 0 && boundary.layer < 2)) throw new Error(`boundary ${JSON.stringify(boundary)}`);
+  },
+);

@@ -87,6 +87,13 @@ export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
 export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
 export { loadTaskModule, resolveTask } from "./formats/task.ts";
 export { gradients, normTable, writeGradients } from "./training/grad.ts";
+export {
+  datasetSource,
+  type SourcePrompt,
+  type SourceScore,
+  type TaskSource,
+  taskSource,
+} from "./training/source.ts";
 export { readKl, streamKl } from "./policies/kl.ts";
 export { entropyFlow } from "./policies/analysis.ts";
 

@@ -36,7 +36,9 @@ gpuTest("rollouts: GPU ids equal CPU ids for the same key; a replay is exact", a
       throw new Error(`row ${r}: tokens after eos: ${row}`);
     }
     // maxNew 10 for every row, whatever its prompt's length: past it, pad.
-    if (a.responseLens[r] !== (e >= 0 ? e + 1 - prompts[r].length : 10)) throw new Error(`length of row ${r}`);
+    if (a.responseLens[r] !== (e >= 0 ? e + 1 - prompts[r].length : 10)) {
+      throw new Error(`length of row ${r}`);
+    }
     if (row.slice(prompts[r].length + 10).some((x) => x !== 0)) throw new Error(`row ${r} ran past maxNew`);
   }
 });

@@ -174,6 +174,15 @@ export { lowerLoss, lowerStep } from "./objectives/lower.ts";
 export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
 export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
 export { gradients, normTable, writeGradients } from "./training/grad.ts";
+export {
+  datasetSource,
+  type SourcePrompt,
+  type SourceResponse,
+  type SourceScore,
+  type TaskSource,
+  taskSource,
+  type TokenizerWriter,
+} from "./training/source.ts";
 export { readKl, streamKl } from "./policies/kl.ts";
 export * from "./policies/analysis.ts";
 
@@ -268,11 +277,15 @@ export {
 } from "./training/rl.ts";
 export { type Optimizer, optimizerStep } from "./training/optimizer.ts";
 export {
+  type DataSourceResult,
   type DifficultyResult,
   type EvalOptions,
   evalPolicyOf,
   type EvalResult,
+  type EvalSample,
   evaluate,
+  evaluateSource,
+  type GroupResult,
 } from "./training/evaluate.ts";
 
 // sweeps and comparisons: runs over a grid of settings and seeds, and their statistics

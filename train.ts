@@ -1,6 +1,6 @@
 /**
  * `deno run -A train.ts` (or `deno task train`): GRPO / BuPO on the embedded arithmetic task from the shipped
- * base model. `--help` lists every flag; `--config run.json` reads them from a file (flags win); `--resume`
+ * base model, or on a prompt dataset (`--data`) from any Hugging Face Qwen3 / Qwen2 / Llama folder. `--help` lists every flag; `--config run.json` reads them from a file (flags win); `--resume`
  * continues the run in `--out` from its last checkpoint.
  */
 import { Effect } from "effect";
@@ -12,7 +12,7 @@ import { runTraining } from "./training/run.ts";
 
 export const TRAIN = defineCommand({
   name: "train",
-  summary: "RL (GRPO, BuPO, or your own Objective) on an embedded reasoning task.",
+  summary: "RL (GRPO, BuPO, or your own Objective) on an embedded reasoning task or a prompt dataset.",
   usage: [
     "deno run -A train.ts [flags]          # defaults: BuPO on models/tiny-arith, minutes on llvmpipe",
     "deno run -A train.ts --objective grpo --out runs/grpo",
@@ -20,6 +20,8 @@ export const TRAIN = defineCommand({
     "deno run -A train.ts --task ./my_task.ts --model DIR # a module exporting a Task (or --task rewrite)",
     "deno run -A train.ts --out runs/x --resume           # continue a stopped run from its last checkpoint",
     "deno run -A train.ts --out runs/x --overwrite        # start the run in runs/x over",
+    "deno run -A train.ts --model models/Qwen3-0.6B --data train.parquet --eval-data test.parquet \\",
+    `  --chat-template-kwargs '{"enable_thinking": false}' --reward math:1,format:0.1 --max-new 512`,
   ],
   flags: {
     config: {
@@ -38,7 +40,11 @@ export const TRAIN = defineCommand({
     "bupo-run.json. --out must be new or empty, or a bupo run (with --resume or --overwrite); never a model\n" +
     "folder. --objective FILE#name picks a module's export; with a module, --layer, --phase-steps, --clip,\n" +
     "--clip-high and --tis-cap are errors. Memory is estimated before step 1 and a run that would not fit is\n" +
-    "refused, naming the flag to lower.",
+    "refused, naming the flag to lower.\n" +
+    "With --data: rows shuffled by --seed and cycled; the model folder's chat template, tokenizer and stop\n" +
+    "ids (every eos of generation_config.json); rewards by --reward (default math:1); metrics add\n" +
+    "reward/<part>, reward/errors and truncated; eval.jsonl adds byDataSource; checkpoints copy the\n" +
+    "folder's tokenizer files. Check the prompts first: deno task data --model DIR --data FILE.",
 });
 
 const program = (argv: readonly string[]) =>

@@ -68,16 +68,41 @@ export interface AppendParams {
   readonly pad: number;
   /** A second id that also ends a row (e.g. the task's stop character); default: eos. */
   readonly stop?: number;
+  /**
+   * More ids that end a row (Qwen3's generation_config.json has two eos ids, Llama 3's three): with eos and
+   * stop at most MAX_STOP_IDS distinct ids in all.
+   */
+  readonly stops?: readonly number[];
+  /**
+   * Most tokens a row writes after its prompt: the row is done once it has written this many (cut, without a
+   * stop id), so rows with short prompts are not given more room than the rest. Default: no limit per row.
+   */
+  readonly maxNew?: number;
 }
+
+/** The most distinct ids that end a row (eos, stop and `stops` together): two vec4 slots of the uniform. */
+export const MAX_STOP_IDS = 8;
+
+/** The distinct ids that end a row, eos first; more than MAX_STOP_IDS is a RangeError. */
+export const stopSet = (p: Pick<AppendParams, "eos" | "stop" | "stops">): number[] => {
+  const ids = [...new Set([p.eos, ...(p.stop === undefined ? [] : [p.stop]), ...(p.stops ?? [])])];
+  if (ids.length > MAX_STOP_IDS) {
+    throw new RangeError(`appendToken: ${ids.length} stop ids (${ids.join(", ")}); at most ${MAX_STOP_IDS}`);
+  }
+  return ids;
+};
 
 /**
  * Write sampled ids (B) into column t of ids (B, T), in place, where the prompt (promptLen (B)) has ended:
- * a row already done (it emitted eos earlier) gets `pad`; a row that samples eos becomes done.
+ * a row already done (it emitted a stop id earlier) gets `pad`; a row that samples eos, `stop` or any of
+ * `stops` becomes done, and so does a row that has written `maxNew` tokens. The stop ids live in the uniform (eight slots, unused ones repeat eos), so one shader
+ * serves every stop set.
  * Inputs: [ids (inout), done i32 (B) (inout), sampled i32 (B), promptLen i32 (B)].
  */
 export const appendKernel: Kernel<AppendParams> = defineKernel<AppendParams>({
   name: "appendToken",
-  infer: ({ t }, [ids, done, sampled, plen]) => {
+  infer: (p, [ids, done, sampled, plen]) => {
+    const { t } = p;
     const B = ids.shape[0];
     const ok = ids.shape.length === 2 && ids.dtype === "i32" && t >= 0 && t < ids.shape[1] &&
       [done, sampled, plen].every((x) => x.dtype === "i32" && x.shape.length === 1 && x.shape[0] === B);
@@ -89,27 +114,39 @@ export const appendKernel: Kernel<AppendParams> = defineKernel<AppendParams>({
         }, ${showShape(done.shape)}, ${showShape(sampled.shape)}, ${showShape(plen.shape)}, t = ${t}`,
       });
     }
+    stopSet(p); // more than MAX_STOP_IDS: a RangeError before anything runs
     return [{ shape: ids.shape, dtype: "i32", alias: 0 }, { shape: done.shape, dtype: "i32", alias: 1 }];
   },
-  cpu: ({ t, eos, pad, stop = eos }, [_i, _d, sampled, plen], [ids, done]) => {
+  cpu: (p, [_i, _d, sampled, plen], [ids, done]) => {
+    const { t, pad } = p;
+    const stops = new Set(stopSet(p));
+    const cap = p.maxNew ?? Infinity;
     const [B, T] = ids.shape;
     for (let b = 0; b < B; b++) {
       if (t < plen.data[b]) continue;
       if (done.data[b]) ids.data[b * T + t] = pad;
       else {
         ids.data[b * T + t] = sampled.data[b];
-        if (sampled.data[b] === eos || sampled.data[b] === stop) done.data[b] = 1;
+        if (stops.has(sampled.data[b]) || t - plen.data[b] + 1 >= cap) done.data[b] = 1;
       }
     }
   },
-  gpu: ({ t, eos, pad, stop = eos }, [ids]) => {
+  gpu: (p, [ids]) => {
+    const { t, pad } = p;
     const [B, T] = ids.shape;
+    const set = stopSet(p);
+    const slots = Array.from({ length: MAX_STOP_IDS }, (_, i) => set[i] ?? set[0]);
     const b = bind(
       { input: 0, name: "ids", type: "i32", access: "read_write" },
       { input: 1, name: "done", type: "i32", access: "read_write" },
       { input: 2, name: "sampled", type: "i32" },
       { input: 3, name: "plen", type: "i32" },
-      { uniform: new Uint32Array(new Int32Array([t, eos, pad, stop]).buffer), name: "u", type: "vec4i" },
+      {
+        // maxNew 0 in the uniform: no limit per row.
+        uniform: new Uint32Array(new Int32Array([t, pad, p.maxNew ?? 0, 0, ...slots]).buffer),
+        name: "u",
+        type: "array<vec4i, 3>",
+      },
     );
     return [{
       wgsl: `${b.decls}
@@ -117,13 +154,14 @@ export const appendKernel: Kernel<AppendParams> = defineKernel<AppendParams>({
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let b = gid.x;
   if (b >= ${B}u) { return; }
-  let t = u.x;
+  let t = u[0].x;
   if (t < plen[b]) { return; }
   let at = b * ${T}u + u32(t);
-  if (done[b] != 0) { ids[at] = u.z; return; }
+  if (done[b] != 0) { ids[at] = u[0].y; return; }
   let s = sampled[b];
   ids[at] = s;
-  if (s == u.y || s == u.w) { done[b] = 1; }
+  let full = u[0].z > 0 && t - plen[b] + 1 >= u[0].z;
+  if (any(vec4i(s) == u[1]) || any(vec4i(s) == u[2]) || full) { done[b] = 1; }
 }`,
       workgroups: [Math.ceil(B / 64), 1, 1],
       bindings: b.bindings,

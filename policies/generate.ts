@@ -9,7 +9,7 @@
  * not-yet-written columns irrelevant. With `policy` (default `final`), each next token is drawn from that internal
  * policy's readout at the last column instead (policies/policy.ts `policyPoint`: raw or normed).
  */
-import { appendToken, column } from "../kernels/decode.ts";
+import { appendToken, column, stopSet } from "../kernels/decode.ts";
 import { idsColumn } from "../kernels/kvcache.ts";
 import { sample } from "../kernels/sample.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
@@ -29,12 +29,20 @@ import { policyPoint } from "./policy.ts";
 import { unembed } from "./readout.ts";
 
 export interface GenerateOptions {
-  /** Most tokens to generate per sequence (eos included). */
+  /**
+   * Most tokens to generate per sequence (eos included), every sequence alike whatever its prompt's length: a
+   * sequence that reaches it without a stop id is cut (`finished` false).
+   */
   readonly maxNew: number;
   readonly eos: number;
   readonly pad: number;
   /** Another token id that ends a response (kept in it), e.g. the task's stop character. */
   readonly stop?: number;
+  /**
+   * More ids that end a response (kept in it): every eos of a model's generation_config.json (Qwen3 has two).
+   * With eos and stop at most eight distinct ids (kernels/decode.ts MAX_STOP_IDS).
+   */
+  readonly stops?: readonly number[];
   readonly temperature: number;
   readonly topK?: number;
   readonly topP?: number;
@@ -76,8 +84,10 @@ export interface Rollout {
   readonly promptLens: readonly number[];
   /** Response tokens per sequence, eos included when it was sampled. */
   readonly responseLens: readonly number[];
-  /** Whether each sequence ended with eos (false: cut at maxNew). */
+  /** Whether each sequence ended with a stop id (eos, stop or one of stops; false: cut at maxNew). */
   readonly finished: readonly boolean[];
+  /** The stop id each finished sequence ended with (undefined where it was cut at maxNew). */
+  readonly stopIds: readonly (number | undefined)[];
 }
 
 /** Sample responses to `prompts` (token ids, lengths may differ) from the model's own policy (or `o.policy`). */
@@ -88,6 +98,7 @@ export const generate = async (
   o: GenerateOptions,
 ): Promise<Rollout> => {
   const B = prompts.length;
+  const stops = new Set(stopSet(o));
   const plens = prompts.map((x) => x.length);
   if (plens.some((n) => n < 1)) throw new Error("generate: every prompt needs at least one token");
   const T = Math.max(...plens) + o.maxNew;
@@ -127,7 +138,14 @@ export const generate = async (
           positions: col,
           vocab: o.vocab !== undefined && o.vocab < c.vocabSize ? o.vocab : undefined,
         });
-        appendToken(ids, done, s, promptLen, { t, eos: o.eos, pad: o.pad, stop: o.stop ?? o.eos });
+        appendToken(ids, done, s, promptLen, {
+          t,
+          eos: o.eos,
+          pad: o.pad,
+          stop: o.stop,
+          stops: o.stops,
+          maxNew: o.maxNew,
+        });
       });
       o.onToken?.(t - start + 1, T - start);
       if (every > 0 && (t - start + 1) % every === 0 && t + 1 < T) {
@@ -136,19 +154,23 @@ export const generate = async (
       }
     }
     const out = Int32Array.from(await ids.data());
-    const responseLens: number[] = [], finished: boolean[] = [];
+    const responseLens: number[] = [], finished: boolean[] = [], stopIds: (number | undefined)[] = [];
     for (let b = 0; b < B; b++) {
-      let end = T;
-      for (let t = plens[b]; t < T; t++) {
-        if (out[b * T + t] === o.eos || out[b * T + t] === o.stop) {
+      const limit = plens[b] + o.maxNew; // <= T; past it the row holds pad only
+      let end = limit;
+      for (let t = plens[b]; t < limit; t++) {
+        if (stops.has(out[b * T + t])) {
           end = t + 1;
           break;
         }
       }
       responseLens.push(end - plens[b]);
-      finished.push(end < T || out[b * T + T - 1] === o.eos || out[b * T + T - 1] === o.stop);
+      const last = out[b * T + end - 1];
+      const ended = end > plens[b] && stops.has(last);
+      finished.push(ended);
+      stopIds.push(ended ? last : undefined);
     }
-    return { ids: out, B, T, promptLens: plens, responseLens, finished };
+    return { ids: out, B, T, promptLens: plens, responseLens, finished, stopIds };
   } finally {
     for (const x of [ids, done, promptLen, seqs, positions] as Tensor[]) x.dispose();
     kv?.dispose();

@@ -26,6 +26,7 @@ import { evalPolicyOf, evaluate } from "../training/evaluate.ts";
 import { cpu32, cpu64, gpuTest } from "./util.ts";
 import { modelDir, small, tmp, tok } from "./train_fixture.ts";
 import { rlStep } from "../training/rl.ts";
+import { taskSource } from "../training/source.ts";
 import { grpo } from "../objectives/objective.ts";
 import { createOptimizer, disposeOptimizer } from "../training/optimizer.ts";
 import { config as fixtureConfig } from "./train_fixture.ts";
@@ -235,7 +236,14 @@ Deno.test("evaluation records its policy and per-difficulty avg@k, pass@k and gr
     }
     const cfg = small(`${tmp}/unused`, { prompts: 6, group: 2 });
     const m = await rlStep(
-      { cfg, config: fixtureConfig, params: p, opt, tok, task: evenTask, objective: grpo(final) },
+      {
+        cfg,
+        config: fixtureConfig,
+        params: p,
+        opt,
+        source: taskSource(tok, evenTask, cfg.seed),
+        objective: grpo(final),
+      },
       1,
     );
     const lv = m.accuracyByDifficulty ?? [];

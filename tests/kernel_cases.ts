@@ -550,9 +550,12 @@ export const CASES: { readonly [K in KernelName]: Case<KernelParams<K>> } = {
       t: dim(9),
       at: fc.nat(),
       stop: fc.option(fc.constant(3), { nil: undefined }),
+      // Extra stop ids up to the eight slots (eos and stop among them, repeats allowed).
+      stops: fc.option(fc.array(fc.integer({ min: 0, max: 5 }), { maxLength: 6 }), { nil: undefined }),
+      maxNew: fc.option(fc.integer({ min: 1, max: 9 }), { nil: undefined }),
       seed: seedArb,
     }).map((a) =>
-      problem({ t: a.at % a.t, eos: 2, pad: 0, stop: a.stop }, [
+      problem({ t: a.at % a.t, eos: 2, pad: 0, stop: a.stop, stops: a.stops, maxNew: a.maxNew }, [
         I([a.b, a.t], a.seed, 0, 6),
         I([a.b], a.seed + 1, 0, 2),
         I([a.b], a.seed + 2, 0, 6),

@@ -26,6 +26,7 @@ import {
   shortfall,
 } from "../training/memory.ts";
 import { resolveObjective, runTraining } from "../training/run.ts";
+import { taskSource } from "../training/source.ts";
 import { gpuTest } from "./util.ts";
 import { modelDir, tmp } from "./train_fixture.ts";
 
@@ -38,7 +39,8 @@ const inputOf = async (cfg: TrainConfig): Promise<RunMemoryInput> => {
   const host = await Effect.runPromise(readModelDir(cfg.model));
   const tok = await Effect.runPromise(readTokenizerDir(cfg.model));
   const objective = await resolveObjective(cfg);
-  return { cfg, config: host.config, objective, task, tok, reference: cfg.kl > 0 };
+  const source = taskSource(tok as CharTokenizer, task, cfg.seed);
+  return { cfg, config: host.config, objective, source, reference: cfg.kl > 0 };
 };
 
 /** Run `cfg` on `b` from a fresh peak; the peak of live bytes above those live before, and the estimate. */
@@ -260,10 +262,10 @@ const evaluateAllAtOnce = async (
   p: Params,
   tok: TextTokenizer,
   t: Task,
-  o: EvalOptions & { batchSize: number },
+  o: EvalOptions & { batchSize: number; taskSeed: number },
 ): Promise<EvalResult> => {
   const roll = async (prompts: string[], temperature: number, step: number) => {
-    const out: string[] = [];
+    const out: { text: string; finished: boolean }[] = [];
     for (let i = 0; i < prompts.length; i += o.batchSize) {
       const part = prompts.slice(i, i + o.batchSize);
       const r = await generate(c, p, part.map((x) => promptIds(tok, x)), {
@@ -277,7 +279,10 @@ const evaluateAllAtOnce = async (
         firstSequence: i,
       });
       for (let b = 0; b < r.B; b++) {
-        out.push(responseText(tok, r.ids, b * r.T + r.promptLens[b], (b + 1) * r.T));
+        out.push({
+          text: responseText(tok, r.ids, b * r.T + r.promptLens[b], (b + 1) * r.T),
+          finished: r.finished[b],
+        });
       }
     }
     return out;
@@ -295,14 +300,16 @@ const evaluateAllAtOnce = async (
   const scores = probs.map((q, i) => {
     let sum = 0, any = false;
     for (let j = 0; j < o.k; j++) {
-      const completion = sampled[i * o.k + j];
+      const { text: completion, finished } = sampled[i * o.k + j];
       const r = t.reward(q, completion);
       sum += r;
       total += r;
       if (r >= 1) any = true;
-      if (samples.length < 8 && j === 0) samples.push({ prompt: q.prompt, completion, reward: r });
+      if (samples.length < 8 && j === 0) {
+        samples.push({ prompt: q.prompt, completion, reward: r, truncated: !finished });
+      }
     }
-    return { sum, pass: any, greedy: t.reward(q, greedyTexts[i]) >= 1 };
+    return { sum, pass: any, greedy: t.reward(q, greedyTexts[i].text) >= 1 };
   });
   const summary = (idx: readonly number[]) => {
     let sum = 0, pass = 0, greedy = 0;

@@ -8,7 +8,6 @@ import { Effect } from "effect";
 import { type ConfigError, FileFormatError } from "../core/errors.ts";
 import type { Backend } from "../engine/backend.ts";
 import { type HostModel, readModelDir, toParams } from "../formats/hf.ts";
-import type { TextTokenizer } from "../formats/tokenizer.ts";
 import { exists, readJson, writeAtomic } from "../io/files.ts";
 import {
   BOUNDARY_RULE,
@@ -19,9 +18,8 @@ import {
   responseBatch,
 } from "../policies/analysis.ts";
 import { generate } from "../policies/generate.ts";
-import { batch, type Task } from "../tasks/task.ts";
 import type { TrainConfig } from "./config.ts";
-import { promptIds, stopId } from "./data.ts";
+import { generateOptionsOf, type TaskSource } from "./source.ts";
 import { runDir } from "./rundir.ts";
 
 /** What boundary.json holds. */
@@ -92,18 +90,15 @@ export const trainingFlow = async (
   gpu: Backend,
   host: HostModel,
   cfg: TrainConfig,
-  tok: TextTokenizer,
-  task: Task,
+  source: TaskSource,
 ): Promise<{ flow: EntropyFlow; prompts: number; responses: number }> => {
-  const problems = batch(task, "train", cfg.seed, 0, cfg.prompts);
-  const prompts = problems.flatMap((q) => Array.from({ length: cfg.group }, () => promptIds(tok, q.prompt)));
+  const problems = source.train(1, cfg.prompts);
+  const prompts = problems.flatMap((q) => Array.from({ length: cfg.group }, () => q.ids));
   const p = toParams(gpu, host);
   try {
     const r = await generate(host.config, p, prompts, {
       maxNew: cfg.maxNew,
-      eos: tok.eos,
-      stop: stopId(tok, task),
-      pad: tok.pad,
+      ...generateOptionsOf(source),
       temperature: cfg.temperature,
       seed: cfg.seed,
       step: 0, // training steps are 1-based: step 0's draws are the analysis's own
@@ -127,8 +122,7 @@ const isRecord = (x: unknown): x is BoundaryRecord =>
 export const resolveLayer = (
   gpu: Backend,
   cfg: TrainConfig,
-  tok: TextTokenizer,
-  task: Task,
+  source: TaskSource,
   o: { readonly base?: HostModel; readonly resume: boolean; readonly log: (s: string) => void },
 ): Effect.Effect<number | "auto", ConfigError | FileFormatError | Error> =>
   Effect.gen(function* () {
@@ -147,7 +141,7 @@ export const resolveLayer = (
     }
     const host = o.base && !o.resume ? o.base : yield* readModelDir(cfg.model);
     const r = yield* Effect.tryPromise({
-      try: () => trainingFlow(gpu, host, cfg, tok, task),
+      try: () => trainingFlow(gpu, host, cfg, source),
       catch: (e) => e as Error,
     });
     const rec = boundaryRecord(r.flow, { model: cfg.model, prompts: r.prompts, responses: r.responses });

@@ -13,6 +13,7 @@ import { flatLayoutOf } from "../policies/params.ts";
 import { type HostModel, readModelDir, writeModelDir } from "../formats/hf.ts";
 import { type CharTokenizer, writeTokenizerDir } from "../formats/tokenizer.ts";
 import { checkpointFiles, isStepName, runDir } from "./rundir.ts";
+import type { TokenizerWriter } from "./source.ts";
 
 export interface CheckpointState {
   /** Steps completed. */
@@ -61,7 +62,8 @@ const pause = (() => {
 })();
 
 /**
- * Write a checkpoint for `state.step` into `<run>/checkpoints/step-NNNNNN` and point latest.json at it. The
+ * Write a checkpoint for `state.step` into `<run>/checkpoints/step-NNNNNN` and point latest.json at it: the
+ * model, the tokenizer (a char tokenizer, or a writer of a folder's tokenizer files) and the optimizer. The
  * optimizer file holds one tensor per parameter and moment, `m.<name>` and `v.<name>` (the parameter's shape), so it
  * reads back under any segmentation of the parameter store.
  */
@@ -69,7 +71,7 @@ export const saveCheckpoint = (
   run: string,
   config: DecoderConfig,
   tensors: readonly { name: string; shape: Shape; data: Float32Array }[],
-  tok: CharTokenizer,
+  tok: CharTokenizer | TokenizerWriter,
   moments: readonly ParamMoments[],
   state: CheckpointState,
   keep = 2,
@@ -87,7 +89,12 @@ export const saveCheckpoint = (
     });
     yield* writeModelDir(tmp, config, tensors, { format: "pt", step: String(state.step) });
     yield* pause;
-    yield* writeTokenizerDir(tmp, tok);
+    yield* (typeof tok === "function"
+      ? Effect.tryPromise({
+        try: () => tok(tmp),
+        catch: (e) => e instanceof FileFormatError ? e : fail(tmp, `cannot write the tokenizer (${e})`),
+      })
+      : writeTokenizerDir(tmp, tok));
     yield* pause;
     yield* writeAtomic(
       files.optimizer,

@@ -73,7 +73,38 @@ export interface TrainConfig {
   readonly checkpointEvery: number;
   /** Truncated importance correction cap for internal-policy terms (0 = off, as in the reference code). */
   readonly tisCap: number;
+  /**
+   * Train on a prompt dataset (.jsonl, .json or .parquet; verl's, TRL's or --prompt-key/--answer-key rows)
+   * instead of `task`, with the model folder's own tokenizer, chat template and stop ids. The settings below
+   * apply to datasets only; each is optional (absent: its default), so a task run's config never holds them.
+   */
+  readonly data?: string;
+  /** Held-out rows evaluated every `evalEvery` steps (avg@k, pass@k, greedy, per data_source). */
+  readonly evalData?: string;
+  /** The prompt's field (a dotted path) when the schema is not detected. */
+  readonly promptKey?: string;
+  /** The answer's field (a dotted path) when the schema is not detected. */
+  readonly answerKey?: string;
+  /** Drop prompts longer than this many tokens (verl's filter_overlong_prompts); absent: keep all. */
+  readonly maxPrompt?: number;
+  /** Chat-template variables as a JSON object (vLLM's flag), e.g. `{"enable_thinking": false}`. */
+  readonly chatTemplateKwargs?: string;
+  /** Send string prompts as they are, without the chat template. */
+  readonly noChatTemplate?: boolean;
+  /** Weighted rewards: built-ins (math, exact, regex, format) or module paths; absent: `math:1`. */
+  readonly reward?: string;
+  /** Seconds per reward call; past it the reward scores 0 and counts in reward/errors (absent: 5). */
+  readonly rewardTimeout?: number;
+  /** The `regex` reward's pattern (`/body/flags` or a body). */
+  readonly rewardPattern?: string;
+  /** Leave responses cut at maxNew (no stop token) out of the loss (TRL's mask_truncated_completions). */
+  readonly maskTruncated?: boolean;
 }
+
+/** The reward of a dataset run without `--reward`. */
+export const DEFAULT_DATA_REWARD = "math:1";
+/** Seconds per reward call without `--reward-timeout`. */
+export const DEFAULT_REWARD_TIMEOUT_S = 5;
 
 /** The settings of a run that neither a config file nor a flag gives: `deno run -A train.ts`'s demo. */
 export const DEFAULTS: TrainConfig = {
@@ -107,7 +138,7 @@ export const DEFAULTS: TrainConfig = {
   tisCap: 0,
 };
 
-const ROWS: { readonly [K in keyof TrainConfig]: Omit<FlagSpec, "default"> } = {
+const ROWS: { readonly [K in keyof TrainConfig]-?: Omit<FlagSpec, "default"> } = {
   model: { kind: "str", arg: "DIR", help: "model folder" },
   device: DEVICE_FLAG,
   task: {
@@ -152,15 +183,57 @@ const ROWS: { readonly [K in keyof TrainConfig]: Omit<FlagSpec, "default"> } = {
   },
   checkpointEvery: { kind: "posint", help: "checkpoint every N steps" },
   tisCap: { kind: "num", min: 0, help: "truncated importance correction cap (0 = off)" },
+  data: {
+    kind: "str",
+    arg: "FILE",
+    help: "train on a prompt dataset instead of --task: .jsonl, .json or .parquet (verl's or TRL's\n" +
+      "rows, or --prompt-key/--answer-key), with the model's tokenizer, chat template and stop ids",
+  },
+  evalData: {
+    kind: "str",
+    arg: "FILE",
+    help: "held-out rows for evaluation (avg@k, pass@k, greedy; per data_source); the first\n" +
+      "--eval-problems of them. Without it a dataset run is not evaluated",
+  },
+  promptKey: { kind: "str", arg: "PATH", help: "the prompt's field, a dotted path (default: prompt)" },
+  answerKey: {
+    kind: "str",
+    arg: "PATH",
+    help: "the answer's field (default: reward_model.ground_truth, solution, answer or ground_truth)",
+  },
+  maxPrompt: { kind: "posint", help: "drop prompts longer than N tokens (the count is printed)" },
+  chatTemplateKwargs: {
+    kind: "str",
+    arg: "JSON",
+    help: `chat-template variables, e.g. '{"enable_thinking": false}'`,
+  },
+  noChatTemplate: { kind: "bool", help: "send string prompts as they are, without the chat template" },
+  reward: {
+    kind: "str",
+    arg: "NAME[:W],...",
+    help:
+      `dataset rewards and weights: math, exact, regex, format or ./module.ts (default ${DEFAULT_DATA_REWARD}),\n` +
+      "e.g. math:1,format:0.1",
+  },
+  rewardTimeout: {
+    kind: "posnum",
+    arg: "SECONDS",
+    help: `per reward call (default ${DEFAULT_REWARD_TIMEOUT_S}); past it: 0, counted in reward/errors`,
+  },
+  rewardPattern: { kind: "str", arg: "PATTERN", help: "the regex reward's pattern (/body/flags or a body)" },
+  maskTruncated: {
+    kind: "bool",
+    help: "leave responses cut at --max-new out of the loss (TRL's mask_truncated_completions)",
+  },
 };
 
 /**
  * Every setting of a run as a flag-table row (kind, help, default from DEFAULTS); the flag of `maxNew` is
  * `--max-new`, its config-file field `maxNew`.
  */
-export const TRAIN_FLAGS: { readonly [K in keyof TrainConfig]: FlagSpec } = Object.fromEntries(
+export const TRAIN_FLAGS: { readonly [K in keyof TrainConfig]-?: FlagSpec } = Object.fromEntries(
   Object.entries(ROWS).map(([k, f]) => [k, { ...f, default: DEFAULTS[k as keyof TrainConfig] }]),
-) as { readonly [K in keyof TrainConfig]: FlagSpec };
+) as { readonly [K in keyof TrainConfig]-?: FlagSpec };
 
 const ConfigFile = t.UnknownRecord;
 
@@ -270,6 +343,35 @@ export const resolveConfig = (
       field: w.field,
       message: `${w.shown}: GRPO needs at least 2 responses per prompt`,
     });
+  }
+  // A config file (a run's own config.json among them) always names a task; with data it is not used.
+  if (c.data !== undefined && flags.task !== undefined) {
+    throw new ConfigError({
+      source: "flags",
+      field: "--task",
+      message: `--task ${c.task} and --data ${c.data}: a run trains on a task or on a dataset, not both`,
+    });
+  }
+  if (c.data === undefined) {
+    const dataOnly = ([
+      "evalData",
+      "promptKey",
+      "answerKey",
+      "maxPrompt",
+      "chatTemplateKwargs",
+      "noChatTemplate",
+      "reward",
+      "rewardTimeout",
+      "rewardPattern",
+    ] as const).find((k) => c[k] !== undefined && c[k] !== false);
+    if (dataOnly) {
+      const flag = `--${flagName(dataOnly, TRAIN_FLAGS[dataOnly])}`;
+      throw new ConfigError({
+        source: "config",
+        field: flag,
+        message: `${flag} applies to dataset runs; give --data FILE (the task ${c.task} has its own reward)`,
+      });
+    }
   }
   if ((c.prompts * c.group) % c.minibatches !== 0) {
     const w = where("minibatches"), p = where("prompts"), g = where("group");

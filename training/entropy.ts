@@ -419,12 +419,12 @@ export const analyseEntropy = (
         if (input.prompts) {
           const { text, ids, tok } = input.prompts;
           const bar = args.quiet ? undefined : progress("generate", args.maxNew, { unit: "tok" });
-          // generate stops at eos and one more id: the first other stop id (Qwen3: <|endoftext|> beside <|im_end|>).
-          const stop = input.prompts.stopIds.find((id) => id !== tok.eos);
+          // generate stops at eos and at every other stop id (Qwen3: <|endoftext|> beside <|im_end|>).
+          const stops = input.prompts.stopIds.filter((id) => id !== tok.eos);
           const r = await generate(c, p, ids, {
             maxNew: args.maxNew,
             eos: tok.eos,
-            ...(stop !== undefined ? { stop } : {}),
+            ...(stops.length ? { stops } : {}),
             pad: input.prompts.pad,
             vocab: input.prompts.vocab,
             temperature: args.temperature,

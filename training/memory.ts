@@ -21,11 +21,9 @@ import type { InternalPolicy } from "../policies/internal.ts";
 import { showPolicy } from "../policies/internal.ts";
 import type { Objective } from "../objectives/objective.ts";
 import { allTerms } from "../objectives/validate.ts";
-import type { TextTokenizer } from "../formats/tokenizer.ts";
-import { batch, type Task } from "../tasks/task.ts";
 import { DEFAULTS, flagOf, type TrainConfig } from "./config.ts";
-import { promptIds } from "./data.ts";
 import { EVAL_BATCH } from "./evaluate.ts";
+import type { TaskSource } from "./source.ts";
 
 const F32 = 4;
 
@@ -450,15 +448,17 @@ export const objectiveReads = (objective: Objective, numLayers: number) => {
   };
 };
 
-/** The longest prompt of a task in tokens: its declared bound, else the longest of a step's and an eval batch's. */
-export const promptTokens = (task: Task, tok: TextTokenizer, cfg: TrainConfig): number => {
-  const bos = tok.bos === undefined ? 0 : 1;
-  if (task.maxPromptChars !== undefined) return bos + task.maxPromptChars;
+/**
+ * The longest prompt of a source in tokens: its declared bound (a task's maxPromptChars, a dataset's rows),
+ * else the longest of a step's and an eval batch's prompts.
+ */
+export const promptTokens = (source: TaskSource, cfg: TrainConfig): number => {
+  if (source.maxPromptTokens !== undefined) return source.maxPromptTokens;
   const seen = [
-    ...batch(task, "train", cfg.seed, 0, Math.min(cfg.prompts, 256)),
-    ...batch(task, "eval", cfg.seed, 0, Math.min(cfg.evalProblems, 256)),
+    ...source.train(1, Math.min(cfg.prompts, 256)),
+    ...source.eval(0, Math.min(cfg.evalProblems, 256, source.evalSize)),
   ];
-  return Math.max(1, ...seen.map((p) => promptIds(tok, p.prompt).length));
+  return Math.max(1, ...seen.map((p) => p.ids.length));
 };
 
 /** What the memory check of a run reads. */
@@ -466,8 +466,8 @@ export interface RunMemoryInput {
   readonly cfg: TrainConfig;
   readonly config: DecoderConfig;
   readonly objective: Objective;
-  readonly task: Task;
-  readonly tok: TextTokenizer;
+  /** Where the prompts come from (their length in tokens). */
+  readonly source: TaskSource;
   /** Whether a reference model will be loaded. */
   readonly reference: boolean;
   /** The settings given explicitly (a default is named as one in messages). */
@@ -515,7 +515,7 @@ export const memoryShape = (
 export const memoryProblem = (input: RunMemoryInput, lim: MemoryLimits): ConfigError | null => {
   const { cfg, config } = input;
   const reads = objectiveReads(input.objective, config.numLayers);
-  const prompt = promptTokens(input.task, input.tok, cfg);
+  const prompt = promptTokens(input.source, cfg);
   const shapeWith = (over: Partial<TrainConfig>) =>
     memoryShape({ ...cfg, ...over }, config, reads, prompt, input.reference);
   const fits = (over: Partial<TrainConfig>) =>
@@ -580,7 +580,7 @@ export const estimateRun = (input: RunMemoryInput, binding = Infinity): MemoryEs
       input.cfg,
       input.config,
       objectiveReads(input.objective, input.config.numLayers),
-      promptTokens(input.task, input.tok, input.cfg),
+      promptTokens(input.source, input.cfg),
       input.reference,
     ),
     binding,

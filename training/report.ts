@@ -11,7 +11,7 @@ import {
   panels,
   type VLine,
 } from "../io/svg.ts";
-import type { DifficultyResult } from "./evaluate.ts";
+import type { DataSourceResult, DifficultyResult } from "./evaluate.ts";
 import type { StepMetrics } from "./rl.ts";
 
 /** One evaluation of a run (eval.jsonl). */
@@ -30,6 +30,10 @@ export interface EvalRecord {
   readonly policy?: string;
   /** Per difficulty level, where the task defines one. */
   readonly byDifficulty?: readonly DifficultyResult[];
+  /** Per data_source, where the held-out rows name one (dataset runs). */
+  readonly byDataSource?: readonly DataSourceResult[];
+  /** Reward calls that failed during the evaluation (dataset runs; absent when none did). */
+  readonly rewardErrors?: number;
 }
 
 /** The phase key of a step's metrics: its phase indices (lines logged before they were: the phase text). */

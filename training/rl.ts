@@ -14,7 +14,6 @@ import { generate, type GenerateOptions, type Rollout } from "../policies/genera
 import { final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
 import type { Params } from "../policies/params.ts";
 import { forwardPolicies } from "../policies/policy.ts";
-import type { TextTokenizer } from "../formats/tokenizer.ts";
 import { batchTensors, type RolloutHost } from "../objectives/batch.ts";
 import { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "../objectives/advantages.ts";
 import { lowerStep } from "../objectives/lower.ts";
@@ -26,9 +25,8 @@ import {
   showTerm,
   type Term,
 } from "../objectives/objective.ts";
-import { batch, type Problem, type Task } from "../tasks/task.ts";
 import type { TrainConfig } from "./config.ts";
-import { promptIds, responseText, stopId } from "./data.ts";
+import { generateOptionsOf, type SourcePrompt, type SourceScore, type TaskSource } from "./source.ts";
 import { requiredReadouts } from "../objectives/readouts.ts";
 import { type Optimizer, optimizerStep } from "./optimizer.ts";
 
@@ -42,27 +40,25 @@ export interface RlContext {
   readonly params: Params;
   /** AdamW's moments for `params` (updated in place). */
   readonly opt: Optimizer;
-  /** Encodes prompts and decodes responses. */
-  readonly tok: TextTokenizer;
-  /** Where the problems and rewards come from. */
-  readonly task: Task;
+  /** Where the prompts come from and how responses are scored (a task or a dataset). */
+  readonly source: TaskSource;
   /** The loss (its phases are resolved at the step). */
   readonly objective: Objective;
   /** Frozen reference model for KL terms (absent when no term needs it). */
   readonly ref?: Params;
 }
 
-/** The problems of RL step `step` (1-based), each prompt repeated once per group member, and the sampler's options. */
+/**
+ * The prompts of RL step `step` (1-based) from the source, each one's ids repeated once per group member, and
+ * the sampler's options (the source's stop ids, pad and vocabulary).
+ */
 export const rolloutPlan = (ctx: RlContext, step: number) => {
-  const { cfg, tok, task } = ctx;
-  const problems = batch(task, "train", cfg.seed, (step - 1) * cfg.prompts, cfg.prompts);
-  const prompts = problems.flatMap((q) => Array.from({ length: cfg.group }, () => promptIds(tok, q.prompt)));
+  const { cfg, source } = ctx;
+  const problems = source.train(step, cfg.prompts);
+  const prompts = problems.flatMap((q) => Array.from({ length: cfg.group }, () => q.ids));
   const options: GenerateOptions = {
     maxNew: cfg.maxNew,
-    eos: tok.eos,
-    stop: stopId(tok, task),
-    pad: tok.pad,
-    vocab: tok.vocabSize,
+    ...generateOptionsOf(source),
     temperature: cfg.temperature,
     seed: cfg.seed,
     step,
@@ -98,7 +94,11 @@ export interface DifficultyAccuracy {
   readonly accuracy: number;
 }
 
-/** One line of metrics.jsonl. */
+/**
+ * One line of metrics.jsonl. Sources whose rewards have parts (datasets) add `reward/<part>`: the mean of each
+ * part over the step's responses that have it (`reward/math`, `reward/format/stopped`, ...), and
+ * `reward/errors`: how many reward calls failed in the step (threw, non-finite, timed out; each scored 0).
+ */
 export interface StepMetrics {
   /** The step, 1-based. */
   readonly step: number;
@@ -121,6 +121,8 @@ export interface StepMetrics {
   readonly zeroVarianceGroups: number;
   /** Mean response length in tokens (eos included). */
   readonly responseLength: number;
+  /** Fraction of responses cut at maxNew (no stop id): left out of the loss with `maskTruncated`. */
+  readonly truncated: number;
   /** The objective's value, mean over the step's updates (epochs x minibatches). */
   readonly loss: number;
   /** Global gradient norm before clipping, mean over the updates. */
@@ -148,6 +150,8 @@ export interface StepMetrics {
   readonly tokens: { readonly rollout: number; readonly trained: number };
   /** One response of the step (the first correct one, else the first) with its prompt and reward. */
   readonly example: { readonly prompt: string; readonly completion: string; readonly reward: number };
+  /** Per reward part (datasets): `reward/<part>`, the part's mean; `reward/errors`, the failed calls. */
+  readonly [part: `reward/${string}`]: number;
 }
 
 /** Every policy an objective names, in any phase or term (KL pairs' both sides), deduplicated, in tree order. */
@@ -217,25 +221,65 @@ const sliceRows = (h: RolloutHost, from: number, to: number): RolloutHost => {
   };
 };
 
-/** Stage 1, rollout: the step's problems and a group of responses to each from the final policy. */
+/** Stage 1, rollout: the step's prompts and a group of responses to each from the final policy. */
 const rolloutStage = async (ctx: RlContext, step: number) => {
   const { problems, prompts, options } = rolloutPlan(ctx, step);
   return { problems, roll: await generate(ctx.config, ctx.params, prompts, options) };
 };
 
-/** Stage 2, score: each response's text, reward and format flag, and the group advantages. */
-const scoreStage = (ctx: RlContext, problems: readonly Problem[], roll: Rollout) => {
-  const { cfg, tok, task } = ctx;
+/**
+ * Stage 2, score: each response's text and score from its prompt's scorer (a dataset's rewards run
+ * concurrently, in their workers), whether it was cut at maxNew, and the group advantages.
+ */
+const scoreStage = async (ctx: RlContext, problems: readonly SourcePrompt[], roll: Rollout) => {
+  const { cfg, source } = ctx;
   const G = cfg.group, T = roll.T;
-  const texts = roll.promptLens.map((pl, b) => responseText(tok, roll.ids, b * T + pl, (b + 1) * T));
-  const rewards = texts.map((x, b) => task.reward(problems[Math.floor(b / G)], x));
-  const formats = texts.map((x, b) => (task.format?.(problems[Math.floor(b / G)], x) ? 1 : 0));
+  const texts = roll.promptLens.map((pl, b) => source.responseText(roll.ids, b * T + pl, (b + 1) * T));
+  const scores: SourceScore[] = await Promise.all(texts.map((text, b) =>
+    problems[Math.floor(b / G)].score({
+      text,
+      finished: roll.finished[b],
+      ...(roll.stopIds[b] !== undefined ? { stopId: roll.stopIds[b] } : {}),
+      tokens: roll.responseLens[b],
+    })
+  ));
+  const rewards = scores.map((x) => x.reward);
+  const formats = scores.map((x) => (x.format ? 1 : 0));
+  const truncated = roll.finished.map((f) => !f);
   const adv = cfg.advantage === "grpo"
     ? grpoAdvantages(rewards, G)
     : cfg.advantage === "drgrpo"
     ? drGrpoAdvantages(rewards, G)
     : rlooAdvantages(rewards, G);
-  return { texts, rewards, formats, adv };
+  return { texts, scores, rewards, formats, truncated, adv };
+};
+
+/**
+ * The response lengths the loss sees: the rollout's, with `maskTruncated` those of responses cut at maxNew set
+ * to 0 (their tokens leave the loss mask; their rewards still count in the group advantages, as in TRL).
+ */
+export const lossLengths = (
+  responseLens: readonly number[],
+  truncated: readonly boolean[],
+  maskTruncated: boolean,
+): number[] => responseLens.map((n, b) => (maskTruncated && truncated[b] ? 0 : n));
+
+/** `reward/<part>` means over the responses that have the part, and `reward/errors` (none without parts). */
+export const rewardPartMetrics = (scores: readonly SourceScore[]): Record<`reward/${string}`, number> => {
+  const sums = new Map<string, [number, number]>();
+  let errors = 0;
+  for (const s of scores) {
+    errors += s.errors;
+    for (const [k, v] of Object.entries(s.parts)) {
+      const e = sums.get(k) ?? [0, 0];
+      sums.set(k, [e[0] + v, e[1] + 1]);
+    }
+  }
+  if (sums.size === 0 && errors === 0) return {};
+  const out: Record<`reward/${string}`, number> = {};
+  for (const [k, [sum, n]] of sums) out[`reward/${k}`] = sum / n;
+  out["reward/errors"] = errors;
+  return out;
 };
 
 /** Host log-probs and entropies per position of the policies read, by key. */
@@ -414,9 +458,11 @@ const stepMetrics = (
   ctx: RlContext,
   step: number,
   r: {
-    problems: readonly Problem[];
+    problems: readonly SourcePrompt[];
     roll: Rollout;
-    score: ReturnType<typeof scoreStage>;
+    score: Awaited<ReturnType<typeof scoreStage>>;
+    /** Response tokens in the loss (lossLengths), summed. */
+    lossTokens: number;
     old: Awaited<ReturnType<typeof oldStage>>;
     layers: readonly InternalPolicy[];
     named: readonly InternalPolicy[];
@@ -427,7 +473,7 @@ const stepMetrics = (
 ): StepMetrics => {
   const { cfg, objective } = ctx;
   const { problems, roll, vals, layers, named, t: [t0, t1, t2, t3] } = r;
-  const { texts, rewards, formats, adv } = r.score;
+  const { texts, rewards, formats, adv, scores, truncated } = r.score;
   const { reads, mask } = r.old;
   const maskedMean = (x: ArrayLike<number>) => {
     let s = 0, n = 0;
@@ -436,7 +482,7 @@ const stepMetrics = (
   };
   const G = cfg.group;
   const rm = mean(rewards);
-  const best = rewards.findIndex((r) => r >= 1);
+  const best = scores.findIndex((x) => x.correct);
   const ex = best >= 0 ? best : 0;
   const active = activeAt(objective, step);
   const termMean = (i: number, k: (typeof TERM_FIELDS)[number]) =>
@@ -460,7 +506,7 @@ const stepMetrics = (
   const levelOf = (b: number) => problems[Math.floor(b / G)].difficulty;
   const levels = [...new Set(rewards.flatMap((_, b) => levelOf(b) ?? []))].sort((x, y) => x - y);
   const byLevel = levels.map((level): DifficultyAccuracy => {
-    const hits = rewards.flatMap((x, b) => (levelOf(b) === level ? [x >= 1 ? 1 : 0] : []));
+    const hits = scores.flatMap((x, b) => (levelOf(b) === level ? [x.correct ? 1 : 0] : []));
     return { difficulty: level, responses: hits.length, accuracy: mean(hits) };
   });
   return {
@@ -469,10 +515,11 @@ const stepMetrics = (
     phaseIndex: phaseIndexAt(objective, step),
     rewardMean: rm,
     rewardStd: Math.sqrt(mean(rewards.map((r) => (r - rm) ** 2))),
-    accuracy: mean(rewards.map((r) => (r >= 1 ? 1 : 0))),
+    accuracy: mean(scores.map((x) => (x.correct ? 1 : 0))),
     formatRate: mean(formats),
     zeroVarianceGroups: adv.zeroVarianceFraction,
     responseLength: mean(roll.responseLens),
+    truncated: mean(truncated.map((x) => (x ? 1 : 0))),
     loss: mean(vals.map((v) => v.loss)),
     gradNorm: mean(vals.map((v) => v.norm)),
     clipFraction: mean(vals.map((v) => v.clip)),
@@ -494,9 +541,10 @@ const stepMetrics = (
     },
     tokens: {
       rollout: roll.responseLens.reduce((a, b) => a + b, 0),
-      trained: mask.reduce((a, b) => a + b, 0) * cfg.epochs,
+      trained: r.lossTokens * cfg.epochs,
     },
-    example: { prompt: problems[Math.floor(ex / G)].prompt, completion: texts[ex], reward: rewards[ex] },
+    example: { prompt: problems[Math.floor(ex / G)].text, completion: texts[ex], reward: rewards[ex] },
+    ...rewardPartMetrics(scores),
   };
 };
 
@@ -507,7 +555,7 @@ const stepMetrics = (
 export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics> => {
   const t0 = performance.now();
   const { problems, roll } = await rolloutStage(ctx, step);
-  const score = scoreStage(ctx, problems, roll);
+  const score = await scoreStage(ctx, problems, roll);
   const t1 = performance.now();
   const layers = Array.from({ length: ctx.config.numLayers }, (_, l) => layer(l));
   const host: RolloutHost = {
@@ -519,10 +567,23 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
     advantages: score.adv.advantages,
   };
   const named = objectivePolicies(ctx.objective);
+  // The entropies of the logs cover every response token; the loss only the tokens lossLengths keeps.
   const old = await oldStage(ctx, step, host, layers, named);
+  const lens = lossLengths(roll.responseLens, score.truncated, ctx.cfg.maskTruncated === true);
   const t2 = performance.now();
-  const vals = await updateStage(ctx, step, old.full);
+  const vals = await updateStage(ctx, step, { ...old.full, responseLens: lens });
   const t3 = performance.now();
   checkFinite(step, vals);
-  return stepMetrics(ctx, step, { problems, roll, score, old, layers, named, vals, t: [t0, t1, t2, t3] });
+  const lossTokens = lens.reduce((a, b) => a + b, 0);
+  return stepMetrics(ctx, step, {
+    problems,
+    roll,
+    score,
+    lossTokens,
+    old,
+    layers,
+    named,
+    vals,
+    t: [t0, t1, t2, t3],
+  });
 };

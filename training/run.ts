@@ -13,7 +13,6 @@ import type { DecoderConfig } from "../policies/config.ts";
 import { final } from "../policies/internal.ts";
 import { type HostModel, paramsToHost, readModelDir, toParams } from "../formats/hf.ts";
 import type { Params } from "../policies/params.ts";
-import { CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
 import { loadObjectiveModule } from "../formats/module.ts";
 import {
   bupo,
@@ -24,13 +23,10 @@ import {
   scale,
   show,
 } from "../objectives/objective.ts";
-import { resolveTask } from "../formats/task.ts";
-import { EMBEDDED_TASKS, isEmbeddedTask } from "../tasks/index.ts";
-import { outsideAlphabet } from "../tasks/task.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "./checkpoint.ts";
 import { decodeConfigJson, recordedConfig, resolveConfig, type TrainConfig } from "./config.ts";
 import { resolveLayer } from "./boundary.ts";
-import { evalPolicyOf, evaluate } from "./evaluate.ts";
+import { evalPolicyOf, evaluateSource } from "./evaluate.ts";
 import { type EvalRecord, runPlots } from "./report.ts";
 import { type RlContext, rlStep, type StepMetrics } from "./rl.ts";
 import { allTerms, layerProblems } from "../objectives/validate.ts";
@@ -47,6 +43,7 @@ import {
   runDir,
   writeMarker,
 } from "./rundir.ts";
+import { openSource } from "./source.ts";
 
 /**
  * The objective a config names: `grpo`, `bupo`, or a module exporting an Objective (`path#export`, or the
@@ -297,45 +294,12 @@ const resumeOrStart = (
   });
 
 /**
- * The char tokenizer (the checkpoint's on resume) and the task `cfg.task` names (embedded, or a module checked
- * against the Task contract), which must fit each other: every character of the task's alphabet is a token.
+ * The run's task source (training/source.ts openSource): a dataset (`--data`) over the model folder's tokenizer,
+ * chat template and rewards, or the task `cfg.task` names over its char tokenizer; on resume the tokenizer is
+ * the checkpoint's. It closes (reward workers stop) with the run's scope.
  */
-const loadTokenizerAndTask = (origin: Origin, quiet: boolean) =>
-  Effect.gen(function* () {
-    const { cfg } = origin;
-    const tok = yield* readTokenizerDir(origin.tokDir);
-    if (!(tok instanceof CharTokenizer)) {
-      return yield* new ConfigError({
-        source: cfg.model,
-        field: "tokenizer.json",
-        message: `${cfg.model}: the tasks train char models; this tokenizer is not a char tokenizer`,
-      });
-    }
-    const task = yield* resolveTask(cfg.task, "--task", cfg.seed);
-    const missing = outsideAlphabet(tok.alphabet, task.alphabet);
-    if (missing.length) {
-      const shipped = isEmbeddedTask(cfg.task) ? EMBEDDED_TASKS[cfg.task].model : undefined;
-      return yield* new ConfigError({
-        source: `${origin.tokDir}/tokenizer.json`,
-        field: "--task",
-        message: `--task ${cfg.task}: the tokenizer of ${origin.tokDir} lacks the task's characters ${
-          JSON.stringify(missing.join(""))
-        }${
-          shipped && shipped !== cfg.model
-            ? ` (${shipped} is the shipped model for this task: --model ${shipped})`
-            : ""
-        }`,
-      });
-    }
-    const longest = task.maxSolutionChars;
-    if (!quiet && longest !== undefined && cfg.maxNew < longest) {
-      console.warn(
-        `note: --max-new ${cfg.maxNew} is below the task's longest solution (${longest} characters); ` +
-          `longer responses are cut off (pass --max-new ${longest + 1})`,
-      );
-    }
-    return { tok, task };
-  });
+const loadSource = (origin: Origin, o: RunOptions) =>
+  openSource(origin.cfg, origin.tokDir, origin.host.config.vocabSize, (s) => o.quiet || console.log(s));
 
 /**
  * The run's objective, checked against the model before step 1: every policy of every term in every phase must
@@ -415,7 +379,6 @@ interface SampleRecord {
 /** Everything the run's stages share. */
 interface Run extends RlContext {
   readonly rd: RunDir;
-  readonly tok: CharTokenizer;
   /** The logs so far (resumed runs: up to the checkpoint); each stage appends and rewrites its file atomically. */
   readonly metrics: StepMetrics[];
   readonly evals: EvalRecord[];
@@ -461,18 +424,21 @@ const openRunFolder = (rd: RunDir, origin: Origin, objective: Objective, mode: F
 
 // ---- the stages of the loop -------------------------------------------------------------------------------
 
-/** Evaluate at `step` (0: the base model); add to eval.jsonl and samples.jsonl. */
+/**
+ * Evaluate at `step` (0: the base model); add to eval.jsonl and samples.jsonl. A source without held-out
+ * prompts (a dataset run without --eval-data) is not evaluated.
+ */
 const evalStage = (run: Run, step: number) =>
   Effect.gen(function* () {
     const { cfg, rd } = run;
+    if (run.source.evalSize === 0) return undefined;
     const r = yield* onDevice(() =>
-      evaluate(run.config, run.params, run.tok, run.task, {
+      evaluateSource(run.config, run.params, run.source, {
         problems: cfg.evalProblems,
         k: cfg.evalK,
         temperature: cfg.temperature,
         maxNew: cfg.maxNew,
         seed: cfg.seed + 7919,
-        taskSeed: cfg.seed,
         policy: evalPolicyOf(cfg.evalPolicy, run.config.numLayers),
       })
     );
@@ -484,6 +450,8 @@ const evalStage = (run: Run, step: number) =>
       k: r.k,
       policy: r.policy,
       ...(r.byDifficulty ? { byDifficulty: r.byDifficulty } : {}),
+      ...(r.byDataSource ? { byDataSource: r.byDataSource } : {}),
+      ...(r.rewardErrors ? { rewardErrors: r.rewardErrors } : {}),
     };
     run.evals.push(rec);
     run.samples.push(...r.samples.map((s) => ({ step, ...s })));
@@ -494,6 +462,13 @@ const evalStage = (run: Run, step: number) =>
         (100 * r.avgAtK).toFixed(1)
       }%  pass@${r.k} ${(100 * r.passAtK).toFixed(1)}%  greedy ${(100 * r.greedy).toFixed(1)}%`,
     );
+    for (const d of r.byDataSource ?? []) {
+      run.log(
+        `  ${d.dataSource} (${d.problems}): avg@${r.k} ${(100 * d.avgAtK).toFixed(1)}%  pass@${r.k} ${
+          (100 * d.passAtK).toFixed(1)
+        }%  greedy ${(100 * d.greedy).toFixed(1)}%`,
+      );
+    }
     return rec;
   });
 
@@ -506,7 +481,7 @@ const checkpointStage = (run: Run, step: number, last?: StepMetrics) =>
       mv: await momentsToHost(params, opt),
     }));
     const moments = tensors.map((t, i) => ({ name: t.name, shape: t.shape, m: mv.m[i], v: mv.v[i] }));
-    yield* saveCheckpoint(run.rd.dir, run.config, tensors, run.tok, moments, {
+    yield* saveCheckpoint(run.rd.dir, run.config, tensors, run.source.writeTokenizer, moments, {
       step,
       optimizerStep: opt.step,
       objective: JSON.parse(JSON.stringify(run.objective)),
@@ -569,9 +544,9 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
     const mode = yield* folderMode(o);
     const origin = yield* resumeOrStart(cfgIn, mode, explicit);
     const { cfg } = origin;
-    const { tok, task } = yield* loadTokenizerAndTask(origin, o.quiet);
+    const source = yield* loadSource(origin, o);
     const config = origin.host.config;
-    const layer = yield* resolveLayer(gpu, cfg, tok, task, {
+    const layer = yield* resolveLayer(gpu, cfg, source, {
       base: origin.host,
       resume: o.resume,
       log: (s) => o.quiet || console.log(s),
@@ -582,14 +557,14 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
       catch: (e) => e as ConfigError,
     });
     const withRef = needsReference(cfg, objective);
-    yield* checkTrainingMemory(gpu, { cfg, config, objective, task, tok, reference: withRef, explicit });
+    yield* checkTrainingMemory(gpu, { cfg, config, objective, source, reference: withRef, explicit });
     const model = yield* acquireModel(gpu, origin, withRef);
     const rd = runDir(cfg.out);
     const logs = yield* openRunFolder(rd, origin, objective, mode);
     const log = (s: string) => {
       if (!o.quiet) console.log(s);
     };
-    const run: Run = { cfg, config, tok, task, objective, rd, ...model, ...logs, log };
+    const run: Run = { cfg, config, source, objective, rd, ...model, ...logs, log };
     return { run, start: origin.start };
   });
 
@@ -606,7 +581,7 @@ export const runTraining = (
     Effect.gen(function* () {
       const { run, start } = yield* setUp(gpu, cfgIn, o);
       run.log(
-        `bupo train: ${run.cfg.steps} steps of ${run.cfg.prompts} prompts x ${run.cfg.group} on ${gpu.name}`,
+        `bupo train: ${run.cfg.steps} steps of ${run.cfg.prompts} prompts x ${run.cfg.group} from ${run.source.name} on ${gpu.name}`,
       );
       run.log(`objective:\n${show(run.objective)}`);
       if (start === 1) yield* evalStage(run, 0);

@@ -175,13 +175,13 @@ export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
 export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
 export { gradients, normTable, writeGradients } from "./training/grad.ts";
 export {
+  type CheckpointTokenizer,
   datasetSource,
   type SourcePrompt,
   type SourceResponse,
   type SourceScore,
   type TaskSource,
   taskSource,
-  type TokenizerWriter,
 } from "./training/source.ts";
 export { readKl, streamKl } from "./policies/kl.ts";
 export * from "./policies/analysis.ts";

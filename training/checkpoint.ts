@@ -11,9 +11,9 @@ import { exists, readBytes, readJson, writeAtomic } from "../io/files.ts";
 import { type DecoderConfig, paramSpecs } from "../policies/config.ts";
 import { flatLayoutOf } from "../policies/params.ts";
 import { type HostModel, readModelDir, writeModelDir } from "../formats/hf.ts";
-import { type CharTokenizer, writeTokenizerDir } from "../formats/tokenizer.ts";
+import { CharTokenizer, writeTokenizerDir } from "../formats/tokenizer.ts";
 import { checkpointFiles, isStepName, runDir } from "./rundir.ts";
-import type { TokenizerWriter } from "./source.ts";
+import type { CheckpointTokenizer } from "./source.ts";
 
 export interface CheckpointState {
   /** Steps completed. */
@@ -49,6 +49,18 @@ export interface Checkpoint {
 
 const fail = (file: string, message: string) => new FileFormatError({ file, message: `${file}: ${message}` });
 
+/** Write `tok` into the checkpoint folder `dir`: a char tokenizer's tokenizer.json, or a copy of the files. */
+const writeCheckpointTokenizer = (
+  dir: string,
+  tok: CheckpointTokenizer,
+): Effect.Effect<void, FileFormatError> =>
+  tok instanceof CharTokenizer ? writeTokenizerDir(dir, tok) : Effect.gen(function* () {
+    for (const f of tok.files) {
+      const from = `${tok.dir}/${f}`;
+      if (yield* exists(from)) yield* writeAtomic(`${dir}/${f}`, yield* readBytes(from));
+    }
+  });
+
 /**
  * A test hook: BUPO_TEST_CHECKPOINT_DELAY_MS milliseconds of sleep after each step of a checkpoint write, so
  * that tests/kill_resume_test.ts can kill a run inside one. Unset (always, outside that test): no pause.
@@ -71,7 +83,7 @@ export const saveCheckpoint = (
   run: string,
   config: DecoderConfig,
   tensors: readonly { name: string; shape: Shape; data: Float32Array }[],
-  tok: CharTokenizer | TokenizerWriter,
+  tok: CheckpointTokenizer,
   moments: readonly ParamMoments[],
   state: CheckpointState,
   keep = 2,
@@ -89,12 +101,7 @@ export const saveCheckpoint = (
     });
     yield* writeModelDir(tmp, config, tensors, { format: "pt", step: String(state.step) });
     yield* pause;
-    yield* (typeof tok === "function"
-      ? Effect.tryPromise({
-        try: () => tok(tmp),
-        catch: (e) => e instanceof FileFormatError ? e : fail(tmp, `cannot write the tokenizer (${e})`),
-      })
-      : writeTokenizerDir(tmp, tok));
+    yield* writeCheckpointTokenizer(tmp, tok);
     yield* pause;
     yield* writeAtomic(
       files.optimizer,

@@ -481,7 +481,7 @@ const checkpointStage = (run: Run, step: number, last?: StepMetrics) =>
       mv: await momentsToHost(params, opt),
     }));
     const moments = tensors.map((t, i) => ({ name: t.name, shape: t.shape, m: mv.m[i], v: mv.v[i] }));
-    yield* saveCheckpoint(run.rd.dir, run.config, tensors, run.source.writeTokenizer, moments, {
+    yield* saveCheckpoint(run.rd.dir, run.config, tensors, run.source.tokenizer, moments, {
       step,
       optimizerStep: opt.step,
       objective: JSON.parse(JSON.stringify(run.objective)),

@@ -7,14 +7,13 @@
  */
 import { Effect, type Scope } from "effect";
 import { ConfigError, type FileFormatError } from "../core/errors.ts";
-import { exists, readBytes, writeAtomic } from "../io/files.ts";
 import type { GenerateOptions } from "../policies/generate.ts";
 import { parseTemplateKwargs } from "../formats/chat.ts";
 import { makeSampler, readDataset, type RowError } from "../formats/dataset.ts";
 import { type PreparedRow, prepareRows, type PromptSetup, readPromptSetup } from "../formats/generation.ts";
 import { resolveRewards, type RewardSet } from "../formats/rewards.ts";
 import { resolveTask } from "../formats/task.ts";
-import { CharTokenizer, readTokenizerDir, writeTokenizerDir } from "../formats/tokenizer.ts";
+import { CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
 import { extractAnswer } from "../tasks/math_grade.ts";
 import { EMBEDDED_TASKS, isEmbeddedTask } from "../tasks/index.ts";
 import { batch, outsideAlphabet, type Problem, type Task } from "../tasks/task.ts";
@@ -69,10 +68,10 @@ export interface SourcePrompt {
 }
 
 /**
- * Writes a tokenizer's files into a folder (a checkpoint's); rejects with the FileFormatError naming the file
- * that could not be written.
+ * The tokenizer a checkpoint carries, so that it loads as a model folder by itself: a char tokenizer (written
+ * as its tokenizer.json), or the files of a model folder's tokenizer to copy (those that exist).
  */
-export type TokenizerWriter = (dir: string) => Promise<void>;
+export type CheckpointTokenizer = CharTokenizer | { readonly dir: string; readonly files: readonly string[] };
 
 /** Where a run's prompts come from and how its responses are scored. */
 export interface TaskSource {
@@ -100,8 +99,8 @@ export interface TaskSource {
   eval(first: number, count: number): SourcePrompt[];
   /** The text of the response written in ids [from, to) of a rollout row. */
   responseText(ids: ArrayLike<number>, from: number, to: number): string;
-  /** Write the tokenizer's files into a checkpoint folder (so it loads as a model folder by itself). */
-  readonly writeTokenizer: TokenizerWriter;
+  /** The tokenizer checkpoints carry. */
+  readonly tokenizer: CheckpointTokenizer;
   /** Stop what the source holds (reward workers). */
   close(): void;
 }
@@ -154,7 +153,7 @@ export const taskSource = (tok: CharTokenizer, task: Task, seed: number): TaskSo
     evalSize: Infinity,
     eval: (first, count) => batch(task, "eval", seed, first, count).map(prompt),
     responseText: (ids, from, to) => responseText(tok, ids, from, to),
-    writeTokenizer: (dir) => Effect.runPromise(writeTokenizerDir(dir, tok)),
+    tokenizer: tok,
     close: () => {},
   };
 };
@@ -238,13 +237,7 @@ export const datasetSource = (d: DatasetSourceParts): TaskSource => {
     evalSize: evalRows.length,
     eval: (first, count) => evalRows.slice(first, first + count).map(prompt(d.evalFile ?? d.trainFile)),
     responseText: (ids, from, to) => datasetText(setup, ids, from, to),
-    writeTokenizer: (dir) =>
-      Effect.runPromise(Effect.gen(function* () {
-        for (const f of TOKENIZER_FILES) {
-          const from = `${setup.dir}/${f}`;
-          if (yield* exists(from)) yield* writeAtomic(`${dir}/${f}`, yield* readBytes(from));
-        }
-      })),
+    tokenizer: { dir: setup.dir, files: TOKENIZER_FILES },
     close: () => d.rewards.close(),
   };
 };

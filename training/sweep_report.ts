@@ -385,8 +385,8 @@ export const sweepReport = (ctx: ReportContext, resources: Resources): SweepRepo
       ]
       : []),
     ``,
-    `Figures: report.svg${spec.axes.length === 2 ? " (heatmaps of the two-axis grid," : " ("}` +
-    ` accuracy over steps with min..max bands over seeds${
+    `Figures: report.svg (${spec.axes.length === 2 ? "heatmaps of the two-axis grid, " : ""}` +
+    `accuracy over steps with min..max bands over seeds${
       vlines.length ? ", BuPO's phase switch marked" : ""
     }).` +
     ` Runs: ${spec.out}/<cell>-s<seed>.`,

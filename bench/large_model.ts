@@ -4,6 +4,7 @@
  * tokens, then one next-token gradient + AdamW step (segmented grads and moments, row-block embedding gradient).
  * Run: `deno run -A bench/large_model.ts [--tokens 8] [--layers 28] [--no-step] [--dir runs/large-qwen3]`.
  */
+import { qwen3_0_6b } from "./rl.ts";
 import { Effect } from "effect";
 import { limitsOf } from "../engine/backend.ts";
 import { withGpu } from "../engine/gpu/device.ts";
@@ -23,22 +24,8 @@ const LAYERS = Number(arg("layers", "28"));
 const STEP = !Deno.args.includes("--no-step");
 const DIR = arg("dir", "runs/large-qwen3");
 
-/** Qwen3-0.6B's shape (config.json of Qwen/Qwen3-0.6B), with random weights. */
-const config: DecoderConfig = {
-  architecture: "Qwen3ForCausalLM",
-  vocabSize: 151936,
-  hiddenSize: 1024,
-  numLayers: LAYERS,
-  numHeads: 16,
-  numKvHeads: 8,
-  headDim: 128,
-  intermediateSize: 3072,
-  rmsNormEps: 1e-6,
-  ropeTheta: 1000000,
-  tieWordEmbeddings: true,
-  qkvBias: false,
-  qkNorm: true,
-};
+/** Qwen3-0.6B's shape, with random weights. */
+const config: DecoderConfig = qwen3_0_6b(LAYERS);
 
 const GB = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 const rss = () => GB(Deno.memoryUsage().rss);

@@ -116,6 +116,23 @@ const benchDemo = async (gpu: GpuBackend, steps: number): Promise<string[]> => {
   }
 };
 
+/** Qwen3-0.6B's shape (config.json of Qwen/Qwen3-0.6B) with `numLayers` layers (28 in the model). */
+export const qwen3_0_6b = (numLayers = 28): DecoderConfig => ({
+  architecture: "Qwen3ForCausalLM",
+  vocabSize: 151936,
+  hiddenSize: 1024,
+  numLayers: numLayers,
+  numHeads: 16,
+  numKvHeads: 8,
+  headDim: 128,
+  intermediateSize: 3072,
+  rmsNormEps: 1e-6,
+  ropeTheta: 1000000,
+  tieWordEmbeddings: true,
+  qkvBias: false,
+  qkNorm: true,
+});
+
 /** A random Qwen3 of Qwen3's real vocabulary: d = 256, 4 layers, 4 heads of 64 (2 KV heads), FFN 768. */
 export const QWEN3_BENCH_CONFIG: DecoderConfig = {
   architecture: "Qwen3ForCausalLM",

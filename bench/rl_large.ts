@@ -17,29 +17,15 @@ import { type RlContext, rlStep } from "../training/rl.ts";
 import { datasetSource } from "../training/source.ts";
 import { createOptimizer, disposeOptimizer } from "../training/optimizer.ts";
 import { writeQwen3Folder } from "../tests/qwen3_folder.ts";
-import { mathRows } from "./rl.ts";
+import { mathRows, qwen3_0_6b } from "./rl.ts";
 
 const arg = (name: string, dflt: string) => {
   const i = Deno.args.indexOf(`--${name}`);
   return i >= 0 ? Deno.args[i + 1] : dflt;
 };
 
-/** Qwen3-0.6B's shape (config.json of Qwen/Qwen3-0.6B). */
-const config: DecoderConfig = {
-  architecture: "Qwen3ForCausalLM",
-  vocabSize: 151936,
-  hiddenSize: 1024,
-  numLayers: Number(arg("layers", "28")),
-  numHeads: 16,
-  numKvHeads: 8,
-  headDim: 128,
-  intermediateSize: 3072,
-  rmsNormEps: 1e-6,
-  ropeTheta: 1000000,
-  tieWordEmbeddings: true,
-  qkvBias: false,
-  qkNorm: true,
-};
+/** Qwen3-0.6B's shape. */
+const config: DecoderConfig = qwen3_0_6b(Number(arg("layers", "28")));
 
 const GiB = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 

@@ -17,6 +17,7 @@ import { initParams, type Params } from "../policies/params.ts";
 import { CharTokenizer } from "../formats/tokenizer.ts";
 import { saveTokenizer } from "../formats/tokenizer.ts";
 import { assertClose, cpu32, cpu64, gpuTest } from "./util.ts";
+import { runScript } from "./cli_util.ts";
 
 const config = tinyConfig({ vocabSize: 45, numLayers: 3, tieWordEmbeddings: false });
 const paramsOn = (b: Backend) => initParams(b, paramSpecs(config), 17, 0.4);
@@ -212,20 +213,7 @@ Deno.test("entropyFlow rejects ids outside the vocabulary, naming the id and the
 // ---- the CLI ----------------------------------------------------------------------------------------------
 
 const root = new URL("..", import.meta.url).pathname;
-const cli = async (args: string[], cwd = root) => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--config", `${root}deno.json`, `${root}entropy.ts`, ...args],
-    cwd,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-};
+const cli = (args: string[], cwd = root) => runScript("entropy.ts", args, { cwd, config: true });
 
 /** A tiny random model folder with a character tokenizer. */
 const modelDir = async () => {

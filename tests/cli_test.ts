@@ -11,6 +11,7 @@ import { defineCommand, helpText, parseFlags } from "../cli/flags.ts";
 import { errorLine, runMain } from "../cli/main.ts";
 import { moduleUrl } from "../formats/module.ts";
 import { decodeConfigJson } from "../training/config.ts";
+import { runScript } from "./cli_util.ts";
 
 const CMD = defineCommand({
   name: "demo",
@@ -203,23 +204,14 @@ Deno.test("runMain: 2 for usage errors, 1 for every other failure, 0 on success;
   if (errorLine("t", "plain") !== "t: plain") throw new Error(errorLine("t", "plain"));
 });
 
-const root = new URL("..", import.meta.url).pathname;
-
 Deno.test({
   name: "a CLI in a subprocess: exit 0 with help, 2 for a bad flag, 1 for a missing model; one stderr line",
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
     const run = async (...args: string[]) => {
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `${root}grad.ts`, ...args],
-        cwd: root,
-        env: { NO_COLOR: "1" },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const dec = new TextDecoder();
-      return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr).trim() };
+      const r = await runScript("grad.ts", args);
+      return { code: r.code, stdout: r.stdout, stderr: r.stderr.trim() };
     };
     const batch = ["--tokens", "1,2,3", "--prompt-len", "1", "--advantages", "-1", "--out", "x.st"];
     const [help, bad, negative, missing] = await Promise.all([

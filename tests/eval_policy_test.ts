@@ -30,8 +30,7 @@ import { taskSource } from "../training/source.ts";
 import { grpo } from "../objectives/objective.ts";
 import { createOptimizer, disposeOptimizer } from "../training/optimizer.ts";
 import { config as fixtureConfig } from "./train_fixture.ts";
-
-const root = new URL("..", import.meta.url).pathname;
+import { runScript } from "./cli_util.ts";
 
 const config = tinyConfig({ vocabSize: 24, numLayers: 3 });
 const prompts = [[1, 5, 6, 7], [1, 9], [1, 3, 3], [1, 4, 4, 4, 4, 4]];
@@ -259,19 +258,7 @@ Deno.test("evaluation records its policy and per-difficulty avg@k, pass@k and gr
   }
 });
 
-const cli = async (args: string[]) => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}train.ts`, ...args],
-    cwd: root,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr),
-  };
-};
+const cli = (args: string[]) => runScript("train.ts", args);
 
 Deno.test("--eval-policy: evaluation samples from it and eval.jsonl says so; a bad one fails before step 1", async () => {
   const base = [

@@ -10,6 +10,7 @@ import { final, layer, showPolicy } from "../policies/internal.ts";
 import { initParams } from "../policies/params.ts";
 import { assertClose } from "./util.ts";
 import { writeRolloutFile } from "../formats/rollout.ts";
+import { runScript } from "./cli_util.ts";
 
 const cfg = tinyConfig({ numLayers: 3, vocabSize: 40, hiddenSize: 16, numHeads: 2, numKvHeads: 1 });
 const cpu = new CpuBackend("f32");
@@ -22,16 +23,7 @@ const modelDir = `${dir}/model`;
 }
 const root = new URL("..", import.meta.url).pathname;
 
-const cli = async (...args: string[]) => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}grad.ts`, ...args],
-    cwd: dir,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-};
+const cli = (...args: string[]) => runScript("grad.ts", args, { cwd: dir });
 
 const readOut = async (path: string) => parseSafetensors(path, await Deno.readFile(path));
 

@@ -7,6 +7,7 @@
  */
 import { splitmix32 } from "../core/rng.ts";
 import { modelDir, tmp } from "./train_fixture.ts";
+import { TINY_BATCH } from "./cli_util.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -23,14 +24,7 @@ const runArgs = (out: string): string[] => [
   "cpu",
   "--steps",
   "6",
-  "--prompts",
-  "2",
-  "--group",
-  "2",
-  "--max-new",
-  "5",
-  "--minibatches",
-  "1",
+  ...TINY_BATCH,
   "--layer",
   "0",
   "--phase-steps",

@@ -29,6 +29,7 @@ import { resolveObjective, runTraining } from "../training/run.ts";
 import { taskSource } from "../training/source.ts";
 import { gpuTest } from "./util.ts";
 import { modelDir, tmp } from "./train_fixture.ts";
+import { runScript } from "./cli_util.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const shipped = `${root}models/tiny-arith`;
@@ -238,14 +239,15 @@ Deno.test("shortfall is null exactly when every limit holds; parseBytes reads si
 });
 
 Deno.test("train.ts refuses a huge --group before step 1, naming it (exit 2)", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}train.ts`, "--group", "100000000", "--out", `${tmp}/huge`, "--device", "cpu"],
-    cwd: root,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stderr);
+  const out = await runScript("train.ts", [
+    "--group",
+    "100000000",
+    "--out",
+    `${tmp}/huge`,
+    "--device",
+    "cpu",
+  ]);
+  const text = out.stderr;
   if (out.code !== 2 || !/--group 100000000: .*the largest --group that fits is \d+/.test(text)) {
     throw new Error(`exit ${out.code}: ${text}`);
   }

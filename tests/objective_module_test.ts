@@ -14,6 +14,7 @@ import { gradients } from "../training/grad.ts";
 import { runTraining } from "../training/run.ts";
 import { cpu32 } from "./util.ts";
 import { config, modelDir, small, tmp } from "./train_fixture.ts";
+import { runScript, TINY_BATCH, TINY_EVAL } from "./cli_util.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -43,19 +44,7 @@ const rejects = async (p: Promise<unknown>) => {
   return null;
 };
 
-const cli = async (...args: string[]) => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}train.ts`, ...args],
-    cwd: root,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr),
-  };
-};
+const cli = (...args: string[]) => runScript("train.ts", args);
 
 const tinyRun = (out: string) => [
   "--model",
@@ -66,20 +55,10 @@ const tinyRun = (out: string) => [
   "cpu",
   "--steps",
   "2",
-  "--prompts",
-  "2",
-  "--group",
-  "2",
-  "--max-new",
-  "5",
-  "--minibatches",
-  "1",
+  ...TINY_BATCH,
   "--eval-every",
   "2",
-  "--eval-problems",
-  "2",
-  "--eval-k",
-  "1",
+  ...TINY_EVAL,
   "--quiet",
 ];
 

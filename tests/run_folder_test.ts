@@ -10,8 +10,7 @@ import { type RunOptions, runTraining } from "../training/run.ts";
 import { claimCompareFolder, claimRunFolder, RUN_MARKER } from "../training/rundir.ts";
 import { cpu32 } from "./util.ts";
 import { modelDir, small, tmp } from "./train_fixture.ts";
-
-const root = new URL("..", import.meta.url).pathname;
+import { runScript } from "./cli_util.ts";
 
 /** Run on the CPU backend: "ok", or the failure's tag and message. */
 const attempt = async (cfg: TrainConfig, o: Partial<RunOptions> = {}) => {
@@ -89,13 +88,8 @@ Deno.test("train.ts --out <the model folder> exits 2 and the model still loads",
   const model = `${tmp}/model-cli`;
   await copyDir(modelDir, model);
   const before = await snapshot(model);
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}train.ts`, "--model", model, "--out", model, "--device", "cpu"],
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stderr);
+  const out = await runScript("train.ts", ["--model", model, "--out", model, "--device", "cpu"]);
+  const text = out.stderr;
   if (out.code !== 2 || !text.includes(`--out ${model} is a model folder`) || /\n\s+at /.test(text)) {
     throw new Error(`exit ${out.code}: ${text}`);
   }

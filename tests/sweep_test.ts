@@ -19,8 +19,7 @@ import {
 } from "../training/sweep.ts";
 import { cpu32 } from "./util.ts";
 import { modelDir, small, tmp } from "./train_fixture.ts";
-
-const root = new URL("..", import.meta.url).pathname;
+import { runScript, TINY_EVAL } from "./cli_util.ts";
 
 /** The ConfigError `f` throws, checked against `re` (fails when it throws none or another error). */
 const refuses = (f: () => unknown, re: RegExp) => {
@@ -243,20 +242,7 @@ Deno.test({
   },
 });
 
-const cli = async (script: string, args: string[]) => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}${script}`, ...args],
-    cwd: root,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-};
+const cli = (script: string, args: string[]) => runScript(script, args);
 
 Deno.test({
   name: "compare: every number flag is checked; a mismatched reuse is refused, naming the setting",
@@ -279,10 +265,7 @@ Deno.test({
       "3",
       "--minibatches",
       "1",
-      "--eval-problems",
-      "2",
-      "--eval-k",
-      "1",
+      ...TINY_EVAL,
       "--layer",
       "0",
       "--phase-steps",

@@ -10,8 +10,7 @@ import { checkTask, EMBEDDED_TASKS, embeddedTask, embeddedTaskNames } from "../t
 import type { Task } from "../tasks/task.ts";
 import { resolveConfig } from "../training/config.ts";
 import { modelDir, tmp } from "./train_fixture.ts";
-
-const root = new URL("..", import.meta.url).pathname;
+import { runScript, TINY_BATCH, TINY_EVAL } from "./cli_util.ts";
 
 /** Source of a task module over the fixture model's alphabet: echo a 3-digit number, then `.`. */
 const ECHO = `
@@ -188,19 +187,7 @@ Deno.test("task modules: default, #named and factory exports load; bad specs fai
   await fails("field named", () => loadTaskModule(none, "task"), /^task /, "task");
 });
 
-const cli = async (args: string[]) => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}train.ts`, ...args],
-    cwd: root,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr),
-  };
-};
+const cli = (args: string[]) => runScript("train.ts", args);
 
 /** A tiny CPU run of the echo module task into `out`: 2 prompts x 2, 2 eval problems, a checkpoint every step. */
 const echoRun = (out: string, task: string, steps: number) => [
@@ -212,20 +199,10 @@ const echoRun = (out: string, task: string, steps: number) => [
   out,
   "--steps",
   `${steps}`,
-  "--prompts",
-  "2",
-  "--group",
-  "2",
-  "--max-new",
-  "5",
-  "--minibatches",
-  "1",
+  ...TINY_BATCH,
   "--eval-every",
   "1",
-  "--eval-problems",
-  "2",
-  "--eval-k",
-  "1",
+  ...TINY_EVAL,
   "--checkpoint-every",
   "1",
   "--layer",

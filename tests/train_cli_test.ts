@@ -10,25 +10,14 @@ import type { TrainConfig } from "../training/config.ts";
 import { runTraining } from "../training/run.ts";
 import { cpu32, gpu, gpuTest } from "./util.ts";
 import { config, modelDir, small, tmp } from "./train_fixture.ts";
+import { runScript, TINY_BATCH, TINY_EVAL } from "./cli_util.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
 const run = (b: Backend, cfg: TrainConfig, resume = false) =>
   Effect.runPromise(runTraining(b, cfg, { resume, quiet: true }));
 
-const cli = async (args: string[], env: Record<string, string> = {}) => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}train.ts`, ...args],
-    cwd: root,
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr),
-  };
-};
+const cli = (args: string[], env: Record<string, string> = {}) => runScript("train.ts", args, { env });
 
 const tensorsOf = async (file: string) => {
   const st = parseSafetensors(file, await Deno.readFile(file));
@@ -119,20 +108,10 @@ const tinyRun = (out: string, steps: number, evalEvery: number): string[] => [
   out,
   "--steps",
   `${steps}`,
-  "--prompts",
-  "2",
-  "--group",
-  "2",
-  "--max-new",
-  "5",
-  "--minibatches",
-  "1",
+  ...TINY_BATCH,
   "--eval-every",
   `${evalEvery}`,
-  "--eval-problems",
-  "2",
-  "--eval-k",
-  "1",
+  ...TINY_EVAL,
   "--checkpoint-every",
   "1",
 ];

@@ -39,8 +39,8 @@ export const hwGpu: GpuBackend | null = gpu
 /** The default backend and the hardware-variant one: kernels with two variants are checked on both. */
 export const bothVariants = (g: Backend): Backend[] => [g, hwGpu!];
 
-// Destroy the devices before the process exits: letting the driver tear down live llvmpipe devices at exit
-// has aborted the process ("double free or corruption") after all tests passed.
+// Destroy the devices when the file's worker unloads instead of leaving them to its teardown. (This is not what
+// prevents the GL abort at exit; see tests/zz_egl_exit_test.ts.)
 globalThis.addEventListener("unload", () => {
   hwGpu?.destroy();
   gpu?.destroy();

@@ -61,6 +61,21 @@ export interface PretrainSettings {
   readonly evalProblems: number;
 }
 
+/** The shipped models' shape and initialization: 6 layers, d = 64, 4 query and 2 key/value heads of 16, FFN 192. */
+const TINY_SHAPE = {
+  layers: 6,
+  hidden: 64,
+  heads: 4,
+  kvHeads: 2,
+  headDim: 16,
+  ffn: 192,
+  initStd: 0.05,
+  seed: 1,
+} as const;
+
+/** The shipped models' optimization and evaluation settings (their step counts differ). */
+const TINY_TRAINING = { batch: 64, lr: 3e-3, weightDecay: 0.01, evalEvery: 100, evalProblems: 128 } as const;
+
 /**
  * The shipped base models' settings: `deno task pretrain --preset NAME --out DIR` re-creates models/NAME byte
  * for byte (models/manifest.json holds the hashes; tests/pretrain_test.ts pins them).
@@ -69,56 +84,23 @@ export const PRETRAIN_PRESETS = {
   "tiny-arith": {
     task: "arith",
     arch: "qwen3",
-    layers: 6,
-    hidden: 64,
-    heads: 4,
-    kvHeads: 2,
-    headDim: 16,
-    ffn: 192,
-    initStd: 0.05,
-    seed: 1,
+    ...TINY_SHAPE,
     steps: 300,
-    batch: 64,
-    lr: 3e-3,
-    weightDecay: 0.01,
-    evalEvery: 100,
-    evalProblems: 128,
+    ...TINY_TRAINING,
   },
   "tiny-arith-llama": {
     task: "arith",
     arch: "llama",
-    layers: 6,
-    hidden: 64,
-    heads: 4,
-    kvHeads: 2,
-    headDim: 16,
-    ffn: 192,
-    initStd: 0.05,
-    seed: 1,
+    ...TINY_SHAPE,
     steps: 300,
-    batch: 64,
-    lr: 3e-3,
-    weightDecay: 0.01,
-    evalEvery: 100,
-    evalProblems: 128,
+    ...TINY_TRAINING,
   },
   "tiny-rewrite": {
     task: "rewrite",
     arch: "qwen3",
-    layers: 6,
-    hidden: 64,
-    heads: 4,
-    kvHeads: 2,
-    headDim: 16,
-    ffn: 192,
-    initStd: 0.05,
-    seed: 1,
+    ...TINY_SHAPE,
     steps: 150,
-    batch: 64,
-    lr: 3e-3,
-    weightDecay: 0.01,
-    evalEvery: 100,
-    evalProblems: 128,
+    ...TINY_TRAINING,
   },
 } as const satisfies { readonly [name: string]: PretrainSettings };
 

@@ -6,7 +6,8 @@ import type { Backend } from "../engine/backend.ts";
 import { computePasses } from "../engine/kernel.ts";
 
 import { type Tensor, tensor } from "../engine/tensor.ts";
-import { assertClose, cpu32, gpu, gpuTest, hwGpu, randomData, softwareTarget } from "./util.ts";
+import { gpu, gpuTest, hwGpu, softwareTarget } from "./gpu_util.ts";
+import { assertClose, cpu32, randomData } from "./util.ts";
 
 const SIZES = [1, 63, 64, 65, 1000, 100003];
 

@@ -2,17 +2,13 @@
 import fc from "fast-check";
 import { ShapeError } from "../core/errors.ts";
 import { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "../objectives/advantages.ts";
+import { closeness } from "./util.ts";
 
 const assert = (ok: boolean, msg: string): void => {
   if (!ok) throw new Error(msg);
 };
 // a handful of f64 operations per value: 1e-12 relative (+ absolute) is ~1e4 ulps
-const closeAll = (a: ArrayLike<number>, b: number[], what: string, tol = 1e-12): void => {
-  assert(a.length === b.length, `${what}: length ${a.length} vs ${b.length}`);
-  for (let i = 0; i < b.length; i++) {
-    assert(Math.abs(a[i] - b[i]) <= tol * (1 + Math.abs(b[i])), `${what}[${i}]: ${a[i]} vs ${b[i]}`);
-  }
-};
+const { closeAll } = closeness(1e-12);
 
 Deno.test("grpoAdvantages: hand cases (std with n-1, eps 1e-6)", () => {
   // group [1, 0, 0, 1]: mean 0.5, std = sqrt(4 * 0.25 / 3) = sqrt(1/3)
@@ -75,9 +71,7 @@ Deno.test("properties: shift invariance (GRPO, Dr. GRPO, RLOO), zero mean per gr
       // (k d) / (k s + eps) vs d / (s + eps): equal up to the eps term, relative <= 1e-6 / s
       const k = 3, bin = r.map((x) => (x > 0 ? 1 : 0));
       const gs = grpoAdvantages(bin.map((x) => k * x), g).advantages, g1 = grpoAdvantages(bin, g).advantages;
-      for (let i = 0; i < r.length; i++) {
-        assert(Math.abs(gs[i] - g1[i]) <= 1e-4 * (1 + Math.abs(g1[i])), "scale");
-      }
+      closeAll(gs, g1, "scale", 1e-4);
     }),
     { numRuns: 300 },
   );

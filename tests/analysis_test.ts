@@ -16,7 +16,8 @@ import { forward } from "../policies/model.ts";
 import { initParams, type Params } from "../policies/params.ts";
 import { CharTokenizer } from "../formats/tokenizer.ts";
 import { saveTokenizer } from "../formats/tokenizer.ts";
-import { assertClose, cpu32, cpu64, gpuTest } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
+import { assertClose, cpu32, cpu64 } from "./util.ts";
 import { runScript } from "./cli_util.ts";
 
 const config = tinyConfig({ vocabSize: 45, numLayers: 3, tieWordEmbeddings: false });

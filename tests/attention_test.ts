@@ -15,7 +15,8 @@ import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
 
 /** One attention problem: sizes, optional explicit offset, scale, and data. */
 interface Case {

@@ -5,7 +5,8 @@ import { checkGrad } from "../kernels/gradcheck.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
 import { size } from "../core/shape.ts";
 import { ShapeError } from "../core/errors.ts";
 

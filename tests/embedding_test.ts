@@ -7,7 +7,8 @@ import { uniforms } from "../core/rng.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { Tape } from "../engine/tape.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData, throwsShape } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData, throwsShape } from "./util.ts";
 
 const U = 2 ** -24;
 

@@ -19,7 +19,8 @@ import { apply1 } from "../engine/apply.ts";
 import { openGpu } from "../engine/gpu/device.ts";
 import { llvmpipeEnv } from "../engine/gpu/llvmpipe.ts";
 import { reshape, type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
 
 const throwsTagged = async (tag: string, f: () => unknown, msg?: RegExp) => {
   let err: unknown;

@@ -5,7 +5,8 @@ import { generate } from "../policies/generate.ts";
 import { appendToken, column } from "../kernels/decode.ts";
 import { tensor } from "../engine/tensor.ts";
 import type { Backend } from "../engine/backend.ts";
-import { assertClose, cpu32, gpuTest, randomData } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
+import { assertClose, cpu32, randomData } from "./util.ts";
 
 const config = tinyConfig({ vocabSize: 24, numLayers: 2 });
 const prompts = [[1, 5, 6, 7], [1, 9], [1, 3, 3], [1, 4, 4, 4, 4, 4]];

@@ -15,7 +15,8 @@ import {
 import { readModelDir, toParams, writeModelDir } from "../formats/hf.ts";
 import { forward, logits } from "../policies/model.ts";
 import { normals } from "../policies/params.ts";
-import { assertClose, cpu64, gpuTest } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
+import { assertClose, cpu64 } from "./util.ts";
 
 type HostTensor = { name: string; shape: Shape; data: Float32Array };
 

@@ -16,7 +16,8 @@ import { forward, unembedding } from "../policies/model.ts";
 import { initParams } from "../policies/params.ts";
 import { policyPoint } from "../policies/policy.ts";
 import { positionsOf } from "../training/sft.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest, hwGpu } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
 
 /** Naive f64 KL per row from full logit rows. */
 const naiveKl = (

@@ -11,7 +11,8 @@ import { generate, type GenerateOptions, type Rollout } from "../policies/genera
 import { decodeStep, forward, kvCache, unembedding } from "../policies/model.ts";
 import { type Params, paramsFromHost } from "../policies/params.ts";
 import { unembed } from "../policies/readout.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData, throwsShape } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData, throwsShape } from "./util.ts";
 
 // ---- decodeAttention --------------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { LOOP_BUDGET } from "../engine/wgsl.ts";
 import { streamKl } from "../policies/kl.ts";
-import { assertClose, bothVariants, cpu32, gpu, gpuTest, randomData } from "./util.ts";
+import { bothVariants, gpu, gpuTest } from "./gpu_util.ts";
+import { assertClose, cpu32, randomData } from "./util.ts";
 
 /** Both kernel variants: the adapter's own (software on llvmpipe) and the forced hardware one. */
 const read = (f: () => Tensor): Promise<Float32Array> => tidy(() => f().data()) as Promise<Float32Array>;

@@ -27,7 +27,8 @@ import {
   type Weight,
 } from "../objectives/objective.ts";
 import { evaluate } from "../objectives/reference.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
 import { klKey, requiredReadouts } from "../objectives/readouts.ts";
 
 const POLICIES: InternalPolicy[] = [final, layer(0), layer(1, "normed"), attn(0)];

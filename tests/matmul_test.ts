@@ -20,17 +20,8 @@ import { laneTile } from "../kernels/matmul_texture.ts";
 import type { MatmulGeom } from "../kernels/matmul_wgsl.ts";
 import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy, view } from "../engine/tensor.ts";
-import {
-  assertClose,
-  awkwardDim,
-  cpu32,
-  cpu64,
-  GPU_RUNS,
-  gpuTest,
-  hwGpu,
-  randomData,
-  softwareTarget,
-} from "./util.ts";
+import { GPU_RUNS, gpuTest, hwGpu, softwareTarget } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
 
 interface Problem {
   readonly sa: number[];

@@ -27,7 +27,7 @@ import {
 } from "../training/memory.ts";
 import { resolveObjective, runTraining } from "../training/run.ts";
 import { taskSource } from "../training/source.ts";
-import { gpuTest } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
 import { modelDir, tmp } from "./train_fixture.ts";
 import { runScript } from "./cli_util.ts";
 

@@ -7,7 +7,8 @@ import { checkGrad } from "../kernels/gradcheck.ts";
 import { swiglu } from "../kernels/mlp.ts";
 import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
 
 const shapeArb = fc.array(awkwardDim(70), { minLength: 0, maxLength: 3 });
 

@@ -23,6 +23,7 @@ import {
 import { decodeObjective, objectiveToJson } from "../objectives/codec.ts";
 import { type Batch, evaluate, type Evaluation, type Grads, type Readouts } from "../objectives/reference.ts";
 import { klKey } from "../objectives/readouts.ts";
+import { closeness } from "./util.ts";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
@@ -34,8 +35,7 @@ const assert = (ok: boolean, msg: string): void => {
 // Semantic laws compare sums taken in different orders and weights multiplied in different orders (f64):
 // 1e-10 relative + 1e-10 absolute is ~1e6 ulps of headroom, far below any real mistake (O(1e-2) or more).
 const TOL = 1e-10;
-const close = (a: number, b: number, what: string, tol = TOL): void =>
-  assert(Math.abs(a - b) <= tol * (1 + Math.abs(b)), `${what}: ${a} vs ${b} (diff ${Math.abs(a - b)})`);
+const { close } = closeness(TOL);
 
 /** Grads maps compared entrywise; an absent entry counts as zeros. */
 const gradsClose = (a: Grads, b: Grads, what: string): void => {

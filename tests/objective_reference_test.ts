@@ -26,17 +26,13 @@ import {
 import { decodeObjective, ObjectiveCodec } from "../objectives/codec.ts";
 import { type Batch, evaluate, type Readouts } from "../objectives/reference.ts";
 import { requiredReadouts } from "../objectives/readouts.ts";
+import { closeness } from "./util.ts";
 
 const assert = (ok: boolean, msg: string): void => {
   if (!ok) throw new Error(msg);
 };
 // Hand cases are a handful of f64 operations: 1e-12 relative is ~1e4 ulps.
-const close = (a: number, b: number, what: string): void =>
-  assert(Math.abs(a - b) <= 1e-12 * (1 + Math.abs(b)), `${what}: ${a} vs ${b}`);
-const closeAll = (a: ArrayLike<number>, b: number[], what: string): void => {
-  assert(a.length === b.length, `${what}: length ${a.length} vs ${b.length}`);
-  for (let i = 0; i < b.length; i++) close(a[i], b[i], `${what}[${i}]`);
-};
+const { close, closeAll } = closeness(1e-12);
 const throws = <E>(
   f: () => unknown,
   cls: new (...a: never[]) => E,

@@ -11,7 +11,8 @@ import { forward } from "../policies/model.ts";
 import { normals, type Params, paramsFromHost } from "../policies/params.ts";
 import { readPolicies } from "../policies/policy.ts";
 import { streamReadout } from "../policies/readout.ts";
-import { assertClose, cpu32, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, cpu32, cpu64, randomData } from "./util.ts";
 
 /** Parameters with every tensor random (norm scales near 1, biases nonzero), optionally rescaled by name. */
 const randomParams = (

@@ -19,7 +19,7 @@ import {
   settingsOf,
 } from "../training/pretrain.ts";
 import { main } from "../pretrain.ts";
-import { gpuTest } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 

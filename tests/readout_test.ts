@@ -5,7 +5,8 @@ import { NEG_BIG, readoutFinish, readoutFold, readoutGrad } from "../kernels/rea
 import { apply, apply1 } from "../engine/apply.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
 import type { Backend } from "../engine/backend.ts";
-import { assertClose, cpu32, GPU_RUNS, gpuTest, hwGpu, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest, hwGpu } from "./gpu_util.ts";
+import { assertClose, cpu32, randomData } from "./util.ts";
 
 const hw = hwGpu;
 

@@ -9,18 +9,8 @@ import { max, mean, type ReduceParams, reduceRows, sum, sumSquares } from "../ke
 import { apply1 } from "../engine/apply.ts";
 import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import {
-  assertClose,
-  awkwardDim,
-  bothVariants,
-  cpu32,
-  cpu64,
-  GPU_RUNS,
-  gpuTest,
-  hwGpu,
-  randomData,
-  throwsShape,
-} from "./util.ts";
+import { bothVariants, GPU_RUNS, gpuTest, hwGpu } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData, throwsShape } from "./util.ts";
 
 const hw = hwGpu;
 

@@ -36,7 +36,8 @@ import {
   type Problem,
   ZERO_SIZE_REGRESSIONS,
 } from "./kernel_cases.ts";
-import { cpu32, cpu64, gpu, hwGpu, softwareTarget } from "./util.ts";
+import { gpu, hwGpu, softwareTarget } from "./gpu_util.ts";
+import { cpu32, cpu64 } from "./util.ts";
 
 const env = (k: string): string | undefined => {
   try {

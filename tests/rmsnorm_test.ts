@@ -7,17 +7,8 @@ import { checkGrad } from "../kernels/gradcheck.ts";
 import { rmsNorm } from "../kernels/rmsnorm.ts";
 import { Tape } from "../engine/tape.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
-import {
-  assertClose,
-  awkwardDim,
-  bothVariants,
-  cpu32,
-  cpu64,
-  GPU_RUNS,
-  gpuTest,
-  randomData,
-  throwsShape,
-} from "./util.ts";
+import { bothVariants, GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData, throwsShape } from "./util.ts";
 
 const U = 2 ** -24;
 const EPS = 1e-6;

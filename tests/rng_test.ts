@@ -4,7 +4,8 @@ import { mulhi32, philox4x32, rngUniform, seedKey, splitmix32, uniform01 } from 
 import { ShapeError } from "../core/errors.ts";
 import { philoxBits } from "../kernels/philox_wgsl.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
-import { cpu32, GPU_RUNS, gpuTest } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { cpu32 } from "./util.ts";
 
 const hex = (w: readonly number[]) => w.map((x) => x.toString(16).padStart(8, "0")).join(" ");
 

@@ -12,7 +12,8 @@ import { computePasses } from "../engine/kernel.ts";
 import { f32Lit } from "../engine/wgsl.ts";
 import { apply1 } from "../engine/apply.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import { assertClose, awkwardDim, cpu64, GPU_RUNS, gpuTest, randomData, softwareTarget } from "./util.ts";
+import { GPU_RUNS, gpuTest, softwareTarget } from "./gpu_util.ts";
+import { assertClose, awkwardDim, closeness, cpu64, randomData } from "./util.ts";
 
 interface Case {
   shape: number[];
@@ -176,19 +177,12 @@ const SMALL_WANT = (() => {
   return [1, 0.1, (1 - s) * 0.01 / 8 + s * 0.01, 0.001 / 8];
 })();
 
-const closeRel = (got: readonly number[], want: readonly number[], rel: number, what: string) => {
-  if (got.length !== want.length) throw new Error(`${what}: ${got.length} values, expected ${want.length}`);
-  got.forEach((g, i) => {
-    if (!(Math.abs(g - want[i]) <= rel * Math.abs(want[i]))) {
-      throw new Error(`${what}[${i}]: ${g}, expected ${want[i]}`);
-    }
-  });
-};
+const { closeAll: closeRel } = closeness(1e-14, "relative");
 
 Deno.test("llama3 rope scaling: frequencies hand-computed from the published formula (D = 8, all three bands)", () => {
   if (Math.abs(SMALL_WANT[2] - 0.0030868) > 1e-7) throw new Error(`hand value ${SMALL_WANT[2]}`);
-  closeRel(ropeInvFreqs(10000, 8, SMALL), SMALL_WANT, 1e-14, "llama3 D=8");
-  closeRel(ropeInvFreqs(10000, 8), [1, 0.1, 0.01, 0.001], 1e-14, "unscaled D=8");
+  closeRel(ropeInvFreqs(10000, 8, SMALL), SMALL_WANT, "llama3 D=8");
+  closeRel(ropeInvFreqs(10000, 8), [1, 0.1, 0.01, 0.001], "unscaled D=8");
 });
 
 Deno.test("llama3 rope scaling with Llama 3.2's parameters: 15 kept, 3 blended, 14 divided by 32 (D = 64)", () => {

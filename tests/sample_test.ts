@@ -12,7 +12,8 @@ import {
   sampleWorkgroup,
 } from "../kernels/sample.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
-import { awkwardDim, cpu32, cpu64, GPU_RUNS, gpuTest, softwareTarget } from "./util.ts";
+import { GPU_RUNS, gpuTest, softwareTarget } from "./gpu_util.ts";
+import { awkwardDim, cpu32, cpu64 } from "./util.ts";
 
 type Opts = Omit<SampleOptions, "sequences" | "positions">;
 

@@ -9,7 +9,7 @@ import { flatLayoutOf, initParams, type Params, paramsToHostArrays } from "../po
 import { supervisedStep } from "../training/sft.ts";
 import { CharTokenizer } from "../formats/tokenizer.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "../training/checkpoint.ts";
-import { gpuTest } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
 import { cfg, low } from "./segments_fixture.ts";
 import {
   createOptimizer,

@@ -3,7 +3,7 @@ import { Effect } from "effect";
 import type { GpuBackend } from "../engine/gpu/backend.ts";
 import { adapterOptionsFromEnv, openGpu } from "../engine/gpu/device.ts";
 import { type DecoderConfig, tinyConfig } from "../policies/config.ts";
-import { gpu } from "./util.ts";
+import { gpu } from "./gpu_util.ts";
 
 /** Lowered limits: 16 KiB per binding, 4 KiB segments, 1 MiB buffers (llvmpipe: 128 MiB, 256 MiB, 2 GiB). */
 export const LIMITS = { maxStorageBufferBindingSize: 16384, paramSegmentBytes: 4096, maxBufferSize: 1 << 20 };

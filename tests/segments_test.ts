@@ -17,7 +17,8 @@ import { forward, logits } from "../policies/model.ts";
 import { initParams, layoutOf, type Params, paramsToHostArrays } from "../policies/params.ts";
 import { readPolicies } from "../policies/policy.ts";
 import { lossAndGrads, supervisedStep } from "../training/sft.ts";
-import { assertClose, cpu64, GPU_RUNS, gpuTest, randomData } from "./util.ts";
+import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, cpu64, randomData } from "./util.ts";
 import { cfg, LIMITS, low } from "./segments_fixture.ts";
 import { createOptimizer, disposeOptimizer } from "../training/optimizer.ts";
 

@@ -10,17 +10,8 @@ import { sum } from "../kernels/reduce.ts";
 import { crossEntropy, logProbOf, logSoftmax, softmax } from "../kernels/softmax.ts";
 import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import {
-  assertClose,
-  awkwardDim,
-  bothVariants,
-  cpu32,
-  cpu64,
-  GPU_RUNS,
-  gpuTest,
-  randomData,
-  throwsShape,
-} from "./util.ts";
+import { bothVariants, GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData, throwsShape } from "./util.ts";
 
 /** [...lead, C]: at most 289 rows, C up to 700. */
 const rowShape = fc.tuple(fc.array(awkwardDim(17), { maxLength: 2 }), awkwardDim(700)).map(([lead, c]) => [

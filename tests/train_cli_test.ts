@@ -8,7 +8,8 @@ import { parseSafetensors, toF32 } from "../core/safetensors.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { TrainConfig } from "../training/config.ts";
 import { runTraining } from "../training/run.ts";
-import { cpu32, gpu, gpuTest } from "./util.ts";
+import { gpu, gpuTest } from "./gpu_util.ts";
+import { cpu32 } from "./util.ts";
 import { config, modelDir, small, tmp } from "./train_fixture.ts";
 import { runScript, TINY_BATCH, TINY_EVAL } from "./cli_util.ts";
 

@@ -12,7 +12,8 @@ import { type EvalRecord, phaseSwitches, runPlots } from "../training/report.ts"
 import { runTraining } from "../training/run.ts";
 import { attn, ffn, final, layer, showPolicy } from "../policies/internal.ts";
 import { bupo, entropyBonus, grpo, klPolicies, phases, scale, sum } from "../objectives/objective.ts";
-import { cpu32, gpuTest } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
+import { cpu32 } from "./util.ts";
 import { config, small, tmp } from "./train_fixture.ts";
 
 const root = new URL("..", import.meta.url).pathname;

@@ -9,7 +9,7 @@ import type { Backend } from "../engine/backend.ts";
 import type { GpuBackend } from "../engine/gpu/backend.ts";
 import type { TrainConfig } from "../training/config.ts";
 import { runTraining } from "../training/run.ts";
-import { gpuTest } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
 import { small, tmp } from "./train_fixture.ts";
 
 const root = new URL("..", import.meta.url).pathname;

@@ -3,7 +3,8 @@ import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { initParams } from "../policies/params.ts";
 import { supervisedStep, type TokenBatch } from "../training/sft.ts";
 import type { Backend } from "../engine/backend.ts";
-import { cpu64, gpuTest } from "./util.ts";
+import { gpuTest } from "./gpu_util.ts";
+import { cpu64 } from "./util.ts";
 import { createOptimizer, disposeOptimizer } from "../training/optimizer.ts";
 
 const config = tinyConfig({

@@ -171,7 +171,7 @@ export { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "./objectives/a
 export { evaluate as evaluateReference } from "./objectives/reference.ts";
 export { requiredReadouts } from "./objectives/readouts.ts";
 export { lowerLoss, lowerStep } from "./objectives/lower.ts";
-export { batchTensors, rolloutFromSequences } from "./objectives/batch.ts";
+export { rolloutFromSequences, rolloutTensors } from "./objectives/batch.ts";
 export { readRolloutFile, writeRolloutFile } from "./formats/rollout.ts";
 export { gradients, normTable, writeGradients } from "./training/grad.ts";
 export {

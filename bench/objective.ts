@@ -8,7 +8,7 @@ import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { lowerLoss, lowerStep } from "../objectives/lower.ts";
 import { grpo } from "../objectives/objective.ts";
 import { evaluate } from "../objectives/reference.ts";
-import { batchTensors, type RolloutHost } from "../objectives/batch.ts";
+import { type RolloutHost, rolloutTensors } from "../objectives/batch.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { showPolicy } from "../policies/internal.ts";
 import { forward } from "../policies/model.ts";
@@ -60,7 +60,7 @@ export const benchObjective = async (backend: Backend): Promise<ObjectiveBenchRo
   const o = grpo();
   const key = showPolicy({ kind: "final" });
   // old log-probs: the current readouts, perturbed (so clipping happens), computed once
-  const b0 = batchTensors(backend, host);
+  const b0 = rolloutTensors(backend, host);
   const cur = await tidy(async () => {
     const f = forward(cfg, p, b0.ids, b0.positions);
     const r = readPolicies(cfg, p, f, [{ kind: "final" }], b0.targets).get(key)!;
@@ -68,7 +68,7 @@ export const benchObjective = async (backend: Backend): Promise<ObjectiveBenchRo
   });
   b0.dispose();
   const old = cur.map((x) => Math.fround(x + 0.3 * (u() - 0.5)));
-  const batch = batchTensors(backend, { ...host, old: new Map([[key, old]]) });
+  const batch = rolloutTensors(backend, { ...host, old: new Map([[key, old]]) });
   const rows: ObjectiveBenchRow[] = [];
 
   rows.push({

@@ -10,7 +10,7 @@ import { ShapeError } from "../core/errors.ts";
 import type { Backend } from "../engine/backend.ts";
 import { keep, type Tensor, tensor } from "../engine/tensor.ts";
 import { type Agg, showAgg } from "./objective.ts";
-import { aggWeights, type Batch } from "./reference.ts";
+import { aggWeights, type ReferenceBatch } from "./reference.ts";
 
 /** A batch on the host: N sequences of T ids (row-major, padded), prompt/response lengths, advantages. */
 export interface RolloutHost {
@@ -34,7 +34,7 @@ export interface RolloutHost {
 }
 
 /** A batch on a backend, ready for `lowerLoss` / `lowerStep`. Dispose it when done. */
-export interface BatchTensors {
+export interface RolloutTensors {
   readonly N: number;
   readonly T: number;
   readonly backend: Backend;
@@ -61,14 +61,14 @@ export interface BatchTensors {
   readonly old: ReadonlyMap<string, Tensor>;
   readonly ref: ReadonlyMap<string, Tensor>;
   /** The same batch in f64 for the reference interpreter (absent behaviour reads as NaN). */
-  readonly host: Batch;
+  readonly host: ReferenceBatch;
   /** (N*T) aggregation coefficients c of `agg` (loss = sum c L; see `aggWeights`), uploaded once per kind. */
   agg(agg: Agg): Tensor;
   dispose(): void;
 }
 
 const fail = (message: string): never => {
-  throw new ShapeError({ op: "batchTensors", message: `batchTensors: ${message}` });
+  throw new ShapeError({ op: "rolloutTensors", message: `rolloutTensors: ${message}` });
 };
 
 /** The response mask over positions implied by prompt and response lengths. */
@@ -93,7 +93,7 @@ export const responseMask = (
 };
 
 /** Upload a host batch. Every array is checked against N and T (ShapeError naming it). */
-export const batchTensors = (backend: Backend, h: RolloutHost): BatchTensors => {
+export const rolloutTensors = (backend: Backend, h: RolloutHost): RolloutTensors => {
   const { N, T, ids } = h;
   const n = N * T;
   const len = (what: string, x: ArrayLike<number> | undefined, want: number) => {
@@ -127,7 +127,7 @@ export const batchTensors = (backend: Backend, h: RolloutHost): BatchTensors => 
     keep(tensor(backend, x, shape, dtype));
   const f64 = (m: ReadonlyMap<string, ArrayLike<number>> | undefined) =>
     new Map([...(m ?? [])].map(([k, v]) => [k, Float64Array.from(v)]));
-  const host: Batch = {
+  const host: ReferenceBatch = {
     N,
     T,
     mask,
@@ -139,7 +139,7 @@ export const batchTensors = (backend: Backend, h: RolloutHost): BatchTensors => 
   const aggCache = new Map<string, Tensor>();
   const owned: Tensor[] = [];
   const own = (t: Tensor) => (owned.push(t), t);
-  const b: BatchTensors = {
+  const b: RolloutTensors = {
     N,
     T,
     backend,

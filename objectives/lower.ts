@@ -13,7 +13,7 @@ import { apply1 } from "../engine/apply.ts";
 import { clampClosed, keepWhere, maxSplit, minSplit, where } from "../kernels/select.ts";
 import { Tape } from "../engine/tape.ts";
 import { reshape, type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import type { BatchTensors } from "./batch.ts";
+import type { RolloutTensors } from "./batch.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { final, type InternalPolicy, showPolicy } from "../policies/internal.ts";
 import { readKl } from "../policies/kl.ts";
@@ -71,7 +71,7 @@ const gt = (a: Tensor, b: Tensor): Tensor => addc(neg(ge(b, a)), 1);
 const total = (x: Tensor): Tensor => sumTo(x, []); // (..) -> []
 
 interface Ctx {
-  readonly b: BatchTensors;
+  readonly b: RolloutTensors;
   readonly src: ReadoutSource;
   readonly term: Term;
   readonly scalar: (x: number) => Tensor;
@@ -227,7 +227,7 @@ const lowerTerm = (ctx: Ctx, a: ActiveTerm): LoweredTermMetric => {
 export const lowerLoss = (
   objective: Objective,
   step: number,
-  batch: BatchTensors,
+  batch: RolloutTensors,
   src: ReadoutSource,
 ): Lowered => {
   const be = batch.backend;
@@ -273,7 +273,7 @@ export const detach = (x: Tensor): Tensor => copyInto(zerosLike(x, x.shape), x);
 export const lowerStep = (
   c: DecoderConfig,
   p: Params,
-  batch: BatchTensors,
+  batch: RolloutTensors,
   objective: Objective,
   step: number,
   o: StepOptions = {},

@@ -18,7 +18,7 @@ import {
  * One batch of rollouts, row-major (N sequences x T padded positions). Values at positions where mask = 0 are
  * never read (padding may hold anything, NaN included).
  */
-export interface Batch {
+export interface ReferenceBatch {
   /** Sequences. */
   readonly N: number;
   /** Positions per sequence (padded); position t's values are about token t. */
@@ -150,7 +150,7 @@ const clampLogRatio = (x: number): [number, number] =>
   x < -LOG_RATIO_CLAMP ? [-LOG_RATIO_CLAMP, 0] : x > LOG_RATIO_CLAMP ? [LOG_RATIO_CLAMP, 0] : [x, 1];
 
 interface Ctx {
-  readonly b: Batch;
+  readonly b: ReferenceBatch;
   readonly r: Readouts;
   readonly grads: Grads;
   readonly term: Term;
@@ -318,7 +318,7 @@ const evalTerm = (ctx: Ctx, a: ActiveTerm): TermMetric => {
   }
 };
 
-const checkBatch = (b: Batch) => {
+const checkBatch = (b: ReferenceBatch) => {
   const bad = (what: string, len: number, want: string, n: number) => {
     throw new ShapeError({
       op: "evaluate",
@@ -346,7 +346,7 @@ const checkBatch = (b: Batch) => {
 export const evaluate = (
   objective: Objective,
   step: number,
-  batch: Batch,
+  batch: ReferenceBatch,
   readouts: Readouts,
 ): Evaluation => {
   checkBatch(batch);

@@ -64,10 +64,16 @@ export interface Task {
 }
 
 /** `count` consecutive problems of `split` starting at index `start`. */
-export const batch = (task: Task, split: Split, seed: number, start: number, count: number): Problem[] => {
+export const drawProblems = (
+  task: Task,
+  split: Split,
+  seed: number,
+  start: number,
+  count: number,
+): Problem[] => {
   if (!Number.isSafeInteger(start) || start < 0 || !Number.isSafeInteger(count) || count < 0) {
     throw new RangeError(
-      `batch(${task.name}): start ${start} and count ${count} must be non-negative integers`,
+      `drawProblems(${task.name}): start ${start} and count ${count} must be non-negative integers`,
     );
   }
   return Array.from({ length: count }, (_, i) => task.problem(split, start + i, seed));

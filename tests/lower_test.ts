@@ -9,7 +9,7 @@ import { clampClosed, keepWhere, maxSplit, minSplit, where } from "../kernels/se
 import { Tape } from "../engine/tape.ts";
 import { add, sumTo } from "../kernels/elementwise.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import { batchTensors, rolloutFromSequences } from "../objectives/batch.ts";
+import { rolloutFromSequences, rolloutTensors } from "../objectives/batch.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { attn, final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
 import { initParams, type Params, paramsToHostArrays } from "../policies/params.ts";
@@ -134,7 +134,7 @@ type Problem = ReturnType<typeof problem>;
 /** Lower the objective on a backend with the readouts as watched leaves: loss and d loss / d readout. */
 const lowered = (be: Backend, o: Objective, step: number, pb: Problem) =>
   tidy(async () => {
-    const b = batchTensors(be, {
+    const b = rolloutTensors(be, {
       ids: new Int32Array(pb.N * pb.T),
       N: pb.N,
       T: pb.T,
@@ -259,7 +259,7 @@ const host = rolloutFromSequences(seqs, 2, [1.5, -1, 0.25]);
 /** Flat gradient of an objective on the tiny model, split by Hugging Face name. */
 const gradsOf = (be: Backend, p: Params, o: Objective, step: number) =>
   tidy(async () => {
-    const b = batchTensors(be, host);
+    const b = rolloutTensors(be, host);
     const r = lowerStep(cfg, p, b, o, step, { onPolicy: true, chunk: 64 });
     const gs = await paramsToHostArrays(p, r.grads), loss = (await r.loss.data())[0];
     b.dispose();

@@ -13,7 +13,7 @@ import { generate } from "../policies/generate.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import type { Params } from "../policies/params.ts";
 import { arithTask } from "../tasks/arith.ts";
-import { batch, type Task } from "../tasks/task.ts";
+import { drawProblems, type Task } from "../tasks/task.ts";
 import { DEFAULTS, type TrainConfig } from "../training/config.ts";
 import { promptIds, responseText, stopId } from "../training/data.ts";
 import { type EvalOptions, type EvalResult, evaluate } from "../training/evaluate.ts";
@@ -289,7 +289,7 @@ const evaluateAllAtOnce = async (
     }
     return out;
   };
-  const probs = batch(t, "eval", o.taskSeed, 0, o.problems);
+  const probs = drawProblems(t, "eval", o.taskSeed, 0, o.problems);
   const sampled = await roll(
     probs.flatMap((q) => Array.from({ length: o.k }, () => q.prompt)),
     o.temperature,

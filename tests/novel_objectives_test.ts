@@ -6,7 +6,7 @@ import { tidy } from "../engine/tensor.ts";
 import { objectiveFromJson, objectiveToJson } from "../objectives/codec.ts";
 import { lowerStep } from "../objectives/lower.ts";
 import { EqObjective, type Objective, show } from "../objectives/objective.ts";
-import { batchTensors, rolloutFromSequences } from "../objectives/batch.ts";
+import { rolloutFromSequences, rolloutTensors } from "../objectives/batch.ts";
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { showPolicy } from "../policies/internal.ts";
 import { initParams, paramsToHostArrays } from "../policies/params.ts";
@@ -72,7 +72,7 @@ Deno.test("README objectives: one AdamW step on an 8-layer tiny model, finite lo
     for (const step of [1, 31]) {
       const p = initParams(be, paramSpecs(cfg), 21, 0.2);
       const opt = createOptimizer(p, { lr: 1e-3 });
-      const batch = batchTensors(be, host);
+      const batch = rolloutTensors(be, host);
       await tidy(async () => {
         const before = (await paramsToHostArrays(p)).flatMap((x) => [...x]);
         const r = lowerStep(cfg, p, batch, objectives[name], step, { onPolicy: true, chunk: 64 });

@@ -21,7 +21,13 @@ import {
   zero,
 } from "../objectives/objective.ts";
 import { decodeObjective, objectiveToJson } from "../objectives/codec.ts";
-import { type Batch, evaluate, type Evaluation, type Grads, type Readouts } from "../objectives/reference.ts";
+import {
+  evaluate,
+  type Evaluation,
+  type Grads,
+  type Readouts,
+  type ReferenceBatch,
+} from "../objectives/reference.ts";
 import { klKey } from "../objectives/readouts.ts";
 import { closeness } from "./util.ts";
 
@@ -91,7 +97,7 @@ const POLICIES: InternalPolicy[] = [final, layer(0), layer(3, "normed"), attn(1)
  * ones by up to +-0.5 in log space, so ratios fall on both sides of the 0.2 clip boundaries; 20% of advantages
  * are exactly 0; 30% of positions are masked out and hold NaN (never read).
  */
-const randomProblem = (N: number, T: number, seed: number): { batch: Batch; readouts: Readouts } => {
+const randomProblem = (N: number, T: number, seed: number): { batch: ReferenceBatch; readouts: Readouts } => {
   const u = rng(seed), n = N * T;
   const mask = Float64Array.from({ length: n }, () => (u() < 0.7 ? 1 : 0));
   const fill = (f: () => number) => Float64Array.from({ length: n }, (_, i) => (mask[i] ? f() : NaN));
@@ -297,7 +303,7 @@ Deno.test("token-mean over two concatenated batches = count-weighted mean of eac
       const catMap = (x: ReadonlyMap<string, Float64Array>, y: ReadonlyMap<string, Float64Array>) =>
         new Map([...x].map(([k, v]) => [k, cat(v, y.get(k)!)]));
       const { batch: b1, readouts: r1 } = p1, { batch: b2, readouts: r2 } = p2;
-      const batch: Batch = {
+      const batch: ReferenceBatch = {
         N: b1.N + b2.N,
         T: b1.T,
         mask: cat(b1.mask, b2.mask),

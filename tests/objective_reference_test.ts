@@ -24,7 +24,7 @@ import {
   weightAt,
 } from "../objectives/objective.ts";
 import { decodeObjective, ObjectiveCodec } from "../objectives/codec.ts";
-import { type Batch, evaluate, type Readouts } from "../objectives/reference.ts";
+import { evaluate, type Readouts, type ReferenceBatch } from "../objectives/reference.ts";
 import { requiredReadouts } from "../objectives/readouts.ts";
 import { closeness } from "./util.ts";
 
@@ -60,7 +60,7 @@ const setup = (o: {
   behaviour?: number[];
   ref?: Record<string, number[]>;
   entropy?: Record<string, number[]>;
-}): { batch: Batch; readouts: Readouts } => {
+}): { batch: ReferenceBatch; readouts: Readouts } => {
   const m = (r?: Record<string, number[]>) =>
     new Map(Object.entries(r ?? {}).map(([k, v]) => [k, F.from(v)]));
   return {

@@ -9,7 +9,7 @@ import {
   rewriteTask,
   rewriteWellFormed,
 } from "../tasks/rewrite.ts";
-import { batch, outsideAlphabet } from "../tasks/task.ts";
+import { drawProblems, outsideAlphabet } from "../tasks/task.ts";
 
 const eq = (a: unknown, b: unknown, what: string) => {
   if (JSON.stringify(a) !== JSON.stringify(b)) {
@@ -41,7 +41,7 @@ Deno.test("rewrite task: problems are pure, the splits disjoint, solutions earn 
   const seen = { train: new Set<string>(), eval: new Set<string>() };
   for (const split of ["train", "eval"] as const) {
     for (const s of [1, 2]) {
-      for (const p of batch(t, split, s, 0, 1500)) {
+      for (const p of drawProblems(t, split, s, 0, 1500)) {
         eq(p, rewriteTask().problem(split, Number(p.id.split("/")[3]), s), `pure: ${p.id}`);
         seen[split].add(p.prompt);
         eq(t.reward(p, p.solution), 1, `solution of ${p.prompt}`);

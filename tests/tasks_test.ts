@@ -5,7 +5,7 @@ import {
   type ArithOptions,
   arithTask,
   arithWellFormed,
-  batch,
+  drawProblems,
   extractAnswer,
   outsideAlphabet,
   type Problem,
@@ -69,8 +69,8 @@ Deno.test("a problem is a pure function of (split, index, seed)", () => {
       eq(t.problem(split, i, s), arithTask().problem(split, i, s), `problem(${split}, ${i}, ${s})`);
     }),
   );
-  const a = batch(t, "train", 1, 0, 50).map((p) => p.prompt),
-    b = batch(t, "train", 2, 0, 50).map((p) => p.prompt);
+  const a = drawProblems(t, "train", 1, 0, 50).map((p) => p.prompt),
+    b = drawProblems(t, "train", 2, 0, 50).map((p) => p.prompt);
   if (a.filter((x, i) => x === b[i]).length > 10) {
     throw new Error("seeds 1 and 2 give nearly the same problems");
   }
@@ -80,8 +80,8 @@ Deno.test("train and eval are disjoint sets of expressions, for every seed", () 
   const t = arithTask();
   const train = new Set<string>(), evalSet = new Set<string>();
   for (const seed of [0, 1, 12345]) {
-    for (const p of batch(t, "train", seed, 0, 2000)) train.add(p.prompt);
-    for (const p of batch(t, "eval", seed, 0, 2000)) evalSet.add(p.prompt);
+    for (const p of drawProblems(t, "train", seed, 0, 2000)) train.add(p.prompt);
+    for (const p of drawProblems(t, "eval", seed, 0, 2000)) evalSet.add(p.prompt);
   }
   const both = [...evalSet].filter((x) => train.has(x));
   if (both.length > 0) throw new Error(`${both.length} expressions in both splits, e.g. ${both[0]}`);
@@ -110,8 +110,8 @@ Deno.test("disjointness holds for random options too", () => {
   fc.assert(
     fc.property(arbOptions, fc.nat(1000), (o, seed) => {
       const t = arithTask(o);
-      const tr = new Set(tooFew(() => batch(t, "train", seed, 0, 300)).map((p) => p.prompt));
-      for (const p of tooFew(() => batch(t, "eval", seed, 0, 100))) {
+      const tr = new Set(tooFew(() => drawProblems(t, "train", seed, 0, 300)).map((p) => p.prompt));
+      for (const p of tooFew(() => drawProblems(t, "eval", seed, 0, 100))) {
         if (tr.has(p.prompt)) throw new Error(`${p.prompt} in both splits`);
         eq(splitOf(p.prompt, o.evalEvery), "eval", `split of ${p.prompt}`);
       }
@@ -123,13 +123,13 @@ Deno.test("disjointness holds for random options too", () => {
 Deno.test("solutions recompute: running results, answer, operand and result ranges", () => {
   const t = arithTask();
   for (const split of ["train", "eval"] as const) {
-    for (const p of batch(t, split, 3, 0, 2000)) checkProblem(p, {});
+    for (const p of drawProblems(t, split, 3, 0, 2000)) checkProblem(p, {});
   }
   fc.assert(
     fc.property(arbOptions, fc.nat(1000), fc.nat(10000), (o, seed, start) => {
       const task = arithTask(o);
       for (const split of ["train", "eval"] as const) {
-        for (const p of tooFew(() => batch(task, split, seed, start, 20))) checkProblem(p, o);
+        for (const p of tooFew(() => drawProblems(task, split, seed, start, 20))) checkProblem(p, o);
       }
     }),
     { numRuns: 60 },
@@ -138,7 +138,7 @@ Deno.test("solutions recompute: running results, answer, operand and result rang
 
 Deno.test("difficulty spans the operand counts about evenly", () => {
   const counts = [0, 0, 0, 0, 0];
-  for (const p of batch(arithTask(), "train", 9, 0, 3000)) counts[p.difficulty!]++;
+  for (const p of drawProblems(arithTask(), "train", 9, 0, 3000)) counts[p.difficulty!]++;
   for (const n of [2, 3, 4]) {
     if (counts[n] < 800 || counts[n] > 1200) throw new Error(`difficulty counts ${counts.slice(2)}`);
   }
@@ -149,7 +149,7 @@ Deno.test("the alphabet covers every prompt and solution; lengths stay within th
     fc.property(arbOptions, fc.nat(1000), (o, seed) => {
       const t = arithTask(o);
       for (const split of ["train", "eval"] as const) {
-        for (const p of tooFew(() => batch(t, split, seed, 0, 50))) {
+        for (const p of tooFew(() => drawProblems(t, split, seed, 0, 50))) {
           const out = outsideAlphabet(t.alphabet, p.prompt + p.solution);
           if (out.length > 0) {
             throw new Error(`characters ${JSON.stringify(out)} of ${p.prompt}${p.solution}`);
@@ -264,12 +264,12 @@ Deno.test("bad options are ConfigErrors naming the field", () => {
   }
 });
 
-Deno.test("batch gives consecutive problems; a user Task plugs in through the interface", () => {
+Deno.test("drawProblems gives consecutive problems; a user Task plugs in through the interface", () => {
   const t = arithTask();
-  eq(batch(t, "eval", 4, 10, 5), [10, 11, 12, 13, 14].map((i) => t.problem("eval", i, 4)), "batch");
-  eq(batch(t, "train", 0, 0, 0), [], "empty batch");
+  eq(drawProblems(t, "eval", 4, 10, 5), [10, 11, 12, 13, 14].map((i) => t.problem("eval", i, 4)), "batch");
+  eq(drawProblems(t, "train", 0, 0, 0), [], "empty batch");
   try {
-    batch(t, "train", 0, -1, 2);
+    drawProblems(t, "train", 0, -1, 2);
     throw new Error("no error");
   } catch (e) {
     if (!(e instanceof RangeError) || !e.message.includes("start -1")) throw e;
@@ -286,7 +286,7 @@ Deno.test("batch gives consecutive problems; a user Task plugs in through the in
     },
     reward: (p, completion) => (completion.split(".")[0] === p.answer ? 1 : 0),
   };
-  for (const p of batch(copy, "eval", 3, 0, 20)) {
+  for (const p of drawProblems(copy, "eval", 3, 0, 20)) {
     eq(copy.reward(p, p.solution), 1, `copy reward of ${p.solution}`);
     eq(outsideAlphabet(copy.alphabet, p.prompt + p.solution), [], "copy alphabet");
   }

@@ -10,7 +10,7 @@ import {
   UnknownCharError,
 } from "../formats/tokenizer.ts";
 import { loadTokenizer, saveTokenizer } from "../formats/tokenizer.ts";
-import { ARITH_ALPHABET, arithTask, batch } from "../tasks/mod.ts";
+import { ARITH_ALPHABET, arithTask, drawProblems } from "../tasks/mod.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -70,7 +70,7 @@ Deno.test("char round trip: decode(encode(s)) == s, and encode(decode(ids)) == i
 
 Deno.test("every arithmetic problem encodes and decodes exactly", () => {
   const t = new CharTokenizer(arithTask().alphabet);
-  for (const p of batch(arithTask(), "train", 0, 0, 500)) {
+  for (const p of drawProblems(arithTask(), "train", 0, 0, 500)) {
     const s = p.prompt + p.solution;
     eq(t.decode(t.encode(s)), s, "round trip");
   }

@@ -1,7 +1,7 @@
 /** A stack of transformer blocks trained on both backends: same loss curve; a steady loop does not grow memory. */
 import { paramSpecs, tinyConfig } from "../policies/config.ts";
 import { initParams } from "../policies/params.ts";
-import { supervisedStep, type TokenBatch } from "../training/sft.ts";
+import { type SupervisedBatch, supervisedStep } from "../training/sft.ts";
 import type { Backend } from "../engine/backend.ts";
 import { gpuTest } from "./gpu_util.ts";
 import { cpu64 } from "./util.ts";
@@ -17,7 +17,7 @@ const config = tinyConfig({
 });
 
 /** A fixed batch of token ids: B sequences of a repeating pattern the model can learn. */
-const batchOf = (step: number, B = 3, T = 13): TokenBatch => {
+const batchOf = (step: number, B = 3, T = 13): SupervisedBatch => {
   const ids = new Int32Array(B * T);
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) ids[b * T + t] = (3 * b + 5 * t + step) % config.vocabSize;

@@ -6,7 +6,7 @@ import { serializeSafetensors } from "../core/safetensors.ts";
 import type { Backend } from "../engine/backend.ts";
 import { tidy } from "../engine/tensor.ts";
 import { writeAtomic } from "../io/files.ts";
-import { batchTensors, rolloutFromSequences, type RolloutHost } from "../objectives/batch.ts";
+import { rolloutFromSequences, type RolloutHost, rolloutTensors } from "../objectives/batch.ts";
 import type { DecoderConfig } from "../policies/config.ts";
 import { readModelDir, toParams } from "../formats/hf.ts";
 import { type Params, paramsToHostArrays } from "../policies/params.ts";
@@ -118,7 +118,7 @@ const compute = async (
   const be = input.backend;
   const { config, params, owned } = model;
   const step = input.step ?? 1;
-  const batch = batchTensors(be, host);
+  const batch = rolloutTensors(be, host);
   try {
     return await tidy(async () => {
       const r = lowerStep(config, params, batch, input.objective, step, { ...input.readout, onPolicy: true });

@@ -14,7 +14,7 @@ import { CharTokenizer, writeTokenizerDir } from "../formats/tokenizer.ts";
 import { writeAtomic } from "../io/files.ts";
 import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
 import { initParams, type Params } from "../policies/params.ts";
-import { batch, type Task } from "../tasks/task.ts";
+import { drawProblems, type Task } from "../tasks/task.ts";
 import { sequenceLength, supervisedBatch } from "./data.ts";
 import { evaluate } from "./evaluate.ts";
 import { createOptimizer, disposeOptimizer, type Optimizer } from "./optimizer.ts";
@@ -281,7 +281,7 @@ const steps = async (
     pending = [];
   };
   for (let step = 1; step <= n; step++) {
-    const problems = batch(x.task, "train", s.seed, (step - 1) * s.batch, s.batch);
+    const problems = drawProblems(x.task, "train", s.seed, (step - 1) * s.batch, s.batch);
     const { loss, norm } = supervisedStep(x.config, x.params, x.opt, supervisedBatch(x.tok, problems, x.T));
     norm.dispose();
     pending.push({ step, loss });

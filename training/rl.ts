@@ -14,7 +14,7 @@ import { generate, type GenerateOptions, type Rollout } from "../policies/genera
 import { final, type InternalPolicy, layer, showPolicy } from "../policies/internal.ts";
 import type { Params } from "../policies/params.ts";
 import { forwardPolicies } from "../policies/policy.ts";
-import { batchTensors, type RolloutHost } from "../objectives/batch.ts";
+import { type RolloutHost, rolloutTensors } from "../objectives/batch.ts";
 import { drGrpoAdvantages, grpoAdvantages, rlooAdvantages } from "../objectives/advantages.ts";
 import { lowerStep } from "../objectives/lower.ts";
 import {
@@ -300,7 +300,7 @@ const oldStage = async (
 ) => {
   const { config, params, objective } = ctx;
   const req = requiredReadouts(objective, step);
-  const probe = batchTensors(params.backend, host);
+  const probe = rolloutTensors(params.backend, host);
   try {
     const reads: HostReads = await tidy(async () => {
       const r = forwardPolicies(config, params, probe.ids, probe.positions)
@@ -402,7 +402,7 @@ const updateStage = async (ctx: RlContext, step: number, full: RolloutHost): Pro
   try {
     for (let e = 0; e < cfg.epochs; e++) {
       for (let m = 0; m < cfg.minibatches; m++) {
-        const part = batchTensors(params.backend, sliceRows(full, m * per, (m + 1) * per));
+        const part = rolloutTensors(params.backend, sliceRows(full, m * per, (m + 1) * per));
         try {
           const out = tidy((): UpdateScalars<Tensor> => {
             const r = lowerStep(config, params, part, objective, step);

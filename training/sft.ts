@@ -7,7 +7,7 @@ import { lmLoss } from "../policies/model.ts";
 import { type Params, segmentGrads } from "../policies/params.ts";
 
 /** A token batch: B sequences of T ids, row-major; `mask` (B*T) marks positions whose next token counts. */
-export interface TokenBatch {
+export interface SupervisedBatch {
   readonly ids: Int32Array;
   readonly B: number;
   readonly T: number;
@@ -22,7 +22,7 @@ export const positionsOf = (params: Params, T: number): Tensor =>
 export const lossAndGrads = (
   c: DecoderConfig,
   p: Params,
-  batch: TokenBatch,
+  batch: SupervisedBatch,
 ): { loss: Tensor; grads: Tensor[] } =>
   tidy(() => {
     const ids = tensor(p.backend, batch.ids, [batch.B, batch.T], "i32");
@@ -40,7 +40,7 @@ export const supervisedStep = (
   c: DecoderConfig,
   p: Params,
   opt: Optimizer,
-  batch: TokenBatch,
+  batch: SupervisedBatch,
 ): { loss: Tensor; norm: Tensor } =>
   tidy(() => {
     const { loss, grads } = lossAndGrads(c, p, batch);

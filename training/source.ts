@@ -16,7 +16,7 @@ import { resolveTask } from "../formats/task.ts";
 import { CharTokenizer, readTokenizerDir } from "../formats/tokenizer.ts";
 import { extractAnswer } from "../tasks/math_grade.ts";
 import { EMBEDDED_TASKS, isEmbeddedTask } from "../tasks/index.ts";
-import { batch, outsideAlphabet, type Problem, type Task } from "../tasks/task.ts";
+import { drawProblems, outsideAlphabet, type Problem, type Task } from "../tasks/task.ts";
 import { DEFAULT_DATA_REWARD, DEFAULT_REWARD_TIMEOUT_S, type TrainConfig } from "./config.ts";
 import { promptIds, responseText, stopId } from "./data.ts";
 
@@ -146,12 +146,12 @@ export const taskSource = (tok: CharTokenizer, task: Task, seed: number): TaskSo
     stops: stop === undefined ? [tok.eos] : [tok.eos, stop],
     pad: tok.pad,
     vocab: tok.vocabSize,
-    train: (step, count) => batch(task, "train", seed, (step - 1) * count, count).map(prompt),
+    train: (step, count) => drawProblems(task, "train", seed, (step - 1) * count, count).map(prompt),
     ...(task.maxPromptChars !== undefined
       ? { maxPromptTokens: (tok.bos === undefined ? 0 : 1) + task.maxPromptChars }
       : {}),
     evalSize: Infinity,
-    eval: (first, count) => batch(task, "eval", seed, first, count).map(prompt),
+    eval: (first, count) => drawProblems(task, "eval", seed, first, count).map(prompt),
     responseText: (ids, from, to) => responseText(tok, ids, from, to),
     tokenizer: tok,
     close: () => {},

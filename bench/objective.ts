@@ -24,7 +24,7 @@ export interface ObjectiveBenchRow {
   readonly includes: string;
 }
 
-const N = 64, T = 64, ITERS = 5;
+const B = 64, T = 64, ITERS = 5;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -51,11 +51,11 @@ export const benchObjective = async (backend: Backend): Promise<ObjectiveBenchRo
   const next = lcg(7);
   const u = () => next() / 2 ** 32;
   const host: RolloutHost = {
-    ids: Int32Array.from({ length: N * T }, () => Math.floor(u() * cfg.vocabSize)),
-    N,
+    ids: Int32Array.from({ length: B * T }, () => Math.floor(u() * cfg.vocabSize)),
+    B,
     T,
-    promptLens: Array.from({ length: N }, () => 8 + Math.floor(u() * 8)),
-    advantages: Array.from({ length: N }, () => 2 * u() - 1),
+    promptLens: Array.from({ length: B }, () => 8 + Math.floor(u() * 8)),
+    advantages: Array.from({ length: B }, () => 2 * u() - 1),
   };
   const o = grpo();
   const key = showPolicy({ kind: "final" });
@@ -72,7 +72,7 @@ export const benchObjective = async (backend: Backend): Promise<ObjectiveBenchRo
   const rows: ObjectiveBenchRow[] = [];
 
   rows.push({
-    name: `lowerStep grpo(final), ${N}x${T} tokens, 4 layers, on ${backend.name}`,
+    name: `lowerStep grpo(final), ${B}x${T} tokens, 4 layers, on ${backend.name}`,
     ms: await time(() =>
       tidy(async () => {
         const r = lowerStep(cfg, p, batch, o, 1);
@@ -83,8 +83,8 @@ export const benchObjective = async (backend: Backend): Promise<ObjectiveBenchRo
       "forward, streaming readout (entropy + log-prob), lowered loss, backward to all params, one read-back",
   });
 
-  const lp = tensor(backend, cur, [N * T]);
-  const ent = tensor(backend, new Float32Array(N * T), [N * T]);
+  const lp = tensor(backend, cur, [B * T]);
+  const ent = tensor(backend, new Float32Array(B * T), [B * T]);
   rows.push({
     name: `lowerLoss grpo(final) on device readouts, on ${backend.name}`,
     ms: await time(() =>

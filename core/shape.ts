@@ -1,4 +1,11 @@
-/** Shapes, dtypes and broadcasting: pure helpers shared by every backend. */
+/**
+ * Shapes, dtypes and broadcasting: pure helpers shared by every backend.
+ *
+ * Shape letters, in code and comments alike: `B` sequences in a batch, `T` positions per sequence, `R` rows of a
+ * flattened (B*T, ...) tensor (or any other stack of rows, such as the rows of a readout or KL kernel), `V` the
+ * vocabulary, `D` (or `d`) a hidden or head width, `C` a chunk of vocabulary columns, `H` heads. `M`, `K`, `N`
+ * belong to matrix multiplication only: A is M x K, B is K x N, C = A B is M x N.
+ */
 import { ShapeError } from "./errors.ts";
 
 /** A tensor shape: a list of non-negative integer extents, outermost first. */

@@ -6,30 +6,30 @@ import { readBytes, writeAtomic } from "../io/files.ts";
 import type { RolloutHost } from "../objectives/batch.ts";
 
 /**
- * A rollout file is a safetensors file: `ids` I32 (N, T), `prompt_lens` I32 (N), `response_lens` I32 (N),
- * `advantages` F32 (N); optional F32 (N, T) per position: `behaviour`, `old.<policy>` and `ref.<policy>` (policy
+ * A rollout file is a safetensors file: `ids` I32 (B, T), `prompt_lens` I32 (B), `response_lens` I32 (B),
+ * `advantages` F32 (B); optional F32 (B, T) per position: `behaviour`, `old.<policy>` and `ref.<policy>` (policy
  * keys as `showPolicy`: `old.final`, `old.layer(5)`). Written atomically.
  */
 export const writeRolloutFile = (path: string, r: RolloutHost): Effect.Effect<void, FileFormatError> => {
-  const { N, T } = r;
+  const { B, T } = r;
   const f32 = (name: string, x: ArrayLike<number>, shape: number[]): StWrite => ({
     name,
     shape,
     data: Float32Array.from(x),
   });
   const tensors: StWrite[] = [
-    { name: "ids", shape: [N, T], data: r.ids },
-    { name: "prompt_lens", shape: [N], data: Int32Array.from(r.promptLens) },
+    { name: "ids", shape: [B, T], data: r.ids },
+    { name: "prompt_lens", shape: [B], data: Int32Array.from(r.promptLens) },
     {
       name: "response_lens",
-      shape: [N],
+      shape: [B],
       data: Int32Array.from(r.responseLens ?? r.promptLens.map((p) => T - p)),
     },
-    f32("advantages", r.advantages, [N]),
+    f32("advantages", r.advantages, [B]),
   ];
-  if (r.behaviour) tensors.push(f32("behaviour", r.behaviour, [N, T]));
-  for (const [k, v] of r.old ?? []) tensors.push(f32(`old.${k}`, v, [N, T]));
-  for (const [k, v] of r.ref ?? []) tensors.push(f32(`ref.${k}`, v, [N, T]));
+  if (r.behaviour) tensors.push(f32("behaviour", r.behaviour, [B, T]));
+  for (const [k, v] of r.old ?? []) tensors.push(f32(`old.${k}`, v, [B, T]));
+  for (const [k, v] of r.ref ?? []) tensors.push(f32(`ref.${k}`, v, [B, T]));
   return writeAtomic(path, serializeSafetensors(tensors, { format: "bupo-rollout" }));
 };
 
@@ -51,10 +51,10 @@ export const readRolloutFile = (path: string): Effect.Effect<RolloutHost, FileFo
         if (idsE.shape.length !== 2) {
           throw new FileFormatError({
             file: path,
-            message: `${path}: ids must be (N, T), got [${idsE.shape}]`,
+            message: `${path}: ids must be (B, T), got [${idsE.shape}]`,
           });
         }
-        const [N, T] = idsE.shape;
+        const [B, T] = idsE.shape;
         const old = new Map<string, Float32Array>(), ref = new Map<string, Float32Array>();
         for (const [name, e] of st.tensors) {
           if (name.startsWith("old.")) old.set(name.slice(4), toF32(path, e));
@@ -63,7 +63,7 @@ export const readRolloutFile = (path: string): Effect.Effect<RolloutHost, FileFo
         const beh = st.tensors.get("behaviour");
         return {
           ids: toI32(path, idsE),
-          N,
+          B,
           T,
           promptLens: Array.from(toI32(path, get("prompt_lens"))),
           responseLens: Array.from(toI32(path, get("response_lens"))),

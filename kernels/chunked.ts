@@ -53,7 +53,7 @@ export const copyChunked = (dst: Tensor, src: Tensor): Tensor => {
   return dst;
 };
 
-/** Columns [start, start + C) of y (N, V) := z (N, C), in place (inputs: y, z; output aliases y). */
+/** Columns [start, start + C) of y (R, V) := z (R, C), in place (inputs: y, z; output aliases y). */
 export const putColumnsKernel: Kernel<{ readonly start: number }> = defineKernel<{ readonly start: number }>({
   name: "putColumns",
   infer: ({ start }, [y, z]) => {
@@ -71,22 +71,22 @@ export const putColumnsKernel: Kernel<{ readonly start: number }> = defineKernel
     return [{ shape: y.shape, dtype: y.dtype, alias: 0 }];
   },
   cpu: ({ start }, [y, z], [out]) => {
-    const [N, V] = y.shape, C = z.shape[1];
-    for (let n = 0; n < N; n++) out.data.set(z.data.subarray(n * C, (n + 1) * C), n * V + start);
+    const [R, V] = y.shape, C = z.shape[1];
+    for (let n = 0; n < R; n++) out.data.set(z.data.subarray(n * C, (n + 1) * C), n * V + start);
   },
   gpu: ({ start }, [y, z], target) => {
-    const [N, C] = z.shape, V = y.shape[1];
+    const [R, C] = z.shape, V = y.shape[1];
     const ty = wgslType(y.dtype);
     const b = bind({ input: 0, name: "y", type: ty, access: "read_write" }, {
       input: 1,
       name: "z",
       type: ty,
     });
-    return [flatPass(b, N * C, WG, target, `  y[(i / ${C}u) * ${V}u + ${start}u + i % ${C}u] = z[i];`)];
+    return [flatPass(b, R * C, WG, target, `  y[(i / ${C}u) * ${V}u + ${start}u + i % ${C}u] = z[i];`)];
   },
 });
 
-/** Columns [start, start + count) of y (N, V) as a new (N, count) tensor. */
+/** Columns [start, start + count) of y (R, V) as a new (R, count) tensor. */
 export const takeColumnsKernel: Kernel<{ readonly start: number; readonly count: number }> = defineKernel<
   { readonly start: number; readonly count: number }
 >({
@@ -101,17 +101,17 @@ export const takeColumnsKernel: Kernel<{ readonly start: number; readonly count:
     return [{ shape: [y.shape[0], count], dtype: y.dtype }];
   },
   cpu: ({ start, count }, [y], [out]) => {
-    const [N, V] = y.shape;
-    for (let n = 0; n < N; n++) {
+    const [R, V] = y.shape;
+    for (let n = 0; n < R; n++) {
       out.data.set(y.data.subarray(n * V + start, n * V + start + count), n * count);
     }
   },
   gpu: ({ start, count }, [y], target) => {
-    const [N, V] = y.shape;
+    const [R, V] = y.shape;
     const ty = wgslType(y.dtype);
     const b = bind({ input: 0, name: "y", type: ty }, { output: 0, name: "z", type: ty });
     return [
-      flatPass(b, N * count, WG, target, `  z[i] = y[(i / ${count}u) * ${V}u + ${start}u + i % ${count}u];`),
+      flatPass(b, R * count, WG, target, `  z[i] = y[(i / ${count}u) * ${V}u + ${start}u + i % ${count}u];`),
     ];
   },
 });

@@ -1,8 +1,8 @@
 /**
  * Streaming KL kernels: per row KL(p_a || p_b) between p_a = softmax(z_a / T) and p_b = softmax(z_b / T), folded
  * over vocabulary chunks with online statistics, so no (rows, vocab) matrix exists. A chunk holds both sides
- * stacked: rows 0..N-1 are z_a, rows N..2N-1 are z_b (one matmul of the stacked points per chunk).
- * State per row (N, 5), with u = z_a/T, v = z_b/T: m_a = running max u, s_a = sum e^(u - m_a),
+ * stacked: rows 0..R-1 are z_a, rows R..2N-1 are z_b (one matmul of the stacked points per chunk).
+ * State per row (R, 5), with u = z_a/T, v = z_b/T: m_a = running max u, s_a = sum e^(u - m_a),
  * w = sum e^(u - m_a) (u - v), m_b = running max v, s_b = sum e^(v - m_b).
  * At the end: lse_a = m_a + log s_a, lse_b = m_b + log s_b, KL = w / s_a - lse_a + lse_b.
  */
@@ -38,15 +38,15 @@ const checkStacked = (op: string, z: TensorSpec): number => {
   return z.shape[0] / 2;
 };
 
-/** Fold one stacked chunk (2N, C) into the state (N, 5) in place. Inputs [state, z]; output 0 aliases state. */
+/** Fold one stacked chunk (2N, C) into the state (R, 5) in place. Inputs [state, z]; output 0 aliases state. */
 export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
   name: "klFold",
   infer: (_p, [st, z]) => {
-    const N = checkStacked("klFold", z);
-    if (st.dtype !== "f32" || st.shape.join() !== `${N},5`) {
+    const R = checkStacked("klFold", z);
+    if (st.dtype !== "f32" || st.shape.join() !== `${R},5`) {
       throw new ShapeError({
         op: "klFold",
-        message: `klFold: state must be f32 (${N}, 5) for a chunk ${showShape(z.shape)}, got ${
+        message: `klFold: state must be f32 (${R}, 5) for a chunk ${showShape(z.shape)}, got ${
           showShape(st.shape)
         }`,
       });
@@ -54,11 +54,11 @@ export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
     return [{ shape: st.shape, dtype: "f32", alias: 0 }];
   },
   cpu: ({ start, vocab, temperature }, [_s, z], [st]) => {
-    const [R, C] = z.shape, N = R / 2, inv = 1 / temperature;
-    for (let i = 0; i < N; i++) {
+    const [stacked, C] = z.shape, R = stacked / 2, inv = 1 / temperature;
+    for (let i = 0; i < R; i++) {
       let [ma, sa, w, mb, sb] = Array.from(st.data.subarray(5 * i, 5 * i + 5));
       for (let c = 0; c < C && start + c < vocab; c++) {
-        const u = z.data[i * C + c] * inv, v = z.data[(N + i) * C + c] * inv;
+        const u = z.data[i * C + c] * inv, v = z.data[(R + i) * C + c] * inv;
         if (u > ma) {
           const r = Math.exp(ma - u);
           sa *= r;
@@ -78,7 +78,7 @@ export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
     }
   },
   gpu: ({ start, vocab, temperature }, [_s, z], target) => {
-    const [R, C] = z.shape, N = R / 2;
+    const [stacked, C] = z.shape, R = stacked / 2;
     const valid = Math.max(0, Math.min(C, vocab - start));
     const inv = f32Lit(1 / temperature);
     // Shapes travel in the uniform, so one shader text serves every batch and chunk size.
@@ -87,7 +87,7 @@ export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
         { input: 0, name: "st", access: "read_write" },
         { input: 1, name: "z" },
         {
-          uniform: new Uint32Array([valid, N, C, gx]),
+          uniform: new Uint32Array([valid, R, C, gx]),
           name: "u",
           type: "U",
           struct: "valid: u32, rows: u32, cols: u32, gx: u32",
@@ -104,7 +104,7 @@ export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
     if (target.software && withinLoopBudget(C)) {
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup with barriers costs ~60 us there
       // and compiles slowly); the 64 invocations of a workgroup run as SIMD lanes over 64 rows.
-      const groups = Math.max(1, Math.ceil(N / 64));
+      const groups = Math.max(1, Math.ceil(R / 64));
       const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
       const b = binds(gx);
       const wgsl = `${b.decls}
@@ -133,7 +133,7 @@ ${step}
         label: "klFold.thread",
       }];
     }
-    const grid = rowGrid(N, target);
+    const grid = rowGrid(R, target);
     const b = binds(grid[0]);
     const wgsl = `${b.decls}
 var<workgroup> sma: array<f32, ${WG}>;
@@ -189,14 +189,14 @@ ${
   },
 });
 
-/** State (N, 5) -> final (N, 3) = [lse_a, lse_b, KL] and KL (N). */
+/** State (R, 5) -> final (R, 3) = [lse_a, lse_b, KL] and KL (R). */
 export const klFinish: Kernel<Record<string, never>> = defineKernel<Record<string, never>>({
   name: "klFinish",
   infer: (_p, [st]) => {
     if (st.dtype !== "f32" || st.shape.length !== 2 || st.shape[1] !== 5) {
       throw new ShapeError({
         op: "klFinish",
-        message: `klFinish: state must be f32 (N, 5), got ${showShape(st.shape)}`,
+        message: `klFinish: state must be f32 (R, 5), got ${showShape(st.shape)}`,
       });
     }
     return [{ shape: [st.shape[0], 3], dtype: "f32" }, { shape: [st.shape[0]], dtype: "f32" }];
@@ -210,14 +210,14 @@ export const klFinish: Kernel<Record<string, never>> = defineKernel<Record<strin
     }
   },
   gpu: (_p, [st], target) => {
-    const N = st.shape[0];
-    const groups = Math.max(1, Math.ceil(N / 64));
+    const R = st.shape[0];
+    const groups = Math.max(1, Math.ceil(R / 64));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const b = bind(
       { input: 0, name: "st" },
       { output: 0, name: "fin" },
       { output: 1, name: "kl" },
-      { uniform: new Uint32Array([N, gx, 0, 0]), name: "u", type: "U", struct: "rows: u32, gx: u32" },
+      { uniform: new Uint32Array([R, gx, 0, 0]), name: "u", type: "U", struct: "rows: u32, gx: u32" },
     );
     return [{
       wgsl: `${b.decls}
@@ -241,18 +241,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 /**
  * Gradient of a per-row loss through KL with respect to one stacked chunk of raw logits. Inputs: z (2N, C),
- * final (N, 3), g (N) = d loss / d KL. Output dz (2N, C), with u = z_a/T, v = z_b/T, log p = u - lse:
+ * final (R, 3), g (R) = d loss / d KL. Output dz (2N, C), with u = z_a/T, v = z_b/T, log p = u - lse:
  *   dKL/dz_a = p_a (log p_a - log p_b - KL) / T;   dKL/dz_b = (p_b - p_a) / T;   times g.
  * A detached side gets zeros.
  */
 export const klGrad: Kernel<KlGradParams> = defineKernel<KlGradParams>({
   name: "klGrad",
   infer: (_p, [z, fin, g]) => {
-    const N = checkStacked("klGrad", z);
-    if (fin.shape.join() !== `${N},3` || g.shape.join() !== `${N}`) {
+    const R = checkStacked("klGrad", z);
+    if (fin.shape.join() !== `${R},3` || g.shape.join() !== `${R}`) {
       throw new ShapeError({
         op: "klGrad",
-        message: `klGrad: final must be (${N}, 3) and g (${N}), got ${showShape(fin.shape)} and ${
+        message: `klGrad: final must be (${R}, 3) and g (${R}), got ${showShape(fin.shape)} and ${
           showShape(g.shape)
         }`,
       });
@@ -260,11 +260,11 @@ export const klGrad: Kernel<KlGradParams> = defineKernel<KlGradParams>({
     return [{ shape: z.shape, dtype: "f32" }];
   },
   cpu: ({ start, vocab, temperature, detach }, [z, fin, g], [dz]) => {
-    const [R, C] = z.shape, N = R / 2, inv = 1 / temperature;
-    for (let i = 0; i < N; i++) {
+    const [stacked, C] = z.shape, R = stacked / 2, inv = 1 / temperature;
+    for (let i = 0; i < R; i++) {
       const la = fin.data[3 * i], lb = fin.data[3 * i + 1], k = fin.data[3 * i + 2], gi = g.data[i];
       for (let c = 0; c < C; c++) {
-        const ia = i * C + c, ib = (N + i) * C + c;
+        const ia = i * C + c, ib = (R + i) * C + c;
         if (start + c >= vocab) {
           dz.data[ia] = dz.data[ib] = 0;
           continue;
@@ -277,8 +277,8 @@ export const klGrad: Kernel<KlGradParams> = defineKernel<KlGradParams>({
     }
   },
   gpu: ({ start, vocab, temperature, detach }, [z], target) => {
-    const [R, C] = z.shape, N = R / 2;
-    const n = N * C;
+    const [stacked, C] = z.shape, R = stacked / 2;
+    const n = R * C;
     const groups = Math.max(1, Math.ceil(n / WG));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const inv = f32Lit(1 / temperature);

@@ -43,7 +43,7 @@ export const philoxKernel: Kernel<Record<string, never>> = defineKernel<Record<s
     if (x.dtype !== "u32" || x.shape.length !== 2 || x.shape[1] !== 6) {
       throw new ShapeError({
         op: "philox",
-        message: `philox: input has shape ${showShape(x.shape)} dtype ${x.dtype}; expected u32 [N,6]`,
+        message: `philox: input has shape ${showShape(x.shape)} dtype ${x.dtype}; expected u32 [R,6]`,
       });
     }
     return [{ shape: [x.shape[0], 4], dtype: "u32" }];
@@ -70,5 +70,5 @@ export const philoxKernel: Kernel<Record<string, never>> = defineKernel<Record<s
   },
 });
 
-/** Philox4x32-10 of each row (ctr0, ctr1, ctr2, ctr3, key0, key1) of a u32 [N,6] tensor: u32 [N,4]. */
+/** Philox4x32-10 of each row (ctr0, ctr1, ctr2, ctr3, key0, key1) of a u32 [R,6] tensor: u32 [R,4]. */
 export const philoxBits = (x: Tensor): Tensor => apply1(philoxKernel, {}, [x]);

@@ -1,6 +1,6 @@
 /**
  * Streaming readout kernels: per-row statistics of softmax(z / T) folded in over vocabulary chunks with an
- * online log-sum-exp, so a [tokens, vocab] matrix never exists. State per row (N, 4): m (running max of z/T),
+ * online log-sum-exp, so a [tokens, vocab] matrix never exists. State per row (R, 4): m (running max of z/T),
  * s = sum exp(z/T - m), w = sum exp(z/T - m) z/T, and the target's z/T.
  * At the end: lse = m + log s, entropy = lse - w / s, logp(target) = z_target/T - lse.
  */
@@ -27,7 +27,7 @@ const checkChunk = (
   ids: { shape: readonly number[]; dtype: string },
 ) => {
   if (z.shape.length !== 2) {
-    throw new ShapeError({ op, message: `${op}: logits chunk must be (N, C), got ${showShape(z.shape)}` });
+    throw new ShapeError({ op, message: `${op}: logits chunk must be (R, C), got ${showShape(z.shape)}` });
   }
   if (ids.dtype !== "i32" || ids.shape.length !== 1 || ids.shape[0] !== z.shape[0]) {
     throw new ShapeError({
@@ -38,7 +38,7 @@ const checkChunk = (
 };
 
 /**
- * Fold one chunk of logits (N, C) (raw E_u x for ids start..start+C-1) into the running state (N, 4), in place.
+ * Fold one chunk of logits (R, C) (raw E_u x for ids start..start+C-1) into the running state (R, 4), in place.
  * Inputs: [state, logits, targets]; output 0 aliases state.
  */
 export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
@@ -54,9 +54,9 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
     return [{ shape: state.shape, dtype: "f32", alias: 0 }];
   },
   cpu: ({ start, vocab, temperature }, [_st, z, ids], [st]) => {
-    const [N, C] = z.shape;
+    const [R, C] = z.shape;
     const inv = 1 / temperature;
-    for (let i = 0; i < N; i++) {
+    for (let i = 0; i < R; i++) {
       let m = st.data[4 * i], s = st.data[4 * i + 1], w = st.data[4 * i + 2], zt = st.data[4 * i + 3];
       for (let c = 0; c < C && start + c < vocab; c++) {
         const v = z.data[i * C + c] * inv;
@@ -75,7 +75,7 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
     }
   },
   gpu: ({ start, vocab, temperature }, [_st, z], target) => {
-    const [N, C] = z.shape;
+    const [R, C] = z.shape;
     const valid = Math.max(0, Math.min(C, vocab - start));
     const { decls: head, bindings } = bind(
       { input: 0, name: "st", access: "read_write" },
@@ -93,13 +93,13 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup barrier costs ~60 us there);
       // invocations of a workgroup run as SIMD lanes over 64 rows. Only for chunks within the loop budget:
       // llvmpipe silently cuts a loop short past 65,535 iterations (longer chunks take the workgroup variant).
-      const groups = Math.max(1, Math.ceil(N / 64));
+      const groups = Math.max(1, Math.ceil(R / 64));
       const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
       const wgsl = `${head}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let row = gid.x + gid.y * ${gx * 64}u;
-  if (row >= ${N}u) { return; }
+  if (row >= ${R}u) { return; }
   let tgt = ids[row] - u.start;
   var m = st[row * 4u];
   var s = st[row * 4u + 1u];
@@ -120,7 +120,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
       return [{ wgsl, workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1], bindings }];
     }
-    const grid = rowGrid(N, target);
+    const grid = rowGrid(R, target);
     const wgsl = `${head}
 var<workgroup> sm: array<f32, ${WG}>;
 var<workgroup> ss: array<f32, ${WG}>;
@@ -130,7 +130,7 @@ var<workgroup> hit: u32;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * ${grid[0]}u;
-  if (row >= ${N}u) { return; }
+  if (row >= ${R}u) { return; }
   if (lid == 0u) { hit = 0u; }
   workgroupBarrier();
   let tgt = ids[row] - u.start;
@@ -173,19 +173,19 @@ ${
 
 /**
  * Gradient of a per-row loss with respect to one chunk of raw logits, given the final statistics.
- * Inputs: logits chunk (N, C), targets (N) i32, final (N, 3) = [lse, mean z/T under p, entropy], a (N) = d loss /
- * d logp(target), b (N) = d loss / d entropy. Output dz (N, C):
+ * Inputs: logits chunk (R, C), targets (R) i32, final (R, 3) = [lse, mean z/T under p, entropy], a (R) = d loss /
+ * d logp(target), b (R) = d loss / d entropy. Output dz (R, C):
  *   d logp / d(z_v/T) = [v = target] - p_v;  d H / d(z_v/T) = -p_v (z_v/T - E_p[z/T]);  times 1/T for raw z.
  */
 export const readoutGrad: Kernel<ChunkParams> = defineKernel<ChunkParams>({
   name: "readoutGrad",
   infer: (_p, [z, ids, fin, a, b]) => {
     checkChunk("readoutGrad", z, ids);
-    const N = z.shape[0];
-    if (fin.shape.join() !== `${N},3` || a.shape.join() !== `${N}` || b.shape.join() !== `${N}`) {
+    const R = z.shape[0];
+    if (fin.shape.join() !== `${R},3` || a.shape.join() !== `${R}` || b.shape.join() !== `${R}`) {
       throw new ShapeError({
         op: "readoutGrad",
-        message: `readoutGrad: final must be (${N}, 3), a and b (${N}), got ${showShape(fin.shape)}, ${
+        message: `readoutGrad: final must be (${R}, 3), a and b (${R}), got ${showShape(fin.shape)}, ${
           showShape(a.shape)
         }, ${showShape(b.shape)}`,
       });
@@ -193,9 +193,9 @@ export const readoutGrad: Kernel<ChunkParams> = defineKernel<ChunkParams>({
     return [{ shape: z.shape, dtype: "f32" }];
   },
   cpu: ({ start, vocab, temperature }, [z, ids, fin, ca, cb], [dz]) => {
-    const [N, C] = z.shape;
+    const [R, C] = z.shape;
     const inv = 1 / temperature;
-    for (let i = 0; i < N; i++) {
+    for (let i = 0; i < R; i++) {
       const lse = fin.data[3 * i], ez = fin.data[3 * i + 1];
       const a = ca.data[i], b = cb.data[i];
       for (let c = 0; c < C; c++) {
@@ -211,8 +211,8 @@ export const readoutGrad: Kernel<ChunkParams> = defineKernel<ChunkParams>({
     }
   },
   gpu: ({ start, vocab, temperature }, [z], target) => {
-    const [N, C] = z.shape;
-    const n = N * C;
+    const [R, C] = z.shape;
+    const n = R * C;
     const groups = Math.max(1, Math.ceil(n / WG));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const grid: [number, number, number] = [gx, Math.ceil(groups / gx), 1];
@@ -253,7 +253,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   },
 });
 
-/** Turn the running state (N, 4) into final (N, 3) = [lse, E_p[z/T], entropy], entropy (N) and logp(target) (N). */
+/** Turn the running state (R, 4) into final (R, 3) = [lse, E_p[z/T], entropy], entropy (R) and logp(target) (R). */
 export const readoutFinish: Kernel<Record<string, never>> = defineKernel<Record<string, never>>({
   name: "readoutFinish",
   infer: (_p, [st]) => [
@@ -262,8 +262,8 @@ export const readoutFinish: Kernel<Record<string, never>> = defineKernel<Record<
     { shape: [st.shape[0]], dtype: "f32" },
   ],
   cpu: (_p, [st], [fin, ent, lp]) => {
-    const N = st.shape[0];
-    for (let i = 0; i < N; i++) {
+    const R = st.shape[0];
+    for (let i = 0; i < R; i++) {
       const [m, s, w, zt] = [st.data[4 * i], st.data[4 * i + 1], st.data[4 * i + 2], st.data[4 * i + 3]];
       const lse = m + Math.log(s);
       const ez = w / s;
@@ -273,8 +273,8 @@ export const readoutFinish: Kernel<Record<string, never>> = defineKernel<Record<
     }
   },
   gpu: (_p, [st], target) => {
-    const N = st.shape[0];
-    const groups = Math.max(1, Math.ceil(N / 64));
+    const R = st.shape[0];
+    const groups = Math.max(1, Math.ceil(R / 64));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const b = bind(
       { input: 0, name: "st" },
@@ -287,7 +287,7 @@ export const readoutFinish: Kernel<Record<string, never>> = defineKernel<Record<
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = gid.x + gid.y * ${gx * 64}u;
-  if (i >= ${N}u) { return; }
+  if (i >= ${R}u) { return; }
   let lse = st[4u * i] + log(st[4u * i + 1u]);
   let ez = st[4u * i + 2u] / st[4u * i + 1u];
   fin[3u * i] = lse;
@@ -308,7 +308,7 @@ export interface TopKParams extends ChunkParams {
 }
 
 /**
- * Fold one chunk of logits (N, C) into a running top-k per row, in place: state (N, 2k) holds the k largest
+ * Fold one chunk of logits (R, C) into a running top-k per row, in place: state (R, 2k) holds the k largest
  * z/T seen so far in descending order, then their ids (as f32, exact below 2^24). Ties keep the lower id first.
  * The insertion is unrolled in the generated text (no inner loop: llvmpipe counts every loop iteration).
  * Inputs: [state, logits]. Each invocation loops over the chunk once: keep chunks within the loop budget.
@@ -333,8 +333,8 @@ export const readoutTopK: Kernel<TopKParams> = defineKernel<TopKParams>({
     return [{ shape: state.shape, dtype: "f32", alias: 0 }];
   },
   cpu: ({ start, vocab, temperature, k }, [_s, z], [st]) => {
-    const [N, C] = z.shape;
-    for (let i = 0; i < N; i++) {
+    const [R, C] = z.shape;
+    for (let i = 0; i < R; i++) {
       const vals = Array.from(st.data.subarray(2 * k * i, 2 * k * i + k));
       const ids = Array.from(st.data.subarray(2 * k * i + k, 2 * k * (i + 1)));
       for (let c = 0; c < C && start + c < vocab; c++) {
@@ -348,9 +348,9 @@ export const readoutTopK: Kernel<TopKParams> = defineKernel<TopKParams>({
     }
   },
   gpu: ({ start, vocab, temperature, k }, [_s, z], target) => {
-    const [N, C] = z.shape;
+    const [R, C] = z.shape;
     const valid = Math.max(0, Math.min(C, vocab - start));
-    const groups = Math.max(1, Math.ceil(N / 64));
+    const groups = Math.max(1, Math.ceil(R / 64));
     const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
     const js = Array.from({ length: k }, (_, j) => j);
     const b = bind(
@@ -367,7 +367,7 @@ export const readoutTopK: Kernel<TopKParams> = defineKernel<TopKParams>({
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let row = gid.x + gid.y * ${gx * 64}u;
-  if (row >= ${N}u) { return; }
+  if (row >= ${R}u) { return; }
   let b = row * ${2 * k}u;
 ${js.map((j) => `  var v${j} = st[b + ${j}u];\n  var i${j} = st[b + ${k + j}u];`).join("\n")}
   for (var c = 0u; c < u.valid; c++) {
@@ -389,24 +389,24 @@ ${js.map((j) => `  st[b + ${j}u] = v${j};\n  st[b + ${k + j}u] = i${j};`).join("
   },
 });
 
-/** From the top-k state (N, 2k) and the final stats (N, 3): log-probs (N, k) (z/T - lse) and ids (N, k) i32. */
+/** From the top-k state (R, 2k) and the final stats (R, 3): log-probs (R, k) (z/T - lse) and ids (R, k) i32. */
 export const readoutTopKFinish: Kernel<{ readonly k: number }> = defineKernel<{ readonly k: number }>({
   name: "readoutTopKFinish",
   infer: ({ k }, [st, fin]) => {
-    const N = st.shape[0];
-    if (st.shape.join() !== `${N},${2 * k}` || fin.shape.join() !== `${N},3`) {
+    const R = st.shape[0];
+    if (st.shape.join() !== `${R},${2 * k}` || fin.shape.join() !== `${R},3`) {
       throw new ShapeError({
         op: "readoutTopKFinish",
-        message: `readoutTopKFinish: state (${N}, ${2 * k}) and final (${N}, 3) expected, got ${
+        message: `readoutTopKFinish: state (${R}, ${2 * k}) and final (${R}, 3) expected, got ${
           showShape(st.shape)
         }, ${showShape(fin.shape)}`,
       });
     }
-    return [{ shape: [N, k], dtype: "f32" }, { shape: [N, k], dtype: "i32" }];
+    return [{ shape: [R, k], dtype: "f32" }, { shape: [R, k], dtype: "i32" }];
   },
   cpu: ({ k }, [st, fin], [lp, ids]) => {
-    const N = st.shape[0];
-    for (let i = 0; i < N; i++) {
+    const R = st.shape[0];
+    for (let i = 0; i < R; i++) {
       for (let j = 0; j < k; j++) {
         lp.data[i * k + j] = st.data[2 * k * i + j] - fin.data[3 * i];
         ids.data[i * k + j] = st.data[2 * k * i + k + j];

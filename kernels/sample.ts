@@ -63,9 +63,9 @@ export interface SampleOptions {
   readonly topP?: number;
   /** The Philox key and step: seed in [0, 2^53), step a u32 (e.g. the decoding step). */
   readonly key: { readonly seed: number; readonly step: number };
-  /** i32 [N]: the sequence id of each row (second counter word). */
+  /** i32 [R]: the sequence id of each row (second counter word). */
   readonly sequences: Tensor;
-  /** i32 [N]: the position of each row (third counter word). */
+  /** i32 [R]: the position of each row (third counter word). */
   readonly positions: Tensor;
   /**
    * Draw only ids below this (default V): a model whose unembedding has more rows than its tokenizer has ids
@@ -75,7 +75,7 @@ export interface SampleOptions {
   readonly vocab?: number;
 }
 
-/** Kernel params: everything but the tensors; they travel in a uniform, so the shader text depends on N, V only. */
+/** Kernel params: everything but the tensors; they travel in a uniform, so the shader text depends on R, V only. */
 export interface SampleParams {
   readonly temperature: number;
   readonly topK: number;
@@ -183,7 +183,7 @@ const samplingBindings = (u: Uint32Array): Bound =>
   );
 
 /**
- * The shader for workgroups of WG over the declarations of `samplingBindings` (the same for every call): N, V
+ * The shader for workgroups of WG over the declarations of `samplingBindings` (the same for every call): R, V
  * and the grid width travel in the uniform with the settings.
  */
 const samplingWgsl = (WG: number, decls: string): string =>
@@ -396,45 +396,45 @@ fn main(@builtin(local_invocation_id) l3: vec3u, @builtin(workgroup_id) w3: vec3
 /** The shader text per workgroup size (built once). */
 const SHADERS = new Map<number, string>();
 
-/** Draw one token id per row of logits [N, V] (see SampleOptions for the exact semantics). */
+/** Draw one token id per row of logits [R, V] (see SampleOptions for the exact semantics). */
 export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
   name: "sample",
   infer: (p, [logits, seqs, poss]) => {
     checkParams(p);
     if (logits.dtype !== "f32" || logits.shape.length !== 2 || logits.shape[1] < 1) {
       fail(
-        `logits has shape ${showShape(logits.shape)} dtype ${logits.dtype}; expected f32 [N,V] with V >= 1`,
+        `logits has shape ${showShape(logits.shape)} dtype ${logits.dtype}; expected f32 [R,V] with V >= 1`,
       );
     }
-    const N = logits.shape[0];
+    const R = logits.shape[0];
     if (p.vocab !== undefined && !(Number.isInteger(p.vocab) && p.vocab >= 1 && p.vocab <= logits.shape[1])) {
       fail(`vocab ${p.vocab} must be an integer in [1, ${logits.shape[1]}] (the row length of the logits)`);
     }
     for (const [name, t] of [["sequences", seqs], ["positions", poss]] as const) {
-      if (t.dtype !== "i32" || t.shape.length !== 1 || t.shape[0] !== N) {
+      if (t.dtype !== "i32" || t.shape.length !== 1 || t.shape[0] !== R) {
         fail(
-          `${name} has shape ${showShape(t.shape)} dtype ${t.dtype}; expected i32 [${N}] for logits ${
+          `${name} has shape ${showShape(t.shape)} dtype ${t.dtype}; expected i32 [${R}] for logits ${
             showShape(logits.shape)
           }`,
         );
       }
     }
-    return [{ shape: [N], dtype: "i32" }];
+    return [{ shape: [R], dtype: "i32" }];
   },
   cpu: (p, [logits, seqs, poss], [ids]) => {
-    const [N, V] = logits.shape;
+    const [R, V] = logits.shape;
     const lim = p.vocab ?? V;
-    for (let n = 0; n < N; n++) {
+    for (let n = 0; n < R; n++) {
       const row = logits.data.subarray(n * V, n * V + lim);
       const u = rngUniform({ seed: p.seed, step: p.step, sequence: seqs.data[n], position: poss.data[n] });
       ids.data[n] = pickToken(rowDistribution(row, p).weights, u);
     }
   },
   gpu: (p, [logits], target) => {
-    const [N, stride] = logits.shape;
+    const [R, stride] = logits.shape;
     const V = p.vocab ?? stride; // the ids drawn: [0, V)
-    const gx = Math.max(1, Math.min(N, target.maxWorkgroupsPerDimension));
-    const gy = Math.max(1, Math.ceil(N / gx));
+    const gx = Math.max(1, Math.min(R, target.maxWorkgroupsPerDimension));
+    const gy = Math.max(1, Math.ceil(R / gx));
     const [lo, hi] = seedKey(p.seed);
     const u = new Uint32Array(12);
     const f = new Float32Array(u.buffer);
@@ -445,7 +445,7 @@ export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
     f[4] = p.topP;
     f[5] = p.temperature;
     u[6] = V;
-    u[7] = N;
+    u[7] = R;
     u[8] = gx;
     const WG = sampleWorkgroup(V);
     u[9] = Math.ceil(V / WG);
@@ -453,11 +453,11 @@ export const sampleKernel: Kernel<SampleParams> = defineKernel<SampleParams>({
     const b = samplingBindings(u);
     let wgsl = SHADERS.get(WG);
     if (!wgsl) SHADERS.set(WG, wgsl = samplingWgsl(WG, b.decls));
-    return [{ wgsl, workgroups: [N === 0 ? 0 : gx, gy, 1], bindings: b.bindings }];
+    return [{ wgsl, workgroups: [R === 0 ? 0 : gx, gy, 1], bindings: b.bindings }];
   },
 });
 
-/** Sample token ids i32 [N] from logits [N, V] f32 (see SampleOptions). */
+/** Sample token ids i32 [R] from logits [R, V] f32 (see SampleOptions). */
 export const sample = (logits: Tensor, opts: SampleOptions): Tensor =>
   apply1(sampleKernel, {
     temperature: opts.temperature,

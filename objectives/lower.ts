@@ -30,7 +30,7 @@ import {
 } from "./objective.ts";
 import { klKey, requiredReadouts } from "./readouts.ts";
 
-/** Differentiable per-token readouts of one policy, each (N*T). */
+/** Differentiable per-token readouts of one policy, each (B*T). */
 export interface PolicyTensors {
   readonly logp: Tensor;
   readonly entropy: Tensor;
@@ -88,22 +88,22 @@ const missing = (ctx: Ctx, what: MissingReadoutError["what"], key: string): neve
 /** A per-token input with its masked positions replaced by 0 (select, not multiply: padding may be NaN). */
 const safe = (ctx: Ctx, what: string, x: Tensor | undefined, key: string): Tensor => {
   if (!x) return missing(ctx, what as MissingReadoutError["what"], key);
-  const n = ctx.b.N * ctx.b.T;
+  const n = ctx.b.B * ctx.b.T;
   if (x.size !== n) {
     throw new ShapeError({
       op: "lowerLoss",
       message: `lowerLoss: ${what}[${key}] has shape ${
         showShape(x.shape)
-      }, expected N*T = ${ctx.b.N}*${ctx.b.T} = ${n}`,
+      }, expected B*T = ${ctx.b.B}*${ctx.b.T} = ${n}`,
     });
   }
-  return keepWhere(ctx.b.mask, reshape(x, [n])); // (N*T)
+  return keepWhere(ctx.b.mask, reshape(x, [n])); // (B*T)
 };
 
 /**
  * The clipped surrogate with the reference's subgradients (see reference.ts `surrogate`): l1 = -A r,
  * l2 = -A clamp(r, lo, hi) (derivative 1 on the closed interval), l = max(l1, l2) with ties split evenly; for
- * A < 0 with dual clip c: min(l, -A c), ties split evenly. Works per token (N*T) or per sequence (N).
+ * A < 0 with dual clip c: min(l, -A c), ties split evenly. Works per token (B*T) or per sequence (B).
  */
 const surrogateOps = (ctx: Ctx, negA: Tensor, r: Tensor, t: PgTerm) => {
   const l1 = mul(negA, r);
@@ -123,9 +123,9 @@ const surrogateOps = (ctx: Ctx, negA: Tensor, r: Tensor, t: PgTerm) => {
 const lowerPg = (ctx: Ctx, t: PgTerm): Omit<LoweredTermMetric, "show" | "weight"> => {
   const { b } = ctx;
   const key = showPolicy(t.policy);
-  const logp = safe(ctx, "logp", ctx.src.readout(t.policy).logp, key); // (N*T)
-  const old = safe(ctx, "old", b.old.get(key), key); // (N*T)
-  let coef = b.agg(t.agg); // (N*T) c
+  const logp = safe(ctx, "logp", ctx.src.readout(t.policy).logp, key); // (B*T)
+  const old = safe(ctx, "old", b.old.get(key), key); // (B*T)
+  let coef = b.agg(t.agg); // (B*T) c
   if (t.tis !== null) {
     if (!b.behaviour) {
       throw new MissingReadoutError({
@@ -137,20 +137,20 @@ const lowerPg = (ctx: Ctx, t: PgTerm): Omit<LoweredTermMetric, "show" | "weight"
     const beh = safe(ctx, "behaviour", b.behaviour, "final");
     coef = mul(coef, minimum(exp(sub(old, beh)), ctx.scalar(t.tis.cap))); // c * min(e^(old - behaviour), cap)
   }
-  const x = sub(logp, old); // (N*T) log-ratio
+  const x = sub(logp, old); // (B*T) log-ratio
   let value: Tensor, clippedW: Tensor, dualW: Tensor | null;
   if (t.ratio === "sequence") {
     // s = exp(clamp(xbar, -20, 20)), xbar = sum_t M x_t / len; the loss of sequence n is sum_t c_t w_t f(s_n)
-    const xs = sumRows(reshape(mul(x, b.mask), [b.N, b.T])); // (N)
+    const xs = sumRows(reshape(mul(x, b.mask), [b.B, b.T])); // (B)
     // xs / len as the reference divides (len 0 -> 0 / 1 = 0; such a sequence has c = 0 everywhere)
-    const s = exp(clampClosed(div(xs, b.lensOrOne), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)); // (N)
+    const s = exp(clampClosed(div(xs, b.lensOrOne), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)); // (B)
     const sur = surrogateOps(ctx, neg(b.seqAdvantages), s, t);
-    const cw = sumRows(reshape(coef, [b.N, b.T])); // (N)
+    const cw = sumRows(reshape(coef, [b.B, b.T])); // (B)
     value = total(mul(sur.loss, cw));
-    clippedW = mul(sur.clipped, b.lens); // (N) clipped sequences weigh their token count
+    clippedW = mul(sur.clipped, b.lens); // (B) clipped sequences weigh their token count
     dualW = sur.dual && mul(sur.dual, b.lens);
   } else {
-    const r = exp(clampClosed(x, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)); // (N*T)
+    const r = exp(clampClosed(x, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)); // (B*T)
     const sur = surrogateOps(ctx, neg(b.advantages), r, t);
     value = total(mul(sur.loss, coef));
     clippedW = mul(sur.clipped, b.mask);
@@ -165,7 +165,7 @@ const lowerPg = (ctx: Ctx, t: PgTerm): Omit<LoweredTermMetric, "show" | "weight"
   };
 };
 
-/** sum_k c_k f_k over a per-token loss f (N*T). */
+/** sum_k c_k f_k over a per-token loss f (B*T). */
 const pointwise = (ctx: Ctx, t: Exclude<Term, PgTerm>, f: Tensor): Tensor => total(mul(f, ctx.b.agg(t.agg)));
 
 const lowerTerm = (ctx: Ctx, a: ActiveTerm): LoweredTermMetric => {
@@ -220,7 +220,7 @@ const lowerTerm = (ctx: Ctx, a: ActiveTerm): LoweredTermMetric => {
 
 /**
  * Lower an objective at a 1-based step into ops: loss = sum over active terms of weight * value, each value
- * built from the readouts `src` supplies (each (N*T) over positions) and the batch's constants. Differentiate
+ * built from the readouts `src` supplies (each (B*T) over positions) and the batch's constants. Differentiate
  * it with a Tape that watches the readouts (or the parameters they come from). Positions where the mask is 0
  * contribute nothing and get an exact zero gradient, whatever their readouts or old log-probs hold (NaN too).
  */

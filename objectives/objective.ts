@@ -123,12 +123,12 @@ export const mulWeight = (a: Weight, b: Weight): Weight => {
 // Terms
 
 /**
- * How a per-token loss matrix L (N sequences x T positions, mask M) becomes a scalar (verl's `agg_loss`):
+ * How a per-token loss matrix L (B sequences x T positions, mask M) becomes a scalar (verl's `agg_loss`):
  * - `token-mean`: sum_{n,t} M L / sum_{n,t} M (0 when the batch has no response token);
- * - `seq-mean-token-sum`: (1/N) sum_n sum_t M L;
- * - `seq-mean-token-mean`: (1/N) sum_n (sum_t M L / sum_t M) (a sequence with no response token adds 0);
- * - `seq-mean-token-sum-norm` (Dr. GRPO): sum_{n,t} M L / (N * maxLen), maxLen a declared constant (verl's own
- *   version divides by the padded length T only, without N).
+ * - `seq-mean-token-sum`: (1/B) sum_n sum_t M L;
+ * - `seq-mean-token-mean`: (1/B) sum_n (sum_t M L / sum_t M) (a sequence with no response token adds 0);
+ * - `seq-mean-token-sum-norm` (Dr. GRPO): sum_{n,t} M L / (B * maxLen), maxLen a declared constant (verl's own
+ *   version divides by the padded length T only, without B).
  */
 export type Agg =
   | "token-mean"

@@ -15,27 +15,27 @@ import {
 } from "./objective.ts";
 
 /**
- * One batch of rollouts, row-major (N sequences x T padded positions). Values at positions where mask = 0 are
+ * One batch of rollouts, row-major (B sequences x T padded positions). Values at positions where mask = 0 are
  * never read (padding may hold anything, NaN included).
  */
 export interface ReferenceBatch {
   /** Sequences. */
-  readonly N: number;
+  readonly B: number;
   /** Positions per sequence (padded); position t's values are about token t. */
   readonly T: number;
-  /** (N*T) 1 on response tokens, 0 elsewhere (other values act as token weights). */
+  /** (B*T) 1 on response tokens, 0 elsewhere (other values act as token weights). */
   readonly mask: Float64Array;
-  /** (N) the sequence advantage, broadcast to its tokens. */
+  /** (B) the sequence advantage, broadcast to its tokens. */
   readonly advantages: Float64Array;
-  /** (N*T) the final policy's log-prob of each sampled token at sampling time. */
+  /** (B*T) the final policy's log-prob of each sampled token at sampling time. */
   readonly behaviour: Float64Array;
-  /** (N*T) per policy key (`showPolicy`): old log-probs (detached), needed by pg terms. */
+  /** (B*T) per policy key (`showPolicy`): old log-probs (detached), needed by pg terms. */
   readonly old: ReadonlyMap<string, Float64Array>;
-  /** (N*T) per policy key: the reference model's log-probs read out at that policy, needed by kl terms. */
+  /** (B*T) per policy key: the reference model's log-probs read out at that policy, needed by kl terms. */
   readonly ref?: ReadonlyMap<string, Float64Array>;
 }
 
-/** Differentiable per-token readouts of the current parameters, each (N*T), keyed by `showPolicy` / `klKey`. */
+/** Differentiable per-token readouts of the current parameters, each (B*T), keyed by `showPolicy` / `klKey`. */
 export interface Readouts {
   /** log-prob of the sampled token under a policy. */
   readonly logp: ReadonlyMap<string, Float64Array>;
@@ -47,11 +47,11 @@ export interface Readouts {
 
 /** d loss / d readout, shaped like `Readouts`, with an entry for exactly the readouts the step used. */
 export interface Grads {
-  /** d loss / d logp per policy key, each (N*T). */
+  /** d loss / d logp per policy key, each (B*T). */
   readonly logp: Map<string, Float64Array>;
-  /** d loss / d entropy per policy key, each (N*T). */
+  /** d loss / d entropy per policy key, each (B*T). */
   readonly entropy: Map<string, Float64Array>;
-  /** d loss / d KL per `from|to` key, each (N*T). */
+  /** d loss / d KL per `from|to` key, each (B*T). */
   readonly kl: Map<string, Float64Array>;
 }
 
@@ -89,26 +89,26 @@ export interface Evaluation {
 }
 
 /**
- * The linear aggregation coefficients c (N*T) of `agg`: loss = sum_{n,t} c[n,t] L[n,t], so c is also
- * d loss / d L. token-mean: M / sum M; seq-mean-token-sum: M / N; seq-mean-token-mean: M / (N len_n) (0 when
- * len_n = 0); seq-mean-token-sum-norm: M / (N maxLen).
+ * The linear aggregation coefficients c (B*T) of `agg`: loss = sum_{n,t} c[n,t] L[n,t], so c is also
+ * d loss / d L. token-mean: M / sum M; seq-mean-token-sum: M / B; seq-mean-token-mean: M / (B len_n) (0 when
+ * len_n = 0); seq-mean-token-sum-norm: M / (B maxLen).
  */
-export const aggWeights = (agg: Agg, mask: Float64Array, N: number, T: number): Float64Array => {
-  const c = new Float64Array(N * T);
+export const aggWeights = (agg: Agg, mask: Float64Array, B: number, T: number): Float64Array => {
+  const c = new Float64Array(B * T);
   if (agg === "token-mean") {
     let total = 0;
-    for (let i = 0; i < N * T; i++) total += mask[i];
-    if (total !== 0) { for (let i = 0; i < N * T; i++) c[i] = mask[i] / total; }
+    for (let i = 0; i < B * T; i++) total += mask[i];
+    if (total !== 0) { for (let i = 0; i < B * T; i++) c[i] = mask[i] / total; }
     return c;
   }
-  for (let n = 0; n < N; n++) {
+  for (let n = 0; n < B; n++) {
     let denom: number;
-    if (agg === "seq-mean-token-sum") denom = N;
+    if (agg === "seq-mean-token-sum") denom = B;
     else if (agg === "seq-mean-token-mean") {
       let len = 0;
       for (let t = 0; t < T; t++) len += mask[n * T + t];
-      denom = N * len;
-    } else denom = N * agg.maxLen;
+      denom = B * len;
+    } else denom = B * agg.maxLen;
     if (denom !== 0) { for (let t = 0; t < T; t++) c[n * T + t] = mask[n * T + t] / denom; }
   }
   return c;
@@ -170,12 +170,12 @@ const need = (
       message: `evaluate: missing ${what}[${key}] (needed by ${showTerm(ctx.term)})`,
     });
   }
-  const n = ctx.b.N * ctx.b.T;
+  const n = ctx.b.B * ctx.b.T;
   if (x.length !== n) {
     throw new ShapeError({
       op: "evaluate",
       message:
-        `evaluate: ${what}[${key}] has length ${x.length}, expected N*T = ${ctx.b.N}*${ctx.b.T} = ${n}`,
+        `evaluate: ${what}[${key}] has length ${x.length}, expected B*T = ${ctx.b.B}*${ctx.b.T} = ${n}`,
     });
   }
   return x;
@@ -183,21 +183,21 @@ const need = (
 
 const gradOf = (ctx: Ctx, kind: keyof Grads, key: string): Float64Array => {
   let g = ctx.grads[kind].get(key);
-  if (!g) ctx.grads[kind].set(key, g = new Float64Array(ctx.b.N * ctx.b.T));
+  if (!g) ctx.grads[kind].set(key, g = new Float64Array(ctx.b.B * ctx.b.T));
   return g;
 };
 
 /** Value (unweighted) of a pg term; adds w * d value / d logp into the grads. */
 const evalPg = (ctx: Ctx, t: PgTerm, w: number): Omit<TermMetric, "show" | "weight"> => {
-  const { N, T, mask, advantages, behaviour } = ctx.b;
+  const { B, T, mask, advantages, behaviour } = ctx.b;
   const key = showPolicy(t.policy);
   const logp = need(ctx, "logp", ctx.r.logp, key), old = need(ctx, "old", ctx.b.old, key);
   const g = gradOf(ctx, "logp", key);
-  const c = aggWeights(t.agg, mask, N, T);
+  const c = aggWeights(t.agg, mask, B, T);
   // truncated importance weight (a constant): min(exp(old - behaviour), cap)
   const tis = (i: number) => (t.tis === null ? 1 : Math.min(Math.exp(old[i] - behaviour[i]), t.tis.cap));
   let value = 0, clipped = 0, dual = 0, kl = 0, count = 0;
-  for (let n = 0; n < N; n++) {
+  for (let n = 0; n < B; n++) {
     const A = advantages[n];
     if (t.ratio === "sequence") {
       // s = exp(clamp(xbar, -20, 20)), xbar = sum_t M x_t / len; ds/dlogp_t = s [|xbar| <= 20] M_t / len
@@ -272,10 +272,10 @@ const evalPointwise = (
   w: number,
   f: (x: number, k: number) => [number, number],
 ): number => {
-  const { N, T, mask } = ctx.b;
-  const c = aggWeights(agg, mask, N, T);
+  const { B, T, mask } = ctx.b;
+  const c = aggWeights(agg, mask, B, T);
   let value = 0;
-  for (let k = 0; k < N * T; k++) {
+  for (let k = 0; k < B * T; k++) {
     if (mask[k] === 0) continue;
     const [v, d] = f(x[k], k);
     value += c[k] * v;
@@ -325,17 +325,17 @@ const checkBatch = (b: ReferenceBatch) => {
       message: `evaluate: batch.${what} has length ${len}, expected ${want} = ${n}`,
     });
   };
-  if (!Number.isInteger(b.N) || !Number.isInteger(b.T) || b.N < 0 || b.T < 0) {
+  if (!Number.isInteger(b.B) || !Number.isInteger(b.T) || b.B < 0 || b.T < 0) {
     throw new ShapeError({
       op: "evaluate",
-      message: `evaluate: N and T must be integers >= 0, got ${b.N}, ${b.T}`,
+      message: `evaluate: B and T must be integers >= 0, got ${b.B}, ${b.T}`,
     });
   }
-  if (b.mask.length !== b.N * b.T) bad("mask", b.mask.length, `N*T = ${b.N}*${b.T}`, b.N * b.T);
-  if (b.behaviour.length !== b.N * b.T) {
-    bad("behaviour", b.behaviour.length, `N*T = ${b.N}*${b.T}`, b.N * b.T);
+  if (b.mask.length !== b.B * b.T) bad("mask", b.mask.length, `B*T = ${b.B}*${b.T}`, b.B * b.T);
+  if (b.behaviour.length !== b.B * b.T) {
+    bad("behaviour", b.behaviour.length, `B*T = ${b.B}*${b.T}`, b.B * b.T);
   }
-  if (b.advantages.length !== b.N) bad("advantages", b.advantages.length, "N", b.N);
+  if (b.advantages.length !== b.B) bad("advantages", b.advantages.length, "B", b.B);
 };
 
 /**

@@ -27,7 +27,7 @@ export interface KlOptions extends ReadoutOptions {
 }
 
 /**
- * KL(softmax(E xa / T) || softmax(E xb / T)) for every row: xa, xb (N, d), E (V, d) -> (N). Differentiable with
+ * KL(softmax(E xa / T) || softmax(E xb / T)) for every row: xa, xb (R, d), E (V, d) -> (R). Differentiable with
  * respect to xa, xb and E (one fused gradient kernel per chunk; see kernels/kl.ts for the math).
  */
 export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}): Tensor => {
@@ -41,19 +41,19 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
   ) {
     throw new ShapeError({
       op: "streamKl",
-      message: `streamKl: xa and xb must be (N, d) and E (V, d), got xa ${showShape(xa.shape)}, xb ${
+      message: `streamKl: xa and xb must be (R, d) and E (V, d), got xa ${showShape(xa.shape)}, xb ${
         showShape(xb.shape)
       }, E ${showShape(E.shape)}`,
     });
   }
-  const [N] = xa.shape, [V, d] = E.shape;
+  const [R] = xa.shape, [V, d] = E.shape;
   // Chunks of E (C, d) and of the stacked logits (2N, C) each stay within one storage binding.
-  const chunk = chunkRows(xa.backend, want, Math.max(d, 2 * N));
+  const chunk = chunkRows(xa.backend, want, Math.max(d, 2 * R));
   let fin: Tensor;
   const [kl] = custom("streamKl", { temperature, vocab: V }, [xa, xb, E], () => {
     const x = concatRows([xa, xb]); // (2N, d)
-    const init = new Float32Array(5 * N).map((_, i) => (i % 5 === 0 || i % 5 === 3 ? NEG_BIG : 0));
-    const state = tensor(xa.backend, init, [N, 5]);
+    const init = new Float32Array(5 * R).map((_, i) => (i % 5 === 0 || i % 5 === 3 ? NEG_BIG : 0));
+    const state = tensor(xa.backend, init, [R, 5]);
     forChunks(E, chunk, (start, Ec) => { // Ec (C, d)
       apply(klFold, { start, vocab: V, temperature }, [state, matmul(x, Ec, { transB: true })]); // z (2N, C)
     });
@@ -73,8 +73,8 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
       return matmul(dz, Ec); // (2N, d)
     });
     return [
-      detach === "a" ? null : sliceRows(dx, 0, N), // (N, d)
-      detach === "b" ? null : sliceRows(dx, N, N), // (N, d)
+      detach === "a" ? null : sliceRows(dx, 0, R), // (R, d)
+      detach === "b" ? null : sliceRows(dx, R, R), // (R, d)
       dE,
     ];
   });
@@ -98,10 +98,10 @@ export const readKl = (
   const uniq = [...new Map(pairs.map((q) => [keyOf(q.from, q.to), q])).values()];
   if (uniq.length === 0) return new Map();
   const [B, T, d] = f.final.shape;
-  const N = B * T;
-  const rows = (pol: InternalPolicy) => reshape(policyPoint(c, p, f, pol), [N, d]); // (N, d)
-  const xa = concatRows(uniq.map((q) => rows(q.from))); // (P*N, d)
-  const xb = concatRows(uniq.map((q) => rows(q.to))); // (P*N, d)
-  const kl = streamKl(xa, xb, unembedding(c, p), opts); // (P*N)
-  return new Map(uniq.map((q, i) => [keyOf(q.from, q.to), uniq.length === 1 ? kl : sliceRows(kl, i * N, N)]));
+  const R = B * T;
+  const rows = (pol: InternalPolicy) => reshape(policyPoint(c, p, f, pol), [R, d]); // (R, d)
+  const xa = concatRows(uniq.map((q) => rows(q.from))); // (P*R, d)
+  const xb = concatRows(uniq.map((q) => rows(q.to))); // (P*R, d)
+  const kl = streamKl(xa, xb, unembedding(c, p), opts); // (P*R)
+  return new Map(uniq.map((q, i) => [keyOf(q.from, q.to), uniq.length === 1 ? kl : sliceRows(kl, i * R, R)]));
 };

@@ -104,11 +104,11 @@ export const readPoints = (
 ): PolicyReadout[] => {
   if (points.length === 0) return [];
   const [B, T, d] = points[0].shape;
-  const N = B * T;
-  const rows = concatRows(points.map((x) => reshape(x, [N, d]))); // (P*N, d)
-  const tg = concatRows(points.map(() => targets)); // (P*N)
+  const R = B * T;
+  const rows = concatRows(points.map((x) => reshape(x, [R, d]))); // (P*R, d)
+  const tg = concatRows(points.map(() => targets)); // (P*R)
   const r = streamReadout(rows, unembedding(c, p), tg, opts);
-  const part = (t: Tensor, i: number) => (points.length === 1 ? t : sliceRows(t, i * N, N));
+  const part = (t: Tensor, i: number) => (points.length === 1 ? t : sliceRows(t, i * R, R));
   return points.map((_, i) => ({
     entropy: part(r.entropy, i),
     logp: part(r.logp, i),

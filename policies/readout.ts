@@ -1,7 +1,7 @@
 /**
  * Streaming readouts of internal policies: per token the entropy of softmax(E_u x / T) and the log-prob of a
  * given token, computed chunk by chunk over the vocabulary (online log-sum-exp). Peak extra memory is one
- * (N, chunk) logits block, never (N, V). Differentiable with respect to x and E_u: the backward recomputes each
+ * (R, chunk) logits block, never (R, V). Differentiable with respect to x and E_u: the backward recomputes each
  * chunk's logits instead of storing them.
  */
 import { ShapeError } from "../core/errors.ts";
@@ -39,16 +39,16 @@ export interface ReadoutOptions {
 
 /** What `streamReadout` gives per row of x: entropy and target log-prob (and the top ids, on request). */
 export interface Readout {
-  /** Entropy of the readout policy per row, in nats. (N) */
+  /** Entropy of the readout policy per row, in nats. (R) */
   readonly entropy: Tensor;
-  /** Log-prob of the target id per row. (N) */
+  /** Log-prob of the target id per row. (R) */
   readonly logp: Tensor;
-  /** With `topK`: the k most likely ids (N, k) i32, most likely first (ties: lower id first), and log-probs (N, k). */
+  /** With `topK`: the k most likely ids (R, k) i32, most likely first (ties: lower id first), and log-probs (R, k). */
   readonly top?: { readonly ids: Tensor; readonly logp: Tensor };
 }
 
 /**
- * Entropy and target log-prob of softmax(E x / T) for every row of x (N, d), E (V, d), targets (N) i32.
+ * Entropy and target log-prob of softmax(E x / T) for every row of x (R, d), E (V, d), targets (R) i32.
  * Gradients flow to x and E (entropy and log-prob cotangents combine in one fused pass per chunk).
  */
 export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: ReadoutOptions = {}): Readout => {
@@ -58,16 +58,16 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
   if (x.rank !== 2 || E.rank !== 2 || x.shape[1] !== E.shape[1]) {
     throw new ShapeError({
       op: "streamReadout",
-      message: `streamReadout: x must be (N, d) and E (V, d), got ${showShape(x.shape)} and ${
+      message: `streamReadout: x must be (R, d) and E (V, d), got ${showShape(x.shape)} and ${
         showShape(E.shape)
       }`,
     });
   }
   checkTemperature("streamReadout", temperature);
-  const [N] = x.shape;
+  const [R] = x.shape;
   const [V, d] = E.shape;
-  // Chunks of E (C, d) and of the logits (N, C) each stay within one storage binding.
-  const chunk = chunkRows(x.backend, want, Math.max(d, N));
+  // Chunks of E (C, d) and of the logits (R, C) each stay within one storage binding.
+  const chunk = chunkRows(x.backend, want, Math.max(d, R));
   const params = { temperature, vocab: V };
   const k = opts.topK ?? 0;
   if (k > 0 && chunk > LOOP_SAFE) {
@@ -80,18 +80,18 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
   let fin: Tensor;
   let top: Readout["top"];
   const [entropy, logp] = custom("streamReadout", params, [x, E, targets], () => {
-    const state = tensor(x.backend, new Float32Array(4 * N).map((_, i) => (i % 4 === 0 ? NEG_BIG : 0)), [
-      N,
+    const state = tensor(x.backend, new Float32Array(4 * R).map((_, i) => (i % 4 === 0 ? NEG_BIG : 0)), [
+      R,
       4,
     ]);
     const topState = k > 0
-      ? tensor(x.backend, new Float32Array(2 * k * N).map((_, i) => (i % (2 * k) < k ? NEG_BIG : -1)), [
-        N,
+      ? tensor(x.backend, new Float32Array(2 * k * R).map((_, i) => (i % (2 * k) < k ? NEG_BIG : -1)), [
+        R,
         2 * k,
       ])
       : null;
     forChunks(E, chunk, (start, Ec) => {
-      const z = matmul(x, Ec, { transB: true }); // (N, C)
+      const z = matmul(x, Ec, { transB: true }); // (R, C)
       apply(readoutFold, { start, vocab: V, temperature }, [state, z, targets]);
       if (topState) apply(readoutTopK, { start, vocab: V, temperature, k }, [topState, z]);
     });
@@ -105,14 +105,14 @@ export const streamReadout = (x: Tensor, E: Tensor, targets: Tensor, opts: Reado
     }
     return [outs[1], outs[2]];
   }, (_ctx, [dEnt, dLogp]) => {
-    const a = dLogp ?? zerosLike(x, [N]);
-    const b = dEnt ?? zerosLike(x, [N]);
+    const a = dLogp ?? zerosLike(x, [R]);
+    const b = dEnt ?? zerosLike(x, [R]);
     const dE = allocLike(x, [V, d]); // every row block is written below: never bound whole
     const dx = sumChunks(E, chunk, (start, Ec) => { // Ec (C, d)
-      const z = matmul(x, Ec, { transB: true }); // (N, C)
-      const dz = apply1(readoutGrad, { start, vocab: V, temperature }, [z, targets, fin, a, b]); // (N, C)
+      const z = matmul(x, Ec, { transB: true }); // (R, C)
+      const dz = apply1(readoutGrad, { start, vocab: V, temperature }, [z, targets, fin, a, b]); // (R, C)
       copyInto(view(dE, start * d, Ec.shape), matmul(dz, x, { transA: true })); // (C, d)
-      return matmul(dz, Ec); // (N, d)
+      return matmul(dz, Ec); // (R, d)
     });
     return [dx, dE, null];
   });
@@ -129,20 +129,20 @@ export const unembed = (x: Tensor, E: Tensor): Tensor => {
   if (fitsBinding(E.backend, E.size)) return matmul(x, E, { transB: true });
   const [V, d] = E.shape;
   const lead = x.shape.slice(0, -1);
-  const N = lead.reduce((a, b) => a * b, 1);
+  const R = lead.reduce((a, b) => a * b, 1);
   if (E.rank !== 2 || x.shape[x.rank - 1] !== d) {
     throw new ShapeError({
       op: "unembed",
       message: `unembed: x ${showShape(x.shape)} and E ${showShape(E.shape)} (expected (..., d) and (V, d))`,
     });
   }
-  const chunk = chunkRows(E.backend, 8192, Math.max(d, N));
+  const chunk = chunkRows(E.backend, 8192, Math.max(d, R));
   // Rank-2 views of rank-2 tensors are the tensors themselves (no alignment question for views of views).
   const flat = (t: Tensor, shape: number[]) => (t.rank === 2 ? t : view(t, 0, shape));
   const done = (t: Tensor, of: Tensor) => t !== of && t.dispose();
   return custom("unembed", {}, [x, E], () => {
-    const x2 = flat(x, [N, d]); // (N, d)
-    const out = allocLike(x, [N, V]); // every column block is written below
+    const x2 = flat(x, [R, d]); // (R, d)
+    const out = allocLike(x, [R, V]); // every column block is written below
     forChunks(
       E,
       chunk,
@@ -155,14 +155,14 @@ export const unembed = (x: Tensor, E: Tensor): Tensor => {
     return [y];
   }, (_ctx, [dy]) => {
     if (!dy) return [null, null];
-    const x2 = flat(x, [N, d]); // (N, d)
-    const dy2 = flat(dy, [N, V]); // (N, V)
+    const x2 = flat(x, [R, d]); // (R, d)
+    const dy2 = flat(dy, [R, V]); // (R, V)
     const dE = allocLike(x, [V, d]); // every row block is written below
-    // z_c = x Ec^T: dEc = dz_c^T x (C, d); dx += dz_c Ec (N, d)
+    // z_c = x Ec^T: dEc = dz_c^T x (C, d); dx += dz_c Ec (R, d)
     const dx = sumChunks(E, chunk, (start, Ec) => {
-      const dz = apply1(takeColumnsKernel, { start, count: Ec.shape[0] }, [dy2]); // (N, C)
+      const dz = apply1(takeColumnsKernel, { start, count: Ec.shape[0] }, [dy2]); // (R, C)
       copyInto(view(dE, start * d, Ec.shape), matmul(dz, x2, { transA: true }));
-      return matmul(dz, Ec); // (N, d)
+      return matmul(dz, Ec); // (R, d)
     });
     const g = x.rank === 2 ? dx : view(dx, 0, x.shape);
     done(dx, g);

@@ -33,7 +33,7 @@ export const forChunks = (E: Tensor, chunk: number, fn: (start: number, Ec: Tens
 };
 
 /**
- * The sum over E's chunks of `fn(start, Ec)` (each of one shape, e.g. dx_c = dz_c Ec (N, d)), accumulated in
+ * The sum over E's chunks of `fn(start, Ec)` (each of one shape, e.g. dx_c = dz_c Ec (R, d)), accumulated in
  * chunk order; each chunk's work runs in its own scope and only the running sum survives it.
  */
 export const sumChunks = (E: Tensor, chunk: number, fn: (start: number, Ec: Tensor) => Tensor): Tensor => {

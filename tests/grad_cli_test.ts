@@ -97,7 +97,7 @@ export default sum(grpo(layer(0)), entropyBonus(layer(2), 0.01));\n`,
     await Effect.runPromise(
       writeRolloutFile(`${dir}/r.safetensors`, {
         ids,
-        N: 2,
+        B: 2,
         T: 4,
         promptLens: [1, 2],
         advantages: [0.5, -2],

@@ -268,10 +268,10 @@ const attnForward = (a: AttnDims) => {
  */
 const ATTN_GRAD_TOL: Check = { atol: 1e-4, rtol: 1e-4 };
 
-/** A fresh streaming-KL state (N, 5): running maxima at NEG_BIG, sums at 0. */
+/** A fresh streaming-KL state (R, 5): running maxima at NEG_BIG, sums at 0. */
 const klInit = (n: number) =>
   new Float32Array(5 * n).map((_, i) => (i % 5 === 0 || i % 5 === 3 ? NEG_BIG : 0));
-/** A readout state (N, 4): max NEG_BIG, sums and the target's z 0. */
+/** A readout state (R, 4): max NEG_BIG, sums and the target's z 0. */
 const readoutInit = (n: number) => new Float32Array(4 * n).map((_, i) => (i % 4 === 0 ? NEG_BIG : 0));
 
 /** A vocabulary chunk problem with a temperature from `temperatures` (a literal in the fold kernels' WGSL). */
@@ -917,7 +917,7 @@ export const CASES: { readonly [K in KernelName]: Case<KernelParams<K>> } = {
       return problem({ start: a.start, vocab: a.vocab, temperature: a.temperature }, [st, z, ids]);
     }),
     compare: foldCompare(4, [1, 2], [2]),
-    hardwareRuns: 1, // the workgroup variant's text embeds N and C: seconds of compilation per shape
+    hardwareRuns: 1, // the workgroup variant's text embeds R and C: seconds of compilation per shape
     why: "see foldCompare (w = sum e z/T carries |z/T| <= 4 <= 8; the target's z/T is one rounded product)",
   },
   readoutGrad: {
@@ -1106,8 +1106,8 @@ export const CASES: { readonly [K in KernelName]: Case<KernelParams<K>> } = {
       "within 1e-4 (relative to the kept mass) of a CDF step or the top-p cut is that close, where f32 masses may " +
       "legitimately pick the neighbour",
     compare: (got, want, p) => {
-      const [N, V] = p.inputs[0].shape;
-      for (let n = 0; n < N; n++) {
+      const [R, V] = p.inputs[0].shape;
+      for (let n = 0; n < R; n++) {
         if (got[0][n] === want[0][n]) continue;
         const row = p.inputs[0].data.subarray(n * V, (n + 1) * V);
         const u = rngUniform({
@@ -1222,7 +1222,7 @@ const known = <K extends KernelName>(
 ): KnownBug => ({ kernel, problem: problem(params, inputs), bug });
 const none = (shape: Shape, dtype: DType = "f32"): HostInput =>
   dtype === "f32" ? f32(shape, new Float32Array(0)) : I32(shape, new Int32Array(0));
-/** Zero rows: `gx = min(ceil(N / 64), limit) = 0`, so the grid's `ceil(groups / gx)` is 0 / 0 = NaN. */
+/** Zero rows: `gx = min(ceil(R / 64), limit) = 0`, so the grid's `ceil(groups / gx)` is 0 / 0 = NaN. */
 const NAN_GRID =
   "with 0 rows the grid is [0, NaN, 1] (ceil(groups / gx) with gx = 0): dispatchWorkgroups throws " +
   "a TypeError (the backend skips only grids whose product is 0)";

@@ -24,12 +24,12 @@ const naiveKl = (
   xa: Float32Array,
   xb: Float32Array,
   E: Float32Array,
-  N: number,
+  R: number,
   V: number,
   d: number,
   T: number,
 ) => {
-  const out = new Float64Array(N);
+  const out = new Float64Array(R);
   const logp = (x: Float32Array, i: number) => {
     const z = Array.from({ length: V }, (_, v) => {
       let s = 0;
@@ -40,7 +40,7 @@ const naiveKl = (
     const lse = m + Math.log(z.reduce((s, x) => s + Math.exp(x - m), 0));
     return z.map((x) => x - lse);
   };
-  for (let i = 0; i < N; i++) {
+  for (let i = 0; i < R; i++) {
     const la = logp(xa, i), lb = logp(xb, i);
     out[i] = la.reduce((s, l, v) => s + Math.exp(l) * (l - lb[v]), 0);
   }
@@ -48,7 +48,7 @@ const naiveKl = (
 };
 
 interface Case {
-  N: number;
+  R: number;
   V: number;
   d: number;
   T: number;
@@ -56,16 +56,16 @@ interface Case {
   seed: number;
 }
 const caseArb: fc.Arbitrary<Case> = fc.record({
-  N: awkwardDim(17),
+  R: awkwardDim(17),
   V: fc.integer({ min: 1, max: 200 }),
   d: awkwardDim(9),
   T: fc.constantFrom(1, 0.7, 2),
   chunk: fc.constantFrom(64, 128, 8192),
   seed: fc.nat(),
 });
-const inputs = ({ N, V, d, seed }: Case) => ({
-  xa: randomData(N * d, seed, 2),
-  xb: randomData(N * d, seed + 1, 2),
+const inputs = ({ R, V, d, seed }: Case) => ({
+  xa: randomData(R * d, seed, 2),
+  xb: randomData(R * d, seed + 1, 2),
   E: randomData(V * d, seed + 2, 2),
 });
 
@@ -73,11 +73,11 @@ const inputs = ({ N, V, d, seed }: Case) => ({
 const run = (b: Backend, c: Case, detach: "none" | "a" | "b" = "none") =>
   tidy(async () => {
     const { xa, xb, E } = inputs(c);
-    const ta = tensor(b, xa, [c.N, c.d]), tb = tensor(b, xb, [c.N, c.d]), te = tensor(b, E, [c.V, c.d]);
+    const ta = tensor(b, xa, [c.R, c.d]), tb = tensor(b, xb, [c.R, c.d]), te = tensor(b, E, [c.V, c.d]);
     const tape = new Tape().watch(ta, tb, te);
     const kl = tape.run(() => streamKl(ta, tb, te, { temperature: c.T, chunk: c.chunk, detach }));
     const klHost = await kl.data();
-    const gs = tape.backward(kl, [ta, tb, te], tensor(b, randomData(c.N, c.seed + 3), [c.N]));
+    const gs = tape.backward(kl, [ta, tb, te], tensor(b, randomData(c.R, c.seed + 3), [c.R]));
     return { kl: klHost, grads: await Promise.all(gs.map((g) => g?.data() ?? null)) };
   });
 
@@ -87,7 +87,7 @@ Deno.test("streamKl on the CPU equals the naive full-vocabulary KL (f64), across
       const { xa, xb, E } = inputs(c);
       const got = await run(cpu64, c);
       // f64 both ways; online rescaling vs one max: ~1e-15 relative, KL can be ~0, so atol.
-      assertClose(got.kl, naiveKl(xa, xb, E, c.N, c.V, c.d, c.T), { atol: 1e-12, rtol: 1e-9 }, "kl");
+      assertClose(got.kl, naiveKl(xa, xb, E, c.R, c.V, c.d, c.T), { atol: 1e-12, rtol: 1e-9 }, "kl");
       for (const k of got.kl) if (k < -1e-12) throw new Error(`negative KL ${k}`);
     }),
     { numRuns: 40 },
@@ -96,8 +96,8 @@ Deno.test("streamKl on the CPU equals the naive full-vocabulary KL (f64), across
 
 Deno.test("streamKl gradient w.r.t. xa, xb and E equals central finite differences (cpu64)", async () => {
   for (
-    const c of [{ N: 3, V: 70, d: 5, T: 1, chunk: 64, seed: 1 }, {
-      N: 1,
+    const c of [{ R: 3, V: 70, d: 5, T: 1, chunk: 64, seed: 1 }, {
+      R: 1,
       V: 9,
       d: 4,
       T: 0.7,
@@ -107,8 +107,8 @@ Deno.test("streamKl gradient w.r.t. xa, xb and E equals central finite differenc
   ) {
     const { xa, xb, E } = inputs(c);
     const r = await checkGrad(cpu64, (a, b, e) => streamKl(a, b, e, { temperature: c.T, chunk: c.chunk }), [
-      { data: xa, shape: [c.N, c.d] },
-      { data: xb, shape: [c.N, c.d] },
+      { data: xa, shape: [c.R, c.d] },
+      { data: xb, shape: [c.R, c.d] },
       { data: E, shape: [c.V, c.d] },
     ]);
     if (r.error > 1e-6) throw new Error(`streamKl grad: ${JSON.stringify(r)}`);
@@ -116,7 +116,7 @@ Deno.test("streamKl gradient w.r.t. xa, xb and E equals central finite differenc
 });
 
 Deno.test("streamKl detach: the detached side gets no gradient, the other side's gradient is unchanged", async () => {
-  const c = { N: 4, V: 100, d: 6, T: 1, chunk: 64, seed: 5 };
+  const c = { R: 4, V: 100, d: 6, T: 1, chunk: 64, seed: 5 };
   const full = await run(cpu64, c), da = await run(cpu64, c, "a"), db = await run(cpu64, c, "b");
   if (da.grads[0] !== null || db.grads[1] !== null) throw new Error("detached side received a gradient");
   assertClose(da.grads[1]!, full.grads[1]!, { atol: 0, rtol: 0 }, "dxb with a detached");
@@ -147,29 +147,29 @@ gpuTest("streamKl: GPU equals the CPU reference (value and gradients) on random 
   );
 });
 
-/** klGrad on one stacked chunk given the finished state `fin` (N, 3). */
-const gradOn = (b: Backend, N: number, C: number, seed: number, T: number, fin: ArrayLike<number>) =>
+/** klGrad on one stacked chunk given the finished state `fin` (R, 3). */
+const gradOn = (b: Backend, R: number, C: number, seed: number, T: number, fin: ArrayLike<number>) =>
   tidy(() => {
-    const z = tensor(b, randomData(2 * N * C, seed + C, 4), [2 * N, C]);
+    const z = tensor(b, randomData(2 * R * C, seed + C, 4), [2 * R, C]);
     return apply(klGrad, { start: C, vocab: 2 * C - 3, temperature: T, detach: "none" }, [
       z,
-      tensor(b, Float32Array.from(fin), [N, 3]),
-      tensor(b, randomData(N, seed + 9), [N]),
+      tensor(b, Float32Array.from(fin), [R, 3]),
+      tensor(b, randomData(R, seed + 9), [R]),
     ])[0].data();
   });
 
 /** The KL kernels on two stacked chunks (no matmul): fold twice, finish; then the gradient from that state. */
-const kernelsOn = (b: Backend, N: number, C: number, seed: number, T: number) =>
+const kernelsOn = (b: Backend, R: number, C: number, seed: number, T: number) =>
   tidy(async () => {
-    const init = new Float32Array(5 * N).map((_, i) => (i % 5 === 0 || i % 5 === 3 ? NEG_BIG : 0));
-    const st = tensor(b, init, [N, 5]);
+    const init = new Float32Array(5 * R).map((_, i) => (i % 5 === 0 || i % 5 === 3 ? NEG_BIG : 0));
+    const st = tensor(b, init, [R, 5]);
     for (const start of [0, C]) {
-      const z = tensor(b, randomData(2 * N * C, seed + start, 4), [2 * N, C]);
+      const z = tensor(b, randomData(2 * R * C, seed + start, 4), [2 * R, C]);
       apply(klFold, { start, vocab: 2 * C - 3, temperature: T }, [st, z]); // last 3 ids of chunk 2: padding
     }
     const [fin, kl] = apply(klFinish, {}, [st]);
     const finData = await fin.data();
-    return { kl: await kl.data(), fin: finData, dz: await gradOn(b, N, C, seed, T, finData) };
+    return { kl: await kl.data(), fin: finData, dz: await gradOn(b, R, C, seed, T, finData) };
   });
 
 gpuTest(
@@ -183,11 +183,11 @@ gpuTest(
         awkwardDim(300),
         fc.nat(),
         fc.constantFrom(1, 0.5),
-        async (N, C, seed, T) => {
+        async (R, C, seed, T) => {
           C = Math.max(C, 4);
-          const want = await kernelsOn(cpu32, N, C, seed, T);
+          const want = await kernelsOn(cpu32, R, C, seed, T);
           for (const [name, be] of [["software", g], ["hardware", hw]] as const) {
-            const got = await kernelsOn(be, N, C, seed, T);
+            const got = await kernelsOn(be, R, C, seed, T);
             // Fold + finish: f32 both sides, different summation orders (tree vs sequential), logits up to
             // 8 / T = 16: 1e-5 abs / 1e-4 rel.
             assertClose(got.fin, want.fin, { atol: 1e-5, rtol: 1e-4 }, `${name} fin`);
@@ -196,7 +196,7 @@ gpuTest(
             // of terms up to ~16 that cancels, so the few-ulp differences the fold order leaves in the state
             // (accepted above) would reappear in dz amplified without bound; given the same state, the
             // elementwise kernel must agree to rounding.
-            const ref = await gradOn(cpu32, N, C, seed, T, got.fin);
+            const ref = await gradOn(cpu32, R, C, seed, T, got.fin);
             assertClose(got.dz, ref, { atol: 1e-6, rtol: 1e-4 }, `${name} dz`);
           }
         },

@@ -148,16 +148,16 @@ gpuTest(
 );
 
 gpuTest("readoutFold: one chunk of 70,000 vocabulary ids (past the thread plan's budget)", async (g) => {
-  const N = 2, C = 70000;
-  const z = randomData(N * C, 5, 4);
+  const R = 2, C = 70000;
+  const z = randomData(R * C, 5, 4);
   const ids = new Int32Array([3, C - 1]);
   const st0 = new Float32Array([NEG_BIG, 0, 0, 0, NEG_BIG, 0, 0, 0]);
   const f = (b: Backend) =>
     read(() =>
       apply(readoutFold, { start: 0, vocab: C, temperature: 0.7 }, [
-        tensor(b, st0, [N, 4]),
-        tensor(b, z, [N, C]),
-        tensor(b, ids, [N], "i32"),
+        tensor(b, st0, [R, 4]),
+        tensor(b, z, [R, C]),
+        tensor(b, ids, [R], "i32"),
       ])[0]
     );
   const want = await f(cpu32);
@@ -203,15 +203,15 @@ if (gpu === null) console.warn("loop_budget_test: no adapter, GPU tests skipped"
 gpuTest(
   "streamKl over a 70,000-id chunk stays correct on llvmpipe (the per-row plan would pass the budget)",
   async (g) => {
-    const V = 70_016, d = 4, N = 2;
+    const V = 70_016, d = 4, R = 2;
     // The last 4,000 ids carry most of pi_a's mass: a loop cut at 65,535 iterations would miss them entirely.
     const E = Float32Array.from(
       { length: V * d },
       (_, i) => (Math.floor(i / d) >= 66_000 ? 1 : Math.sin(i * 0.37) * 0.1),
     );
     const run = async (b: typeof g | typeof cpu32) => {
-      const xa = tensor(b, [3, 3, 3, 3, 2, 2, 2, 2], [N, d]),
-        xb = tensor(b, [-1, 0, 1, 0, 0, 1, 0, -1], [N, d]);
+      const xa = tensor(b, [3, 3, 3, 3, 2, 2, 2, 2], [R, d]),
+        xb = tensor(b, [-1, 0, 1, 0, 0, 1, 0, -1], [R, d]);
       return await streamKl(xa, xb, tensor(b, E, [V, d]), { chunk: V }).data();
     };
     // One chunk of 70,016 ids: f32 sums of 7e4 terms in different orders.

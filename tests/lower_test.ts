@@ -107,10 +107,10 @@ const objArb = objectiveArb(
 const TIES = [0, Math.log(0.8), Math.log(1.2), Math.log(1.28), 20, -20, 25, -25, 0.05, -0.3];
 
 /** A random batch and readouts; every position the mask excludes holds NaN in every per-token input. */
-const problem = (N: number, T: number, seed: number, ties: boolean) => {
+const problem = (B: number, T: number, seed: number, ties: boolean) => {
   const next = lcg(seed);
   const u = () => next() / 2 ** 32;
-  const mask = Float64Array.from({ length: N * T }, () => (u() < 0.3 ? 0 : u() < 0.15 ? 0.5 : 1));
+  const mask = Float64Array.from({ length: B * T }, () => (u() < 0.3 ? 0 : u() < 0.15 ? 0.5 : 1));
   const fill = (f: () => number) => Float64Array.from(mask, (m) => (m === 0 ? NaN : Math.fround(f())));
   const logp = new Map<string, Float64Array>(), old = new Map<string, Float64Array>();
   const ref = new Map<string, Float64Array>(), ent = new Map<string, Float64Array>();
@@ -125,9 +125,9 @@ const problem = (N: number, T: number, seed: number, ties: boolean) => {
     ent.set(k, fill(() => 3 * u()));
     for (const q of POLICIES) kl.set(klKey(p, q), fill(() => 2 * u()));
   }
-  const advantages = Float64Array.from({ length: N }, () => (u() < 0.2 ? 0 : Math.fround(4 * u() - 2)));
+  const advantages = Float64Array.from({ length: B }, () => (u() < 0.2 ? 0 : Math.fround(4 * u() - 2)));
   const behaviour = fill(() => -4 * u());
-  return { N, T, mask, advantages, behaviour, old, ref, readouts: { logp, entropy: ent, kl } };
+  return { B, T, mask, advantages, behaviour, old, ref, readouts: { logp, entropy: ent, kl } };
 };
 type Problem = ReturnType<typeof problem>;
 
@@ -135,8 +135,8 @@ type Problem = ReturnType<typeof problem>;
 const lowered = (be: Backend, o: Objective, step: number, pb: Problem) =>
   tidy(async () => {
     const b = rolloutTensors(be, {
-      ids: new Int32Array(pb.N * pb.T),
-      N: pb.N,
+      ids: new Int32Array(pb.B * pb.T),
+      B: pb.B,
       T: pb.T,
       promptLens: [],
       mask: pb.mask,
@@ -148,7 +148,7 @@ const lowered = (be: Backend, o: Objective, step: number, pb: Problem) =>
     const leaves = new Map<string, Tensor>();
     const leaf = (kind: string, key: string, data: Float64Array) => {
       const id = `${kind}:${key}`;
-      if (!leaves.has(id)) leaves.set(id, tensor(be, data, [pb.N * pb.T]));
+      if (!leaves.has(id)) leaves.set(id, tensor(be, data, [pb.B * pb.T]));
       return leaves.get(id)!;
     };
     const tape = new Tape();
@@ -203,8 +203,8 @@ const compare = async (
   let gmax = 1e-30;
   for (const g of wantG.values()) for (const x of g) gmax = Math.max(gmax, Math.abs(x));
   for (const [id, g] of got.grads) {
-    const w = wantG.get(id) ?? new Float64Array(pb.N * pb.T);
-    const gg = g ?? new Float64Array(pb.N * pb.T);
+    const w = wantG.get(id) ?? new Float64Array(pb.B * pb.T);
+    const gg = g ?? new Float64Array(pb.B * pb.T);
     if (gg.some((x) => !Number.isFinite(x))) throw new Error(`${id}: non-finite gradient ${gg}`);
     assertClose(gg, w, { atol: tol.grad * gmax, rtol: tol.grad }, `d loss / d ${id}`);
   }
@@ -214,17 +214,17 @@ const compare = async (
 const caseArb = fc.record({
   o: objArb,
   step: fc.integer({ min: 1, max: 20 }),
-  N: fc.integer({ min: 1, max: 4 }),
+  B: fc.integer({ min: 1, max: 4 }),
   T: fc.integer({ min: 1, max: 6 }),
   seed: fc.nat(),
 });
 
 Deno.test("lowering on cpu64 equals the reference interpreter on arbitrary term trees (ties and NaN padding)", async () => {
   await fc.assert(
-    fc.asyncProperty(caseArb, async ({ o, step, N, T, seed }) => {
+    fc.asyncProperty(caseArb, async ({ o, step, B, T, seed }) => {
       // Both in f64; the lowering sums in another association order (mul then sum, weights applied last):
       // a few ulps of the largest term, far below any branch flip (ties are exact in both).
-      await compare(cpu64, o, step, problem(N, T, seed, true), { loss: 1e-12, grad: 1e-12 });
+      await compare(cpu64, o, step, problem(B, T, seed, true), { loss: 1e-12, grad: 1e-12 });
     }),
     { numRuns: 150 },
   );
@@ -232,11 +232,11 @@ Deno.test("lowering on cpu64 equals the reference interpreter on arbitrary term 
 
 gpuTest("lowering on the GPU equals the reference interpreter on arbitrary term trees (f32)", async (g) => {
   await fc.assert(
-    fc.asyncProperty(caseArb, async ({ o, step, N, T, seed }) => {
+    fc.asyncProperty(caseArb, async ({ o, step, B, T, seed }) => {
       // f32 on the GPU: inputs are f32-representable and away from clip edges, so both sides take the same
       // branches; a term's value is a sum of <= 24 products of O(1..e^20) numbers, each exp within 2 ulps:
       // 1e-5 of the largest term (about 100 f32 ulps) for the loss and of the largest gradient element.
-      await compare(g, o, step, problem(N, T, seed, false), { loss: 1e-5, grad: 1e-5 });
+      await compare(g, o, step, problem(B, T, seed, false), { loss: 1e-5, grad: 1e-5 });
     }),
     { numRuns: GPU_RUNS * 3 },
   );

@@ -97,8 +97,8 @@ const POLICIES: InternalPolicy[] = [final, layer(0), layer(3, "normed"), attn(1)
  * ones by up to +-0.5 in log space, so ratios fall on both sides of the 0.2 clip boundaries; 20% of advantages
  * are exactly 0; 30% of positions are masked out and hold NaN (never read).
  */
-const randomProblem = (N: number, T: number, seed: number): { batch: ReferenceBatch; readouts: Readouts } => {
-  const u = rng(seed), n = N * T;
+const randomProblem = (B: number, T: number, seed: number): { batch: ReferenceBatch; readouts: Readouts } => {
+  const u = rng(seed), n = B * T;
   const mask = Float64Array.from({ length: n }, () => (u() < 0.7 ? 1 : 0));
   const fill = (f: () => number) => Float64Array.from({ length: n }, (_, i) => (mask[i] ? f() : NaN));
   const logp = new Map<string, Float64Array>(), old = new Map<string, Float64Array>();
@@ -113,9 +113,9 @@ const randomProblem = (N: number, T: number, seed: number): { batch: ReferenceBa
     ent.set(k, fill(() => 3 * u()));
     for (const q of POLICIES) kl.set(klKey(p, q), fill(() => 2 * u()));
   }
-  const advantages = Float64Array.from({ length: N }, () => (u() < 0.2 ? 0 : 4 * u() - 2));
+  const advantages = Float64Array.from({ length: B }, () => (u() < 0.2 ? 0 : 4 * u() - 2));
   const behaviour = old.get("final")!.map((x) => x + (u() - 0.5));
-  return { batch: { N, T, mask, advantages, behaviour, old, ref }, readouts: { logp, entropy: ent, kl } };
+  return { batch: { B, T, mask, advantages, behaviour, old, ref }, readouts: { logp, entropy: ent, kl } };
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -145,11 +145,11 @@ const objArb = objectiveArb(leafArb(POLICIES, [0, 0.1, 0.2]), weightArb, (tree) 
   }));
 const stepArb = fc.integer({ min: 1, max: 45 });
 const problemArb = fc.record({
-  N: fc.integer({ min: 1, max: 4 }),
+  B: fc.integer({ min: 1, max: 4 }),
   T: fc.integer({ min: 1, max: 6 }),
   seed: fc.nat(),
 })
-  .map(({ N, T, seed }) => randomProblem(N, T, seed));
+  .map(({ B, T, seed }) => randomProblem(B, T, seed));
 
 const { concat, empty } = MonoidObjective;
 const eqObj = (a: Objective, b: Objective, what: string) =>
@@ -298,13 +298,13 @@ Deno.test("token-mean over two concatenated batches = count-weighted mean of eac
         agg: "token-mean" as const,
       }));
       const obj: Objective = { terms };
-      if (p1.batch.T !== p2.batch.T) return; // concatenation along N needs equal padded lengths
+      if (p1.batch.T !== p2.batch.T) return; // concatenation along B needs equal padded lengths
       const cat = (x: Float64Array, y: Float64Array) => Float64Array.of(...x, ...y);
       const catMap = (x: ReadonlyMap<string, Float64Array>, y: ReadonlyMap<string, Float64Array>) =>
         new Map([...x].map(([k, v]) => [k, cat(v, y.get(k)!)]));
       const { batch: b1, readouts: r1 } = p1, { batch: b2, readouts: r2 } = p2;
       const batch: ReferenceBatch = {
-        N: b1.N + b2.N,
+        B: b1.B + b2.B,
         T: b1.T,
         mask: cat(b1.mask, b2.mask),
         advantages: cat(b1.advantages, b2.advantages),

@@ -51,7 +51,7 @@ const throws = <E>(
 const F = Float64Array;
 /** A batch and readouts where every policy in `logp` uses the same arrays for everything else. */
 const setup = (o: {
-  N: number;
+  B: number;
   T: number;
   mask: number[];
   A: number[];
@@ -65,7 +65,7 @@ const setup = (o: {
     new Map(Object.entries(r ?? {}).map(([k, v]) => [k, F.from(v)]));
   return {
     batch: {
-      N: o.N,
+      B: o.B,
       T: o.T,
       mask: F.from(o.mask),
       advantages: F.from(o.A),
@@ -80,7 +80,7 @@ const setup = (o: {
 /** One token of one sequence: the pg loss, d loss / d logp and the clip flags for ratio r and advantage A. */
 const oneToken = (A: number, r: number, opts: PgOptions = {}) => {
   const { batch, readouts } = setup({
-    N: 1,
+    B: 1,
     T: 1,
     mask: [1],
     A: [A],
@@ -101,7 +101,7 @@ Deno.test("pg: zero advantage gives zero loss and zero gradient for every ratio 
   for (const agg of aggs) {
     for (const ratio of ["token", "sequence"] as const) {
       const { batch, readouts } = setup({
-        N: 2,
+        B: 2,
         T: 3,
         mask: [1, 1, 0, 1, 1, 1],
         A: [0, 0],
@@ -121,7 +121,7 @@ Deno.test("pg: zero advantage gives zero loss and zero gradient for every ratio 
 Deno.test("pg on-policy: ratio 1, loss -mean A, gradient -A/count per token (token-mean), no clipping", () => {
   const lp = [-1, -2, NaN, -0.5, -3, -1];
   const { batch, readouts } = setup({
-    N: 2,
+    B: 2,
     T: 3,
     mask: [1, 1, 0, 1, 1, 1],
     A: [0.7, -1.3],
@@ -180,7 +180,7 @@ Deno.test("GSPO sequence ratio: hand case", () => {
   // one sequence of 2 response tokens with log-ratios 0.1, 0.3: s = exp(0.2); A = 1, clip 0.3/0.3 (inside)
   const opts = { clipLow: 0.3, clipHigh: 0.3 };
   const { batch, readouts } = setup({
-    N: 1,
+    B: 1,
     T: 3,
     mask: [1, 1, 0],
     A: [1],
@@ -205,7 +205,7 @@ Deno.test("kl estimators k1/k2/k3: values and gradients", () => {
   const cases = [["k1", 0.5, 1], ["k2", 0.125, 0.5], ["k3", Math.exp(d) - d - 1, 1 - Math.exp(d)]] as const;
   for (const [estimator, v, g] of cases) {
     const { batch, readouts } = setup({
-      N: 1,
+      B: 1,
       T: 1,
       mask: [1],
       A: [0],
@@ -220,11 +220,11 @@ Deno.test("kl estimators k1/k2/k3: values and gradients", () => {
   close(Math.exp(-0.5) + 0.5 - 1, 0.10653065971263342, "k3 value");
 });
 
-Deno.test("aggregations follow verl's agg_loss (Dr. GRPO divides by N * maxLen)", () => {
+Deno.test("aggregations follow verl's agg_loss (Dr. GRPO divides by B * maxLen)", () => {
   // nll of per-token values a, b | c with mask [[1,1,0],[1,0,0]]
   const a = 1, b = 2, c = 4;
   const { batch, readouts } = setup({
-    N: 2,
+    B: 2,
     T: 3,
     mask: [1, 1, 0, 1, 0, 0],
     A: [0, 0],
@@ -245,7 +245,7 @@ Deno.test("aggregations follow verl's agg_loss (Dr. GRPO divides by N * maxLen)"
 
 Deno.test("entropyBonus(p, coef) = -coef * mean entropy: minimizing the loss raises entropy", () => {
   const { batch, readouts } = setup({
-    N: 1,
+    B: 1,
     T: 2,
     mask: [1, 1],
     A: [0],
@@ -259,7 +259,7 @@ Deno.test("entropyBonus(p, coef) = -coef * mean entropy: minimizing the loss rai
 
 Deno.test("tis: each token's loss is multiplied by min(exp(old - behaviour), cap)", () => {
   const { batch, readouts } = setup({
-    N: 1,
+    B: 1,
     T: 2,
     mask: [1, 1],
     A: [1],
@@ -296,7 +296,7 @@ Deno.test("bupo: layer policy for steps 1..until, final afterwards; readouts fol
 });
 
 Deno.test("missing readouts and bad lengths are named errors", () => {
-  const { batch, readouts } = setup({ N: 1, T: 2, mask: [1, 1], A: [1], logp: { final: [-1, -1] } });
+  const { batch, readouts } = setup({ B: 1, T: 2, mask: [1, 1], A: [1], logp: { final: [-1, -1] } });
   const o = bupo({ layer: 5, until: 30 });
   throws(
     () => evaluate(o, 3, batch, readouts),

@@ -197,7 +197,7 @@ gpuTest(
 const readoutArb = fc.record({
   // A fixed menu of extents (each new shape compiles new shaders on the GPU): V = 1, not a multiple of 64,
   // and multiples of 64 that the chunk does and does not divide.
-  N: fc.constantFrom(1, 4, 9),
+  R: fc.constantFrom(1, 4, 9),
   d: fc.constantFrom(1, 5, 12),
   V: fc.constantFrom(1, 7, 63, 64, 65, 100, 128, 129, 192, 300),
   chunk: fc.constantFrom(64, 128, 192, 8192),
@@ -208,11 +208,11 @@ const readoutArb = fc.record({
 
 const streamVsNaive = async (b: Backend, runs: number, tol: number) => {
   await fc.assert(
-    fc.asyncProperty(readoutArb, async ({ N, d, V, chunk, temperature, range, seed }) => {
-      const x = randomData(N * d, seed + 1, range), E = randomData(V * d, seed + 2, range);
-      const tg = Int32Array.from({ length: N }, (_, i) => (seed + 3 * i) % V);
+    fc.asyncProperty(readoutArb, async ({ R, d, V, chunk, temperature, range, seed }) => {
+      const x = randomData(R * d, seed + 1, range), E = randomData(V * d, seed + 2, range);
+      const tg = Int32Array.from({ length: R }, (_, i) => (seed + 3 * i) % V);
       const r = tidy(() =>
-        streamReadout(tensor(b, x, [N, d]), tensor(b, E, [V, d]), tensor(b, tg, [N], "i32"), {
+        streamReadout(tensor(b, x, [R, d]), tensor(b, E, [V, d]), tensor(b, tg, [R], "i32"), {
           chunk,
           temperature,
         })
@@ -221,10 +221,10 @@ const streamVsNaive = async (b: Backend, runs: number, tol: number) => {
       r.entropy.dispose();
       r.logp.dispose();
       const want = Array.from(
-        { length: N },
+        { length: R },
         (_, i) => naiveReadout(x.subarray(i * d, (i + 1) * d), E, V, temperature, tg[i]),
       );
-      for (let i = 0; i < N; i++) {
+      for (let i = 0; i < R; i++) {
         if (!(ent[i] >= -tol && ent[i] <= Math.log(V) + tol)) {
           throw new Error(`entropy ${ent[i]} outside [0, log ${V}]`);
         }
@@ -253,28 +253,28 @@ const gradOf = async (
   proj: Float32Array,
 ) =>
   await tidy(async () => {
-    const [N, d, V] = shape;
-    const xt = tensor(b, x, [N, d]), Et = tensor(b, E, [V, d]);
+    const [R, d, V] = shape;
+    const xt = tensor(b, x, [R, d]), Et = tensor(b, E, [V, d]);
     const tape = new Tape().watch(xt, Et);
     const s = tape.run(() => {
-      const r = streamReadout(xt, Et, tensor(b, tg, [N], "i32"), opts);
+      const r = streamReadout(xt, Et, tensor(b, tg, [R], "i32"), opts);
       return concatRows([r.entropy, r.logp]); // (2N)
     });
-    const [dx, dE] = tape.backward(s, [xt, Et], tensor(b, proj, [2 * N]));
+    const [dx, dE] = tape.backward(s, [xt, Et], tensor(b, proj, [2 * R]));
     return [...await dx!.data(), ...await dE!.data()];
   });
 
 Deno.test("streamed readout gradients w.r.t. x and E_u equal finite differences (f64 CPU)", async () => {
   for (
-    const [N, d, V, chunk, temperature] of [[3, 5, 70, 64, 1], [2, 4, 128, 64, 0.7], [4, 3, 40, 8192, 2]]
+    const [R, d, V, chunk, temperature] of [[3, 5, 70, 64, 1], [2, 4, 128, 64, 0.7], [4, 3, 40, 8192, 2]]
   ) {
-    const x = randomData(N * d, N + V, 1.5), E = randomData(V * d, d + V, 1.5);
-    const tg = Int32Array.from({ length: N }, (_, i) => (7 * i + 1) % V);
+    const x = randomData(R * d, R + V, 1.5), E = randomData(V * d, d + V, 1.5);
+    const tg = Int32Array.from({ length: R }, (_, i) => (7 * i + 1) % V);
     const f = (xt: Tensor, Et: Tensor) => {
-      const r = streamReadout(xt, Et, tensor(cpu64, tg, [N], "i32"), { chunk, temperature });
+      const r = streamReadout(xt, Et, tensor(cpu64, tg, [R], "i32"), { chunk, temperature });
       return concatRows([r.entropy, r.logp]);
     };
-    const res = await checkGrad(cpu64, f, [{ data: x, shape: [N, d] }, { data: E, shape: [V, d] }], {
+    const res = await checkGrad(cpu64, f, [{ data: x, shape: [R, d] }, { data: E, shape: [V, d] }], {
       seed: V,
     });
     if (!(res.error < 1e-6)) throw new Error(`gradcheck V=${V} chunk=${chunk}: ${JSON.stringify(res)}`);
@@ -282,15 +282,15 @@ Deno.test("streamed readout gradients w.r.t. x and E_u equal finite differences 
 });
 
 gpuTest("streamed readout gradients: GPU equals the f64 CPU gradient", async (g) => {
-  for (const [N, d, V, chunk, temperature] of [[5, 8, 200, 128, 0.7]]) {
-    const x = randomData(N * d, N + V, 1.5), E = randomData(V * d, d + V, 1.5);
-    const tg = Int32Array.from({ length: N }, (_, i) => (7 * i + 1) % V);
-    const proj = randomData(2 * N, 5);
+  for (const [R, d, V, chunk, temperature] of [[5, 8, 200, 128, 0.7]]) {
+    const x = randomData(R * d, R + V, 1.5), E = randomData(V * d, d + V, 1.5);
+    const tg = Int32Array.from({ length: R }, (_, i) => (7 * i + 1) % V);
+    const proj = randomData(2 * R, 5);
     const o = { chunk, temperature };
-    const want = await gradOf(cpu64, x, E, tg, [N, d, V], o, proj);
+    const want = await gradOf(cpu64, x, E, tg, [R, d, V], o, proj);
     // f32 recompute of p_v and (z_v - E[z]) per chunk: gradients of size ~1 agree to ~1e-6; 2e-5 leaves room.
     assertClose(
-      await gradOf(g, x, E, tg, [N, d, V], o, proj),
+      await gradOf(g, x, E, tg, [R, d, V], o, proj),
       want,
       { atol: 2e-5, rtol: 1e-4 },
       `grad V=${V}`,

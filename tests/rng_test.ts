@@ -101,7 +101,7 @@ gpuTest("philox WGSL: GPU bits equal CPU bits for random keys and counters (and 
   );
 });
 
-Deno.test("philoxBits rejects a non-[N,6] u32 input with a ShapeError naming the shape", () => {
+Deno.test("philoxBits rejects a non-[R,6] u32 input with a ShapeError naming the shape", () => {
   let err: unknown;
   try {
     philoxBits(tensor(cpu32, [1, 2, 3, 4, 5], [5], "u32"));

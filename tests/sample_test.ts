@@ -17,11 +17,11 @@ import { awkwardDim, cpu32, cpu64 } from "./util.ts";
 
 type Opts = Omit<SampleOptions, "sequences" | "positions">;
 
-/** Sample N rows on backend b; row n uses sequence seqs[n] and position pos[n]. */
+/** Sample R rows on backend b; row n uses sequence seqs[n] and position pos[n]. */
 const draw = (
   b: Backend,
   logits: Float32Array,
-  N: number,
+  R: number,
   V: number,
   o: Opts,
   seqs: number[],
@@ -29,10 +29,10 @@ const draw = (
 ) =>
   tidy(async () =>
     Array.from(
-      await sample(tensor(b, logits, [N, V]), {
+      await sample(tensor(b, logits, [R, V]), {
         ...o,
-        sequences: tensor(b, seqs, [N], "i32"),
-        positions: tensor(b, pos, [N], "i32"),
+        sequences: tensor(b, seqs, [R], "i32"),
+        positions: tensor(b, pos, [R], "i32"),
       }).data(),
     )
   );
@@ -61,19 +61,19 @@ const nearBoundary = (row: Float32Array, o: Opts, u: number): boolean => {
   return false;
 };
 
-const compare = async (g: Backend, N: number, V: number, o: Opts, logits: Float32Array, seed: number) => {
-  const seqs = Array.from({ length: N }, (_, n) => n + seed % 1000), pos = seqs.map((s) => 3 * s + 1);
-  const a = await draw(g, logits, N, V, o, seqs, pos);
-  const e = await draw(cpu32, logits, N, V, o, seqs, pos);
+const compare = async (g: Backend, R: number, V: number, o: Opts, logits: Float32Array, seed: number) => {
+  const seqs = Array.from({ length: R }, (_, n) => n + seed % 1000), pos = seqs.map((s) => 3 * s + 1);
+  const a = await draw(g, logits, R, V, o, seqs, pos);
+  const e = await draw(cpu32, logits, R, V, o, seqs, pos);
   let exceptions = 0;
-  for (let n = 0; n < N; n++) {
+  for (let n = 0; n < R; n++) {
     if (a[n] === e[n]) continue;
     const u = rngUniform({ seed: o.key.seed, step: o.key.step, sequence: seqs[n], position: pos[n] });
     const row = logits.subarray(n * V, (n + 1) * V);
     if (!nearBoundary(row, o, u)) {
       throw new Error(
         `row ${n}: GPU ${a[n]} (logit ${row[a[n]]}), CPU ${e[n]} (logit ${row[e[n]]}), u=${u}, ` +
-          `N=${N} V=${V} ${JSON.stringify(o)}`,
+          `R=${R} V=${V} ${JSON.stringify(o)}`,
       );
     }
     exceptions++;
@@ -99,9 +99,9 @@ gpuTest(
         optsArb,
         fc.boolean(),
         fc.constantFrom(1, 4, 12),
-        async (N, V, o, ties, spread) => {
-          exceptions += await compare(g, N, V, o, makeLogits(N * V, o.key.seed, spread, ties), o.key.seed);
-          rows += N;
+        async (R, V, o, ties, spread) => {
+          exceptions += await compare(g, R, V, o, makeLogits(R * V, o.key.seed, spread, ties), o.key.seed);
+          rows += R;
         },
       ),
       { numRuns: GPU_RUNS * 3 },
@@ -119,10 +119,10 @@ gpuTest(
 gpuTest(
   "sample: a 151936-token vocabulary (top-k 50 / top-p 0.9 / both / neither) matches the CPU",
   async (g) => {
-    const V = 151936, N = 2;
-    const logits = makeLogits(N * V, 5, 10, false);
+    const V = 151936, R = 2;
+    const logits = makeLogits(R * V, 5, 10, false);
     for (const [topK, topP] of [[50, 1], [0, 0.9], [50, 0.9], [0, 1]]) {
-      await compare(g, N, V, { temperature: 0.8, topK, topP, key: { seed: 9, step: topK } }, logits, 17);
+      await compare(g, R, V, { temperature: 0.8, topK, topP, key: { seed: 9, step: topK } }, logits, 17);
     }
   },
 );
@@ -130,12 +130,12 @@ gpuTest(
 gpuTest(
   "sample: V = 262,144 with top-k and top-p (~70 passes over V: past llvmpipe's loop budget unless unrolled)",
   async (g) => {
-    const V = 262144, N = 2;
-    const logits = makeLogits(N * V, 6, 10, false);
+    const V = 262144, R = 2;
+    const logits = makeLogits(R * V, 6, 10, false);
     // A top-k set past the median key makes every top-p bisection round scan the row (64 scans in all).
     await compare(
       g,
-      N,
+      R,
       V,
       { temperature: 0.8, topK: 200000, topP: 0.9, key: { seed: 4, step: 1 } },
       logits,
@@ -147,18 +147,18 @@ gpuTest(
 gpuTest(
   "sample: empirical frequencies match the probabilities (chi-square, df = kept - 1, p = 0.001)",
   async (g) => {
-    const V = 12, N = 2500;
+    const V = 12, R = 2500;
     const base = makeLogits(V, 3, 2, false);
-    const logits = new Float32Array(N * V);
-    for (let n = 0; n < N; n++) logits.set(base, n * V);
-    const seqs = Array.from({ length: N }, (_, n) => n), pos = seqs.map(() => 7);
+    const logits = new Float32Array(R * V);
+    for (let n = 0; n < R; n++) logits.set(base, n * V);
+    const seqs = Array.from({ length: R }, (_, n) => n), pos = seqs.map(() => 7);
     // Chi-square critical values at p = 0.001 for df = 1..11 (tables); deterministic seeds, so no flakiness.
     const crit = [10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88, 29.59, 31.26];
     for (const o of [{ temperature: 0.8 }, { temperature: 1.3, topK: 5 }, { temperature: 1, topP: 0.8 }]) {
       const opts = { topK: 0, topP: 1, ...o, key: { seed: 123, step: 4 } };
       const d = rowDistribution(base, opts);
       for (const b of [g, cpu32]) {
-        const ids = await draw(b, logits, N, V, opts, seqs, pos);
+        const ids = await draw(b, logits, R, V, opts, seqs, pos);
         const counts = new Array(V).fill(0);
         for (const id of ids) counts[id]++;
         let chi2 = 0, kept = 0;
@@ -168,7 +168,7 @@ gpuTest(
             continue;
           }
           kept++;
-          const expct = N * d.weights[i] / d.total;
+          const expct = R * d.weights[i] / d.total;
           chi2 += (counts[i] - expct) ** 2 / expct;
         }
         if (kept > 1 && chi2 > crit[kept - 2]) {
@@ -182,12 +182,12 @@ gpuTest(
 );
 
 gpuTest("sample: temperature 0 and top-k 1 are the argmax, lowest id among equal maxima", async (g) => {
-  const V = 1000, N = 5;
-  const logits = makeLogits(N * V, 11, 3, true);
+  const V = 1000, R = 5;
+  const logits = makeLogits(R * V, 11, 3, true);
   logits[2 * V + 999] = 50; // a unique max at the end of row 2
   logits[3 * V + 10] = logits[3 * V + 500] = 50; // a tie in row 3: id 10 wins
   logits[4 * V + 0] = -0; // -0 and +0 are equal logits
-  const want = Array.from({ length: N }, (_, n) => {
+  const want = Array.from({ length: R }, (_, n) => {
     const row = logits.subarray(n * V, (n + 1) * V);
     return row.indexOf(Math.max(...row));
   });
@@ -196,7 +196,7 @@ gpuTest("sample: temperature 0 and top-k 1 are the argmax, lowest id among equal
     for (
       const o of [{ temperature: 0 }, { temperature: 1, topK: 1 }, { temperature: 0.5, topK: 1, topP: 0.3 }]
     ) {
-      const got = await draw(b, logits, N, V, { ...o, key: { seed: 1, step: 2 } }, seqs, seqs);
+      const got = await draw(b, logits, R, V, { ...o, key: { seed: 1, step: 2 } }, seqs, seqs);
       if (got.join() !== want.join()) {
         throw new Error(`${b.name} ${JSON.stringify(o)}: ${got} != argmax ${want}`);
       }
@@ -205,7 +205,7 @@ gpuTest("sample: temperature 0 and top-k 1 are the argmax, lowest id among equal
 });
 
 gpuTest("sample: top-k and top-p keep exactly the documented sets (ties by lower id)", async (g) => {
-  const N = 300;
+  const R = 300;
   const cases: { row: number[]; o: Omit<Opts, "key">; kept: number[] }[] = [
     // probabilities 0.1 0.4 0.2 0.3: top-p 0.65 keeps the prefix 0.4 + 0.3 = 0.7 >= 0.65
     { row: [0.1, 0.4, 0.2, 0.3].map(Math.log), o: { temperature: 1, topP: 0.65 }, kept: [1, 3] },
@@ -225,15 +225,15 @@ gpuTest("sample: top-k and top-p keep exactly the documented sets (ties by lower
   ];
   for (const { row, o, kept } of cases) {
     const V = row.length;
-    const logits = new Float32Array(N * V);
-    for (let n = 0; n < N; n++) logits.set(row, n * V);
-    const seqs = Array.from({ length: N }, (_, n) => n);
+    const logits = new Float32Array(R * V);
+    for (let n = 0; n < R; n++) logits.set(row, n * V);
+    const seqs = Array.from({ length: R }, (_, n) => n);
     const opts = { ...o, key: { seed: 77, step: 1 } };
     const ref = rowDistribution(Float32Array.from(row), { topK: 0, topP: 1, ...o });
     const refKept = [...ref.weights.keys()].filter((i) => ref.weights[i] > 0);
     if (refKept.join() !== kept.join()) throw new Error(`reference keeps ${refKept}, documented ${kept}`);
     for (const b of [g, cpu32, cpu64]) {
-      const seen = [...new Set(await draw(b, logits, N, V, opts, seqs, seqs))].sort((x, y) => x - y);
+      const seen = [...new Set(await draw(b, logits, R, V, opts, seqs, seqs))].sort((x, y) => x - y);
       if (seen.join() !== kept.join()) {
         throw new Error(`${b.name} ${JSON.stringify(o)} drew ${seen}, kept ${kept}`);
       }
@@ -242,17 +242,17 @@ gpuTest("sample: top-k and top-p keep exactly the documented sets (ties by lower
 });
 
 gpuTest("sample: replay — the same key gives the same ids; another step or seed gives others", async (g) => {
-  const N = 64, V = 333;
-  const logits = makeLogits(N * V, 21, 1, false);
-  const seqs = Array.from({ length: N }, (_, n) => n), pos = seqs.map((s) => s + 100);
+  const R = 64, V = 333;
+  const logits = makeLogits(R * V, 21, 1, false);
+  const seqs = Array.from({ length: R }, (_, n) => n), pos = seqs.map((s) => s + 100);
   const o = { temperature: 1, topK: 100, topP: 0.95, key: { seed: 2 ** 40 + 1, step: 5 } };
-  const a = await draw(g, logits, N, V, o, seqs, pos), b = await draw(g, logits, N, V, o, seqs, pos);
+  const a = await draw(g, logits, R, V, o, seqs, pos), b = await draw(g, logits, R, V, o, seqs, pos);
   if (a.join() !== b.join()) throw new Error("GPU replay differs");
-  const c = await draw(g, logits, N, V, { ...o, key: { ...o.key, step: 6 } }, seqs, pos);
-  const d = await draw(g, logits, N, V, { ...o, key: { ...o.key, seed: 1 } }, seqs, pos);
+  const c = await draw(g, logits, R, V, { ...o, key: { ...o.key, step: 6 } }, seqs, pos);
+  const d = await draw(g, logits, R, V, { ...o, key: { ...o.key, seed: 1 } }, seqs, pos);
   const same = (x: number[], y: number[]) => x.filter((v, i) => v === y[i]).length;
   // Flat-ish distributions over ~100 tokens: two independent draws agree with chance ~1/100 per row.
-  if (same(a, c) > N / 4 || same(a, d) > N / 4) throw new Error(`step/seed barely change the ids`);
+  if (same(a, c) > R / 4 || same(a, d) > R / 4) throw new Error(`step/seed barely change the ids`);
 });
 
 Deno.test("pickToken: first token whose cumulative weight exceeds u * total; skips zero weights", () => {
@@ -337,18 +337,18 @@ gpuTest(
         fc.integer({ min: 1, max: 7 }),
         fc.constantFrom(0, 0.7, 1),
         fc.integer({ min: 0, max: 1e6 }),
-        async (vocab, gap, N, temperature, seed) => {
+        async (vocab, gap, R, temperature, seed) => {
           const V = vocab + gap;
-          const logits = makeLogits(N * V, seed, 4, false);
+          const logits = makeLogits(R * V, seed, 4, false);
           // The ids of the gap carry the largest logits: without the mask they would win every draw.
-          for (let n = 0; n < N; n++) for (let i = vocab; i < V; i++) logits[n * V + i] = 50;
-          const seqs = Array.from({ length: N }, (_, n) => n), pos = seqs.map((n) => 3 * n);
+          for (let n = 0; n < R; n++) for (let i = vocab; i < V; i++) logits[n * V + i] = 50;
+          const seqs = Array.from({ length: R }, (_, n) => n), pos = seqs.map((n) => 3 * n);
           const o: Opts = { temperature, key: { seed, step: 5 }, vocab };
           const [got, want] = await Promise.all([
-            draw(g, logits, N, V, o, seqs, pos),
-            draw(cpu32, logits, N, V, o, seqs, pos),
+            draw(g, logits, R, V, o, seqs, pos),
+            draw(cpu32, logits, R, V, o, seqs, pos),
           ]);
-          for (let n = 0; n < N; n++) {
+          for (let n = 0; n < R; n++) {
             if (got[n] >= vocab || want[n] >= vocab) throw new Error(`row ${n}: id past vocab ${vocab}`);
             const row = logits.slice(n * V, n * V + vocab);
             const u = rngUniform({ seed, step: 5, sequence: seqs[n], position: pos[n] });

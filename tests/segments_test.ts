@@ -288,14 +288,14 @@ gpuTest("one clipped SFT step with segmented moments equals the single-buffer st
 gpuTest(
   "KL between policies: the unembedding gradient in row blocks equals the one-binding gradient",
   async (g) => {
-    const N = 16, V = 1000, d = 16;
-    const xa = randomData(N * d, 11), xb = randomData(N * d, 12), E = randomData(V * d, 13, 0.5);
+    const R = 16, V = 1000, d = 16;
+    const xa = randomData(R * d, 11), xb = randomData(R * d, 12), E = randomData(V * d, 13, 0.5);
     const run = async (b: Backend) =>
       await tidy(async () => {
-        const [ta, tb, tE] = [tensor(b, xa, [N, d]), tensor(b, xb, [N, d]), tensor(b, E, [V, d])];
+        const [ta, tb, tE] = [tensor(b, xa, [R, d]), tensor(b, xb, [R, d]), tensor(b, E, [V, d])];
         const tape = new Tape().watch(ta, tE);
         const kl = tape.run(() => streamKl(ta, tb, tE));
-        const [dxa, dE] = tape.backward(kl, [ta, tE], tensor(b, new Float32Array(N).fill(1), [N]));
+        const [dxa, dE] = tape.backward(kl, [ta, tE], tensor(b, new Float32Array(R).fill(1), [R]));
         return { kl: await kl.data(), dxa: await dxa!.data(), dE: await dE!.data() };
       });
     const [a, z] = [await run(g), await run(low!)];

@@ -190,34 +190,37 @@ export const estimateMemory = (s: MemoryShape, binding = Infinity): MemoryEstima
       }
       : { what: `a forward activation (${B} x ${T} x ${widest(c)} floats)`, bytes: F32 * B * T * widest(c) },
   };
-  const N = B / s.minibatches;
-  const upRows = s.updatePolicies * N * T;
+  const Bm = B / s.minibatches; // sequences per minibatch
+  const upRows = s.updatePolicies * Bm * T;
   const upRead = readout(upRows);
   const grads = GRAD_PER_LAYER_FLOAT * s.updateDepth * layerFloats(c) + (s.updateDepth === L ? 2 * d : 0);
   const update: StageEstimate = {
     stage: "update",
     words: "a minibatch update (forward and backward)",
-    sequences: N,
+    sequences: Bm,
     device: [
-      { what: "forward activations", bytes: F32 * N * T * fwd },
-      { what: "backward gradients", bytes: F32 * N * T * grads },
+      { what: "forward activations", bytes: F32 * Bm * T * fwd },
+      { what: "backward gradients", bytes: F32 * Bm * T * grads },
       {
         what: `readouts of ${s.updatePolicies} policies and their gradients`,
         bytes: 2 * F32 * upRead.floats,
       },
       { what: "parameter gradients", bytes: F32 * P },
-      { what: "batch", bytes: F32 * (8 + s.oldInputs) * N * T },
+      { what: "batch", bytes: F32 * (8 + s.oldInputs) * Bm * T },
     ],
-    host: F32 * N * T * (2 + s.oldInputs) + 8 * (6 + s.oldInputs) * N * T,
+    host: F32 * Bm * T * (2 + s.oldInputs) + 8 * (6 + s.oldInputs) * Bm * T,
     heap: 0,
-    largest: upRows * Math.max(d, upRead.C) >= N * T * widest(c)
+    largest: upRows * Math.max(d, upRead.C) >= Bm * T * widest(c)
       ? {
-        what: `the stacked readout rows (${s.updatePolicies} policies x ${N * T} positions x ${
+        what: `the stacked readout rows (${s.updatePolicies} policies x ${Bm * T} positions x ${
           Math.max(d, upRead.C)
         } floats)`,
         bytes: F32 * upRows * Math.max(d, upRead.C),
       }
-      : { what: `a forward activation (${N} x ${T} x ${widest(c)} floats)`, bytes: F32 * N * T * widest(c) },
+      : {
+        what: `a forward activation (${Bm} x ${T} x ${widest(c)} floats)`,
+        bytes: F32 * Bm * T * widest(c),
+      },
   };
   const evalN = Math.min(EVAL_BATCH, s.evalSequences);
   const evaluation = rolloutOf("eval", `an evaluation batch (${evalN} sequences)`, evalN);

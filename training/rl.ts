@@ -210,7 +210,7 @@ const sliceRows = (h: RolloutHost, from: number, to: number): RolloutHost => {
     Float32Array.prototype.slice.call(x, from * T, to * T) as Float32Array;
   return {
     ids: h.ids.slice(from * T, to * T),
-    N: to - from,
+    B: to - from,
     T,
     promptLens: h.promptLens.slice(from, to),
     responseLens: h.responseLens?.slice(from, to),
@@ -397,7 +397,7 @@ const readScalars = async (scalars: readonly UpdateScalars<Tensor>[]): Promise<U
  */
 const updateStage = async (ctx: RlContext, step: number, full: RolloutHost): Promise<UpdateValues[]> => {
   const { cfg, config, params, opt, objective } = ctx;
-  const per = full.N / cfg.minibatches;
+  const per = full.B / cfg.minibatches;
   const scalars: UpdateScalars<Tensor>[] = [];
   try {
     for (let e = 0; e < cfg.epochs; e++) {
@@ -560,7 +560,7 @@ export const rlStep = async (ctx: RlContext, step: number): Promise<StepMetrics>
   const layers = Array.from({ length: ctx.config.numLayers }, (_, l) => layer(l));
   const host: RolloutHost = {
     ids: roll.ids,
-    N: ctx.cfg.prompts * ctx.cfg.group,
+    B: ctx.cfg.prompts * ctx.cfg.group,
     T: roll.T,
     promptLens: roll.promptLens,
     responseLens: roll.responseLens,

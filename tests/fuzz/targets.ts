@@ -286,16 +286,16 @@ export const buildTemplates = async (root: string): Promise<Templates> => {
     await Deno.copyFile(new URL(f, fixtures), `${bpe}/${f}`);
   }
   const rollout = `${t}/rollout.safetensors`;
-  const N = 2, T = 4;
+  const B = 2, T = 4;
   await Effect.runPromise(writeRolloutFile(rollout, {
     ids: Int32Array.from([1, 2, 3, 4, 5, 6, 7, 2]),
-    N,
+    B,
     T,
     promptLens: [1, 2],
     responseLens: [3, 2],
     advantages: Float32Array.from([1, -1]),
-    behaviour: new Float32Array(N * T).fill(-1),
-    old: new Map([["final", new Float32Array(N * T).fill(-1.5)]]),
+    behaviour: new Float32Array(B * T).fill(-1),
+    old: new Map([["final", new Float32Array(B * T).fill(-1.5)]]),
     ref: new Map(),
   }));
   const safetensors = serializeSafetensors([

@@ -1,7 +1,7 @@
 /**
  * Streaming KL kernels: per row KL(p_a || p_b) between p_a = softmax(z_a / T) and p_b = softmax(z_b / T), folded
  * over vocabulary chunks with online statistics, so no (rows, vocab) matrix exists. A chunk holds both sides
- * stacked: rows 0..R-1 are z_a, rows R..2N-1 are z_b (one matmul of the stacked points per chunk).
+ * stacked: rows 0..R-1 are z_a, rows R..2R-1 are z_b (one matmul of the stacked points per chunk).
  * State per row (R, 5), with u = z_a/T, v = z_b/T: m_a = running max u, s_a = sum e^(u - m_a),
  * w = sum e^(u - m_a) (u - v), m_b = running max v, s_b = sum e^(v - m_b).
  * At the end: lse_a = m_a + log s_a, lse_b = m_b + log s_b, KL = w / s_a - lse_a + lse_b.
@@ -9,7 +9,7 @@
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
-import { NEG_BIG } from "./readout.ts";
+import { foldMergeLines, foldStep, foldStepWgsl, NEG_BIG } from "./readout.ts";
 import { bind, f32Lit, rowGrid, treeReduce, withinLoopBudget } from "../engine/wgsl.ts";
 
 const WG = 256;
@@ -55,26 +55,20 @@ export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
   },
   cpu: ({ start, vocab, temperature }, [_s, z], [st]) => {
     const [stacked, C] = z.shape, R = stacked / 2, inv = 1 / temperature;
+    const a = new Float64Array(3);
     for (let i = 0; i < R; i++) {
-      let [ma, sa, w, mb, sb] = Array.from(st.data.subarray(5 * i, 5 * i + 5));
+      a.set(st.data.subarray(5 * i, 5 * i + 3));
+      let mb = st.data[5 * i + 3], sb = st.data[5 * i + 4];
       for (let c = 0; c < C && start + c < vocab; c++) {
         const u = z.data[i * C + c] * inv, v = z.data[(R + i) * C + c] * inv;
-        if (u > ma) {
-          const r = Math.exp(ma - u);
-          sa *= r;
-          w *= r;
-          ma = u;
-        }
-        const e = Math.exp(u - ma);
-        sa += e;
-        w += e * (u - v);
+        foldStep(a, u, u - v);
         if (v > mb) {
           sb *= Math.exp(mb - v);
           mb = v;
         }
         sb += Math.exp(v - mb);
       }
-      st.data.set([ma, sa, w, mb, sb], 5 * i);
+      st.data.set([a[0], a[1], a[2], mb, sb], 5 * i);
     }
   },
   gpu: ({ start, vocab, temperature }, [_s, z], target) => {
@@ -95,10 +89,7 @@ export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
       );
     const step = `    let a = z[row * u.cols + c] * ${inv};
     let b = z[(u.rows + row) * u.cols + c] * ${inv};
-    if (a > ma) { let r = exp(ma - a); sa *= r; w *= r; ma = a; }
-    let e = exp(a - ma);
-    sa += e;
-    w += e * (a - b);
+${foldStepWgsl("a", "ma", "sa", "w", "(a - b)")}
     if (b > mb) { sb *= exp(mb - b); mb = b; }
     sb += exp(b - mb);`;
     if (target.software && withinLoopBudget(C)) {
@@ -156,12 +147,7 @@ ${step}
   sma[lid] = ma; ssa[lid] = sa; sw[lid] = w; smb[lid] = mb; ssb[lid] = sb;
 ${
       treeReduce(WG, "lid", "k", [
-        "let m2 = max(sma[lid], sma[lid + k]);",
-        "let x = exp(sma[lid] - m2);",
-        "let y = exp(sma[lid + k] - m2);",
-        "ssa[lid] = ssa[lid] * x + ssa[lid + k] * y;",
-        "sw[lid] = sw[lid] * x + sw[lid + k] * y;",
-        "sma[lid] = m2;",
+        ...foldMergeLines("sma", "ssa", "sw", "x", "y"),
         "let n2 = max(smb[lid], smb[lid + k]);",
         "ssb[lid] = ssb[lid] * exp(smb[lid] - n2) + ssb[lid + k] * exp(smb[lid + k] - n2);",
         "smb[lid] = n2;",

@@ -13,6 +13,43 @@ const WG = 256;
 /** Initial running max: a large negative finite number (exp(-inf - -inf) would be NaN). */
 export const NEG_BIG = -3.0e38;
 
+/**
+ * One step of the online fold (shared with the KL kernels): with running max `acc[0]`, sum `acc[1]` =
+ * sum e^(x - max) and weighted sum `acc[2]` = sum e^(x - max) wx, take in value x of weight wx (rescaling both sums
+ * when the max grows).
+ */
+export const foldStep = (acc: Float64Array, x: number, wx: number): void => {
+  if (x > acc[0]) {
+    const r = Math.exp(acc[0] - x);
+    acc[1] *= r;
+    acc[2] *= r;
+    acc[0] = x;
+  }
+  const e = Math.exp(x - acc[0]);
+  acc[1] += e;
+  acc[2] += e * wx;
+};
+
+/** WGSL of foldStep on variables `m`, `s`, `w` (value `x`, weight `wx`), one statement a line, 4-space indent. */
+export const foldStepWgsl = (x: string, m: string, s: string, w: string, wx: string): string =>
+  `    if (${x} > ${m}) { let r = exp(${m} - ${x}); ${s} *= r; ${w} *= r; ${m} = ${x}; }
+    let e = exp(${x} - ${m});
+    ${s} += e;
+    ${w} += e * ${wx};`;
+
+/**
+ * Tree-reduction lines merging slot lid + k into slot lid of the workgroup arrays `m`, `s`, `w` of the fold (the
+ * two rescale factors named `a` and `b`).
+ */
+export const foldMergeLines = (m: string, s: string, w: string, a: string, b: string): string[] => [
+  `let m2 = max(${m}[lid], ${m}[lid + k]);`,
+  `let ${a} = exp(${m}[lid] - m2);`,
+  `let ${b} = exp(${m}[lid + k] - m2);`,
+  `${s}[lid] = ${s}[lid] * ${a} + ${s}[lid + k] * ${b};`,
+  `${w}[lid] = ${w}[lid] * ${a} + ${w}[lid + k] * ${b};`,
+  `${m}[lid] = m2;`,
+];
+
 export interface ChunkParams {
   /** First vocabulary id of this chunk. */
   readonly start: number;
@@ -56,22 +93,16 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
   cpu: ({ start, vocab, temperature }, [_st, z, ids], [st]) => {
     const [R, C] = z.shape;
     const inv = 1 / temperature;
+    const acc = new Float64Array(3);
     for (let i = 0; i < R; i++) {
-      let m = st.data[4 * i], s = st.data[4 * i + 1], w = st.data[4 * i + 2], zt = st.data[4 * i + 3];
+      acc.set(st.data.subarray(4 * i, 4 * i + 3));
+      let zt = st.data[4 * i + 3];
       for (let c = 0; c < C && start + c < vocab; c++) {
         const v = z.data[i * C + c] * inv;
-        if (v > m) {
-          const r = Math.exp(m - v);
-          s *= r;
-          w *= r;
-          m = v;
-        }
-        const e = Math.exp(v - m);
-        s += e;
-        w += e * v;
+        foldStep(acc, v, v);
         if (start + c === ids.data[i]) zt = v;
       }
-      st.data.set([m, s, w, zt], 4 * i);
+      st.data.set([acc[0], acc[1], acc[2], zt], 4 * i);
     }
   },
   gpu: ({ start, vocab, temperature }, [_st, z], target) => {
@@ -107,10 +138,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   var zt = st[row * 4u + 3u];
   for (var c = 0u; c < u.valid; c++) {
     let v = z[row * ${C}u + c] * ${inv};
-    if (v > m) { let r = exp(m - v); s *= r; w *= r; m = v; }
-    let e = exp(v - m);
-    s += e;
-    w += e * v;
+${foldStepWgsl("v", "m", "s", "w", "v")}
     if (i32(c) == tgt) { zt = v; }
   }
   st[row * 4u] = m;
@@ -139,23 +167,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   var w = 0.0;
   for (var c = lid; c < u.valid; c += ${WG}u) {
     let v = z[row * ${C}u + c] * ${inv};
-    if (v > m) { let r = exp(m - v); s *= r; w *= r; m = v; }
-    let e = exp(v - m);
-    s += e;
-    w += e * v;
+${foldStepWgsl("v", "m", "s", "w", "v")}
     if (i32(c) == tgt) { zt = v; hit = 1u; }
   }
   sm[lid] = m; ss[lid] = s; sw[lid] = w;
-${
-      treeReduce(WG, "lid", "k", [
-        "let m2 = max(sm[lid], sm[lid + k]);",
-        "let a = exp(sm[lid] - m2);",
-        "let b = exp(sm[lid + k] - m2);",
-        "ss[lid] = ss[lid] * a + ss[lid + k] * b;",
-        "sw[lid] = sw[lid] * a + sw[lid + k] * b;",
-        "sm[lid] = m2;",
-      ])
-    }
+${treeReduce(WG, "lid", "k", foldMergeLines("sm", "ss", "sw", "a", "b"))}
   if (lid == 0u) {
     let m0 = st[row * 4u];
     let m2 = max(m0, sm[0]);

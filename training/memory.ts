@@ -168,8 +168,21 @@ export const estimateMemory = (s: MemoryShape, binding = Infinity): MemoryEstima
     return { C, floats: rows * (d + C + 6) };
   };
   const rollout = rolloutOf("rollout", "a step's rollouts", B);
-  const oldRows = s.oldPolicies * B * T;
-  const oldRead = readout(oldRows);
+  // The largest single binding of a pass over `seqs` sequences that reads `policies` policies: their stacked
+  // readout rows (chunk width C), or a forward activation.
+  const largestOf = (policies: number, seqs: number, C: number): Part => {
+    const rows = policies * seqs * T, width = Math.max(d, C);
+    return rows * width >= seqs * T * widest(c)
+      ? {
+        what: `the stacked readout rows (${policies} policies x ${seqs * T} positions x ${width} floats)`,
+        bytes: F32 * rows * width,
+      }
+      : {
+        what: `a forward activation (${seqs} x ${T} x ${widest(c)} floats)`,
+        bytes: F32 * seqs * T * widest(c),
+      };
+  };
+  const oldRead = readout(s.oldPolicies * B * T);
   const old: StageEstimate = {
     stage: "old",
     words: "a step's old log-prob pass",
@@ -181,18 +194,10 @@ export const estimateMemory = (s: MemoryShape, binding = Infinity): MemoryEstima
     ],
     host: F32 * B * T * (2 * s.oldPolicies + 3 * (1 + s.oldInputs)) + 8 * 6 * B * T,
     heap: 0,
-    largest: oldRows * Math.max(d, oldRead.C) >= B * T * widest(c)
-      ? {
-        what: `the stacked readout rows (${s.oldPolicies} policies x ${B * T} positions x ${
-          Math.max(d, oldRead.C)
-        } floats)`,
-        bytes: F32 * oldRows * Math.max(d, oldRead.C),
-      }
-      : { what: `a forward activation (${B} x ${T} x ${widest(c)} floats)`, bytes: F32 * B * T * widest(c) },
+    largest: largestOf(s.oldPolicies, B, oldRead.C),
   };
   const Bm = B / s.minibatches; // sequences per minibatch
-  const upRows = s.updatePolicies * Bm * T;
-  const upRead = readout(upRows);
+  const upRead = readout(s.updatePolicies * Bm * T);
   const grads = GRAD_PER_LAYER_FLOAT * s.updateDepth * layerFloats(c) + (s.updateDepth === L ? 2 * d : 0);
   const update: StageEstimate = {
     stage: "update",
@@ -210,17 +215,7 @@ export const estimateMemory = (s: MemoryShape, binding = Infinity): MemoryEstima
     ],
     host: F32 * Bm * T * (2 + s.oldInputs) + 8 * (6 + s.oldInputs) * Bm * T,
     heap: 0,
-    largest: upRows * Math.max(d, upRead.C) >= Bm * T * widest(c)
-      ? {
-        what: `the stacked readout rows (${s.updatePolicies} policies x ${Bm * T} positions x ${
-          Math.max(d, upRead.C)
-        } floats)`,
-        bytes: F32 * upRows * Math.max(d, upRead.C),
-      }
-      : {
-        what: `a forward activation (${Bm} x ${T} x ${widest(c)} floats)`,
-        bytes: F32 * Bm * T * widest(c),
-      },
+    largest: largestOf(s.updatePolicies, Bm, upRead.C),
   };
   const evalN = Math.min(EVAL_BATCH, s.evalSequences);
   const evaluation = rolloutOf("eval", `an evaluation batch (${evalN} sequences)`, evalN);
@@ -394,31 +389,28 @@ export const shortfall = (e: MemoryEstimate, lim: MemoryLimits): Shortfall | nul
       };
     }
   }
-  if (!shared) {
-    const worst = [...e.stages].sort((a, b) => b.host - a.host)[0];
-    if (worst.host > lim.host) {
-      return {
-        stage: worst.stage,
-        need: worst.host,
-        limit: lim.host,
-        message: `${worst.words} would need about ${showBytes(worst.host)} of host memory, more than the ${
-          showBytes(lim.host)
-        } free`,
-      };
-    }
-  }
-  const heavy = [...e.stages].sort((a, b) => b.heap - a.heap)[0];
-  if (heavy.heap > lim.heap) {
-    return {
-      stage: heavy.stage,
-      need: heavy.heap,
-      limit: lim.heap,
-      message: `${heavy.words} would need about ${showBytes(heavy.heap)} of JavaScript heap, more than the ${
-        showBytes(lim.heap)
-      } left below V8's heap limit`,
-    };
-  }
-  return null;
+  return (shared ? null : overLimit(e, "host", lim.host, "host memory", "free")) ??
+    overLimit(e, "heap", lim.heap, "JavaScript heap", "left below V8's heap limit");
+};
+
+/** The stage that needs the most host memory or heap (`field`), as a shortfall where it needs more than `limit`. */
+const overLimit = (
+  e: MemoryEstimate,
+  field: "host" | "heap",
+  limit: number,
+  what: string,
+  left: string,
+): Shortfall | null => {
+  const worst = [...e.stages].sort((a, b) => b[field] - a[field])[0];
+  if (worst[field] <= limit) return null;
+  return {
+    stage: worst.stage,
+    need: worst[field],
+    limit,
+    message: `${worst.words} would need about ${showBytes(worst[field])} of ${what}, more than the ${
+      showBytes(limit)
+    } ${left}`,
+  };
 };
 
 // ---- from a run's settings ----------------------------------------------------------------------------------

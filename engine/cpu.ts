@@ -1,6 +1,6 @@
 /** The CPU backend: runs every kernel's reference on host arrays, in f32 or f64. The oracle for the GPU. */
 import { type Backend, type BackendLimits, byteSize, type MemoryStats, type Storage } from "./backend.ts";
-import type { HostArray, Kernel, TensorSpec } from "./kernel.ts";
+import type { HostArray, TensorSpec } from "./kernel.ts";
 import type { Tensor } from "./tensor.ts";
 
 /** CPU storage: a typed array (a subarray for views). */
@@ -51,19 +51,13 @@ export class CpuBackend implements Backend {
     const n = spec.shape.reduce((a, b) => a * b, 1);
     return { bytes: 0, data: (base as CpuStorage).data.subarray(offset, offset + n) };
   }
-  exec<P>(
-    kernel: Kernel<P>,
-    params: P,
-    inputs: readonly Tensor[],
-    outputs: readonly Storage[],
-    outSpecs: readonly TensorSpec[],
-  ): void {
+  /** Runs the kernel's CPU reference on the host arrays, at once. */
+  readonly exec: Backend["exec"] = (kernel, params, inputs, outputs, outSpecs) =>
     kernel.cpu(
       params,
       inputs.map((t) => ({ data: (t.storage as CpuStorage).data, shape: t.shape })),
       outputs.map((s, i) => ({ data: (s as CpuStorage).data, shape: outSpecs[i].shape })),
     );
-  }
   read(t: Tensor): Promise<HostArray> {
     return Promise.resolve((t.storage as CpuStorage).data.slice());
   }

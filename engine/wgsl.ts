@@ -37,6 +37,20 @@ export const flatIndex = (wg: number, grid: readonly [number, number, number]): 
  */
 export const rowGrid = (rows: number, target: GpuTarget): [number, number, number] => grid1d(rows, 1, target);
 
+/**
+ * `n` invocations in workgroups of `wg`, the workgroups folded into y past the device limit with x as full as it
+ * can be (`gx`, unlike `grid1d`'s balanced fold); the shader recovers the index as `gid.x + gid.y * gx * wg`.
+ */
+export const foldedThreads = (
+  n: number,
+  wg: number,
+  target: GpuTarget,
+): { gx: number; workgroups: [number, number, number] } => {
+  const groups = Math.max(1, Math.ceil(n / wg));
+  const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+  return { gx, workgroups: [gx, Math.ceil(groups / gx), 1] };
+};
+
 /** A storage binding's buffer: an input or output of the kernel, or a scratch buffer of the run. */
 export type StorageBinding = Extract<PassBinding, { readonly kind: "input" | "output" | "scratch" }>;
 

@@ -10,7 +10,7 @@ import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { foldMergeLines, foldStep, foldStepWgsl, NEG_BIG } from "./readout.ts";
-import { bind, f32Lit, rowGrid, treeReduce, withinLoopBudget } from "../engine/wgsl.ts";
+import { bind, f32Lit, foldedThreads, rowGrid, treeReduce, withinLoopBudget } from "../engine/wgsl.ts";
 
 const WG = 256;
 
@@ -95,8 +95,7 @@ ${foldStepWgsl("a", "ma", "sa", "w", "(a - b)")}
     if (target.software && withinLoopBudget(C)) {
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup with barriers costs ~60 us there
       // and compiles slowly); the 64 invocations of a workgroup run as SIMD lanes over 64 rows.
-      const groups = Math.max(1, Math.ceil(R / 64));
-      const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+      const { gx, workgroups: threads } = foldedThreads(R, 64, target);
       const b = binds(gx);
       const wgsl = `${b.decls}
 @compute @workgroup_size(64)
@@ -119,7 +118,7 @@ ${step}
 }`;
       return [{
         wgsl,
-        workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1],
+        workgroups: valid === 0 ? [0, 0, 0] : threads,
         bindings: b.bindings,
         label: "klFold.thread",
       }];
@@ -197,8 +196,7 @@ export const klFinish: Kernel<Record<string, never>> = defineKernel<Record<strin
   },
   gpu: (_p, [st], target) => {
     const R = st.shape[0];
-    const groups = Math.max(1, Math.ceil(R / 64));
-    const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    const { gx, workgroups: threads } = foldedThreads(R, 64, target);
     const b = bind(
       { input: 0, name: "st" },
       { output: 0, name: "fin" },
@@ -219,7 +217,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   fin[3u * i + 2u] = k;
   kl[i] = k;
 }`,
-      workgroups: [gx, Math.ceil(groups / gx), 1],
+      workgroups: threads,
       bindings: b.bindings,
     }];
   },
@@ -265,8 +263,7 @@ export const klGrad: Kernel<KlGradParams> = defineKernel<KlGradParams>({
   gpu: ({ start, vocab, temperature, detach }, [z], target) => {
     const [stacked, C] = z.shape, R = stacked / 2;
     const n = R * C;
-    const groups = Math.max(1, Math.ceil(n / WG));
-    const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    const { gx, workgroups: threads } = foldedThreads(n, WG, target);
     const inv = f32Lit(1 / temperature);
     const b = bind(
       { input: 0, name: "z" },
@@ -300,7 +297,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
     return [{
       wgsl,
-      workgroups: [gx, Math.ceil(groups / gx), 1],
+      workgroups: threads,
       bindings: b.bindings,
     }];
   },

@@ -7,7 +7,7 @@
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "../engine/kernel.ts";
-import { bind, f32Lit, rowGrid, treeReduce, withinLoopBudget } from "../engine/wgsl.ts";
+import { bind, f32Lit, foldedThreads, rowGrid, treeReduce, withinLoopBudget } from "../engine/wgsl.ts";
 
 const WG = 256;
 /** Initial running max: a large negative finite number (exp(-inf - -inf) would be NaN). */
@@ -124,8 +124,7 @@ export const readoutFold: Kernel<ChunkParams> = defineKernel<ChunkParams>({
       // llvmpipe: one invocation per row, no barriers (a 256-wide workgroup barrier costs ~60 us there);
       // invocations of a workgroup run as SIMD lanes over 64 rows. Only for chunks within the loop budget:
       // llvmpipe silently cuts a loop short past 65,535 iterations (longer chunks take the workgroup variant).
-      const groups = Math.max(1, Math.ceil(R / 64));
-      const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+      const { gx, workgroups: threads } = foldedThreads(R, 64, target);
       const wgsl = `${head}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -146,7 +145,7 @@ ${foldStepWgsl("v", "m", "s", "w", "v")}
   st[row * 4u + 2u] = w;
   st[row * 4u + 3u] = zt;
 }`;
-      return [{ wgsl, workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1], bindings }];
+      return [{ wgsl, workgroups: valid === 0 ? [0, 0, 0] : threads, bindings }];
     }
     const grid = rowGrid(R, target);
     const wgsl = `${head}
@@ -229,9 +228,7 @@ export const readoutGrad: Kernel<ChunkParams> = defineKernel<ChunkParams>({
   gpu: ({ start, vocab, temperature }, [z], target) => {
     const [R, C] = z.shape;
     const n = R * C;
-    const groups = Math.max(1, Math.ceil(n / WG));
-    const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
-    const grid: [number, number, number] = [gx, Math.ceil(groups / gx), 1];
+    const { gx, workgroups: grid } = foldedThreads(n, WG, target);
     const inv = f32Lit(1 / temperature);
     const b = bind(
       { input: 0, name: "z" },
@@ -290,8 +287,7 @@ export const readoutFinish: Kernel<Record<string, never>> = defineKernel<Record<
   },
   gpu: (_p, [st], target) => {
     const R = st.shape[0];
-    const groups = Math.max(1, Math.ceil(R / 64));
-    const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    const { gx, workgroups: threads } = foldedThreads(R, 64, target);
     const b = bind(
       { input: 0, name: "st" },
       { output: 0, name: "fin" },
@@ -312,7 +308,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   ent[i] = lse - ez;
   lp[i] = st[4u * i + 3u] - lse;
 }`,
-      workgroups: [gx, Math.ceil(groups / gx), 1],
+      workgroups: threads,
       bindings: b.bindings,
     }];
   },
@@ -366,8 +362,7 @@ export const readoutTopK: Kernel<TopKParams> = defineKernel<TopKParams>({
   gpu: ({ start, vocab, temperature, k }, [_s, z], target) => {
     const [R, C] = z.shape;
     const valid = Math.max(0, Math.min(C, vocab - start));
-    const groups = Math.max(1, Math.ceil(R / 64));
-    const gx = Math.min(groups, target.maxWorkgroupsPerDimension);
+    const { gx, workgroups: threads } = foldedThreads(R, 64, target);
     const js = Array.from({ length: k }, (_, j) => j);
     const b = bind(
       { input: 0, name: "st", access: "read_write" },
@@ -399,7 +394,7 @@ ${js.map((j) => `  st[b + ${j}u] = v${j};\n  st[b + ${k + j}u] = i${j};`).join("
 }`;
     return [{
       wgsl,
-      workgroups: valid === 0 ? [0, 0, 0] : [gx, Math.ceil(groups / gx), 1],
+      workgroups: valid === 0 ? [0, 0, 0] : threads,
       bindings: b.bindings,
     }];
   },

@@ -168,55 +168,48 @@ export const estimateMemory = (s: MemoryShape, binding = Infinity): MemoryEstima
     return { C, floats: rows * (d + C + 6) };
   };
   const rollout = rolloutOf("rollout", "a step's rollouts", B);
-  // The largest single binding of a pass over `seqs` sequences that reads `policies` policies: their stacked
-  // readout rows (chunk width C), or a forward activation.
-  const largestOf = (policies: number, seqs: number, C: number): Part => {
-    const rows = policies * seqs * T, width = Math.max(d, C);
-    return rows * width >= seqs * T * widest(c)
-      ? {
-        what: `the stacked readout rows (${policies} policies x ${seqs * T} positions x ${width} floats)`,
-        bytes: F32 * rows * width,
-      }
-      : {
-        what: `a forward activation (${seqs} x ${T} x ${widest(c)} floats)`,
-        bytes: F32 * seqs * T * widest(c),
-      };
+  // A pass over `seqs` sequences that reads `policies` policies: its forward activations, the parts `more` names
+  // (given the readout's chunk width and floats), and its largest single binding: the stacked readout rows or a
+  // forward activation.
+  const pass = (
+    stage: StageEstimate["stage"],
+    words: string,
+    seqs: number,
+    policies: number,
+    more: (read: { C: number; floats: number }) => Part[],
+    host: number,
+  ): StageEstimate => {
+    const rows = policies * seqs * T, read = readout(rows), width = Math.max(d, read.C);
+    return {
+      stage,
+      words,
+      sequences: seqs,
+      device: [{ what: "forward activations", bytes: F32 * seqs * T * fwd }, ...more(read)],
+      host,
+      heap: 0,
+      largest: rows * width >= seqs * T * widest(c)
+        ? {
+          what: `the stacked readout rows (${policies} policies x ${seqs * T} positions x ${width} floats)`,
+          bytes: F32 * rows * width,
+        }
+        : {
+          what: `a forward activation (${seqs} x ${T} x ${widest(c)} floats)`,
+          bytes: F32 * seqs * T * widest(c),
+        },
+    };
   };
-  const oldRead = readout(s.oldPolicies * B * T);
-  const old: StageEstimate = {
-    stage: "old",
-    words: "a step's old log-prob pass",
-    sequences: B,
-    device: [
-      { what: "forward activations", bytes: F32 * B * T * fwd },
-      { what: `readouts of ${s.oldPolicies} policies`, bytes: F32 * oldRead.floats },
-      { what: "batch", bytes: F32 * 6 * B * T },
-    ],
-    host: F32 * B * T * (2 * s.oldPolicies + 3 * (1 + s.oldInputs)) + 8 * 6 * B * T,
-    heap: 0,
-    largest: largestOf(s.oldPolicies, B, oldRead.C),
-  };
+  const old = pass("old", "a step's old log-prob pass", B, s.oldPolicies, (read) => [
+    { what: `readouts of ${s.oldPolicies} policies`, bytes: F32 * read.floats },
+    { what: "batch", bytes: F32 * 6 * B * T },
+  ], F32 * B * T * (2 * s.oldPolicies + 3 * (1 + s.oldInputs)) + 8 * 6 * B * T);
   const Bm = B / s.minibatches; // sequences per minibatch
-  const upRead = readout(s.updatePolicies * Bm * T);
   const grads = GRAD_PER_LAYER_FLOAT * s.updateDepth * layerFloats(c) + (s.updateDepth === L ? 2 * d : 0);
-  const update: StageEstimate = {
-    stage: "update",
-    words: "a minibatch update (forward and backward)",
-    sequences: Bm,
-    device: [
-      { what: "forward activations", bytes: F32 * Bm * T * fwd },
-      { what: "backward gradients", bytes: F32 * Bm * T * grads },
-      {
-        what: `readouts of ${s.updatePolicies} policies and their gradients`,
-        bytes: 2 * F32 * upRead.floats,
-      },
-      { what: "parameter gradients", bytes: F32 * P },
-      { what: "batch", bytes: F32 * (8 + s.oldInputs) * Bm * T },
-    ],
-    host: F32 * Bm * T * (2 + s.oldInputs) + 8 * (6 + s.oldInputs) * Bm * T,
-    heap: 0,
-    largest: largestOf(s.updatePolicies, Bm, upRead.C),
-  };
+  const update = pass("update", "a minibatch update (forward and backward)", Bm, s.updatePolicies, (read) => [
+    { what: "backward gradients", bytes: F32 * Bm * T * grads },
+    { what: `readouts of ${s.updatePolicies} policies and their gradients`, bytes: 2 * F32 * read.floats },
+    { what: "parameter gradients", bytes: F32 * P },
+    { what: "batch", bytes: F32 * (8 + s.oldInputs) * Bm * T },
+  ], F32 * Bm * T * (2 + s.oldInputs) + 8 * (6 + s.oldInputs) * Bm * T);
   const evalN = Math.min(EVAL_BATCH, s.evalSequences);
   const evaluation = rolloutOf("eval", `an evaluation batch (${evalN} sequences)`, evalN);
   const checkpoint: StageEstimate = {

@@ -5,8 +5,8 @@
  */
 import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
-import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
-import { runMain } from "./cli/main.ts";
+import { defineCommand } from "./cli/flags.ts";
+import { commandMain } from "./cli/main.ts";
 import { compare, COMPARE_FLAGS, compareSpec } from "./training/compare.ts";
 import { readConfigFile } from "./training/config.ts";
 
@@ -29,17 +29,16 @@ interval, the exact sign and permutation tests; accuracy over steps with bands a
 the entropy of layer k and of the final policy under each objective on shared axes; wall time and peak memory.`,
 });
 
-const program = (argv: readonly string[]) =>
-  Effect.gen(function* () {
-    const args = yield* flagsOf(COMPARE, argv);
-    if (args.help) return console.log(helpText(COMPARE));
-    const v = args.values;
-    const file = v.config ? yield* readConfigFile(v.config) : {};
-    const spec = yield* Effect.try({ try: () => compareSpec(v, args.given, file), catch: (e) => e });
-    yield* withDevice(spec.base.device, (backend) => compare(backend, spec, { verbose: v.verbose }));
-  });
-
-/** Run the command; returns the exit code. */
-export const main = (argv: readonly string[]): Promise<number> => runMain("compare", program(argv));
+/** Run the command; resolves to the exit code. */
+export const main: (argv: readonly string[]) => Promise<number> = commandMain(
+  COMPARE,
+  (args) =>
+    Effect.gen(function* () {
+      const v = args.values;
+      const file = v.config ? yield* readConfigFile(v.config) : {};
+      const spec = yield* Effect.try({ try: () => compareSpec(v, args.given, file), catch: (e) => e });
+      yield* withDevice(spec.base.device, (backend) => compare(backend, spec, { verbose: v.verbose }));
+    }),
+);
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,7 +1,6 @@
 /** `deno task data`: every row of a dataset as the model will see it: prompt text, token ids, ground truth. */
-import { Effect } from "effect";
-import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
-import { runMain } from "./cli/main.ts";
+import { defineCommand } from "./cli/flags.ts";
+import { commandMain } from "./cli/main.ts";
 import { DATA_FLAGS, showData } from "./training/data_view.ts";
 
 export const DATA = defineCommand({
@@ -30,14 +29,10 @@ tokenizer's vocabulary size beside config.json's vocab_size. With --json, one ob
 ({"row", "text", "ids", "ground_truth", "data_source"}) and the summary on stderr.`,
 });
 
-const program = (argv: readonly string[]) =>
-  Effect.gen(function* () {
-    const args = yield* flagsOf(DATA, argv);
-    if (args.help) return console.log(helpText(DATA));
-    yield* showData(args.values);
-  });
-
-/** Run the command; returns the exit code. */
-export const main = (argv: readonly string[]): Promise<number> => runMain("data", program(argv));
+/** Run the command; resolves to the exit code. */
+export const main: (argv: readonly string[]) => Promise<number> = commandMain(
+  DATA,
+  (args) => showData(args.values),
+);
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

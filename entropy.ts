@@ -1,8 +1,8 @@
 /** `deno task entropy`: the paper's entropy-flow analysis of a model folder, as a JSON report and an SVG. */
 import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
-import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
-import { runMain } from "./cli/main.ts";
+import { defineCommand } from "./cli/flags.ts";
+import { commandMain } from "./cli/main.ts";
 import {
   analyseEntropy,
   DEFAULT_MODEL,
@@ -36,19 +36,18 @@ The SVG: (1) mean entropy change per layer (attention, FFN, whole layer) with a 
 entropy flow: per layer the layer input, attention output, FFN output and layer output, one line.`,
 });
 
-const program = (argv: readonly string[]) =>
-  Effect.gen(function* () {
-    const args = yield* flagsOf(ENTROPY, argv);
-    if (args.help) return console.log(helpText(ENTROPY));
-    const inputs = yield* entropyInputs(args.values);
-    const results = yield* withDevice(
-      args.values.device,
-      (backend) => Effect.forEach(inputs, (input) => analyseEntropy(backend, input)),
-    );
-    yield* writeEntropyReport(inputs, results);
-  });
-
-/** Run the command; returns the exit code. */
-export const main = (argv: readonly string[]): Promise<number> => runMain("entropy", program(argv));
+/** Run the command; resolves to the exit code. */
+export const main: (argv: readonly string[]) => Promise<number> = commandMain(
+  ENTROPY,
+  (args) =>
+    Effect.gen(function* () {
+      const inputs = yield* entropyInputs(args.values);
+      const results = yield* withDevice(
+        args.values.device,
+        (backend) => Effect.forEach(inputs, (input) => analyseEntropy(backend, input)),
+      );
+      yield* writeEntropyReport(inputs, results);
+    }),
+);
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

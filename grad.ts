@@ -1,8 +1,8 @@
 /** `deno task grad`: the loss of an objective on a batch and the gradient of every parameter, as safetensors. */
 import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
-import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
-import { runMain } from "./cli/main.ts";
+import { defineCommand } from "./cli/flags.ts";
+import { commandMain } from "./cli/main.ts";
 import { show } from "./objectives/objective.ts";
 import {
   batchFromFlags,
@@ -30,31 +30,33 @@ detached (every importance ratio is exactly 1), unless a rollout file provides t
 behaviour). Reference log-probs (KL-to-reference terms) must come from a rollout file.`,
 });
 
-const program = (argv: readonly string[]) =>
-  Effect.gen(function* () {
-    const args = yield* flagsOf(GRAD, argv);
-    if (args.help) return console.log(helpText(GRAD));
-    const f = args.values;
-    const objective = yield* Effect.tryPromise({
-      try: () => objectiveByName({ ...f, name: f.objective }),
-      catch: (e) => e,
-    });
-    const batch = yield* Effect.try({ try: () => batchFromFlags(f), catch: (e) => e });
-    const builtIn = f.objective === "grpo" || f.objective === "bupo";
-    const objectiveSource = builtIn && f.layer !== undefined
-      ? { field: "--layer", value: String(f.layer) }
-      : { field: "--objective", value: f.objective };
-    const r = yield* withDevice(f.device, (backend) =>
-      gradients({ backend, model: { dir: f.model }, batch, objective, step: f.step, objectiveSource }));
-    yield* writeGradients(f.out, r);
-    console.log(
-      `objective at step ${f.step}:\n${show(objective)}\n\nloss ${r.loss}\n\n${
-        normTable(r)
-      }\n\nwrote ${f.out}`,
-    );
-  });
-
-/** Run the command; returns the exit code. */
-export const main = (argv: readonly string[]): Promise<number> => runMain("grad", program(argv));
+/** Run the command; resolves to the exit code. */
+export const main: (argv: readonly string[]) => Promise<number> = commandMain(
+  GRAD,
+  (args) =>
+    Effect.gen(function* () {
+      const f = args.values;
+      const objective = yield* Effect.tryPromise({
+        try: () => objectiveByName({ ...f, name: f.objective }),
+        catch: (e) => e,
+      });
+      const batch = yield* Effect.try({ try: () => batchFromFlags(f), catch: (e) => e });
+      const builtIn = f.objective === "grpo" || f.objective === "bupo";
+      const objectiveSource = builtIn && f.layer !== undefined
+        ? { field: "--layer", value: String(f.layer) }
+        : { field: "--objective", value: f.objective };
+      const r = yield* withDevice(
+        f.device,
+        (backend) =>
+          gradients({ backend, model: { dir: f.model }, batch, objective, step: f.step, objectiveSource }),
+      );
+      yield* writeGradients(f.out, r);
+      console.log(
+        `objective at step ${f.step}:\n${show(objective)}\n\nloss ${r.loss}\n\n${
+          normTable(r)
+        }\n\nwrote ${f.out}`,
+      );
+    }),
+);
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

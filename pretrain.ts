@@ -5,8 +5,8 @@
  */
 import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
-import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
-import { runMain } from "./cli/main.ts";
+import { defineCommand } from "./cli/flags.ts";
+import { commandMain } from "./cli/main.ts";
 import {
   defaultOut,
   pretrain,
@@ -32,20 +32,21 @@ settings, time, evaluations and every step's loss) in --out. Presets: tiny-arith
 result equals models/PRESET byte for byte (models/manifest.json holds the hashes).`,
 });
 
-const program = (argv: readonly string[]) =>
-  Effect.gen(function* () {
-    const args = yield* flagsOf(PRETRAIN, argv);
-    if (args.help) return console.log(helpText(PRETRAIN));
-    const { device, preset, out, ...rest } = args.values;
-    const given = SETTING_KEYS.filter((k) => args.given.has(k));
-    const over = Object.fromEntries(given.map((k) => [k, rest[k]])) as Partial<PretrainSettings>;
-    const settings = settingsOf(preset, over);
-    const dir = out ?? defaultOut(preset, given.length > 0);
-    yield* withDevice(device, (backend) =>
-      pretrain(backend, settings, { out: dir, preset: given.length ? null : preset }));
-  });
-
-/** Run the command; returns the exit code. */
-export const main = (argv: readonly string[]): Promise<number> => runMain("pretrain", program(argv));
+/** Run the command; resolves to the exit code. */
+export const main: (argv: readonly string[]) => Promise<number> = commandMain(
+  PRETRAIN,
+  (args) =>
+    Effect.gen(function* () {
+      const { device, preset, out, ...rest } = args.values;
+      const given = SETTING_KEYS.filter((k) => args.given.has(k));
+      const over = Object.fromEntries(given.map((k) => [k, rest[k]])) as Partial<PretrainSettings>;
+      const settings = settingsOf(preset, over);
+      const dir = out ?? defaultOut(preset, given.length > 0);
+      yield* withDevice(
+        device,
+        (backend) => pretrain(backend, settings, { out: dir, preset: given.length ? null : preset }),
+      );
+    }),
+);
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

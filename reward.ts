@@ -1,7 +1,6 @@
 /** `deno task reward`: score the completions of a file with weighted rewards, one JSON line per row. */
-import { Effect } from "effect";
-import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
-import { runMain } from "./cli/main.ts";
+import { defineCommand } from "./cli/flags.ts";
+import { commandMain } from "./cli/main.ts";
 import { REWARD_FLAGS, scoreFile } from "./training/score.ts";
 
 export const REWARD = defineCommand({
@@ -30,14 +29,10 @@ or runs past --reward-timeout scores 0 and is counted in errors; scoring goes on
 Output: {"row", "score" (the weighted sum), "parts" (each reward's score and parts), "errors", "failures"}.`,
 });
 
-const program = (argv: readonly string[]) =>
-  Effect.gen(function* () {
-    const args = yield* flagsOf(REWARD, argv);
-    if (args.help) return console.log(helpText(REWARD));
-    yield* scoreFile(args.values);
-  });
-
-/** Run the command; returns the exit code. */
-export const main = (argv: readonly string[]): Promise<number> => runMain("reward", program(argv));
+/** Run the command; resolves to the exit code. */
+export const main: (argv: readonly string[]) => Promise<number> = commandMain(
+  REWARD,
+  (args) => scoreFile(args.values),
+);
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

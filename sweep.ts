@@ -5,8 +5,8 @@
  */
 import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
-import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
-import { runMain } from "./cli/main.ts";
+import { defineCommand } from "./cli/flags.ts";
+import { commandMain } from "./cli/main.ts";
 import { readConfigFile } from "./training/config.ts";
 import { parseAxis, parseBaseline, runSweep, SWEEP_FLAGS, sweepSpec } from "./training/sweep.ts";
 
@@ -27,24 +27,23 @@ baseline the paired difference per seed, its interval, the exact sign and permut
 two-axis grids; accuracy over steps with min..max bands; the wall time and peak device memory at the end.`,
 });
 
-const program = (argv: readonly string[]) =>
-  Effect.gen(function* () {
-    const args = yield* flagsOf(SWEEP, argv);
-    if (args.help) return console.log(helpText(SWEEP));
-    const v = args.values;
-    const file = v.config ? yield* readConfigFile(v.config) : {};
-    const spec = yield* Effect.try({
-      try: () =>
-        sweepSpec(v, args.given, file, {
-          axes: v.grid.map((g) => parseAxis(g)),
-          baseline: v.baseline.length ? parseBaseline(v.baseline) : undefined,
-        }),
-      catch: (e) => e,
-    });
-    yield* withDevice(spec.base.device, (backend) => runSweep(backend, spec, { verbose: v.verbose }));
-  });
-
-/** Run the command; returns the exit code. */
-export const main = (argv: readonly string[]): Promise<number> => runMain("sweep", program(argv));
+/** Run the command; resolves to the exit code. */
+export const main: (argv: readonly string[]) => Promise<number> = commandMain(
+  SWEEP,
+  (args) =>
+    Effect.gen(function* () {
+      const v = args.values;
+      const file = v.config ? yield* readConfigFile(v.config) : {};
+      const spec = yield* Effect.try({
+        try: () =>
+          sweepSpec(v, args.given, file, {
+            axes: v.grid.map((g) => parseAxis(g)),
+            baseline: v.baseline.length ? parseBaseline(v.baseline) : undefined,
+          }),
+        catch: (e) => e,
+      });
+      yield* withDevice(spec.base.device, (backend) => runSweep(backend, spec, { verbose: v.verbose }));
+    }),
+);
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,12 +1,13 @@
 /**
  * `deno run -A train.ts` (or `deno task train`): GRPO / BuPO on the embedded arithmetic task from the shipped
- * base model, or on a prompt dataset (`--data`) from any Hugging Face Qwen3 / Qwen2 / Llama folder. `--help` lists every flag; `--config run.json` reads them from a file (flags win); `--resume`
- * continues the run in `--out` from its last checkpoint.
+ * base model, or on a prompt dataset (`--data`) from any Hugging Face Qwen3 / Qwen2 / Llama folder. `--help`
+ * lists every flag; `--config run.json` reads them from a file (flags win); `--resume` continues the run in
+ * `--out` from its last checkpoint.
  */
 import { Effect } from "effect";
 import { withDevice } from "./cli/device.ts";
-import { defineCommand, flagsOf, helpText } from "./cli/flags.ts";
-import { runMain } from "./cli/main.ts";
+import { defineCommand } from "./cli/flags.ts";
+import { commandMain } from "./cli/main.ts";
 import { readConfigFile, resolveConfig, TRAIN_FLAGS, type TrainConfig } from "./training/config.ts";
 import { runTraining } from "./training/run.ts";
 
@@ -47,25 +48,24 @@ export const TRAIN = defineCommand({
     "folder's tokenizer files. Check the prompts first: deno task data --model DIR --data FILE.",
 });
 
-const program = (argv: readonly string[]) =>
-  Effect.gen(function* () {
-    const args = yield* flagsOf(TRAIN, argv);
-    if (args.help) return console.log(helpText(TRAIN));
-    const { config, resume, overwrite, quiet, ...settings } = args.values;
-    const file = config ? yield* readConfigFile(config) : {};
-    const given = [...args.given].filter((k): k is keyof TrainConfig => k in TRAIN_FLAGS);
-    const flags = Object.fromEntries(given.map((k) => [k, settings[k]])) as Partial<TrainConfig>;
-    const cfg = yield* Effect.try({ try: () => resolveConfig(file, flags, config), catch: (e) => e });
-    const opts = {
-      resume: resume === true,
-      overwrite: overwrite === true,
-      quiet: quiet === true,
-      explicit: { ...file, ...flags },
-    };
-    yield* withDevice(cfg.device, (backend) => runTraining(backend, cfg, opts));
-  });
-
-/** Run the command; returns the exit code. */
-export const main = (argv: readonly string[]): Promise<number> => runMain("train", program(argv));
+/** Run the command; resolves to the exit code. */
+export const main: (argv: readonly string[]) => Promise<number> = commandMain(
+  TRAIN,
+  (args) =>
+    Effect.gen(function* () {
+      const { config, resume, overwrite, quiet, ...settings } = args.values;
+      const file = config ? yield* readConfigFile(config) : {};
+      const given = [...args.given].filter((k): k is keyof TrainConfig => k in TRAIN_FLAGS);
+      const flags = Object.fromEntries(given.map((k) => [k, settings[k]])) as Partial<TrainConfig>;
+      const cfg = yield* Effect.try({ try: () => resolveConfig(file, flags, config), catch: (e) => e });
+      const opts = {
+        resume: resume === true,
+        overwrite: overwrite === true,
+        quiet: quiet === true,
+        explicit: { ...file, ...flags },
+      };
+      yield* withDevice(cfg.device, (backend) => runTraining(backend, cfg, opts));
+    }),
+);
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

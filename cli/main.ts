@@ -5,6 +5,8 @@
  * `train: NonFiniteError: ...`), never with a stack trace.
  */
 import { Cause, Effect, Exit } from "effect";
+import { type Command, flagsOf, helpText, type Parsed } from "./flags.ts";
+import type { FlagTable } from "../core/flags.ts";
 
 /** A command's work: an Effect (every requirement provided) or an async function. */
 export type Program = Effect.Effect<unknown, unknown, never> | (() => Promise<unknown>);
@@ -43,3 +45,21 @@ export const runMain = async (name: string, program: Program): Promise<number> =
   console.error(errorLine(name, e));
   return exitCodeOf(e);
 };
+
+/**
+ * A command's `main`: parses `argv` against the command's flag table, prints its help for --help, else runs
+ * `body` on the parsed flags; resolves to the exit code (`runMain`'s rule).
+ */
+export const commandMain = <T extends FlagTable>(
+  cmd: Command<T>,
+  body: (args: Extract<Parsed<T>, { help: false }>) => Effect.Effect<unknown, unknown, never>,
+) =>
+(argv: readonly string[]): Promise<number> =>
+  runMain(
+    cmd.name,
+    Effect.gen(function* () {
+      const args = yield* flagsOf(cmd, argv);
+      if (args.help) return console.log(helpText(cmd));
+      yield* body(args);
+    }),
+  );

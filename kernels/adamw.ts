@@ -456,30 +456,26 @@ export const adamwSegments = (
  * Returns the global gradient norm before clipping as a scalar tensor, without reading it back; when it is
  * NaN or infinite the step changed nothing. Read it once per step (or use `adamwStepChecked`).
  */
-export const adamwStep = (
+export const adamwStep = (...[params, grads, m, v, hyper, decayMask]: AdamWArgs): { norm: Tensor } =>
+  // params, m and v are updated in place; one fused kernel when they fit one binding, else chunked.
+  adamwSegments([params], [grads], [m], [v], hyper, decayMask && [decayMask]);
+
+/** The arguments of `adamwStep`: parameters, gradients, both moments (one shape, f32), settings, decay mask. */
+export type AdamWArgs = [
   params: Tensor,
   grads: Tensor,
   m: Tensor,
   v: Tensor,
   hyper: AdamWHyper,
   decayMask?: Tensor,
-): { norm: Tensor } => {
-  // params, m and v are updated in place; one fused kernel when they fit one binding, else chunked.
-  return adamwSegments([params], [grads], [m], [v], hyper, decayMask && [decayMask]);
-};
+];
 
 /**
  * `adamwStep`, then one small read of the norm: returns it, or throws NonFiniteError naming `what` when it is
  * NaN or infinite (the step was refused; params, m and v are unchanged).
  */
 export const adamwStepChecked = async (
-  params: Tensor,
-  grads: Tensor,
-  m: Tensor,
-  v: Tensor,
-  hyper: AdamWHyper,
-  decayMask?: Tensor,
-  what = "adamw",
+  ...[params, grads, m, v, hyper, decayMask, what = "adamw"]: [...AdamWArgs, what?: string]
 ): Promise<number> => {
   const { norm } = adamwStep(params, grads, m, v, hyper, decayMask);
   try {

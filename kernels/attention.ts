@@ -1,13 +1,8 @@
 /** Causal multi-head attention with grouped KV heads: fused online-softmax forward and fused backward passes. */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import {
-  defineKernel,
-  type GpuPass,
-  type GpuTarget,
-  type Kernel,
-  type TensorSpec,
-} from "../engine/kernel.ts";
+import { defineKernel } from "../engine/kernel.ts";
+import type { GpuPass, GpuTarget, Kernel, TensorSpec } from "../engine/kernel.ts";
 import { apply } from "../engine/apply.ts";
 import { keep, type Tensor, zeros } from "../engine/tensor.ts";
 import {

@@ -1,13 +1,8 @@
 /** KV-cache kernels for decoding: write k/v columns into the cache in place, one query's attention over it. */
 import { ShapeError } from "../core/errors.ts";
 import { showShape, size } from "../core/shape.ts";
-import {
-  defineKernel,
-  type GpuPass,
-  type GpuTarget,
-  type Kernel,
-  type TensorSpec,
-} from "../engine/kernel.ts";
+import { defineKernel } from "../engine/kernel.ts";
+import type { GpuPass, GpuTarget, Kernel, TensorSpec } from "../engine/kernel.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import { column } from "./decode.ts";
 import type { Tensor } from "../engine/tensor.ts";

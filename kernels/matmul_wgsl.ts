@@ -116,6 +116,9 @@ export const storeBlock = (g: MatmulGeom, TM: number, TN: number, w: Window = wh
   return lines.join("\n");
 };
 
+/** The geometry, the tile, the counts of column and row blocks, and whether rows go first (see `blockHead`). */
+export type BlockArgs = [g: MatmulGeom, t: SoftTile, ncb: number, nrb: number, rowsFirst?: boolean];
+
 /**
  * Entry point of the register-blocked kernels down to the block origin: invocation (x, y, z) owns rows m0 .. of
  * C[z] (TM of them) and columns n0 .. (TN); ia / ib index the operands' matrices. x walks column blocks, or row
@@ -123,13 +126,7 @@ export const storeBlock = (g: MatmulGeom, TM: number, TN: number, w: Window = wh
  * first (workgroup id x walks rows), so the workgroups running together read one column strip of B (see
  * ROWS_FIRST_B).
  */
-export const blockHead = (
-  g: MatmulGeom,
-  t: SoftTile,
-  ncb: number,
-  nrb: number,
-  rowsFirst = false,
-): string => {
+export const blockHead = (...[g, t, ncb, nrb, rowsFirst = false]: BlockArgs): string => {
   const rows = t.lanes === "rows";
   const entry = rowsFirst && !rows
     ? `fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
@@ -147,13 +144,7 @@ ${entry}
 };
 
 /** The workgroup grid of `blockHead` over ncb column blocks and nrb row blocks. */
-export const blockGrid = (
-  g: MatmulGeom,
-  t: SoftTile,
-  ncb: number,
-  nrb: number,
-  rowsFirst = false,
-): [number, number, number] => {
+export const blockGrid = (...[g, t, ncb, nrb, rowsFirst = false]: BlockArgs): [number, number, number] => {
   const [x, y] = t.lanes === "rows" ? [nrb, ncb] : [ncb, nrb];
   return rowsFirst && t.lanes !== "rows"
     ? [Math.ceil(y / t.WY), Math.ceil(x / t.WX), g.batch]

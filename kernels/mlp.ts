@@ -1,13 +1,8 @@
 /** The SwiGLU gate of a Llama MLP, silu(gate) * up, as one fused kernel with a fused two-output backward. */
 import { ShapeError } from "../core/errors.ts";
 import { sameShape, showShape, size } from "../core/shape.ts";
-import {
-  defineKernel,
-  type GpuPass,
-  type GpuTarget,
-  type Kernel,
-  type TensorSpec,
-} from "../engine/kernel.ts";
+import { defineKernel } from "../engine/kernel.ts";
+import type { GpuPass, GpuTarget, Kernel, TensorSpec } from "../engine/kernel.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { bind, flatPass } from "../engine/wgsl.ts";

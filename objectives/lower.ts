@@ -19,15 +19,8 @@ import { final, type InternalPolicy, showPolicy } from "../policies/internal.ts"
 import { readKl } from "../policies/kl.ts";
 import { type Params, segmentGrads } from "../policies/params.ts";
 import { forwardPolicies } from "../policies/policy.ts";
-import {
-  activeAt,
-  type ActiveTerm,
-  type Objective,
-  type PgTerm,
-  showActive,
-  showTerm,
-  type Term,
-} from "./objective.ts";
+import { activeAt, showActive, showTerm } from "./objective.ts";
+import type { ActiveTerm, Objective, PgTerm, Term } from "./objective.ts";
 import { klKey, requiredReadouts } from "./readouts.ts";
 
 /** Differentiable per-token readouts of one policy, each (B*T). */

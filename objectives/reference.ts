@@ -2,17 +2,8 @@
 import { MissingReadoutError, ShapeError } from "../core/errors.ts";
 import { showPolicy } from "../policies/internal.ts";
 import { klKey } from "./readouts.ts";
-import {
-  activeAt,
-  type ActiveTerm,
-  type Agg,
-  type KlTerm,
-  type Objective,
-  type PgTerm,
-  showActive,
-  showTerm,
-  type Term,
-} from "./objective.ts";
+import { activeAt, showActive, showTerm } from "./objective.ts";
+import type { ActiveTerm, Agg, KlTerm, Objective, PgTerm, Term } from "./objective.ts";
 
 /**
  * One batch of rollouts, row-major (B sequences x T padded positions). Values at positions where mask = 0 are

@@ -1,6 +1,6 @@
 /** Multi-step arithmetic: "3+5-2+8=" answered by the running results "8,6,14", then "|14." (binary reward). */
 import { ConfigError } from "../core/errors.ts";
-import { drawer, textHash } from "./draw.ts";
+import { checkProblemArgs, drawer, isNat, textHash } from "./draw.ts";
 import type { Problem, Split, Task } from "./task.ts";
 
 export { textHash } from "./draw.ts";
@@ -44,8 +44,6 @@ const DEFAULTS: ArithConfig = {
 
 const bad = (field: string, message: string): ConfigError =>
   new ConfigError({ source: "arithTask", field, message: `arithTask: ${field} ${message}` });
-
-const isNat = (x: number) => Number.isSafeInteger(x) && x >= 0;
 
 /** Fill in defaults and check the options; a bad value is a ConfigError naming the field. */
 export const arithConfig = (o: ArithOptions = {}): ArithConfig => {
@@ -170,12 +168,7 @@ export const arithTask = (options: ArithOptions = {}): Task => {
     maxPromptChars: nMax * String(Math.min(c.operandRange[1], c.maxResult)).length + nMax,
     maxSolutionChars: nMax * d + nMax,
     problem(split: Split, index: number, seed: number): Problem {
-      if (!isNat(index) || index >= 2 ** 32) {
-        throw new RangeError(`arith.problem: index ${index} must be an integer in [0, 2^32)`);
-      }
-      if (split !== "train" && split !== "eval") {
-        throw new RangeError(`arith.problem: split ${JSON.stringify(split)} must be "train" or "eval"`);
-      }
+      checkProblemArgs("arith", split, index);
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         const e = drawExpression(c, drawer(seed, split, index, attempt));
         if (e === null || splitOf(e.prompt, c.evalEvery) !== split) continue;

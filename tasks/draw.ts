@@ -11,6 +11,19 @@ export const textHash = (s: string): number => {
   return (h ^ (h >>> 16)) >>> 0;
 };
 
+/** A safe non-negative integer. */
+export const isNat = (x: number): boolean => Number.isSafeInteger(x) && x >= 0;
+
+/** Checks a `problem(split, index)` call of task `name`: index in [0, 2^32), split "train" or "eval". */
+export const checkProblemArgs = (name: string, split: Split, index: number): void => {
+  if (!isNat(index) || index >= 2 ** 32) {
+    throw new RangeError(`${name}.problem: index ${index} must be an integer in [0, 2^32)`);
+  }
+  if (split !== "train" && split !== "eval") {
+    throw new RangeError(`${name}.problem: split ${JSON.stringify(split)} must be "train" or "eval"`);
+  }
+};
+
 const SPLIT_CODE: Record<Split, number> = { train: 0, eval: 1 };
 
 /**

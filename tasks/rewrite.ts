@@ -1,6 +1,6 @@
 /** String rewriting: cancel adjacent equal letters ("abccba=" -> "abba,aa,_|_."), one rewrite per step. */
 import { ConfigError } from "../core/errors.ts";
-import { drawer, textHash } from "./draw.ts";
+import { checkProblemArgs, drawer, isNat, textHash } from "./draw.ts";
 import type { Problem, Split, Task } from "./task.ts";
 
 /** Separates the intermediate words of the chain. */
@@ -31,8 +31,6 @@ const DEFAULTS: RewriteConfig = { letters: "abc", core: [0, 3], pairs: [1, 3], e
 
 const bad = (field: string, message: string): ConfigError =>
   new ConfigError({ source: "rewriteTask", field, message: `rewriteTask: ${field} ${message}` });
-
-const isNat = (x: number) => Number.isSafeInteger(x) && x >= 0;
 
 /** Fill in defaults and check the options; a bad value is a ConfigError naming the field. */
 export const rewriteConfig = (o: RewriteOptions = {}): RewriteConfig => {
@@ -128,12 +126,7 @@ export const rewriteTask = (options: RewriteOptions = {}): Task => {
     maxPromptChars: maxLen + 1,
     maxSolutionChars: chainChars + Math.max(1, c.core[1]) + 1,
     problem(split: Split, index: number, seed: number): Problem {
-      if (!isNat(index) || index >= 2 ** 32) {
-        throw new RangeError(`rewrite.problem: index ${index} must be an integer in [0, 2^32)`);
-      }
-      if (split !== "train" && split !== "eval") {
-        throw new RangeError(`rewrite.problem: split ${JSON.stringify(split)} must be "train" or "eval"`);
-      }
+      checkProblemArgs("rewrite", split, index);
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         const int = drawer(seed, split, index, attempt);
         const letter = (not?: string) => {

@@ -184,24 +184,22 @@ export const runPlots = (
         color: PALETTE[terms.indexOf(t) % PALETTE.length],
       }))
       : [];
-  charts.push(line({
-    title: "clip fraction (response tokens clipped)",
-    yLabel: "fraction",
-    zeroLine: true,
-    series: [
-      { name: "mean over pg terms", points: pts((m) => m.clipFraction), color: "#000" },
-      ...pgSeries((x) => x.clipFraction),
-    ],
-  }));
-  charts.push(line({
-    title: "approx KL(old || new) per update",
-    yLabel: "nats per token",
-    zeroLine: true,
-    series: [
-      { name: "mean over pg terms", points: pts((m) => m.approxKl), color: "#000" },
-      ...pgSeries((x) => x.approxKl),
-    ],
-  }));
+  for (
+    const [title, yLabel, key] of [
+      ["clip fraction (response tokens clipped)", "fraction", "clipFraction"],
+      ["approx KL(old || new) per update", "nats per token", "approxKl"],
+    ] as const
+  ) {
+    charts.push(line({
+      title,
+      yLabel,
+      zeroLine: true,
+      series: [
+        { name: "mean over pg terms", points: pts((m) => m[key]), color: "#000" },
+        ...pgSeries((x) => x[key]),
+      ],
+    }));
+  }
   const trainLevels = uniq(metrics.flatMap((m) => (m.accuracyByDifficulty ?? []).map((d) => d.difficulty)))
     .sort((a, b) => a - b);
   if (trainLevels.length > 0) {

@@ -43,13 +43,31 @@ export const moduleUrl = (path: string, opts: PathOptions = {}): string => {
   return new URL(reference(path, windows), folderUrl(opts.cwd ?? Deno.cwd(), windows)).href;
 };
 
-const problem = (path: string, field: string, message: string) =>
-  new ConfigError({ source: path, field, message: `${field} ${path}: ${message}` });
+/** The usage error of a module reference: `<field> <spec>: <message>`. */
+export const moduleProblem = (spec: string, field: string, message: string): ConfigError =>
+  new ConfigError({ source: spec, field, message: `${field} ${spec}: ${message}` });
+const problem = moduleProblem;
 
 /** A module reference split into its path and, after a final `#`, the export it names (a JS identifier). */
 export const splitExport = (spec: string): { readonly path: string; readonly name?: string } => {
   const m = /^(.+)#([A-Za-z_$][\w$]*)$/.exec(spec);
   return m ? { path: m[1], name: m[2] } : { path: spec };
+};
+
+/**
+ * Import the module a reference (`path` or `path#name`) names; a failure to import is a ConfigError naming
+ * `field`, the reference and the first line of the import's error.
+ */
+export const importModule = async (
+  spec: string,
+  field: string,
+): Promise<{ readonly path: string; readonly name?: string; readonly mod: Record<string, unknown> }> => {
+  const { path, name } = splitExport(spec);
+  try {
+    return { path, name, mod: await import(moduleUrl(path)) };
+  } catch (e) {
+    throw problem(spec, field, `cannot import the module (${(e as Error).message.split("\n")[0]})`);
+  }
 };
 
 const decodes = (value: unknown): boolean => {
@@ -67,13 +85,7 @@ const decodes = (value: unknown): boolean => {
  * reference: cannot import, no such export (listing the exports that are Objectives), not an Objective.
  */
 export const loadObjectiveModule = async (spec: string, field = "--objective"): Promise<Objective> => {
-  const { path, name } = splitExport(spec);
-  let mod: Record<string, unknown>;
-  try {
-    mod = await import(moduleUrl(path));
-  } catch (e) {
-    throw problem(spec, field, `cannot import the module (${(e as Error).message.split("\n")[0]})`);
-  }
+  const { path, name, mod } = await importModule(spec, field);
   const candidates = () => Object.keys(mod).filter((k) => decodes(mod[k]));
   const pick = (names: string[]) => `pick one with ${field} ${path}#${names[0]}`;
   if (name !== undefined && !(name in mod)) {

@@ -7,16 +7,15 @@ import { Effect } from "effect";
 import { ConfigError } from "../core/errors.ts";
 import { checkTask, embeddedTask, embeddedTaskNames, isEmbeddedTask } from "../tasks/index.ts";
 import type { Task } from "../tasks/task.ts";
-import { moduleUrl } from "./module.ts";
+import { importModule, moduleProblem, splitExport } from "./module.ts";
 
 /** A task spec split into its module path and export name (`./t.ts#copy` -> ["./t.ts", "copy"]). */
 export const splitTaskSpec = (spec: string): { path: string; exportName?: string } => {
-  const m = /^(.*)#([A-Za-z_$][\w$]*)$/.exec(spec);
-  return m ? { path: m[1], exportName: m[2] } : { path: spec };
+  const { path, name } = splitExport(spec);
+  return name === undefined ? { path } : { path, exportName: name };
 };
 
-const problem = (spec: string, field: string, message: string) =>
-  new ConfigError({ source: spec, field, message: `${field} ${spec}: ${message}` });
+const problem = moduleProblem;
 
 /** Whether a spec reads as a module path rather than an embedded name. */
 const looksLikePath = (spec: string) => /[/\\]|\.[cm]?[jt]sx?(#|$)|^file:|#/i.test(spec);
@@ -28,13 +27,7 @@ const looksLikePath = (spec: string) => /[/\\]|\.[cm]?[jt]sx?(#|$)|^file:|#/i.te
  * is a ConfigError naming `field` and the spec: cannot import, no such export, not a Task, contract broken.
  */
 export const loadTaskModule = async (spec: string, field = "--task", seed = 1): Promise<Task> => {
-  const { path, exportName } = splitTaskSpec(spec);
-  let mod: Record<string, unknown>;
-  try {
-    mod = await import(moduleUrl(path));
-  } catch (e) {
-    throw problem(spec, field, `cannot import the module (${(e as Error).message.split("\n")[0]})`);
-  }
+  const { name: exportName, mod } = await importModule(spec, field);
   let value: unknown;
   if (exportName !== undefined) {
     if (!(exportName in mod)) {

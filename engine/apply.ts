@@ -1,7 +1,7 @@
 /** Apply a kernel to tensors: validate, allocate outputs, execute on the inputs' backend, record on the tape. */
 import { ShapeError } from "../core/errors.ts";
 import { showShape } from "../core/shape.ts";
-import type { Backend } from "./backend.ts";
+import type { Backend, Storage } from "./backend.ts";
 import type { Kernel } from "./kernel.ts";
 import { record } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
@@ -29,8 +29,9 @@ export const apply = <P>(kernel: Kernel<P>, params: P, inputs: readonly Tensor[]
   const backend = on ?? backendOf(kernel.name, inputs);
   for (const t of inputs) t.assertLive(kernel.name);
   const specs = kernel.infer(params, inputs);
-  const storages = specs.map((s) => {
-    if (s.alias === undefined) return backend.alloc(s);
+  // In-place outputs are checked before anything is allocated or enqueued.
+  specs.forEach((s, i) => {
+    if (s.alias === undefined) return;
     const src = inputs[s.alias];
     if (!src) {
       throw new ShapeError({
@@ -38,12 +39,6 @@ export const apply = <P>(kernel: Kernel<P>, params: P, inputs: readonly Tensor[]
         message: `${kernel.name}: output aliases missing input ${s.alias}`,
       });
     }
-    return src.storage;
-  });
-  backend.exec(kernel, params, inputs, storages, specs);
-  const outputs = specs.map((s, i) => {
-    if (s.alias === undefined) return new Tensor(backend, storages[i], s.shape, s.dtype);
-    const src = inputs[s.alias];
     if (src.dtype !== s.dtype || src.size !== specs[i].shape.reduce((a, b) => a * b, 1)) {
       throw new ShapeError({
         op: kernel.name,
@@ -52,8 +47,26 @@ export const apply = <P>(kernel: Kernel<P>, params: P, inputs: readonly Tensor[]
         }`,
       });
     }
-    return src; // in place: the caller's tensor itself, no new reference
   });
+  const fresh: Storage[] = [];
+  let storages: Storage[];
+  try {
+    storages = specs.map((s) => {
+      if (s.alias !== undefined) return inputs[s.alias].storage;
+      const st = backend.alloc(s);
+      fresh.push(st);
+      return st;
+    });
+    backend.exec(kernel, params, inputs, storages, specs);
+  } catch (e) {
+    // A kernel that throws (or an allocation that fails) leaves no output storage behind.
+    for (const st of fresh) backend.release(st);
+    throw e;
+  }
+  // in place: the caller's tensor itself, no new reference
+  const outputs = specs.map((s, i) =>
+    s.alias === undefined ? new Tensor(backend, storages[i], s.shape, s.dtype) : inputs[s.alias]
+  );
   record(kernel, params, inputs, outputs);
   return outputs;
 };

@@ -7,7 +7,7 @@ import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { bind } from "../engine/wgsl.ts";
+import { bind, flatIndex, grid1d } from "../engine/wgsl.ts";
 
 export interface ColumnParams {
   /** The column (time index) t. */
@@ -36,9 +36,10 @@ export const columnKernel: Kernel<ColumnParams> = defineKernel<ColumnParams>({
     const [B, T, d = 1] = x.shape;
     for (let b = 0; b < B; b++) y.data.set(x.data.subarray((b * T + t) * d, (b * T + t + 1) * d), b * d);
   },
-  gpu: ({ t }, [x]) => {
+  gpu: ({ t }, [x], target) => {
     const [B, T, d = 1] = x.shape;
     const n = B * d;
+    const grid = grid1d(n, 64, target);
     const b = bind(
       { input: 0, name: "x", type: x.dtype },
       { output: 0, name: "y", type: x.dtype },
@@ -48,12 +49,12 @@ export const columnKernel: Kernel<ColumnParams> = defineKernel<ColumnParams>({
       wgsl: `${b.decls}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = gid.x;
+  let i = ${flatIndex(64, grid)};
   if (i >= ${n}u) { return; }
   let b = i / ${d}u;
   y[i] = x[(b * ${T}u + u.x) * ${d}u + i % ${d}u];
 }`,
-      workgroups: [Math.ceil(n / 64), 1, 1],
+      workgroups: grid,
       bindings: b.bindings,
     }];
   },

@@ -108,6 +108,12 @@ Deno.test("planCells: grid order, names, the baseline inside or after the grid; 
     () => planCells(specOf(`${tmp}/plan`, { axes: [parseAxis("minibatches=1,3")], baseline: undefined })),
     /^cell minibatches=3: --minibatches 3 must divide/,
   );
+  // A fixed setting that breaks a rule is named as one, not as a config file's field.
+  refuses(
+    () =>
+      planCells(specOf(`${tmp}/plan`, { base: { ...small(`${tmp}/plan`), group: 1 }, fixed: { group: 1 } })),
+    /^cell [^:]+: the sweep's fixed settings \(defaults, --config, flags\): group 1: GRPO needs at least 2/,
+  );
   if (configDiff({ ...small("a"), lr: 1 }, small("b")).join() !== "lr") {
     throw new Error("configDiff ignores out");
   }

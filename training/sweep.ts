@@ -198,7 +198,9 @@ const cellOf = (settings: Partial<TrainConfig>, coords: number[], prefix = ""): 
 /** A run's settings: the base ones, the cell's, the seed and the folder; cross-field rules checked. */
 export const runConfig = (spec: SweepSpec, cell: Cell, seed: number): TrainConfig => {
   try {
-    return resolveConfig(spec.base, { ...cell.settings, seed, out: `${spec.out}/${cell.name}-s${seed}` });
+    const own = { ...cell.settings, seed, out: `${spec.out}/${cell.name}-s${seed}` };
+    // The base holds the defaults, --config and the fixed flags: an error names them together.
+    return resolveConfig(spec.base, own, "the sweep's fixed settings (defaults, --config, flags)");
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     throw new ConfigError({ source: e.source, field: e.field, message: `cell ${cell.label}: ${e.message}` });

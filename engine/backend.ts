@@ -88,6 +88,11 @@ export interface Backend {
   memory(): MemoryStats;
   /** Start a new peak measurement: `peak` becomes the current `live`. */
   resetPeak(): void;
+  /**
+   * Give the device back what the pool keeps for reuse (freed buffers and textures; nothing a live tensor
+   * holds), so that `allocated` falls to `live`. Returns the bytes given back (0 on the CPU).
+   */
+  trim(): number;
 }
 
 /** Bytes of one element. */

@@ -75,4 +75,8 @@ export class CpuBackend implements Backend {
   resetPeak(): void {
     this.#peak = this.#live;
   }
+  /** Nothing is pooled on the CPU. */
+  trim(): number {
+    return 0;
+  }
 }

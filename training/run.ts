@@ -570,7 +570,8 @@ const setUp = (gpu: Backend, cfgIn: TrainConfig, o: RunOptions) =>
 
 /**
  * Run (or resume) the RL run described by `cfg` on `gpu`. The device state lives in the run's scope: it is
- * freed when the run finishes, fails or is interrupted (interruption waits for the device work in flight).
+ * freed when the run finishes, fails or is interrupted (interruption waits for the device work in flight), and
+ * the buffers the GPU pool kept are given back (`Backend.trim`).
  */
 export const runTraining = (
   gpu: Backend,
@@ -589,4 +590,8 @@ export const runTraining = (
       yield* writePlots(run);
       return { dir: run.rd.dir, metrics: run.metrics, evals: run.evals } satisfies RunResult;
     }),
+  ).pipe(
+    // After the scope has freed the run's tensors: give the pool's buffers back too, so runs one after another
+    // on one device (compare, sweep) start from the same allocation.
+    Effect.ensuring(Effect.sync(() => gpu.trim())),
   );

@@ -239,6 +239,36 @@ export class GpuBackend implements Backend {
     this.#peak = this.#live;
   }
 
+  /**
+   * Destroy every pooled buffer, staging buffer and texture (none is held by a live tensor or a read in
+   * flight). Work encoded so far is submitted first, so no unsubmitted command refers to them; work already
+   * submitted may still use them, and WebGPU frees them once it is done. Returns the bytes given back.
+   */
+  trim(): number {
+    if (this.#destroyed) return 0;
+    this.#submit();
+    let freed = 0;
+    for (const pool of [this.#pool, this.#staging]) {
+      for (const list of pool.values()) {
+        for (const b of list) {
+          freed += b.size;
+          b.destroy();
+        }
+      }
+      pool.clear();
+    }
+    for (const [size, list] of this.#textures) {
+      const [w, h] = size.split("x").map(Number);
+      for (const t of list) {
+        freed += w * h * 16;
+        t.destroy();
+      }
+    }
+    this.#textures.clear();
+    this.#allocated -= freed;
+    return freed;
+  }
+
   // ---- pipelines and errors -----------------------------------------------------------------------------
 
   #pipeline(kernel: string, wgsl: string): GPUComputePipeline {
@@ -535,8 +565,10 @@ export class GpuBackend implements Backend {
     }
     const copy = staging.getMappedRange(0, bytes).slice(0);
     staging.unmap();
-    if (size > LARGE_STAGING) staging.destroy(); // a parameter segment read for a checkpoint: do not hoard it
-    else {
+    if (size > LARGE_STAGING) {
+      staging.destroy(); // a parameter segment read for a checkpoint: do not hoard it
+      this.#allocated -= size;
+    } else {
       let list = this.#staging.get(size);
       if (!list) this.#staging.set(size, list = []);
       list.push(staging);

@@ -3,7 +3,7 @@
  * export, and answers score requests one at a time. A reward that loops forever blocks only this worker,
  * which the main thread terminates at the timeout and starts again.
  *
- * Protocol: in {type: "load", url, exportName?} -> out {type: "ready"} or {type: "load-error", message};
+ * Protocol: in {type: "load", url, exportName?, factoryArgs?} -> out {type: "ready"} or {type: "load-error", message};
  * in {type: "score", id, row, completion, info} -> out {type: "result", id, value} or {type: "error", id,
  * message}.
  */
@@ -62,11 +62,16 @@ const message = (e: unknown) => (e instanceof Error ? e.message : String(e)).spl
 
 scope.onmessage = async (e: MessageEvent) => {
   const m = e.data as
-    | { type: "load"; url: string; exportName?: string }
+    | { type: "load"; url: string; exportName?: string; factoryArgs?: unknown[] }
     | { type: "score"; id: number; row: RewardRow; completion: string; info: CompletionInfo };
   if (m.type === "load") {
     try {
-      const got = pick(await import(m.url), m.exportName);
+      let got = pick(await import(m.url), m.exportName);
+      // A factory export: called once with the arguments, it returns the reward function.
+      if (m.factoryArgs && typeof got !== "string") {
+        const made: unknown = (got as unknown as Fn)(...m.factoryArgs);
+        got = isFn(made) ? (made as RewardFn) : `the factory ${m.exportName} did not return a function`;
+      }
       if (typeof got === "string") scope.postMessage({ type: "load-error", message: got });
       else (reward = got), scope.postMessage({ type: "ready" });
     } catch (err) {

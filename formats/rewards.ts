@@ -1,7 +1,7 @@
 /**
  * Rewards by name: the built-ins (tasks/rewards.ts) and users' TypeScript modules (`--reward ./mine.ts`, verl's
  * custom_reward_function, TRL's reward_funcs), weighted (`math:1,format:0.1`). Module rewards and the `math`
- * built-in run in Deno Workers: a synchronous infinite loop can only be stopped from outside its thread, so a
+ * and `regex` built-ins run in Deno Workers: a synchronous infinite loop can only be stopped from outside its thread, so a
  * call that runs past the timeout terminates its worker, scores 0 (counted as an error) and the next call
  * starts a fresh worker.
  */
@@ -34,6 +34,11 @@ export interface WorkerRewardOptions {
   readonly workers?: number;
   /** The export to use (default: `default`, else `reward`, else `compute_score`). */
   readonly exportName?: string;
+  /**
+   * With `exportName`: the export is a factory, called with these arguments (structured-cloneable) in each
+   * worker, that returns the reward function (how `regex` gets its pattern there).
+   */
+  readonly factoryArgs?: readonly unknown[];
 }
 
 interface Pending {
@@ -59,6 +64,7 @@ class RewardWorker {
   constructor(
     private readonly url: string,
     private readonly exportName: string | undefined,
+    private readonly factoryArgs: readonly unknown[] | undefined,
     private readonly timeoutMs: number,
     private readonly loadTimeoutMs: number,
   ) {}
@@ -103,7 +109,12 @@ class RewardWorker {
         this.failPending(err);
       };
     });
-    w.postMessage({ type: "load", url: this.url, exportName: this.exportName });
+    w.postMessage({
+      type: "load",
+      url: this.url,
+      exportName: this.exportName,
+      factoryArgs: this.factoryArgs,
+    });
     return this.ready;
   }
 
@@ -182,6 +193,7 @@ export const workerReward = async (
       new RewardWorker(
         url,
         opts.exportName,
+        opts.factoryArgs,
         opts.timeoutMs ?? DEFAULT_REWARD_TIMEOUT_MS,
         opts.loadTimeoutMs ?? 30_000,
       ),
@@ -244,6 +256,8 @@ export interface ResolveOptions {
   readonly pattern?: string;
   /** Run `math` in a worker (default true): the guard against inputs the algebra system grinds on. */
   readonly mathInWorker?: boolean;
+  /** Run `regex` in a worker (default true), so a pattern that backtracks for ever is timed out too. */
+  readonly regexInWorker?: boolean;
   /** Workers per worker reward (default 1). */
   readonly workers?: number;
   /** The flag named in errors (default `--reward`). */
@@ -276,7 +290,15 @@ export const resolveRewards = async (
           });
         } else {
           const pattern = opts.pattern === undefined ? undefined : parsePattern(opts.pattern);
-          reward = builtinReward(name, { pattern });
+          reward = builtinReward(name, { pattern }); // checks the pattern (a ConfigError on this thread)
+          if (name === "regex" && (opts.regexInWorker ?? true)) {
+            reward = await workerReward("regex", BUILTINS_URL, {
+              timeoutMs,
+              exportName: "regexScorer",
+              factoryArgs: [opts.pattern],
+              workers: opts.workers,
+            });
+          }
         }
       } else if (isModulePath(name)) {
         reward = await loadRewardModule(name, { timeoutMs, field, workers: opts.workers });

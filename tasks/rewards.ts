@@ -59,6 +59,9 @@ export const regexReward = (pattern: RegExp): Reward => ({
   score: (_row, completion) => (pattern.test(completion) ? 1 : 0),
 });
 
+/** `regexReward`'s score function from the pattern's text (the form a worker is given: formats/rewards.ts). */
+export const regexScorer = (pattern: string): Reward["score"] => regexReward(parsePattern(pattern)).score;
+
 /** The names of the built-in rewards. */
 export const BUILTIN_REWARDS = ["math", "exact", "regex", "format"] as const;
 /** A built-in reward's name. */

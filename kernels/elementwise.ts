@@ -3,7 +3,7 @@ import { ShapeError } from "../core/errors.ts";
 import { broadcastShapes, broadcastStrides, type Shape, showShape, size, strides } from "../core/shape.ts";
 import { defineKernel, type Kernel, type TensorSpec } from "../engine/kernel.ts";
 import { apply1 } from "../engine/apply.ts";
-import { keep, type Tensor, tensor } from "../engine/tensor.ts";
+import type { Tensor } from "../engine/tensor.ts";
 import { bind, type Bound, f32Lit, flatPass, LOOP_SAFE } from "../engine/wgsl.ts";
 
 const WG = 256;
@@ -423,24 +423,48 @@ export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
   vjp: ({ inputs: [x] }, [dy]) => [broadcastTo(dy!, x.shape)],
 });
 
-/** Broadcast `x` to `shape` (materialized: x + zeros would cost a second input, so add a 0-d zero). */
+/** The parameters of the expand kernel. */
+export interface ExpandParams {
+  /** The shape to broadcast to (the input's shape must broadcast to it). */
+  readonly shape: Shape;
+}
+
+/** Broadcast `x` to `shape`, materialized: a copy with NumPy broadcasting (the adjoint of sumTo). */
+export const expandKernel: Kernel<ExpandParams> = defineKernel<ExpandParams>({
+  name: "expand",
+  infer: ({ shape }, [x]) => {
+    requireF32("expand", [x]);
+    const b = broadcastShapes("expand", x.shape, shape);
+    if (b.length !== shape.length || b.some((d, i) => d !== shape[i])) {
+      throw new ShapeError({
+        op: "expand",
+        message: `expand: ${showShape(x.shape)} does not broadcast to ${showShape(shape)}`,
+      });
+    }
+    return [{ shape: [...shape], dtype: "f32" }];
+  },
+  cpu: ({ shape }, [x], [y]) => {
+    const ix = broadcastMap(x.shape, shape);
+    for (let i = 0; i < y.data.length; i++) y.data[i] = x.data[ix(i)];
+  },
+  gpu: ({ shape }, [x], target) => [
+    flatPass(
+      bind({ input: 0, name: "in0" }, { output: 0, name: "out" }),
+      size(shape),
+      WG,
+      target,
+      `  ${broadcastIndex("ix", x.shape, shape)}
+  out[i] = in0[ix];`,
+      "expand",
+    ),
+  ],
+  vjp: ({ inputs: [x] }, [dy]) => [sumTo(dy!, x.shape)],
+});
+
+/** Broadcast `x` to `shape` (materialized by `expandKernel`; `x` itself when the shapes are equal). */
 export const broadcastTo = (x: Tensor, shape: Shape): Tensor => {
   if (x.shape.length === shape.length && x.shape.every((d, i) => d === shape[i])) return x;
-  return apply1(binary, { op: "mul" }, [x, onesLike(x, shape)]);
-};
-
-const onesCache = new WeakMap<object, Map<string, Tensor>>();
-/** A cached tensor of ones per backend and shape, used to materialize broadcasts. */
-const onesLike = (x: Tensor, shape: Shape): Tensor => {
-  let m = onesCache.get(x.backend);
-  if (!m) onesCache.set(x.backend, m = new Map());
-  const key = shape.join(",");
-  let t = m.get(key);
-  if (!t || t.disposed) {
-    t = keep(tensor(x.backend, new Float32Array(size(shape)).fill(1), shape));
-    m.set(key, t);
-  }
-  return t;
+  return apply1(expandKernel, { shape }, [x]);
 };
 
 // ---- ops --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import { adamwKernel, adamwNormKernel, adamwSumsqKernel, adamwUpdateKernel } fro
 import { attentionBwdKVKernel, attentionBwdQKernel, attentionKernel } from "./attention.ts";
 import { fillZeroKernel, putColumnsKernel, takeColumnsKernel } from "./chunked.ts";
 import { appendKernel, columnKernel } from "./decode.ts";
-import { binary, sumToKernel, unary } from "./elementwise.ts";
+import { binary, expandKernel, sumToKernel, unary } from "./elementwise.ts";
 import {
   embeddingBlockKernel,
   embeddingGrad,
@@ -48,6 +48,7 @@ export const KERNELS = {
   unary: unary,
   binary: binary,
   sumTo: sumToKernel,
+  expand: expandKernel,
   embedding: embeddingKernel,
   embeddingGrad: embeddingGrad,
   embeddingGradPrep: embeddingGradPrep,

@@ -5,7 +5,7 @@
  */
 import { Effect } from "effect";
 import { matmul } from "../kernels/matmul.ts";
-import { tensor } from "../engine/tensor.ts";
+import { tensor, tidy } from "../engine/tensor.ts";
 import { runTraining } from "../training/run.ts";
 import { gpuTest } from "./gpu_util.ts";
 import { assertClose, cpu64, randomData } from "./util.ts";
@@ -41,8 +41,8 @@ gpuTest("trim gives back every pooled byte and keeps live tensors intact", async
   }
   // The live tensor survived, and the device still computes after a trim (new buffers from scratch).
   const keepB = tensor(g, b, [53, 29]);
-  const got = await matmul(keepA, keepB).data();
-  const want = await matmul(tensor(cpu64, a, [37, 53]), tensor(cpu64, b, [53, 29])).data();
+  const got = await tidy(() => matmul(keepA, keepB).data());
+  const want = await tidy(() => matmul(tensor(cpu64, a, [37, 53]), tensor(cpu64, b, [53, 29])).data());
   // matmul_test.ts's bound: a K-term f32 sum against f64, at most K^2 * 6e-8 <= 1e-5 K for K <= 168 (K = 53).
   assertClose(got, want, { atol: 1e-5 * 53, rtol: 1e-6 }, "matmul after trim");
   keepA.dispose();
@@ -50,6 +50,8 @@ gpuTest("trim gives back every pooled byte and keeps live tensors intact", async
 });
 
 gpuTest("training runs of different shapes one after another leave nothing pooled", async (g) => {
+  await g.sync();
+  const before = g.memory().live;
   for (const [i, over] of [{ group: 2 }, { group: 4, prompts: 1 }, { group: 3 }].entries()) {
     const exit = await Effect.runPromiseExit(
       runTraining(g, small(`${tmp}/trim-${i}`, over), { resume: false, quiet: true }),
@@ -57,9 +59,13 @@ gpuTest("training runs of different shapes one after another leave nothing poole
     if (exit._tag !== "Success") throw new Error(`run ${i} failed`);
     await g.sync();
     const m = g.memory();
-    // live: the parameters are gone; what stays is kernels/elementwise.ts's cached tensors of ones (live).
-    if (m.allocated !== m.live) {
-      throw new Error(`after run ${i} (${JSON.stringify(over)}): allocated ${m.allocated}, live ${m.live}`);
+    // Every tensor of the run is gone (no cache keeps one either), and the pool is empty.
+    if (m.allocated !== m.live || m.live !== before) {
+      throw new Error(
+        `after run ${i} (${
+          JSON.stringify(over)
+        }): allocated ${m.allocated}, live ${m.live} (${before} before the runs)`,
+      );
     }
   }
 });

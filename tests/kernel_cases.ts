@@ -639,6 +639,13 @@ export const CASES: { readonly [K in KernelName]: Case<KernelParams<K>> } = {
     tol: exact,
     why: DYADIC,
   },
+  expand: {
+    arb: fc.record({ out: sometimesEmpty(shapeArb(3, 9)), seed: seedArb }).chain(({ out, seed }) =>
+      broadcastOperand(out).map((shape) => problem({ shape: out }, [F(shape, seed)]))
+    ),
+    tol: exact,
+    why: COPY,
+  },
   embedding: {
     arb: fc.record({ v: dim(33), d: dim(33), ids: fc.oneof(shapeArb(2, 9), fc.constant([0])), seed: seedArb })
       .map((a) => problem({}, [F([a.v, a.d], a.seed), I(a.ids, a.seed + 1, -1, a.v + 1)])),

@@ -65,9 +65,9 @@ const outcome = async (g: Backend, cfg: TrainConfig, resume = false): Promise<st
 gpuTest(
   "training runs on one GPU backend give back every live byte: finished, failed, interrupted",
   async (g) => {
-    // A warm-up run of the same shapes first: kernels/elementwise.ts keeps one tensor of ones per backend and
-    // shape for the life of the process (it materializes broadcasts); that cache is not a run's to free.
-    // The failing backend is another backend object to that cache: it warms up too.
+    // A warm-up run on each backend object first, so that only what the measured runs leave counts. (Nothing
+    // should outlive a run any more: broadcasts no longer keep a cached tensor of ones per shape;
+    // tests/gpu_trim_test.ts checks runs without a warm-up.)
     const flaky = failing(g);
     for (const b of [g, flaky.backend]) {
       if (await outcome(b, small(`${tmp}/warm-${b === g ? "g" : "f"}`, { steps: 3, kl: 0.05 })) !== "ok") {

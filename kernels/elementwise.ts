@@ -325,6 +325,14 @@ export const binary: Kernel<BinaryParams> = defineKernel<BinaryParams>({
   },
 });
 
+/** Throws a ShapeError for `op` unless `from` broadcasts to exactly `to`. */
+const requireBroadcast = (op: string, from: Shape, to: Shape): void => {
+  const b = broadcastShapes(op, from, to);
+  if (b.length !== to.length || b.some((d, i) => d !== to[i])) {
+    throw new ShapeError({ op, message: `${op}: ${showShape(from)} does not broadcast to ${showShape(to)}` });
+  }
+};
+
 // ---- sumTo: the un-broadcast --------------------------------------------------------------------------------
 
 /** The parameters of the sumTo kernel. */
@@ -338,13 +346,7 @@ export const sumToKernel: Kernel<SumToParams> = defineKernel<SumToParams>({
   name: "sumTo",
   infer: ({ shape }, [x]) => {
     requireF32("sumTo", [x]);
-    const b = broadcastShapes("sumTo", shape, x.shape);
-    if (b.length !== x.shape.length || b.some((d, i) => d !== x.shape[i])) {
-      throw new ShapeError({
-        op: "sumTo",
-        message: `sumTo: ${showShape(shape)} does not broadcast to ${showShape(x.shape)}`,
-      });
-    }
+    requireBroadcast("sumTo", shape, x.shape);
     return [{ shape, dtype: "f32" }];
   },
   cpu: ({ shape }, [x], [y]) => {
@@ -434,13 +436,7 @@ export const expandKernel: Kernel<ExpandParams> = defineKernel<ExpandParams>({
   name: "expand",
   infer: ({ shape }, [x]) => {
     requireF32("expand", [x]);
-    const b = broadcastShapes("expand", x.shape, shape);
-    if (b.length !== shape.length || b.some((d, i) => d !== shape[i])) {
-      throw new ShapeError({
-        op: "expand",
-        message: `expand: ${showShape(x.shape)} does not broadcast to ${showShape(shape)}`,
-      });
-    }
+    requireBroadcast("expand", x.shape, shape);
     return [{ shape: [...shape], dtype: "f32" }];
   },
   cpu: ({ shape }, [x], [y]) => {

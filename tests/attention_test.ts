@@ -1,7 +1,6 @@
 /** Causal GQA attention: GPU = CPU = definition, grouped heads = repeated heads, causality, gradients, errors. */
 import fc from "fast-check";
 import { computePasses } from "../engine/kernel.ts";
-import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import {
   attention,
@@ -16,7 +15,7 @@ import { checkGrad } from "../kernels/gradcheck.ts";
 import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData, throwsShape } from "./util.ts";
 
 /** One attention problem: sizes, optional explicit offset, scale, and data. */
 interface Case {
@@ -337,18 +336,6 @@ gpuTest(
     }
   },
 );
-
-const throwsShape = (f: () => unknown, pattern: RegExp) => {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !pattern.test(err.message)) {
-    throw new Error(`expected ${pattern}, got ${err}`);
-  }
-};
 
 Deno.test("attention rejects bad shapes with ShapeErrors naming the op and the shapes", () => {
   const t = (shape: number[]) => tensor(cpu64, new Float64Array(size(shape)), shape);

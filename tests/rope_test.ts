@@ -3,7 +3,6 @@
  * frequency scaling against values hand-computed from Hugging Face's published formula.
  */
 import fc from "fast-check";
-import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
@@ -13,7 +12,7 @@ import { f32Lit } from "../engine/wgsl.ts";
 import { apply1 } from "../engine/apply.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { GPU_RUNS, gpuTest, softwareTarget } from "./gpu_util.ts";
-import { assertClose, awkwardDim, closeness, cpu64, randomData } from "./util.ts";
+import { assertClose, awkwardDim, closeness, cpu64, randomData, throwsShape } from "./util.ts";
 
 interface Case {
   shape: number[];
@@ -128,18 +127,6 @@ Deno.test("rope gradient equals central finite differences (f64)", async () => {
     { numRuns: 30 },
   );
 });
-
-const throwsShape = (f: () => unknown, pattern: RegExp) => {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !pattern.test(err.message)) {
-    throw new Error(`expected ${pattern}, got ${err}`);
-  }
-};
 
 Deno.test("rope rejects odd D, bad positions and wrong ranks with ShapeErrors", () => {
   const x = (shape: number[]) => tensor(cpu64, new Float64Array(size(shape)), shape);

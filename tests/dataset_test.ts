@@ -3,7 +3,6 @@
  * parquet-wasm), verl's / TRL's / custom schemas, every bad input with its named error, and the sampler.
  */
 import { parquetMetadata } from "hyparquet";
-import { parquetWriteBuffer } from "hyparquet-writer";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import {
   dataFormatOf,
@@ -14,6 +13,7 @@ import {
   makeSampler,
   RowError,
 } from "../formats/dataset.ts";
+import { jsonlOf as jsonl, parquetOf } from "./qwen3_model.ts";
 
 const FIX = new URL("./fixtures/datasets/", import.meta.url).pathname;
 /** JSON with every object's keys sorted (Parquet gives struct fields in schema order). */
@@ -38,7 +38,6 @@ const file = async (name: string, content: string | Uint8Array): Promise<string>
   await (typeof content === "string" ? Deno.writeTextFile(p, content) : Deno.writeFile(p, content));
   return p;
 };
-const jsonl = (rows: unknown[]) => rows.map((r) => JSON.stringify(r)).join("\n") + "\n";
 
 /** The error `f` rejects with: of class `cls`, its message holding every part. */
 const fails = async <E extends Error>(
@@ -82,14 +81,17 @@ const summary = (d: Dataset) => ({
   rows: d.rows.map((r) => [r.row, r.prompt, r.groundTruth, r.dataSource ?? null, r.extraInfo ?? null]),
 });
 
+/** The summary of VERL read from a file of `format`. */
+const verlSummary = (format: Dataset["format"]): ReturnType<typeof summary> => ({
+  format,
+  schema: "verl",
+  paths: ["prompt", "reward_model.ground_truth"],
+  rows: VERL.map((r, i) => [i + 1, r.prompt, r.reward_model.ground_truth, r.data_source, r.extra_info]),
+});
+
 Deno.test("verl rows from JSONL: messages, reward_model.ground_truth, data_source, extra_info, the raw row", async () => {
   const d = await loadDataset(await file("verl.jsonl", jsonl(VERL)));
-  eq(summary(d), {
-    format: "jsonl",
-    schema: "verl",
-    paths: ["prompt", "reward_model.ground_truth"],
-    rows: VERL.map((r, i) => [i + 1, r.prompt, r.reward_model.ground_truth, r.data_source, r.extra_info]),
-  }, "rows");
+  eq(summary(d), verlSummary("jsonl"), "rows");
   eq(d.rows[0].raw.ability, "math", "raw");
 });
 
@@ -134,65 +136,14 @@ Deno.test("custom fields through promptKey / answerKey, dotted paths and list in
   eq(getPath({ a: 1 }, "a.b"), { found: false }, "missing");
 });
 
-/** verl rows as a real nested Parquet schema (list<struct<content, role>>, structs) as pandas/pyarrow write it. */
-const verlParquet = (rows: typeof VERL, codec: "SNAPPY" | "UNCOMPRESSED" = "SNAPPY"): Uint8Array => {
-  const str = (name: string) => ({
-    name,
-    type: "BYTE_ARRAY",
-    converted_type: "UTF8",
-    repetition_type: "OPTIONAL",
-  });
-  const schema = [
-    { name: "root", num_children: 5 },
-    str("data_source"),
-    { name: "prompt", repetition_type: "OPTIONAL", converted_type: "LIST", num_children: 1 },
-    { name: "list", repetition_type: "REPEATED", num_children: 1 },
-    { name: "element", repetition_type: "OPTIONAL", num_children: 2 },
-    str("content"),
-    str("role"),
-    str("ability"),
-    { name: "reward_model", repetition_type: "OPTIONAL", num_children: 2 },
-    str("ground_truth"),
-    str("style"),
-    { name: "extra_info", repetition_type: "OPTIONAL", num_children: 2 },
-    { name: "index", type: "INT64", repetition_type: "OPTIONAL" },
-    str("split"),
-  ];
-  const col = (name: keyof typeof VERL[number], f: (x: never) => unknown = (x) => x) => ({
-    name,
-    data: rows.map((r) => f(r[name] as never)),
-  });
-  const buf = parquetWriteBuffer({
-    codec,
-    columnData: [
-      col("data_source"),
-      col("prompt"),
-      col("ability"),
-      col("reward_model"),
-      col(
-        "extra_info",
-        (e: { index: number; split: string }) => ({ index: BigInt(e.index), split: e.split }),
-      ),
-    ],
-    // deno-lint-ignore no-explicit-any
-    schema: schema as any,
-  });
-  return new Uint8Array(buf);
-};
-
 Deno.test("a snappy Parquet file written here (nested verl schema) reads with INT64 as numbers", async () => {
-  const bytes = verlParquet(VERL);
+  const bytes = parquetOf(VERL);
   const codecs = parquetMetadata(bytes.buffer as ArrayBuffer).row_groups[0].columns.map((c) =>
     c.meta_data?.codec
   );
   if (!codecs.every((c) => c === "SNAPPY")) throw new Error(`codecs ${codecs}`);
   const d = await loadDataset(await file("verl.parquet", bytes));
-  eq(summary(d), {
-    format: "parquet",
-    schema: "verl",
-    paths: ["prompt", "reward_model.ground_truth"],
-    rows: VERL.map((r, i) => [i + 1, r.prompt, r.reward_model.ground_truth, r.data_source, r.extra_info]),
-  }, "rows");
+  eq(summary(d), verlSummary("parquet"), "rows");
 });
 
 Deno.test("a zstd Parquet fixture written by parquet-wasm (Rust) reads", async () => {
@@ -216,7 +167,7 @@ Deno.test("files that are not what their extension says, and unknown extensions,
   await fails(async () => loadDataset(await file("x.parquet", "prompt,answer\n1,2\n")), FileFormatError, [
     "x.parquet: not a Parquet file",
   ]);
-  const good = verlParquet(VERL, "UNCOMPRESSED");
+  const good = parquetOf(VERL, "UNCOMPRESSED");
   const cut = new Uint8Array([...good.subarray(0, 60), ...good.subarray(good.length - 8)]);
   await fails(async () => loadDataset(await file("cut.parquet", cut)), FileFormatError, [
     "cut.parquet: cannot read",
@@ -308,7 +259,7 @@ Deno.test("every bad row is a RowError naming the file, the row and the field", 
   const keyed = await file("k.jsonl", jsonl([{ q: "a", a: "1" }]));
   await fails(() => loadDataset(keyed, { promptKey: "q", answerKey: "ans" }), RowError, ['no "ans" field']);
   // A bad row of a Parquet file is named the same way.
-  const pq = verlParquet([VERL[0], {
+  const pq = parquetOf([VERL[0], {
     ...VERL[1],
     reward_model: { style: "rule", ground_truth: null as unknown as string },
   }]);

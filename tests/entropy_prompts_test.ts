@@ -12,13 +12,7 @@ import { initParams } from "../policies/params.ts";
 import { main } from "../entropy.ts";
 import { type EntropyArgs, entropyInput, entropyPrompts, readPromptEntries } from "../training/entropy.ts";
 import { writeQwen3Folder } from "./qwen3_folder.ts";
-import { cpu32 } from "./util.ts";
-
-const eq = (got: unknown, want: unknown, what: string) => {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
-  }
-};
+import { cpu32, eq } from "./util.ts";
 
 /** The flag values of ENTROPY_FLAGS' defaults, with `over`. */
 const argsOf = (over: Partial<EntropyArgs>): EntropyArgs => ({

@@ -3,13 +3,10 @@
  * (tests/qwen3_folder.ts), and prompt datasets in verl's format as JSONL and as snappy Parquet, written by the
  * test into a temporary folder.
  */
-import { Effect } from "effect";
 import { parquetWriteBuffer } from "hyparquet-writer";
-import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
-import { paramsToHost, writeModelDir } from "../formats/hf.ts";
-import { initParams } from "../policies/params.ts";
+import { type DecoderConfig, tinyConfig } from "../policies/config.ts";
 import { writeQwen3Folder } from "./qwen3_folder.ts";
-import { cpu32 } from "./util.ts";
+import { writeRandomModel } from "./model_util.ts";
 
 /** Qwen3's vocab_size: 151,936 rows of unembedding (the tokenizer has 151,669 ids). */
 export const QWEN3_VOCAB = 151936;
@@ -24,12 +21,7 @@ export const writeTinyQwen3 = async (
   o: { readonly dir?: string; readonly seed?: number; readonly std?: number } = {},
 ): Promise<string> => {
   const dir = await writeQwen3Folder(o.dir);
-  const p = initParams(cpu32, paramSpecs(config), o.seed ?? 7, o.std ?? 0.05);
-  try {
-    await Effect.runPromise(writeModelDir(dir, config, await paramsToHost(p)));
-  } finally {
-    p.dispose();
-  }
+  await writeRandomModel(dir, config, o.seed ?? 7, o.std ?? 0.05);
   return dir;
 };
 

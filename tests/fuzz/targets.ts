@@ -31,7 +31,6 @@ import {
   paramSpecs,
   tinyConfig,
 } from "../../policies/config.ts";
-import { normals } from "../../policies/params.ts";
 import { ARITH_ALPHABET } from "../../tasks/arith.ts";
 import { decodeConfigJson, readConfigFile, resolveConfig, type TrainConfig } from "../../training/config.ts";
 import { COMPARE } from "../../compare.ts";
@@ -47,6 +46,7 @@ import {
   PROTO_KEYS,
   type Rng,
 } from "./mutate.ts";
+import { hostTensors, narrowConfig } from "../model_util.ts";
 
 /** What a case did. */
 export type Outcome =
@@ -221,17 +221,8 @@ const VARIANTS: [string, Partial<DecoderConfig>][] = [
   ],
 ];
 
-const tinyTensors = (c: DecoderConfig, seed: number) => {
-  const rnd = normals(seed);
-  return paramSpecs(c).map((s) => ({
-    name: s.name,
-    shape: s.shape,
-    data: Float32Array.from(
-      { length: s.shape.reduce((a, x) => a * x, 1) },
-      () => (s.init === "ones" ? 1 : s.init === "zeros" ? 0 : 0.3 * rnd()),
-    ),
-  }));
-};
+const tinyTensors = (c: DecoderConfig, seed: number) =>
+  hostTensors(c, seed, (init, rnd) => (init === "ones" ? 1 : init === "zeros" ? 0 : 0.3 * rnd()));
 
 /** Build the templates under `root/templates` (once per run, by the runner). */
 export const buildTemplates = async (root: string): Promise<Templates> => {
@@ -240,16 +231,7 @@ export const buildTemplates = async (root: string): Promise<Templates> => {
   const tok = new CharTokenizer(ARITH_ALPHABET + " ");
   const models: string[] = [];
   for (const [name, over] of VARIANTS) {
-    const c = tinyConfig({
-      vocabSize: 24,
-      hiddenSize: 16,
-      numLayers: 2,
-      numHeads: 2,
-      numKvHeads: 1,
-      headDim: 8,
-      intermediateSize: 24,
-      ...over,
-    });
+    const c = narrowConfig({ vocabSize: 24, intermediateSize: 24, ...over });
     const ts = tinyTensors(c, models.length + 1);
     const single = `${t}/${name}-single`;
     await Effect.runPromise(writeModelDir(single, c, ts));

@@ -71,6 +71,22 @@ export const awkwardDim = (max: number): fc.Arbitrary<number> =>
     fc.integer({ min: 1, max }),
   );
 
+/** Broadcast operand shapes of an output shape `out`: leading axes dropped, some set to 1. */
+export const broadcastOperand = (out: readonly number[]): fc.Arbitrary<number[]> =>
+  fc.tuple(
+    fc.integer({ min: 0, max: out.length }),
+    fc.array(fc.boolean(), { minLength: out.length, maxLength: out.length }),
+  ).map(([drop, ones]) => out.map((d, i) => (ones[i] ? 1 : d)).slice(drop));
+
+/**
+ * Batch shapes of the two operands of a batched matmul that broadcast: a common batch of rank 0-2 (extents 1-3),
+ * each operand's broadcast from it.
+ */
+export const batchPair: fc.Arbitrary<[number[], number[]]> = fc.array(fc.integer({ min: 1, max: 3 }), {
+  maxLength: 2,
+})
+  .chain((batch) => fc.tuple(broadcastOperand(batch), broadcastOperand(batch)));
+
 /** Assert that `f` throws a ShapeError whose message matches `re`. */
 export const throwsShape = (f: () => unknown, re: RegExp): void => {
   let err: unknown;

@@ -395,28 +395,33 @@ const damageFolder = async (rng: Rng, dir: string, tpl: Templates): Promise<stri
   return [f, m.what];
 };
 
+/** A copy of one of the template models at `dir`/model, damaged three times in ten; what was damaged. */
+const modelCopy = async (
+  rng: Rng,
+  dir: string,
+  tpl: Templates,
+): Promise<{ model: string; what: string[] }> => {
+  const model = `${dir}/model`;
+  await copyDir(rng.pick(tpl.models), model);
+  const what: string[] = [];
+  if (rng.chance(0.3)) what.push(...await damageFolder(rng, model, tpl));
+  return { model, what };
+};
+
 // ---- flag vectors ----------------------------------------------------------------------------------------
 
+/** Small integers, -0 among them: the start of both value lists. */
+const SMALL_INTS = ["-3", "-0", "0", "1", "2"];
+/** Empty, separator-only, flag-like and non-numeric words: in both value lists. */
+const ODD_WORDS = ["", "3,", ",", "1,,2", "--", "-", "=", "true", "maybe"];
 const FLAG_VALUES = [
-  "-3",
-  "-0",
-  "0",
-  "1",
-  "2",
+  ...SMALL_INTS,
   "-1.5",
   "1e999",
   "NaN",
   "0x10",
   " 3",
-  "",
-  "3,",
-  ",",
-  "1,,2",
-  "--",
-  "-",
-  "=",
-  "true",
-  "maybe",
+  ...ODD_WORDS,
   "9".repeat(400),
   "2147483648",
   "-2147483649",
@@ -429,26 +434,14 @@ const FLAG_VALUES = [
 ];
 /** Values that cannot make a valid run large (for commands that really run on a working model). */
 const SMALL_VALUES = [
-  "-3",
-  "-0",
-  "0",
-  "1",
-  "2",
+  ...SMALL_INTS,
   "3",
   "-1.5",
   "0.5",
   "1e999",
   "NaN",
   "x",
-  "",
-  "3,",
-  ",",
-  "1,,2",
-  "--",
-  "-",
-  "=",
-  "true",
-  "maybe",
+  ...ODD_WORDS,
   "64",
   "100",
   "1,2",
@@ -687,10 +680,7 @@ export const TARGETS: readonly Target[] = [
     name: "cli-entropy",
     weight: 4,
     prepare: async (rng, dir, tpl) => {
-      const model = `${dir}/model`;
-      await copyDir(rng.pick(tpl.models), model);
-      const what: string[] = [];
-      if (rng.chance(0.3)) what.push(...await damageFolder(rng, model, tpl));
+      const { model, what } = await modelCopy(rng, dir, tpl);
       const prompts = `${dir}/prompts.txt`;
       let text: Uint8Array = new TextEncoder().encode("1+2=\n3+4=\n");
       if (rng.chance(0.4)) text = mutateBytes(rng, text).bytes;
@@ -723,10 +713,7 @@ export const TARGETS: readonly Target[] = [
     name: "cli-grad",
     weight: 3,
     prepare: async (rng, dir, tpl) => {
-      const model = `${dir}/model`;
-      await copyDir(rng.pick(tpl.models), model);
-      const what: string[] = [];
-      if (rng.chance(0.3)) what.push(...await damageFolder(rng, model, tpl));
+      const { model, what } = await modelCopy(rng, dir, tpl);
       const roll = `${dir}/rollout.safetensors`;
       const rollBytes = await Deno.readFile(tpl.rollout);
       await Deno.writeFile(roll, rng.chance(0.5) ? mutateSafetensors(rng, rollBytes).bytes : rollBytes);

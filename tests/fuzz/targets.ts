@@ -395,6 +395,12 @@ const damageFolder = async (rng: Rng, dir: string, tpl: Templates): Promise<stri
   return [f, m.what];
 };
 
+/** A copy of the folder `from` at `to`, damaged once; what was damaged. */
+const damagedCopy = async (rng: Rng, from: string, to: string, tpl: Templates): Promise<string[]> => {
+  await copyDir(from, to);
+  return await damageFolder(rng, to, tpl);
+};
+
 /** A copy of one of the template models at `dir`/model, damaged three times in ten; what was damaged. */
 const modelCopy = async (
   rng: Rng,
@@ -554,8 +560,7 @@ export const TARGETS: readonly Target[] = [
     weight: 22,
     prepare: async (rng, dir, tpl) => {
       const model = `${dir}/model`;
-      await copyDir(rng.pick(tpl.models), model);
-      const what = await damageFolder(rng, model, tpl);
+      const what = await damagedCopy(rng, rng.pick(tpl.models), model, tpl);
       if (rng.chance(0.3)) what.push(...await damageFolder(rng, model, tpl));
       const allowNonFinite = rng.chance(0.2);
       if (allowNonFinite) what.push("allowNonFinite");
@@ -579,8 +584,7 @@ export const TARGETS: readonly Target[] = [
     weight: 14,
     prepare: async (rng, dir, tpl) => {
       const t = `${dir}/tok`;
-      await copyDir(rng.pick(tpl.tokenizers), t);
-      const what = await damageFolder(rng, t, tpl);
+      const what = await damagedCopy(rng, rng.pick(tpl.tokenizers), t, tpl);
       return { what, exec: () => attempt([t], () => readTokenizerDir(t)) };
     },
   },

@@ -1,5 +1,5 @@
 /** AdamW: GPU equals the f64 reference over several steps; clipping, zero-gradient and NaN-refusal semantics. */
-import { NonFiniteError, ShapeError } from "../core/errors.ts";
+import { NonFiniteError } from "../core/errors.ts";
 import { type AdamWHyper, adamwHyper, adamwReference, globalNorm } from "../core/optim.ts";
 import { adamwKernel, adamwStep, adamwStepChecked } from "../kernels/adamw.ts";
 import type { Backend } from "../engine/backend.ts";
@@ -7,7 +7,7 @@ import { computePasses } from "../engine/kernel.ts";
 
 import { type Tensor, tensor } from "../engine/tensor.ts";
 import { gpu, gpuTest, hwGpu, softwareTarget } from "./gpu_util.ts";
-import { assertClose, cpu32, randomData } from "./util.ts";
+import { assertClose, cpu32, randomData, throwsShape } from "./util.ts";
 
 const SIZES = [1, 63, 64, 65, 1000, 100003];
 
@@ -219,23 +219,14 @@ Deno.test("adamw: the shader text does not depend on lr, step or clipping (no re
 Deno.test("adamw: mismatched shapes and bad hyperparameters throw ShapeError naming the tensor", () => {
   const t = (n: number) => tensor(cpu32, new Float32Array(n), [n]);
   const h = adamwHyper({ lr: 1e-3 }, 1);
-  const expectErr = (f: () => unknown, re: RegExp) => {
-    let err: unknown;
-    try {
-      f();
-    } catch (e) {
-      err = e;
-    }
-    if (!(err instanceof ShapeError) || !re.test(err.message)) throw new Error(`got ${err}`);
-  };
-  expectErr(
+  throwsShape(
     () => adamwStep(t(4), t(5), t(4), t(4), h),
     /adamw: grads has shape \[5\] but params has shape \[4\]/,
   );
-  expectErr(() => adamwStep(t(4), t(4), t(4), t(4), h, t(3)), /adamw: decayMask has shape \[3\]/);
-  expectErr(
+  throwsShape(() => adamwStep(t(4), t(4), t(4), t(4), h, t(3)), /adamw: decayMask has shape \[3\]/);
+  throwsShape(
     () => adamwStep(t(4), t(4), t(4), t(4), { ...h, step: 0 }),
     /adamw: step 0 must be an integer >= 1/,
   );
-  expectErr(() => adamwStep(t(4), t(4), t(4), t(4), { ...h, maxGradNorm: 0 }), /adamw: maxGradNorm 0/);
+  throwsShape(() => adamwStep(t(4), t(4), t(4), t(4), { ...h, maxGradNorm: 0 }), /adamw: maxGradNorm 0/);
 });

@@ -1,5 +1,4 @@
 /** Entropy flow: equals a naive full-softmax reference token for token, is invariant to chunking, and the CLI end to end. */
-import { Effect } from "effect";
 import type { Backend } from "../engine/backend.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
 import {
@@ -10,15 +9,14 @@ import {
   responseBatch,
 } from "../policies/analysis.ts";
 import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
-import { paramsToHost, writeModelDir } from "../formats/hf.ts";
 import type { ReadoutNorm } from "../policies/internal.ts";
 import { forward } from "../policies/model.ts";
 import { initParams, type Params } from "../policies/params.ts";
 import { CharTokenizer } from "../formats/tokenizer.ts";
-import { saveTokenizer } from "../formats/tokenizer.ts";
 import { gpuTest } from "./gpu_util.ts";
-import { assertClose, cpu32, cpu64 } from "./util.ts";
+import { assertClose, cpu32, cpu64, unsanitizedTest, withTempDir } from "./util.ts";
 import { runScript } from "./cli_util.ts";
+import { writeRandomModel } from "./model_util.ts";
 
 const config = tinyConfig({ vocabSize: 45, numLayers: 3, tieWordEmbeddings: false });
 const paramsOn = (b: Backend) => initParams(b, paramSpecs(config), 17, 0.4);
@@ -216,26 +214,19 @@ Deno.test("entropyFlow rejects ids outside the vocabulary, naming the id and the
 const root = new URL("..", import.meta.url).pathname;
 const cli = (args: string[], cwd = root) => runScript("entropy.ts", args, { cwd, config: true });
 
-/** A tiny random model folder with a character tokenizer. */
-const modelDir = async () => {
-  const dir = await Deno.makeTempDir({ prefix: "bupo-entropy-" });
+/** Write a tiny random model folder with a character tokenizer into `dir`/model, and `dir`/prompts.txt. */
+const writeModelFolder = async (dir: string) => {
   const tok = new CharTokenizer("0123456789+=? ");
   const c = tinyConfig({ vocabSize: tok.vocabSize, numLayers: 2 });
-  const p = initParams(cpu32, paramSpecs(c), 3, 0.3);
-  await Effect.runPromise(writeModelDir(`${dir}/model`, c, await paramsToHost(p)));
-  await saveTokenizer(`${dir}/model`, tok);
+  await writeRandomModel(`${dir}/model`, c, 3, 0.3, tok);
   await Deno.writeTextFile(`${dir}/prompts.txt`, "1+2=\n\n3+4=\n");
-  return dir;
 };
 
-Deno.test({
-  name:
-    "CLI: --tokens and --prompts write the JSON report and an SVG with both figures; bad flags fail clearly",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    const dir = await modelDir();
-    try {
+unsanitizedTest(
+  "CLI: --tokens and --prompts write the JSON report and an SVG with both figures; bad flags fail clearly",
+  () =>
+    withTempDir("bupo-entropy-", async (dir) => {
+      await writeModelFolder(dir);
       const [tokens, prompts, unknown, noInput, noModel, badModel, badId, noDefault] = await Promise.all([
         cli(["--model", `${dir}/model`, "--tokens", "3,4,5,6,7", "--out", `${dir}/t.json`, "--per-token"]),
         cli([
@@ -321,8 +312,5 @@ Deno.test({
           throw new Error(`${what}: exit ${r.code} (want ${code}), stderr ${JSON.stringify(r.stderr)}`);
         }
       }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-});
+    }),
+);

@@ -1,7 +1,6 @@
 /** Causal GQA attention: GPU = CPU = definition, grouped heads = repeated heads, causality, gradients, errors. */
 import fc from "fast-check";
 import { computePasses } from "../engine/kernel.ts";
-import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import {
   attention,
@@ -15,8 +14,8 @@ import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
 import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
-import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
+import { GPU_RUNS, gpuProperty, gpuTest } from "./gpu_util.ts";
+import { assertClose, awkwardDim, cpu32, cpu64, randomData, throwsShape } from "./util.ts";
 
 /** One attention problem: sizes, optional explicit offset, scale, and data. */
 interface Case {
@@ -137,18 +136,15 @@ const grads = (be: Backend, c: Case, withL: boolean) =>
 // margin, rtol 1e-5 covers L's magnitude (up to ~ log S + max score ~ 30).
 const TOL = { atol: 3e-5, rtol: 1e-5 };
 
-gpuTest(
+gpuProperty(
   "attention forward: GPU equals the definition (scores, mask, softmax, sum) on random shapes",
-  async (g) => {
-    await fc.assert(
-      fc.asyncProperty(caseArb(), async (c) => {
-        const want = naive(c);
-        const got = await forward(g, c);
-        assertClose(got.o, want.o, TOL, `O ${JSON.stringify(qShape(c))} S=${c.s} offset=${c.offset}`);
-        assertClose(got.l, want.l, TOL, "L");
-      }),
-      { numRuns: GPU_RUNS * 3 },
-    );
+  caseArb(),
+  GPU_RUNS * 3,
+  async (g, c) => {
+    const want = naive(c);
+    const got = await forward(g, c);
+    assertClose(got.o, want.o, TOL, `O ${JSON.stringify(qShape(c))} S=${c.s} offset=${c.offset}`);
+    assertClose(got.l, want.l, TOL, "L");
   },
 );
 
@@ -177,34 +173,34 @@ const repeatHeads = (x: Float32Array, c: Case): Float32Array => {
   return out;
 };
 
-gpuTest("grouped KV heads equal attention with K/V heads repeated (forward and gradients)", async (g) => {
-  await fc.assert(
-    fc.asyncProperty(caseArb(17, [2, 4, 8, 5]).filter((c) => c.hkv < c.hq), async (c) => {
-      const rep = { ...c, hkv: c.hq, k: repeatHeads(c.k, c), v: repeatHeads(c.v, c) };
-      const a = await forward(g, c), b = await forward(g, rep);
-      // Same arithmetic in the same order on the same values: equal up to compiler reassociation.
-      assertClose(a.o, b.o, { atol: 1e-6, rtol: 1e-6 }, "O");
-      const [gq, gk, gv] = await grads(g, c, false);
-      const [rq, rk, rv] = await grads(g, rep, false);
-      assertClose(gq, rq, { atol: 1e-5, rtol: 1e-5 }, "dq");
-      // The grouped dk/dv is the sum of the repeated heads' dk/dv over the group.
-      const fold = (x: Float32Array) => {
-        const out = new Float64Array(c.b * c.s * c.hkv * c.d), grp = c.hq / c.hkv;
-        for (let bs = 0; bs < c.b * c.s; bs++) {
-          for (let h = 0; h < c.hq; h++) {
-            for (let e = 0; e < c.d; e++) {
-              out[(bs * c.hkv + Math.floor(h / grp)) * c.d + e] += x[(bs * c.hq + h) * c.d + e];
-            }
+gpuProperty(
+  "grouped KV heads equal attention with K/V heads repeated (forward and gradients)",
+  caseArb(17, [2, 4, 8, 5]).filter((c) => c.hkv < c.hq),
+  GPU_RUNS,
+  async (g, c) => {
+    const rep = { ...c, hkv: c.hq, k: repeatHeads(c.k, c), v: repeatHeads(c.v, c) };
+    const a = await forward(g, c), b = await forward(g, rep);
+    // Same arithmetic in the same order on the same values: equal up to compiler reassociation.
+    assertClose(a.o, b.o, { atol: 1e-6, rtol: 1e-6 }, "O");
+    const [gq, gk, gv] = await grads(g, c, false);
+    const [rq, rk, rv] = await grads(g, rep, false);
+    assertClose(gq, rq, { atol: 1e-5, rtol: 1e-5 }, "dq");
+    // The grouped dk/dv is the sum of the repeated heads' dk/dv over the group.
+    const fold = (x: Float32Array) => {
+      const out = new Float64Array(c.b * c.s * c.hkv * c.d), grp = c.hq / c.hkv;
+      for (let bs = 0; bs < c.b * c.s; bs++) {
+        for (let h = 0; h < c.hq; h++) {
+          for (let e = 0; e < c.d; e++) {
+            out[(bs * c.hkv + Math.floor(h / grp)) * c.d + e] += x[(bs * c.hq + h) * c.d + e];
           }
         }
-        return out;
-      };
-      assertClose(gk, fold(rk as Float32Array), { atol: 1e-5, rtol: 1e-5 }, "dk");
-      assertClose(gv, fold(rv as Float32Array), { atol: 1e-5, rtol: 1e-5 }, "dv");
-    }),
-    { numRuns: GPU_RUNS },
-  );
-});
+      }
+      return out;
+    };
+    assertClose(gk, fold(rk as Float32Array), { atol: 1e-5, rtol: 1e-5 }, "dk");
+    assertClose(gv, fold(rv as Float32Array), { atol: 1e-5, rtol: 1e-5 }, "dv");
+  },
+);
 
 gpuTest("causality: changing k/v after position offset + t0 leaves outputs t <= t0 unchanged", async (g) => {
   await fc.assert(
@@ -337,18 +333,6 @@ gpuTest(
     }
   },
 );
-
-const throwsShape = (f: () => unknown, pattern: RegExp) => {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !pattern.test(err.message)) {
-    throw new Error(`expected ${pattern}, got ${err}`);
-  }
-};
 
 Deno.test("attention rejects bad shapes with ShapeErrors naming the op and the shapes", () => {
   const t = (shape: number[]) => tensor(cpu64, new Float64Array(size(shape)), shape);

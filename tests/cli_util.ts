@@ -55,3 +55,28 @@ export const TINY_BATCH: readonly string[] = [
 
 /** The evaluation flags of a tiny CLI run: 2 held-out problems at k = 1. */
 export const TINY_EVAL: readonly string[] = ["--eval-problems", "2", "--eval-k", "1"];
+
+/** The shape of a tiny train.ts run: its length, how often it evaluates and checkpoints. */
+export interface TinyRun {
+  readonly steps: number;
+  readonly evalEvery: number;
+  /** Held-out problems of each evaluation, at k = 1 (default: TINY_EVAL's 2). */
+  readonly evalProblems?: number;
+  /** Checkpoint every this many steps (default: the CLI's). */
+  readonly checkpointEvery?: number;
+}
+
+/** The flags of a tiny train.ts run of `model` into `out`: TINY_BATCH for `o.steps` steps, evaluated as `o` says. */
+export const tinyTrainArgs = (model: string, out: string, o: TinyRun): string[] => [
+  "--model",
+  model,
+  "--out",
+  out,
+  "--steps",
+  `${o.steps}`,
+  ...TINY_BATCH,
+  "--eval-every",
+  `${o.evalEvery}`,
+  ...(o.evalProblems === undefined ? TINY_EVAL : ["--eval-problems", `${o.evalProblems}`, "--eval-k", "1"]),
+  ...(o.checkpointEvery === undefined ? [] : ["--checkpoint-every", `${o.checkpointEvery}`]),
+];

@@ -2,14 +2,10 @@
 import { main as dataMain } from "../data.ts";
 import { main as rewardMain } from "../reward.ts";
 import { writeQwen3Folder } from "./qwen3_folder.ts";
+import { eq, includesAll } from "./util.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
-const eq = <T>(got: T, want: T, what: string) => {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
-  }
-};
 
 /** Run `f` with console.log and console.error captured. */
 const capture = async (f: () => Promise<number>): Promise<{ code: number; out: string[]; err: string[] }> => {
@@ -55,32 +51,23 @@ Deno.test("data --json: one object per row with text, ids and ground_truth, as t
   );
   eq(rows[0].ids.slice(0, 3), [151644, 872, 198], "ids");
   eq(rows[0].data_source, "openai/gsm8k", "data_source");
-  const summary = r.err.join("\n");
-  for (
-    const part of [
-      "3 rows, verl schema",
-      "stop ids: 151645, 151643",
-      "tokenizer ids: 151669",
-      "vocab_size 151936",
-    ]
-  ) {
-    if (!summary.includes(part)) throw new Error(`summary lacks ${part}: ${summary}`);
-  }
+  includesAll(r.err.join("\n"), [
+    "3 rows, verl schema",
+    "stop ids: 151645, 151643",
+    "tokenizer ids: 151669",
+    "vocab_size 151936",
+  ], "summary");
 });
 
 Deno.test("data: text for people, --limit, --max-prompt drops with a count, --no-chat-template", async () => {
   const r = await capture(() => dataMain(["--model", dir, "--data", zstd, "--limit", "1"]));
   eq(r.code, 0, "exit");
   const text = r.out.join("\n");
-  for (
-    const part of [
-      "=== row 1 (openai/gsm8k): 30 prompt tokens",
-      "--- ids\n151644 872 198",
-      "--- ground truth\n72",
-    ]
-  ) {
-    if (!text.includes(part)) throw new Error(`lacks ${JSON.stringify(part)}:\n${text}`);
-  }
+  includesAll(text, [
+    "=== row 1 (openai/gsm8k): 30 prompt tokens",
+    "--- ids\n151644 872 198",
+    "--- ground truth\n72",
+  ]);
   if (text.includes("row 2")) throw new Error("--limit 1 showed row 2");
   const m = await capture(() => dataMain(["--model", dir, "--data", zstd, "--json", "--max-prompt", "30"]));
   eq(m.out.map((l) => JSON.parse(l).row), [1, 3], "kept");

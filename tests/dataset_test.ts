@@ -3,7 +3,6 @@
  * parquet-wasm), verl's / TRL's / custom schemas, every bad input with its named error, and the sampler.
  */
 import { parquetMetadata } from "hyparquet";
-import { parquetWriteBuffer } from "hyparquet-writer";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import {
   dataFormatOf,
@@ -14,6 +13,8 @@ import {
   makeSampler,
   RowError,
 } from "../formats/dataset.ts";
+import { jsonlOf as jsonl, parquetOf } from "./qwen3_model.ts";
+import { throwsWith } from "./util.ts";
 
 const FIX = new URL("./fixtures/datasets/", import.meta.url).pathname;
 /** JSON with every object's keys sorted (Parquet gives struct fields in schema order). */
@@ -37,25 +38,6 @@ const file = async (name: string, content: string | Uint8Array): Promise<string>
   const p = `${dir}/${n++}-${name}`;
   await (typeof content === "string" ? Deno.writeTextFile(p, content) : Deno.writeFile(p, content));
   return p;
-};
-const jsonl = (rows: unknown[]) => rows.map((r) => JSON.stringify(r)).join("\n") + "\n";
-
-/** The error `f` rejects with: of class `cls`, its message holding every part. */
-const fails = async <E extends Error>(
-  f: () => Promise<unknown>,
-  cls: abstract new (...a: never[]) => E,
-  parts: string[],
-): Promise<E> => {
-  try {
-    await f();
-  } catch (e) {
-    if (!(e instanceof cls)) {
-      throw new Error(`expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${e}`);
-    }
-    for (const p of parts) if (!e.message.includes(p)) throw new Error(`"${e.message}" lacks "${p}"`);
-    return e;
-  }
-  throw new Error(`expected ${cls.name} mentioning ${parts.join(", ")}`);
 };
 
 const VERL = [
@@ -82,25 +64,37 @@ const summary = (d: Dataset) => ({
   rows: d.rows.map((r) => [r.row, r.prompt, r.groundTruth, r.dataSource ?? null, r.extraInfo ?? null]),
 });
 
+type Summary = ReturnType<typeof summary>;
+/** The summary a dataset should have. */
+const expected = (
+  format: Dataset["format"],
+  schema: Dataset["schema"],
+  paths: string[],
+  rows: Summary["rows"],
+) => ({
+  format,
+  schema,
+  paths,
+  rows,
+});
+/** The summary of VERL read from a file of `format`. */
+const verlSummary = (format: Dataset["format"]): Summary =>
+  expected(
+    format,
+    "verl",
+    ["prompt", "reward_model.ground_truth"],
+    VERL.map((r, i) => [i + 1, r.prompt, r.reward_model.ground_truth, r.data_source, r.extra_info]),
+  );
+
 Deno.test("verl rows from JSONL: messages, reward_model.ground_truth, data_source, extra_info, the raw row", async () => {
   const d = await loadDataset(await file("verl.jsonl", jsonl(VERL)));
-  eq(summary(d), {
-    format: "jsonl",
-    schema: "verl",
-    paths: ["prompt", "reward_model.ground_truth"],
-    rows: VERL.map((r, i) => [i + 1, r.prompt, r.reward_model.ground_truth, r.data_source, r.extra_info]),
-  }, "rows");
+  eq(summary(d), verlSummary("jsonl"), "rows");
   eq(d.rows[0].raw.ability, "math", "raw");
 });
 
 Deno.test("TRL rows from a JSON array: string prompts with solution, messages with answer, ground_truth", async () => {
   const a = await loadDataset(await file("trl.json", JSON.stringify([{ prompt: "2+2=", solution: "4" }])));
-  eq(summary(a), {
-    format: "json",
-    schema: "trl",
-    paths: ["prompt", "solution"],
-    rows: [[1, "2+2=", "4", null, null]],
-  }, "solution");
+  eq(summary(a), expected("json", "trl", ["prompt", "solution"], [[1, "2+2=", "4", null, null]]), "solution");
   const msgs = [{ role: "user", content: "3*3?" }];
   const b = await loadDataset(await file("trl.json", JSON.stringify([{ prompt: msgs, answer: 9 }])));
   eq(summary(b).rows, [[1, msgs, "9", null, null]], "answer, a number");
@@ -123,76 +117,24 @@ Deno.test("custom fields through promptKey / answerKey, dotted paths and list in
     promptKey: "input.question",
     answerKey: "meta.answers.0",
   });
-  eq(summary(d), {
-    format: "jsonl",
-    schema: "custom",
-    paths: ["input.question", "meta.answers.0"],
-    rows: [[1, "Q1", "A1", null, null]],
-  }, "custom");
+  eq(
+    summary(d),
+    expected("jsonl", "custom", ["input.question", "meta.answers.0"], [[1, "Q1", "A1", null, null]]),
+    "custom",
+  );
   eq(getPath({ "a.b": 1, a: { b: 2 } }, "a.b"), { found: true, value: 1 }, "a literal dotted key wins");
   eq(getPath({ a: [{ b: 3 }] }, "a.0.b"), { found: true, value: 3 }, "list index");
   eq(getPath({ a: 1 }, "a.b"), { found: false }, "missing");
 });
 
-/** verl rows as a real nested Parquet schema (list<struct<content, role>>, structs) as pandas/pyarrow write it. */
-const verlParquet = (rows: typeof VERL, codec: "SNAPPY" | "UNCOMPRESSED" = "SNAPPY"): Uint8Array => {
-  const str = (name: string) => ({
-    name,
-    type: "BYTE_ARRAY",
-    converted_type: "UTF8",
-    repetition_type: "OPTIONAL",
-  });
-  const schema = [
-    { name: "root", num_children: 5 },
-    str("data_source"),
-    { name: "prompt", repetition_type: "OPTIONAL", converted_type: "LIST", num_children: 1 },
-    { name: "list", repetition_type: "REPEATED", num_children: 1 },
-    { name: "element", repetition_type: "OPTIONAL", num_children: 2 },
-    str("content"),
-    str("role"),
-    str("ability"),
-    { name: "reward_model", repetition_type: "OPTIONAL", num_children: 2 },
-    str("ground_truth"),
-    str("style"),
-    { name: "extra_info", repetition_type: "OPTIONAL", num_children: 2 },
-    { name: "index", type: "INT64", repetition_type: "OPTIONAL" },
-    str("split"),
-  ];
-  const col = (name: keyof typeof VERL[number], f: (x: never) => unknown = (x) => x) => ({
-    name,
-    data: rows.map((r) => f(r[name] as never)),
-  });
-  const buf = parquetWriteBuffer({
-    codec,
-    columnData: [
-      col("data_source"),
-      col("prompt"),
-      col("ability"),
-      col("reward_model"),
-      col(
-        "extra_info",
-        (e: { index: number; split: string }) => ({ index: BigInt(e.index), split: e.split }),
-      ),
-    ],
-    // deno-lint-ignore no-explicit-any
-    schema: schema as any,
-  });
-  return new Uint8Array(buf);
-};
-
 Deno.test("a snappy Parquet file written here (nested verl schema) reads with INT64 as numbers", async () => {
-  const bytes = verlParquet(VERL);
+  const bytes = parquetOf(VERL);
   const codecs = parquetMetadata(bytes.buffer as ArrayBuffer).row_groups[0].columns.map((c) =>
     c.meta_data?.codec
   );
   if (!codecs.every((c) => c === "SNAPPY")) throw new Error(`codecs ${codecs}`);
   const d = await loadDataset(await file("verl.parquet", bytes));
-  eq(summary(d), {
-    format: "parquet",
-    schema: "verl",
-    paths: ["prompt", "reward_model.ground_truth"],
-    rows: VERL.map((r, i) => [i + 1, r.prompt, r.reward_model.ground_truth, r.data_source, r.extra_info]),
-  }, "rows");
+  eq(summary(d), verlSummary("parquet"), "rows");
 });
 
 Deno.test("a zstd Parquet fixture written by parquet-wasm (Rust) reads", async () => {
@@ -213,39 +155,45 @@ Deno.test("a zstd Parquet fixture written by parquet-wasm (Rust) reads", async (
 });
 
 Deno.test("files that are not what their extension says, and unknown extensions, are named", async () => {
-  await fails(async () => loadDataset(await file("x.parquet", "prompt,answer\n1,2\n")), FileFormatError, [
-    "x.parquet: not a Parquet file",
-  ]);
-  const good = verlParquet(VERL, "UNCOMPRESSED");
+  await throwsWith(
+    async () => loadDataset(await file("x.parquet", "prompt,answer\n1,2\n")),
+    FileFormatError,
+    [
+      "x.parquet: not a Parquet file",
+    ],
+  );
+  const good = parquetOf(VERL, "UNCOMPRESSED");
   const cut = new Uint8Array([...good.subarray(0, 60), ...good.subarray(good.length - 8)]);
-  await fails(async () => loadDataset(await file("cut.parquet", cut)), FileFormatError, [
+  await throwsWith(async () => loadDataset(await file("cut.parquet", cut)), FileFormatError, [
     "cut.parquet: cannot read",
   ]);
-  await fails(
+  await throwsWith(
     async () => loadDataset(await file("broken.jsonl", '{"prompt": "a", "answer": "1"}\n{"prompt": "b", \n')),
     FileFormatError,
     ["broken.jsonl: line 2 is not valid JSON"],
   );
-  await fails(
+  await throwsWith(
     async () => loadDataset(await file("obj.json", '{"prompt": "a", "answer": "1", "x": [')),
     FileFormatError,
     [
       "obj.json: not valid JSON",
     ],
   );
-  await fails(async () => loadDataset(await file("o.json", '{"rows": []}')), FileFormatError, [
+  await throwsWith(async () => loadDataset(await file("o.json", '{"rows": []}')), FileFormatError, [
     "expected a JSON array of row objects, got object",
   ]);
-  await fails(
+  await throwsWith(
     async () => loadDataset(await file("bin.jsonl", new Uint8Array([0xff, 0xfe, 0x00, 0x41]))),
     FileFormatError,
     [
       "not UTF-8 text",
     ],
   );
-  await fails(async () => loadDataset(await file("empty.jsonl", "\n\n")), FileFormatError, ["holds no rows"]);
-  await fails(() => loadDataset(`${dir}/nope.jsonl`), FileFormatError, ["nope.jsonl: no such file"]);
-  await fails(async () => loadDataset(await file("d.csv", "a,b")), ConfigError, [
+  await throwsWith(async () => loadDataset(await file("empty.jsonl", "\n\n")), FileFormatError, [
+    "holds no rows",
+  ]);
+  await throwsWith(() => loadDataset(`${dir}/nope.jsonl`), FileFormatError, ["nope.jsonl: no such file"]);
+  await throwsWith(async () => loadDataset(await file("d.csv", "a,b")), ConfigError, [
     "unknown data format",
     ".jsonl, .json or .parquet",
   ]);
@@ -295,24 +243,26 @@ Deno.test("every bad row is a RowError naming the file, the row and the field", 
   ];
   for (const [what, rows, row, field, part] of cases) {
     const f = await file("bad.jsonl", jsonl(rows));
-    const e = await fails(() => loadDataset(f), RowError, [f, `row ${row}`, part]);
+    const e = await throwsWith(() => loadDataset(f), RowError, [f, `row ${row}`, part]);
     if (e.row !== row || e.field !== field || e.file !== f) {
       throw new Error(`${what}: row ${e.row} field ${e.field} file ${e.file}`);
     }
   }
   // JSON arrays name the row; JSONL names the line too (blank lines skipped).
   const arr = await file("bad.json", JSON.stringify([{ prompt: "a", answer: "1" }, 7]));
-  await fails(() => loadDataset(arr), RowError, ["bad.json: row 2: expected a JSON object"]);
+  await throwsWith(() => loadDataset(arr), RowError, ["bad.json: row 2: expected a JSON object"]);
   const lines = await file("gap.jsonl", '{"prompt":"a","answer":"1"}\n\n{"prompt":"b"}\n');
-  await fails(() => loadDataset(lines), RowError, ["gap.jsonl: row 2 (line 3): answer: is missing"]);
+  await throwsWith(() => loadDataset(lines), RowError, ["gap.jsonl: row 2 (line 3): answer: is missing"]);
   const keyed = await file("k.jsonl", jsonl([{ q: "a", a: "1" }]));
-  await fails(() => loadDataset(keyed, { promptKey: "q", answerKey: "ans" }), RowError, ['no "ans" field']);
+  await throwsWith(() => loadDataset(keyed, { promptKey: "q", answerKey: "ans" }), RowError, [
+    'no "ans" field',
+  ]);
   // A bad row of a Parquet file is named the same way.
-  const pq = verlParquet([VERL[0], {
+  const pq = parquetOf([VERL[0], {
     ...VERL[1],
     reward_model: { style: "rule", ground_truth: null as unknown as string },
   }]);
-  const e = await fails(async () => loadDataset(await file("bad.parquet", pq)), RowError, [
+  const e = await throwsWith(async () => loadDataset(await file("bad.parquet", pq)), RowError, [
     "row 2",
     "is missing",
   ]);

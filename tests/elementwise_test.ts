@@ -6,24 +6,13 @@ import { tensor, tidy } from "../engine/tensor.ts";
 import type { Backend } from "../engine/backend.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { GPU_RUNS, gpuTest } from "./gpu_util.ts";
+import { UNARY_OPS } from "./kernel_cases.ts";
 import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
 import { size } from "../core/shape.ts";
 import { ShapeError } from "../core/errors.ts";
 
-const unaryOps: UnaryOp[] = [
-  "neg",
-  "exp",
-  "sqrt",
-  "rsqrt",
-  "square",
-  "abs",
-  "recip",
-  "relu",
-  "sigmoid",
-  "silu",
-  "tanh",
-  "log",
-];
+/** The unary maps checked here: all but those with a constant (scale, addc, powc) and step. */
+const unaryOps = UNARY_OPS.filter((op) => !["scale", "addc", "powc", "step"].includes(op));
 const positive = new Set<UnaryOp>(["sqrt", "rsqrt", "log", "recip"]);
 
 /** A shape of rank 0-4 and a second shape that broadcasts with it (some axes set to 1 or dropped). */

@@ -13,7 +13,7 @@ import {
 import { size } from "../core/shape.ts";
 import { add, mul, scale, sumTo } from "../kernels/elementwise.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
-import { defineKernel } from "../engine/kernel.ts";
+import { defineKernel, type PassBinding } from "../engine/kernel.ts";
 import { permute, transpose } from "../kernels/layout.ts";
 import { apply1 } from "../engine/apply.ts";
 import { openGpu } from "../engine/gpu/device.ts";
@@ -36,6 +36,15 @@ const throwsTagged = async (tag: string, f: () => unknown, msg?: RegExp) => {
   }
   return err;
 };
+
+/** A kernel of one f32 output shaped like its input: one workgroup of `wgsl` on the GPU, nothing on the CPU. */
+const wgslKernel = (name: string, wgsl: string, bindings: readonly PassBinding[]) =>
+  defineKernel<Record<string, never>>({
+    name,
+    infer: (_p, [x]) => [{ shape: x.shape, dtype: "f32" }],
+    cpu: () => {},
+    gpu: () => [{ wgsl, workgroups: [1, 1, 1], bindings }],
+  });
 
 const failureOf = <A, E>(exit: Exit.Exit<A, E>): unknown =>
   Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined;
@@ -95,21 +104,16 @@ Deno.test("tidy disposes what it created except its result; use after dispose is
 gpuTest(
   "a shader that fails to compile gives ShaderCompileError with kernel, line:col and source",
   async (g) => {
-    const broken = defineKernel<Record<string, never>>({
-      name: "brokenKernel",
-      infer: (_p, [x]) => [{ shape: x.shape, dtype: "f32" }],
-      cpu: () => {},
-      gpu: () => [{
-        wgsl: `@group(0) @binding(0) var<storage, read> a: array<f32>;
+    const broken = wgslKernel(
+      "brokenKernel",
+      `@group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;
 @compute @workgroup_size(1) fn main() {
   let x: f32 = 1u;
   b[0] = a[0] + x;
 }`,
-        workgroups: [1, 1, 1],
-        bindings: [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
-      }],
-    });
+      [{ kind: "input", index: 0 }, { kind: "output", index: 0 }],
+    );
     const x = tensor(g, [1], [1]);
     const y = apply1(broken, {}, [x]);
     const e = await throwsTagged("ShaderCompileError", () => y.data());
@@ -124,18 +128,13 @@ gpuTest(
 );
 
 gpuTest("a validation error during dispatch surfaces as GpuError, not a hang", async (g) => {
-  const bad = defineKernel<Record<string, never>>({
-    name: "badBindings",
-    infer: (_p, [x]) => [{ shape: x.shape, dtype: "f32" }],
-    cpu: () => {},
-    // Declares binding 1 but never uses it: auto layout drops it, so the bind group does not match.
-    gpu: () => [{
-      wgsl: `@group(0) @binding(0) var<storage, read_write> b: array<f32>;
+  // Declares binding 1 but never uses it: auto layout drops it, so the bind group does not match.
+  const bad = wgslKernel(
+    "badBindings",
+    `@group(0) @binding(0) var<storage, read_write> b: array<f32>;
 @compute @workgroup_size(1) fn main() { b[0] = 1.0; }`,
-      workgroups: [1, 1, 1],
-      bindings: [{ kind: "output", index: 0 }, { kind: "input", index: 0 }],
-    }],
-  });
+    [{ kind: "output", index: 0 }, { kind: "input", index: 0 }],
+  );
   const y = apply1(bad, {}, [tensor(g, [1], [1])]);
   const e = await throwsTagged("GpuError", () => y.data());
   if (!(e instanceof GpuError)) throw new Error("type");

@@ -3,15 +3,11 @@
  * changes, depth normalized (l / (L-1)) when the layer counts differ, each model's boundary layer marked; the JSON
  * holds every model's report with its boundary layer; the boundary line is printed for each.
  */
-import { Effect } from "effect";
-import { paramsToHost, writeModelDir } from "../formats/hf.ts";
-import { CharTokenizer, saveTokenizer } from "../formats/tokenizer.ts";
+import { CharTokenizer } from "../formats/tokenizer.ts";
 import { boundaryLayer, type EntropyFlow, type LayerEntropies } from "../policies/analysis.ts";
-import { paramSpecs, tinyConfig } from "../policies/config.ts";
-import { initParams } from "../policies/params.ts";
 import { boundaryLine, modelNames, multiModelSvg } from "../training/entropy_report.ts";
 import { main } from "../entropy.ts";
-import { cpu32 } from "./util.ts";
+import { narrowConfig, writeRandomModel } from "./model_util.ts";
 
 const m = (entropy: number) => ({ entropy, logp: -1 });
 /** A flow of `L` layers whose FFN changes are `ffn` (raw and normed alike). */
@@ -93,19 +89,7 @@ Deno.test("multiModelSvg: different depths share a normalized axis; boundary lay
 
 const tok = new CharTokenizer("0123456789+=");
 const modelFolder = async (dir: string, numLayers: number) => {
-  const c = tinyConfig({
-    vocabSize: tok.vocabSize,
-    hiddenSize: 16,
-    numLayers,
-    numHeads: 2,
-    numKvHeads: 1,
-    headDim: 8,
-    intermediateSize: 32,
-  });
-  const p = initParams(cpu32, paramSpecs(c), numLayers, 0.3);
-  await Effect.runPromise(writeModelDir(dir, c, await paramsToHost(p)));
-  await saveTokenizer(dir, tok);
-  p.dispose();
+  await writeRandomModel(dir, narrowConfig({ vocabSize: tok.vocabSize, numLayers }), numLayers, 0.3, tok);
 };
 
 Deno.test({

@@ -5,20 +5,12 @@
  * the CPU), and on a weightless Qwen3 folder with the real tokenizer and template (the prompts alone).
  */
 import { Effect } from "effect";
-import { paramsToHost, writeModelDir } from "../formats/hf.ts";
-import { CharTokenizer, saveTokenizer } from "../formats/tokenizer.ts";
-import { paramSpecs, tinyConfig } from "../policies/config.ts";
-import { initParams } from "../policies/params.ts";
+import { CharTokenizer } from "../formats/tokenizer.ts";
 import { main } from "../entropy.ts";
 import { type EntropyArgs, entropyInput, entropyPrompts, readPromptEntries } from "../training/entropy.ts";
 import { writeQwen3Folder } from "./qwen3_folder.ts";
-import { cpu32 } from "./util.ts";
-
-const eq = (got: unknown, want: unknown, what: string) => {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
-  }
-};
+import { eq, unsanitizedTest, withTempDir } from "./util.ts";
+import { narrowConfig, writeRandomModel } from "./model_util.ts";
 
 /** The flag values of ENTROPY_FLAGS' defaults, with `over`. */
 const argsOf = (over: Partial<EntropyArgs>): EntropyArgs => ({
@@ -41,22 +33,9 @@ const TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.conte
 
 const tok = new CharTokenizer("abcdefghijklmnopqrstuvwxyz0123456789+=?:. \n");
 
-/** A tiny random character model with TEMPLATE as its chat_template.jinja, and a JSONL prompt file. */
-const folder = async () => {
-  const dir = await Deno.makeTempDir({ prefix: "bupo-entropy-chat-" });
-  const c = tinyConfig({
-    vocabSize: tok.vocabSize,
-    hiddenSize: 16,
-    numLayers: 2,
-    numHeads: 2,
-    numKvHeads: 1,
-    headDim: 8,
-    intermediateSize: 32,
-  });
-  const p = initParams(cpu32, paramSpecs(c), 2, 0.3);
-  await Effect.runPromise(writeModelDir(`${dir}/m`, c, await paramsToHost(p)));
-  p.dispose();
-  await saveTokenizer(`${dir}/m`, tok);
+/** Write a tiny random character model with TEMPLATE as its chat_template.jinja into `dir`/m, and `dir`/p.jsonl. */
+const writeFolder = async (dir: string) => {
+  await writeRandomModel(`${dir}/m`, narrowConfig({ vocabSize: tok.vocabSize }), 2, 0.3, tok);
   await Deno.writeTextFile(`${dir}/m/chat_template.jinja`, TEMPLATE);
   await Deno.writeTextFile(
     `${dir}/p.jsonl`,
@@ -67,7 +46,6 @@ const folder = async () => {
       { prompt: [{ role: "user", content: [{ type: "text", text: "3+" }, { type: "text", text: "4=?" }] }] },
     ].map((r) => (r === "" ? "" : JSON.stringify(r))).join("\n") + "\n",
   );
-  return dir;
 };
 
 const ROW1 = "<bos>user: what is 1+2?\nthink first.\nassistant:";
@@ -88,14 +66,11 @@ const run = async (argv: string[]) => {
   }
 };
 
-Deno.test({
-  name:
-    "entropy --prompts x.jsonl: multi-line and chat rows rendered through the folder's template, end to end",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    const dir = await folder();
-    try {
+unsanitizedTest(
+  "entropy --prompts x.jsonl: multi-line and chat rows rendered through the folder's template, end to end",
+  () =>
+    withTempDir("bupo-entropy-chat-", async (dir) => {
+      await writeFolder(dir);
       const m = `${dir}/m`, file = `${dir}/p.jsonl`;
       // The rows, read: where each came from, strings kept whole, text parts joined.
       const entries = await Effect.runPromise(readPromptEntries(file));
@@ -206,11 +181,8 @@ Deno.test({
           throw new Error(`${what}: exit ${f.code} (want ${code}): ${f.errs.join("\n")}`);
         }
       }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-});
+    }),
+);
 
 /** Write rows as JSONL into `dir/name`; returns the path. */
 const write = async (dir: string, name: string, rows: unknown[]): Promise<string> => {

@@ -1,11 +1,11 @@
 /** The entropy report builders called directly on a hand-made EntropyFlow: JSON fields, SVG content, table. */
 import { Effect } from "effect";
 import type { EntropyBatch, EntropyFlow, LayerEntropies } from "../policies/analysis.ts";
-import { paramSpecs, tinyConfig } from "../policies/config.ts";
-import { normals } from "../policies/params.ts";
+import { tinyConfig } from "../policies/config.ts";
 import { writeModelDir } from "../formats/hf.ts";
 import { main as entropyMain } from "../entropy.ts";
 import { readPrompts, reportJson, reportSvg, summaryTable } from "../training/entropy_report.ts";
+import { hostTensors } from "./model_util.ts";
 
 const m = (entropy: number, logp = -entropy / 2) => ({ entropy, logp });
 /** Layer l's readouts: entropies falling with depth; the FFN's change positive in layer 1. */
@@ -217,16 +217,9 @@ Deno.test({
         numKvHeads: 1,
         headDim: 8,
       });
-      const rnd = normals(3);
       const bad = "model.layers.1.self_attn.v_proj.weight";
-      const ts = paramSpecs(c).map((s) => {
-        const data = Float32Array.from(
-          { length: s.shape.reduce((a, x) => a * x, 1) },
-          () => s.init === "ones" ? 1 : s.init === "zeros" ? 0 : 0.2 * rnd(),
-        );
-        if (s.name === bad) data[9] = NaN;
-        return { name: s.name, shape: s.shape, data };
-      });
+      const ts = hostTensors(c, 3, (init, rnd) => init === "ones" ? 1 : init === "zeros" ? 0 : 0.2 * rnd());
+      ts.find((t) => t.name === bad)!.data[9] = NaN;
       await Effect.runPromise(writeModelDir(`${dir}/m`, c, ts));
       const argv = [
         "--model",

@@ -5,12 +5,11 @@
  */
 import { runFuzz, summary } from "./fuzz/main.ts";
 import { TARGETS } from "./fuzz/targets.ts";
+import { unsanitizedTest } from "./util.ts";
 
-Deno.test({
-  name: "fuzz slice: 240 seeded cases over every target end accepted or with a named error",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
+unsanitizedTest(
+  "fuzz slice: 240 seeded cases over every target end accepted or with a named error",
+  async () => {
     const r = await runFuzz({ seed: 20260101, seconds: 240, cases: 240, timeout: 60 });
     const text = summary(r);
     if (r.failures.length) throw new Error(text);
@@ -20,13 +19,11 @@ Deno.test({
     if (missing.length) throw new Error(`targets never drawn: ${missing.join(", ")}\n${text}`);
     if (r.clean < r.cases / 2) throw new Error(`only ${r.clean} clean errors of ${r.cases}\n${text}`);
   },
-});
+);
 
-Deno.test({
-  name: "fuzz: the same seed gives the same cases and outcomes; a replayed case is the same case",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
+unsanitizedTest(
+  "fuzz: the same seed gives the same cases and outcomes; a replayed case is the same case",
+  async () => {
     const a = await runFuzz({ seed: 7, seconds: 120, cases: 30, timeout: 60 });
     const b = await runFuzz({ seed: 7, seconds: 120, cases: 30, timeout: 60 });
     const counts = (r: typeof a) => JSON.stringify([r.cases, r.accepted, r.clean, r.byTarget]);
@@ -43,4 +40,4 @@ Deno.test({
     await Deno.remove(one.root, { recursive: true });
     if (one.cases !== 1 || !/^case 12 \(/.test(lines[0] ?? "")) throw new Error(lines.join("\n"));
   },
-});
+);

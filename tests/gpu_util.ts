@@ -4,6 +4,7 @@
  * device-free tests import only tests/util.ts.
  */
 import { Effect } from "effect";
+import fc from "fast-check";
 import type { Backend } from "../engine/backend.ts";
 import type { GpuBackend } from "../engine/gpu/backend.ts";
 import type { GpuTarget } from "../engine/kernel.ts";
@@ -49,6 +50,14 @@ globalThis.addEventListener("unload", () => {
 /** Deno.test options for a GPU test: ignored only when there is no adapter outside CI. */
 export const gpuTest = (name: string, fn: (g: GpuBackend) => Promise<void>): void =>
   Deno.test({ name, ignore: gpu === null, sanitizeResources: false, sanitizeOps: false, fn: () => fn(gpu!) });
+
+/** A GPU test of one fast-check property: `body(g, x)` for `numRuns` values `x` of `arb`. */
+export const gpuProperty = <T>(
+  name: string,
+  arb: fc.Arbitrary<T>,
+  numRuns: number,
+  body: (g: GpuBackend, x: T) => Promise<void>,
+): void => gpuTest(name, (g) => fc.assert(fc.asyncProperty(arb, (x) => body(g, x)), { numRuns }));
 
 /** A software target with WebGPU's default limits, for tests that only generate shader text. */
 export const softwareTarget = (lanes?: number): GpuTarget => ({

@@ -2,7 +2,6 @@
 import { Cause, Effect, Exit } from "effect";
 import { ConfigError, FileFormatError } from "../core/errors.ts";
 import { serializeSafetensors } from "../core/safetensors.ts";
-import type { Shape } from "../core/shape.ts";
 import type { Backend } from "../engine/backend.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
 import {
@@ -12,13 +11,11 @@ import {
   paramSpecs,
   tinyConfig,
 } from "../policies/config.ts";
-import { readModelDir, toParams, writeModelDir } from "../formats/hf.ts";
+import { type HostModel, readModelDir, toParams, writeModelDir } from "../formats/hf.ts";
 import { forward, logits } from "../policies/model.ts";
-import { normals } from "../policies/params.ts";
 import { gpuTest } from "./gpu_util.ts";
-import { assertClose, cpu64 } from "./util.ts";
-
-type HostTensor = { name: string; shape: Shape; data: Float32Array };
+import { type HostTensor, hostTensors } from "./model_util.ts";
+import { assertClose, cpu64, withTempDir } from "./util.ts";
 
 const config = tinyConfig({
   vocabSize: 41,
@@ -32,17 +29,12 @@ const config = tinyConfig({
   ropeTheta: 1000,
 });
 
-const randomTensors = (c: DecoderConfig, seed: number): HostTensor[] => {
-  const rnd = normals(seed);
-  return paramSpecs(c).map((s) => ({
-    name: s.name,
-    shape: s.shape,
-    data: Float32Array.from(
-      { length: s.shape.reduce((a, x) => a * x, 1) },
-      () => (s.init === "ones" ? 1 + 0.2 * rnd() : s.init === "zeros" ? 0.1 * rnd() : 0.4 * rnd()),
-    ),
-  }));
-};
+const randomTensors = (c: DecoderConfig, seed: number): HostTensor[] =>
+  hostTensors(
+    c,
+    seed,
+    (init, rnd) => (init === "ones" ? 1 + 0.2 * rnd() : init === "zeros" ? 0.1 * rnd() : 0.4 * rnd()),
+  );
 
 /** A naive f64 Qwen3/Qwen2/Llama forward written from the Hugging Face modeling code, independent of the engine. */
 const naiveLogits = (
@@ -144,21 +136,23 @@ const writeSharded = async (
 
 const ids = [3, 17, 40, 0, 8, 8, 21];
 
-const logitsOf = async (b: Backend, dir: string) => {
-  const m = await Effect.runPromise(readModelDir(dir));
-  return await tidy(async () => {
+/** The logits of model `m` on `tokens` at positions 0, 1, ... on `b`. */
+const modelLogits = (b: Backend, m: HostModel, tokens: readonly number[]) =>
+  tidy(async () => {
     const p = toParams(b, m);
     const f = forward(
       m.config,
       p,
-      tensor(b, ids, [1, ids.length], "i32"),
-      tensor(b, ids.map((_, i) => i), [ids.length], "i32"),
+      tensor(b, [...tokens], [1, tokens.length], "i32"),
+      tensor(b, tokens.map((_, i) => i), [tokens.length], "i32"),
     );
     const z = await logits(m.config, p, f).data();
     p.dispose();
     return z;
   });
-};
+
+const logitsOf = async (b: Backend, dir: string) =>
+  modelLogits(b, await Effect.runPromise(readModelDir(dir)), ids);
 
 const failure = async (dir: string): Promise<string> => {
   const exit = await Effect.runPromiseExit(readModelDir(dir));
@@ -175,14 +169,7 @@ const failsWith = async (dir: string, parts: string[]) => {
   return m;
 };
 
-const withDirs = async (fn: (root: string) => Promise<void>) => {
-  const root = await Deno.makeTempDir({ prefix: "bupo-hf-" });
-  try {
-    await fn(root);
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
-};
+const withDirs = (fn: (root: string) => Promise<void>) => withTempDir("bupo-hf-", fn);
 
 const loads = async (b: Backend, tol: number) =>
   await withDirs(async (root) => {
@@ -458,18 +445,7 @@ Deno.test("a tiny Llama 3 folder (rope_scaling llama3, hand-written config.json)
     const m = await Effect.runPromise(readModelDir(root));
     if (JSON.stringify(m.config) !== JSON.stringify(c)) throw new Error("config");
     const longIds = Array.from({ length: 40 }, (_, i) => (i * 7 + 3) % 41);
-    const got = await tidy(async () => {
-      const p = toParams(cpu64, m);
-      const f = forward(
-        m.config,
-        p,
-        tensor(cpu64, longIds, [1, longIds.length], "i32"),
-        tensor(cpu64, longIds.map((_, i) => i), [longIds.length], "i32"),
-      );
-      const z = await logits(m.config, p, f).data();
-      p.dispose();
-      return z;
-    });
+    const got = await modelLogits(cpu64, m, longIds);
     const want = naiveLogits(c, ts, longIds, freqs).flat();
     assertClose(got, want, { atol: 1e-9, rtol: 1e-9 }, "Llama 3 logits");
     // The scaling matters at these positions: the unscaled reference differs.

@@ -14,11 +14,12 @@ import { rngUniform, splitmix32 } from "../core/rng.ts";
 import { type DType, type Shape, size } from "../core/shape.ts";
 import type { HostArray, Kernel } from "../engine/kernel.ts";
 import { type KernelName, type KernelParams, KERNELS } from "../kernels/index.ts";
+import type { UnaryOp } from "../kernels/elementwise.ts";
 import type { MatmulVariant } from "../kernels/matmul.ts";
 import { NEG_BIG } from "../kernels/readout.ts";
 import { rowDistribution } from "../kernels/sample.ts";
 import { SLOT } from "../kernels/adamw.ts";
-import { awkwardDim } from "./util.ts";
+import { awkwardDim, batchPair, broadcastOperand } from "./util.ts";
 
 const U = 2 ** -24;
 
@@ -348,23 +349,35 @@ const sampleOpts = fc.record({
 /** Relative closeness to a CDF step or top-p cut within which f32 masses may pick another token (sample_test). */
 const BOUNDARY = 1e-4;
 
-/** Stored shapes of op(A) [..ba, M, K] @ op(B) [..bb, K, N] with broadcast batch shapes (as tests/matmul_test.ts). */
-const batchPair = fc.array(fc.integer({ min: 1, max: 3 }), { maxLength: 2 }).chain((batch) => {
-  const operand = fc.tuple(
-    fc.integer({ min: 0, max: batch.length }),
-    fc.array(fc.boolean(), { minLength: batch.length, maxLength: batch.length }),
-  ).map(([drop, ones]) => batch.map((d, i) => (ones[i] ? 1 : d)).slice(drop));
-  return fc.tuple(operand, operand);
-});
-
-/** Broadcast operand shapes of an output shape: leading axes dropped, some set to 1. */
-const broadcastOperand = (out: readonly number[]) =>
-  fc.tuple(
-    fc.integer({ min: 0, max: out.length }),
-    fc.array(fc.boolean(), { minLength: out.length, maxLength: out.length }),
-  ).map(([drop, ones]) => out.map((d, i) => (ones[i] ? 1 : d)).slice(drop));
-
 // ---- the cases ------------------------------------------------------------------------------------------------
+
+/** A cross-entropy problem: the sign, logits [..., C] and a seed. */
+const crossEntropyArb = fc.record({ negate: fc.boolean(), shape: rowShape, seed: seedArb });
+/** Its logits in [-4, 4) and a target in [0, C) per row. */
+const crossEntropyInputs = ({ shape, seed }: { shape: number[]; seed: number }): HostInput[] => [
+  F(shape, seed, -4, 4),
+  I(shape.slice(0, -1), seed + 1, 0, shape[shape.length - 1]),
+];
+
+/** Every map of the unary elementwise kernel. */
+export const UNARY_OPS: readonly UnaryOp[] = [
+  "neg",
+  "exp",
+  "log",
+  "sqrt",
+  "rsqrt",
+  "square",
+  "abs",
+  "recip",
+  "relu",
+  "sigmoid",
+  "silu",
+  "tanh",
+  "scale",
+  "addc",
+  "powc",
+  "step",
+];
 
 const exact = (): Check => "exact";
 /** An f32 copy or gather moves bits: exact (i32 and u32 outputs are always compared exactly). */
@@ -567,24 +580,7 @@ export const CASES: { readonly [K in KernelName]: Case<KernelParams<K>> } = {
   },
   unary: {
     arb: fc.record({
-      op: fc.constantFrom(
-        "neg",
-        "exp",
-        "log",
-        "sqrt",
-        "rsqrt",
-        "square",
-        "abs",
-        "recip",
-        "relu",
-        "sigmoid",
-        "silu",
-        "tanh",
-        "scale",
-        "addc",
-        "powc",
-        "step",
-      ),
+      op: fc.constantFrom(...UNARY_OPS),
       c: fc.constantFrom(-1.5, 0.5, 2, 3),
       shape: elementwiseShape,
       seed: seedArb,
@@ -1180,30 +1176,13 @@ export const CASES: { readonly [K in KernelName]: Case<KernelParams<K>> } = {
     why: "as tests/softmax_test.ts: O(1) products and a row sum of C <= 700 terms: <= 3e-6 absolute",
   },
   crossEntropy: {
-    arb: fc.record({
-      negate: fc.boolean(),
-      shape: rowShape,
-      seed: seedArb,
-    }).map(({ negate, shape, seed }) =>
-      problem({ negate }, [
-        F(shape, seed, -4, 4),
-        I(shape.slice(0, -1), seed + 1, 0, shape[shape.length - 1]),
-      ])
-    ),
+    arb: crossEntropyArb.map((a) => problem({ negate: a.negate }, crossEntropyInputs(a))),
     tol: () => ({ atol: 1e-5, rtol: 1e-6 }),
     why: "as tests/softmax_test.ts (LOG_TOL): max + log(sum) - x of values <= ~17, three roundings",
   },
   crossEntropyGrad: {
-    arb: fc.record({
-      negate: fc.boolean(),
-      shape: rowShape,
-      seed: seedArb,
-    }).map(({ negate, shape, seed }) =>
-      problem({ negate }, [
-        F(shape, seed, -4, 4),
-        I(shape.slice(0, -1), seed + 1, 0, shape[shape.length - 1]),
-        F(shape.slice(0, -1), seed + 2),
-      ])
+    arb: crossEntropyArb.map((a) =>
+      problem({ negate: a.negate }, [...crossEntropyInputs(a), F(a.shape.slice(0, -1), a.seed + 2)])
     ),
     tol: () => ({ atol: 1e-5, rtol: 1e-5 }),
     why: "softmax probabilities (1e-5 relative, see softmax) minus a one-hot, times |dy| <= 1",

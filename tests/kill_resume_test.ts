@@ -7,7 +7,7 @@
  */
 import { splitmix32 } from "../core/rng.ts";
 import { modelDir, tmp } from "./train_fixture.ts";
-import { TINY_BATCH } from "./cli_util.ts";
+import { tinyTrainArgs } from "./cli_util.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -16,29 +16,15 @@ const runArgs = (out: string): string[] => [
   "run",
   "-A",
   `${root}train.ts`,
-  "--model",
-  modelDir,
-  "--out",
-  out,
+  ...tinyTrainArgs(modelDir, out, { steps: 6, evalEvery: 2, evalProblems: 3, checkpointEvery: 1 }),
   "--device",
   "cpu",
-  "--steps",
-  "6",
-  ...TINY_BATCH,
   "--layer",
   "0",
   "--phase-steps",
   "2",
   "--kl",
   "0.05",
-  "--eval-every",
-  "2",
-  "--eval-problems",
-  "3",
-  "--eval-k",
-  "1",
-  "--checkpoint-every",
-  "1",
   "--quiet",
 ];
 

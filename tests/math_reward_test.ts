@@ -1,12 +1,7 @@
 /** The math reward: answer extraction, MATH-style normalization, equivalence (graded cases), hostile input. */
 import { answersEqual, extractAnswer, gradeMath, lastBoxed, normalizeAnswer } from "../tasks/math_grade.ts";
 import { exactScore, formatScore, mathScore } from "../tasks/rewards.ts";
-
-const eq = <T>(got: T, want: T, what: string) => {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
-  }
-};
+import { eq } from "./util.ts";
 
 /** [model's boxed answer, reference answer, equivalent?]: formats of the MATH benchmark's answers. */
 const GRADED: readonly [string, string, boolean][] = [

@@ -21,7 +21,7 @@ import type { MatmulGeom } from "../kernels/matmul_wgsl.ts";
 import { Tape } from "../engine/tape.ts";
 import { type Tensor, tensor, tidy, view } from "../engine/tensor.ts";
 import { GPU_RUNS, gpuTest, hwGpu, softwareTarget } from "./gpu_util.ts";
-import { assertClose, awkwardDim, cpu32, cpu64, randomData } from "./util.ts";
+import { assertClose, awkwardDim, batchPair, cpu32, cpu64, randomData } from "./util.ts";
 
 interface Problem {
   readonly sa: number[];
@@ -30,15 +30,6 @@ interface Problem {
   readonly transB: boolean;
   readonly K: number;
 }
-
-/** Batch shapes of a and b that broadcast: a common batch, each operand drops leading axes or sets some to 1. */
-const batchPair = fc.array(fc.integer({ min: 1, max: 3 }), { maxLength: 2 }).chain((batch) => {
-  const operand = fc.tuple(
-    fc.integer({ min: 0, max: batch.length }),
-    fc.array(fc.boolean(), { minLength: batch.length, maxLength: batch.length }),
-  ).map(([drop, ones]) => batch.map((d, i) => (ones[i] ? 1 : d)).slice(drop));
-  return fc.tuple(operand, operand);
-});
 
 const problem = (maxDim: number): fc.Arbitrary<Problem> =>
   fc.record({

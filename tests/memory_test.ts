@@ -7,7 +7,7 @@
 import { Effect } from "effect";
 import { CpuBackend } from "../engine/cpu.ts";
 import type { Backend } from "../engine/backend.ts";
-import { readModelDir, toParams } from "../formats/hf.ts";
+import { type HostModel, readModelDir, toParams } from "../formats/hf.ts";
 import { type CharTokenizer, readTokenizerDir, type TextTokenizer } from "../formats/tokenizer.ts";
 import { generate } from "../policies/generate.ts";
 import type { DecoderConfig } from "../policies/config.ts";
@@ -341,12 +341,24 @@ const evaluateAllAtOnce = async (
   };
 };
 
-Deno.test("streamed evaluation equals the all-at-once evaluation bit for bit", async () => {
+/** Run `f` on the model folder `dir` read onto a new f32 CPU backend: its parameters disposed afterwards. */
+const withModel = async (
+  dir: string,
+  f: (cpu: CpuBackend, host: HostModel, p: Params, tok: CharTokenizer) => Promise<void>,
+) => {
   const cpu = new CpuBackend("f32");
-  const host = await Effect.runPromise(readModelDir(shipped));
-  const tok = await Effect.runPromise(readTokenizerDir(shipped)) as CharTokenizer;
+  const host = await Effect.runPromise(readModelDir(dir));
+  const tok = await Effect.runPromise(readTokenizerDir(dir)) as CharTokenizer;
   const p = toParams(cpu, host);
   try {
+    await f(cpu, host, p, tok);
+  } finally {
+    p.dispose();
+  }
+};
+
+Deno.test("streamed evaluation equals the all-at-once evaluation bit for bit", async () => {
+  await withModel(shipped, async (_cpu, host, p, tok) => {
     // k = 3 does not divide the batch of 5: a problem's samples straddle two batches.
     const o = { problems: 7, k: 3, temperature: 1, maxNew: 14, seed: 8, taskSeed: 2, batchSize: 5 };
     const got = await evaluate(host.config, p, tok, task, o);
@@ -357,17 +369,11 @@ Deno.test("streamed evaluation equals the all-at-once evaluation bit for bit", a
     if (!(want.avgAtK > 0 && want.avgAtK < 1)) {
       throw new Error(`a degenerate comparison: avg@k ${want.avgAtK}`);
     }
-  } finally {
-    p.dispose();
-  }
+  });
 });
 
 Deno.test("streamed evaluation's peak does not grow with the number of problems", async () => {
-  const cpu = new CpuBackend("f32");
-  const host = await Effect.runPromise(readModelDir(modelDir));
-  const tok = await Effect.runPromise(readTokenizerDir(modelDir)) as CharTokenizer;
-  const p = toParams(cpu, host);
-  try {
+  await withModel(modelDir, async (cpu, host, p, tok) => {
     const peakOf = async (problems: number) => {
       cpu.resetPeak();
       const before = cpu.memory().live;
@@ -378,7 +384,5 @@ Deno.test("streamed evaluation's peak does not grow with the number of problems"
     // A batch's T is its longest prompt plus maxNew: both counts see many batches, so both meet long prompts.
     const [few, many] = [await peakOf(40), await peakOf(400)];
     if (many > 1.1 * few) throw new Error(`evaluation peak ${few} bytes at 40 problems, ${many} at 400`);
-  } finally {
-    p.dispose();
-  }
+  });
 });

@@ -14,7 +14,7 @@ import { gradients } from "../training/grad.ts";
 import { runTraining } from "../training/run.ts";
 import { cpu32 } from "./util.ts";
 import { config, modelDir, small, tmp } from "./train_fixture.ts";
-import { runScript, TINY_BATCH, TINY_EVAL } from "./cli_util.ts";
+import { runScript, tinyTrainArgs } from "./cli_util.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -47,18 +47,9 @@ const rejects = async (p: Promise<unknown>) => {
 const cli = (...args: string[]) => runScript("train.ts", args);
 
 const tinyRun = (out: string) => [
-  "--model",
-  modelDir,
-  "--out",
-  out,
+  ...tinyTrainArgs(modelDir, out, { steps: 2, evalEvery: 2 }),
   "--device",
   "cpu",
-  "--steps",
-  "2",
-  ...TINY_BATCH,
-  "--eval-every",
-  "2",
-  ...TINY_EVAL,
   "--quiet",
 ];
 

@@ -50,7 +50,7 @@ const throws = <E>(
 
 const F = Float64Array;
 /** A batch and readouts where every policy in `logp` uses the same arrays for everything else. */
-const setup = (o: {
+interface Setup {
   B: number;
   T: number;
   mask: number[];
@@ -60,7 +60,8 @@ const setup = (o: {
   behaviour?: number[];
   ref?: Record<string, number[]>;
   entropy?: Record<string, number[]>;
-}): { batch: ReferenceBatch; readouts: Readouts } => {
+}
+const setup = (o: Setup): { batch: ReferenceBatch; readouts: Readouts } => {
   const m = (r?: Record<string, number[]>) =>
     new Map(Object.entries(r ?? {}).map(([k, v]) => [k, F.from(v)]));
   return {
@@ -76,6 +77,8 @@ const setup = (o: {
     readouts: { logp: m(o.logp), entropy: m(o.entropy), kl: new Map() },
   };
 };
+/** One sequence of two tokens, both in the loss. */
+const twoTokens = (o: Omit<Setup, "B" | "T" | "mask">) => setup({ B: 1, T: 2, mask: [1, 1], ...o });
 
 /** One token of one sequence: the pg loss, d loss / d logp and the clip flags for ratio r and advantage A. */
 const oneToken = (A: number, r: number, opts: PgOptions = {}) => {
@@ -244,10 +247,7 @@ Deno.test("aggregations follow verl's agg_loss (Dr. GRPO divides by B * maxLen)"
 });
 
 Deno.test("entropyBonus(p, coef) = -coef * mean entropy: minimizing the loss raises entropy", () => {
-  const { batch, readouts } = setup({
-    B: 1,
-    T: 2,
-    mask: [1, 1],
+  const { batch, readouts } = twoTokens({
     A: [0],
     logp: {},
     entropy: { final: [1, 3] },
@@ -258,10 +258,7 @@ Deno.test("entropyBonus(p, coef) = -coef * mean entropy: minimizing the loss rai
 });
 
 Deno.test("tis: each token's loss is multiplied by min(exp(old - behaviour), cap)", () => {
-  const { batch, readouts } = setup({
-    B: 1,
-    T: 2,
-    mask: [1, 1],
+  const { batch, readouts } = twoTokens({
     A: [1],
     logp: { "layer(5)": [-1, -2] },
     old: { "layer(5)": [-1, -2] },
@@ -296,7 +293,7 @@ Deno.test("bupo: layer policy for steps 1..until, final afterwards; readouts fol
 });
 
 Deno.test("missing readouts and bad lengths are named errors", () => {
-  const { batch, readouts } = setup({ B: 1, T: 2, mask: [1, 1], A: [1], logp: { final: [-1, -1] } });
+  const { batch, readouts } = twoTokens({ A: [1], logp: { final: [-1, -1] } });
   const o = bupo({ layer: 5, until: 30 });
   throws(
     () => evaluate(o, 3, batch, readouts),

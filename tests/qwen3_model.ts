@@ -3,30 +3,17 @@
  * (tests/qwen3_folder.ts), and prompt datasets in verl's format as JSONL and as snappy Parquet, written by the
  * test into a temporary folder.
  */
-import { Effect } from "effect";
 import { parquetWriteBuffer } from "hyparquet-writer";
-import { type DecoderConfig, paramSpecs, tinyConfig } from "../policies/config.ts";
-import { paramsToHost, writeModelDir } from "../formats/hf.ts";
-import { initParams } from "../policies/params.ts";
+import { type DecoderConfig, tinyConfig } from "../policies/config.ts";
 import { writeQwen3Folder } from "./qwen3_folder.ts";
-import { cpu32 } from "./util.ts";
+import { writeRandomModel } from "./model_util.ts";
 
 /** Qwen3's vocab_size: 151,936 rows of unembedding (the tokenizer has 151,669 ids). */
 export const QWEN3_VOCAB = 151936;
 
-/** A tiny Qwen3 shape with the real vocabulary: d = 32, 2 layers (override any field). */
+/** tinyConfig's shape (d = 32, 2 layers) with Qwen3's real vocabulary and rope theta (override any field). */
 export const tinyQwen3 = (over: Partial<DecoderConfig> = {}): DecoderConfig =>
-  tinyConfig({
-    vocabSize: QWEN3_VOCAB,
-    hiddenSize: 32,
-    numLayers: 2,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 8,
-    intermediateSize: 64,
-    ropeTheta: 1000000,
-    ...over,
-  });
+  tinyConfig({ vocabSize: QWEN3_VOCAB, ropeTheta: 1000000, ...over });
 
 /** Write a random model of `config` (seed `seed`) with the real Qwen3 tokenizer into `dir` (or a new folder). */
 export const writeTinyQwen3 = async (
@@ -34,12 +21,7 @@ export const writeTinyQwen3 = async (
   o: { readonly dir?: string; readonly seed?: number; readonly std?: number } = {},
 ): Promise<string> => {
   const dir = await writeQwen3Folder(o.dir);
-  const p = initParams(cpu32, paramSpecs(config), o.seed ?? 7, o.std ?? 0.05);
-  try {
-    await Effect.runPromise(writeModelDir(dir, config, await paramsToHost(p)));
-  } finally {
-    p.dispose();
-  }
+  await writeRandomModel(dir, config, o.seed ?? 7, o.std ?? 0.05);
   return dir;
 };
 
@@ -74,14 +56,20 @@ export const verlRows = (n: number, split = "train"): VerlRow[] =>
 export const jsonlOf = (rows: readonly unknown[]): string =>
   rows.map((r) => JSON.stringify(r)).join("\n") + "\n";
 
-/** verl rows as a snappy-compressed Parquet file (hyparquet-writer: nested prompt, reward_model, extra_info). */
-export const parquetOf = (rows: readonly VerlRow[]): Uint8Array => {
+/**
+ * verl rows as a Parquet file, snappy-compressed unless told otherwise (hyparquet-writer: nested prompt,
+ * reward_model, extra_info).
+ */
+export const parquetOf = (
+  rows: readonly VerlRow[],
+  codec: "SNAPPY" | "UNCOMPRESSED" = "SNAPPY",
+): Uint8Array => {
   const col = (name: keyof VerlRow, f: (v: unknown) => unknown = (v) => v) => ({
     name,
     data: rows.map((r) => f(r[name])),
   });
   const buf = parquetWriteBuffer({
-    codec: "SNAPPY",
+    codec,
     columnData: [
       col("data_source"),
       col("prompt"),

@@ -44,31 +44,32 @@ const sumTol = (c: number) => ({ atol: (Math.ceil(c / 256) + 8) * U * c, rtol: U
 
 const ops = { sum, mean, max };
 
+/** Check `body` on `numRuns` random row shapes, each with one of sum, mean and max and a seed. */
+const forRowsAndOps = (
+  numRuns: number,
+  body: (shape: number[], op: keyof typeof ops, seed: number) => Promise<void>,
+) =>
+  fc.assert(fc.asyncProperty(rowShape, fc.constantFrom("sum", "mean", "max" as const), fc.nat(), body), {
+    numRuns,
+  });
+
 gpuTest("sum/mean/max over the last axis: GPU equals CPU reference on random shapes", async (g) => {
-  await fc.assert(
-    fc.asyncProperty(
-      rowShape,
-      fc.constantFrom("sum", "mean", "max" as const),
-      fc.nat(),
-      async (shape, op, seed) => {
-        const data = randomData(size(shape), seed);
-        const c = shape[shape.length - 1];
-        const f = ops[op];
-        const got = await run(g, f, data, shape);
-        const want = await run(cpu32, f, data, shape);
-        if (got.length !== size(shape.slice(0, -1))) {
-          throw new Error(`${op}: ${got.length} outputs for ${shape}`);
-        }
-        // max is exact (a comparison); mean is the sum divided by C (one more rounding).
-        const tol = op === "max" ? { atol: 0, rtol: 0 } : op === "sum" ? sumTol(c) : {
-          atol: sumTol(c).atol / c,
-          rtol: 2 * U,
-        };
-        assertClose(got, want, tol, `${op} ${JSON.stringify(shape)}`);
-      },
-    ),
-    { numRuns: GPU_RUNS * 2 },
-  );
+  await forRowsAndOps(GPU_RUNS * 2, async (shape, op, seed) => {
+    const data = randomData(size(shape), seed);
+    const c = shape[shape.length - 1];
+    const f = ops[op];
+    const got = await run(g, f, data, shape);
+    const want = await run(cpu32, f, data, shape);
+    if (got.length !== size(shape.slice(0, -1))) {
+      throw new Error(`${op}: ${got.length} outputs for ${shape}`);
+    }
+    // max is exact (a comparison); mean is the sum divided by C (one more rounding).
+    const tol = op === "max" ? { atol: 0, rtol: 0 } : op === "sum" ? sumTol(c) : {
+      atol: sumTol(c).atol / c,
+      rtol: 2 * U,
+    };
+    assertClose(got, want, tol, `${op} ${JSON.stringify(shape)}`);
+  });
 });
 
 gpuTest("reductions of rows longer than a workgroup (C > 1024) and of rank-1 inputs", async (g) => {
@@ -118,27 +119,19 @@ gpuTest("more rows than workgroups per dimension fold the grid (both variants)",
 });
 
 gpuTest("gradients on the GPU equal the CPU reference (max routes dy to the first argmax)", async (g) => {
-  await fc.assert(
-    fc.asyncProperty(
-      rowShape,
-      fc.constantFrom("sum", "mean", "max" as const),
-      fc.nat(),
-      async (shape, op, seed) => {
-        // Quantized data has ties, so the first-argmax rule is exercised.
-        const data = randomData(size(shape), seed).map((v) => Math.round(v * 4) / 4);
-        const got = await gradOn(g, ops[op], data, shape, seed + 1);
-        const want = await gradOn(cpu32, ops[op], data, shape, seed + 1);
-        // Broadcasts and selects are exact; mean scales by 1/C, rounded to f32 first on the GPU (2 u).
-        assertClose(
-          got,
-          want,
-          { atol: 0, rtol: op === "mean" ? 2 * U : 0 },
-          `d${op} ${JSON.stringify(shape)}`,
-        );
-      },
-    ),
-    { numRuns: GPU_RUNS },
-  );
+  await forRowsAndOps(GPU_RUNS, async (shape, op, seed) => {
+    // Quantized data has ties, so the first-argmax rule is exercised.
+    const data = randomData(size(shape), seed).map((v) => Math.round(v * 4) / 4);
+    const got = await gradOn(g, ops[op], data, shape, seed + 1);
+    const want = await gradOn(cpu32, ops[op], data, shape, seed + 1);
+    // Broadcasts and selects are exact; mean scales by 1/C, rounded to f32 first on the GPU (2 u).
+    assertClose(
+      got,
+      want,
+      { atol: 0, rtol: op === "mean" ? 2 * U : 0 },
+      `d${op} ${JSON.stringify(shape)}`,
+    );
+  });
 });
 
 Deno.test("max gradient goes to the first index on ties", async () => {

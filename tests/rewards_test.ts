@@ -2,23 +2,11 @@
 import { ConfigError } from "../core/errors.ts";
 import { loadRewardModule, moduleRewardName, resolveRewards } from "../formats/rewards.ts";
 import { checkRewardValue, parseRewardSpec, type Reward, scoreCompletion } from "../tasks/reward.ts";
+import { eq, refusesOn, throwsWith } from "./util.ts";
 
 const FIX = new URL("./fixtures/rewards/", import.meta.url).pathname;
-const eq = <T>(got: T, want: T, what: string) => {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
-  }
-};
-const rejects = async (f: () => Promise<unknown>, parts: string[]): Promise<ConfigError> => {
-  try {
-    await f();
-  } catch (e) {
-    if (!(e instanceof ConfigError)) throw new Error(`expected a ConfigError, got ${e}`);
-    for (const p of parts) if (!e.message.includes(p)) throw new Error(`"${e.message}" lacks "${p}"`);
-    return e;
-  }
-  throw new Error(`expected a ConfigError mentioning ${parts.join(", ")}`);
-};
+const rejects = (f: () => Promise<unknown>, parts: string[]): Promise<ConfigError> =>
+  throwsWith(f, ConfigError, parts);
 const row = (groundTruth: string) => ({ groundTruth });
 const done = { finished: true };
 
@@ -35,15 +23,7 @@ Deno.test("reward spec: names, weights, paths with colons, bad items", () => {
     [{ name: "C:\\r\\mine.ts", weight: 1 }],
     "a drive letter is no weight",
   );
-  for (const bad of ["", "math,", "math:", ",format"]) {
-    try {
-      parseRewardSpec(bad);
-    } catch (e) {
-      if (e instanceof ConfigError && e.field === "--reward") continue;
-      throw e;
-    }
-    throw new Error(`${JSON.stringify(bad)} was accepted`);
-  }
+  refusesOn("--reward", ["", "math,", "math:", ",format"], parseRewardSpec);
   eq(moduleRewardName("./rewards/mine.ts"), "mine", "module name");
 });
 

@@ -10,12 +10,7 @@ import {
   rewriteWellFormed,
 } from "../tasks/rewrite.ts";
 import { drawProblems, outsideAlphabet } from "../tasks/task.ts";
-
-const eq = (a: unknown, b: unknown, what: string) => {
-  if (JSON.stringify(a) !== JSON.stringify(b)) {
-    throw new Error(`${what}: ${JSON.stringify(a)} !== ${JSON.stringify(b)}`);
-  }
-};
+import { eq } from "./util.ts";
 
 /** The reduced word by a stack (a second, independent reduction: the system is confluent). */
 const reduce = (w: string) => {

@@ -3,7 +3,6 @@
  * frequency scaling against values hand-computed from Hugging Face's published formula.
  */
 import fc from "fast-check";
-import { ShapeError } from "../core/errors.ts";
 import { size } from "../core/shape.ts";
 import type { Backend } from "../engine/backend.ts";
 import { checkGrad } from "../kernels/gradcheck.ts";
@@ -13,7 +12,7 @@ import { f32Lit } from "../engine/wgsl.ts";
 import { apply1 } from "../engine/apply.ts";
 import { type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { GPU_RUNS, gpuTest, softwareTarget } from "./gpu_util.ts";
-import { assertClose, awkwardDim, closeness, cpu64, randomData } from "./util.ts";
+import { assertClose, awkwardDim, closeness, cpu64, randomData, throwsShape } from "./util.ts";
 
 interface Case {
   shape: number[];
@@ -64,6 +63,25 @@ const run = (be: Backend, c: Case, inverse = false) =>
  */
 const ropeTol = (maxPos: number) => ({ atol: Math.SQRT2 * (2 ** -23 * maxPos + 2e-7) + 1e-6, rtol: 0 });
 
+/** The rotation of c.x in f64 by `angle(position, i)` for the pair (i, i + D/2) of each head. */
+const rotate = (c: Case, angle: (p: number, i: number) => number): Float64Array => {
+  const [nb, nt, nh, d] = c.shape, half = d / 2, out = new Float64Array(c.x.length);
+  for (let b = 0; b < nb; b++) {
+    for (let t = 0; t < nt; t++) {
+      const p = c.pos[c.posShape.length === 2 ? b * nt + t : t];
+      for (let h = 0; h < nh; h++) {
+        const o = ((b * nt + t) * nh + h) * d;
+        for (let i = 0; i < half; i++) {
+          const a = angle(p, i);
+          out[o + i] = c.x[o + i] * Math.cos(a) - c.x[o + i + half] * Math.sin(a);
+          out[o + i + half] = c.x[o + i + half] * Math.cos(a) + c.x[o + i] * Math.sin(a);
+        }
+      }
+    }
+  }
+  return out;
+};
+
 for (const maxPos of [64, 4096]) {
   gpuTest(`rope: GPU equals the f64 reference, positions < ${maxPos} (forward and inverse)`, async (g) => {
     await fc.assert(
@@ -83,21 +101,8 @@ gpuTest(
     // trig in f64. Remaining differences: range reduction, sin/cos and the rotation arithmetic in f32, which
     // are 2.5e-7 measured at positions up to 4095 (the f32 angle itself is off by up to 4.9e-4 rad, see ropeTol).
     const c = await fc.sample(caseArb(4096), { numRuns: 1, seed: 11 })[0];
-    const [nb, nt, nh, d] = c.shape;
-    const half = d / 2, want = new Float64Array(c.x.length);
-    for (let b = 0; b < nb; b++) {
-      for (let t = 0; t < nt; t++) {
-        const p = c.pos[c.posShape.length === 2 ? b * nt + t : t];
-        for (let h = 0; h < nh; h++) {
-          const o = ((b * nt + t) * nh + h) * d;
-          for (let i = 0; i < half; i++) {
-            const a = Math.fround(p * Math.fround(Math.pow(c.theta, -2 * i / d)));
-            want[o + i] = c.x[o + i] * Math.cos(a) - c.x[o + i + half] * Math.sin(a);
-            want[o + i + half] = c.x[o + i + half] * Math.cos(a) + c.x[o + i] * Math.sin(a);
-          }
-        }
-      }
-    }
+    const d = c.shape[3];
+    const want = rotate(c, (p, i) => Math.fround(p * Math.fround(Math.pow(c.theta, -2 * i / d))));
     assertClose(await run(g, c), want, { atol: 1e-6, rtol: 0 }, "rope vs f32-angle reference");
   },
 );
@@ -128,18 +133,6 @@ Deno.test("rope gradient equals central finite differences (f64)", async () => {
     { numRuns: 30 },
   );
 });
-
-const throwsShape = (f: () => unknown, pattern: RegExp) => {
-  let err: unknown;
-  try {
-    f();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !pattern.test(err.message)) {
-    throw new Error(`expected ${pattern}, got ${err}`);
-  }
-};
 
 Deno.test("rope rejects odd D, bad positions and wrong ranks with ShapeErrors", () => {
   const x = (shape: number[]) => tensor(cpu64, new Float64Array(size(shape)), shape);
@@ -221,23 +214,7 @@ const scaledCase = (): Case => {
 };
 
 /** The rotation with the hand-computed frequencies, in f64. */
-const rotateBy = (c: Case, inv: readonly number[]): Float64Array => {
-  const [nb, nt, nh, d] = c.shape, half = d / 2, out = new Float64Array(c.x.length);
-  for (let b = 0; b < nb; b++) {
-    for (let t = 0; t < nt; t++) {
-      const p = c.pos[c.posShape.length === 2 ? b * nt + t : t];
-      for (let h = 0; h < nh; h++) {
-        const o = ((b * nt + t) * nh + h) * d;
-        for (let i = 0; i < half; i++) {
-          const a = p * inv[i];
-          out[o + i] = c.x[o + i] * Math.cos(a) - c.x[o + i + half] * Math.sin(a);
-          out[o + i + half] = c.x[o + i + half] * Math.cos(a) + c.x[o + i] * Math.sin(a);
-        }
-      }
-    }
-  }
-  return out;
-};
+const rotateBy = (c: Case, inv: readonly number[]): Float64Array => rotate(c, (p, i) => p * inv[i]);
 
 const runScaled = (be: Backend, c: Case, scaling: RopeScaling, inverse = false) =>
   tidy(() =>

@@ -13,7 +13,7 @@ import {
 } from "../kernels/sample.ts";
 import { tensor, tidy } from "../engine/tensor.ts";
 import { GPU_RUNS, gpuTest, softwareTarget } from "./gpu_util.ts";
-import { awkwardDim, cpu32, cpu64 } from "./util.ts";
+import { awkwardDim, cpu32, cpu64, throwsShape } from "./util.ts";
 
 type Opts = Omit<SampleOptions, "sequences" | "positions">;
 
@@ -263,35 +263,26 @@ Deno.test("pickToken: first token whose cumulative weight exceeds u * total; ski
 
 Deno.test("sample: bad shapes and settings throw ShapeError naming the op and the shapes", () => {
   const b = cpu32;
-  const expectErr = (f: () => unknown, re: RegExp) => {
-    let err: unknown;
-    try {
-      f();
-    } catch (e) {
-      err = e;
-    }
-    if (!(err instanceof ShapeError) || !re.test(err.message)) throw new Error(`got ${err}`);
-  };
   const l = tensor(b, new Float32Array(6), [2, 3]);
   const s2 = tensor(b, [0, 1], [2], "i32"), s3 = tensor(b, [0, 1, 2], [3], "i32");
   const key = { seed: 1, step: 0 };
-  expectErr(
+  throwsShape(
     () => sample(l, { temperature: 1, key, sequences: s3, positions: s2 }),
     /sample: sequences has shape \[3\] dtype i32; expected i32 \[2\] for logits \[2,3\]/,
   );
-  expectErr(
+  throwsShape(
     () => sample(tensor(b, new Float32Array(3), [3]), { temperature: 1, key, sequences: s2, positions: s2 }),
     /sample: logits has shape \[3\]/,
   );
-  expectErr(
+  throwsShape(
     () => sample(l, { temperature: -1, key, sequences: s2, positions: s2 }),
     /sample: temperature -1/,
   );
-  expectErr(
+  throwsShape(
     () => sample(l, { temperature: 1, topP: 0, key, sequences: s2, positions: s2 }),
     /sample: topP 0/,
   );
-  expectErr(
+  throwsShape(
     () => sample(l, { temperature: 1, topK: 1.5, key, sequences: s2, positions: s2 }),
     /sample: topK 1.5/,
   );

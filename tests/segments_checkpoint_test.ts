@@ -10,6 +10,7 @@ import { supervisedStep } from "../training/sft.ts";
 import { CharTokenizer } from "../formats/tokenizer.ts";
 import { loadCheckpoint, type ParamMoments, saveCheckpoint } from "../training/checkpoint.ts";
 import { gpuTest } from "./gpu_util.ts";
+import { withTempDir } from "./util.ts";
 import { cfg, low } from "./segments_fixture.ts";
 import {
   createOptimizer,
@@ -47,9 +48,8 @@ const train = (p: Params, opt: Optimizer, s: number) => {
 gpuTest(
   "segmented moments: save, load and resume bit-identically, also under another segmentation",
   async (g) => {
-    const dir = await Deno.makeTempDir({ prefix: "bupo-seg-ck-" });
-    const ocfg = { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 0.05 };
-    try {
+    await withTempDir("bupo-seg-ck-", async (dir) => {
+      const ocfg = { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 0.05 };
       const p = initParams(low!, paramSpecs(cfg), 9, 0.3);
       const opt = createOptimizer(p, ocfg);
       train(p, opt, 1);
@@ -79,15 +79,12 @@ gpuTest(
         disposeOptimizer(oo);
         pp.dispose();
       }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 );
 
 Deno.test("an old checkpoint with flat m and v (single-buffer layout) still loads, per parameter", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "bupo-old-ck-" });
-  try {
+  await withTempDir("bupo-old-ck-", async (dir) => {
     const be = new CpuBackend("f32");
     const p = initParams(be, paramSpecs(cfg), 9, 0.3);
     const specs = paramSpecs(cfg);
@@ -135,7 +132,5 @@ Deno.test("an old checkpoint with flat m and v (single-buffer layout) still load
       throw new Error(`message: ${bad.message}`);
     }
     p.dispose();
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

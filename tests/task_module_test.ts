@@ -10,7 +10,7 @@ import { checkTask, EMBEDDED_TASKS, embeddedTask, embeddedTaskNames } from "../t
 import type { Task } from "../tasks/task.ts";
 import { resolveConfig } from "../training/config.ts";
 import { modelDir, tmp } from "./train_fixture.ts";
-import { runScript, TINY_BATCH, TINY_EVAL } from "./cli_util.ts";
+import { runScript, tinyTrainArgs } from "./cli_util.ts";
 
 /** Source of a task module over the fixture model's alphabet: echo a 3-digit number, then `.`. */
 const ECHO = `
@@ -191,20 +191,9 @@ const cli = (args: string[]) => runScript("train.ts", args);
 
 /** A tiny CPU run of the echo module task into `out`: 2 prompts x 2, 2 eval problems, a checkpoint every step. */
 const echoRun = (out: string, task: string, steps: number) => [
-  "--model",
-  modelDir,
+  ...tinyTrainArgs(modelDir, out, { steps, evalEvery: 1, checkpointEvery: 1 }),
   "--task",
   task,
-  "--out",
-  out,
-  "--steps",
-  `${steps}`,
-  ...TINY_BATCH,
-  "--eval-every",
-  "1",
-  ...TINY_EVAL,
-  "--checkpoint-every",
-  "1",
   "--layer",
   "0",
   "--phase-steps",

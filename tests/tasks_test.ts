@@ -12,12 +12,7 @@ import {
   splitOf,
   type Task,
 } from "../tasks/mod.ts";
-
-const eq = <T>(got: T, want: T, what: string) => {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
-  }
-};
+import { eq } from "./util.ts";
 
 /** Independent check of a problem: parse the prompt, recompute left to right, compare every part. */
 const checkProblem = (p: Problem, o: ArithOptions) => {

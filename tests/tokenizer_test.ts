@@ -11,26 +11,9 @@ import {
 } from "../formats/tokenizer.ts";
 import { loadTokenizer, saveTokenizer } from "../formats/tokenizer.ts";
 import { ARITH_ALPHABET, arithTask, drawProblems } from "../tasks/mod.ts";
+import { eq, throwsWith, withTempDir } from "./util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
-
-const eq = <T>(got: T, want: T, what: string) => {
-  if (JSON.stringify(got) !== JSON.stringify(want)) {
-    throw new Error(`${what}: got ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
-  }
-};
-
-/** Run `f`; it must throw an instance of `cls` whose message contains every string of `parts`. */
-const throwsWith = async (f: () => unknown, cls: abstract new (...a: never[]) => Error, parts: string[]) => {
-  try {
-    await f();
-  } catch (e) {
-    if (!(e instanceof cls)) throw new Error(`expected ${cls.name}, got ${e}`);
-    for (const p of parts) if (!e.message.includes(p)) throw new Error(`message "${e.message}" lacks "${p}"`);
-    return e;
-  }
-  throw new Error(`expected ${cls.name} mentioning ${parts.join(", ")}, nothing thrown`);
-};
 
 // A wide alphabet: the arithmetic characters, newline, space, the letters of the special tokens (so random
 // text spells "<eos>" now and then), and a character outside the BMP.
@@ -110,8 +93,7 @@ Deno.test("the char fixture gives the ids the Rust tokenizers gave, through both
 });
 
 Deno.test("save then load gives the same tokenizer; writes leave no temp files", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withTempDir("bupo-tok-", async (dir) => {
     const t = new CharTokenizer(WIDE);
     await saveTokenizer(`${dir}/tok`, t);
     await saveTokenizer(`${dir}/tok`, t); // overwrite in place
@@ -126,9 +108,7 @@ Deno.test("save then load gives the same tokenizer; writes leave no temp files",
     await Deno.remove(`${dir}/tok/tokenizer_config.json`);
     const bare = await loadTokenizer(`${dir}/tok`);
     eq([bare.pad, bare.bos, bare.eos], [0, 1, 2], "specials without config");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("a char layout read from a file may differ from the standard one", () => {
@@ -196,23 +176,22 @@ Deno.test("the hand-made HF BPE fixture loads through @huggingface/tokenizers wi
 });
 
 Deno.test("folder errors name the file and the field", async () => {
-  const dir = await Deno.makeTempDir();
-  const put = async (name: string, data: unknown) => {
-    await Deno.mkdir(`${dir}/${name}`, { recursive: true });
-    const [tok, cfg] = data as [unknown, unknown];
-    await Deno.writeTextFile(
-      `${dir}/${name}/tokenizer.json`,
-      typeof tok === "string" ? tok : JSON.stringify(tok),
-    );
-    if (cfg !== undefined) {
+  await withTempDir("bupo-tok-", async (dir) => {
+    const put = async (name: string, data: unknown) => {
+      await Deno.mkdir(`${dir}/${name}`, { recursive: true });
+      const [tok, cfg] = data as [unknown, unknown];
       await Deno.writeTextFile(
-        `${dir}/${name}/tokenizer_config.json`,
-        typeof cfg === "string" ? cfg : JSON.stringify(cfg),
+        `${dir}/${name}/tokenizer.json`,
+        typeof tok === "string" ? tok : JSON.stringify(tok),
       );
-    }
-    return `${dir}/${name}`;
-  };
-  try {
+      if (cfg !== undefined) {
+        await Deno.writeTextFile(
+          `${dir}/${name}/tokenizer_config.json`,
+          typeof cfg === "string" ? cfg : JSON.stringify(cfg),
+        );
+      }
+      return `${dir}/${name}`;
+    };
     const bpe = JSON.parse(await Deno.readTextFile(`${FIX}hf_tiny_bpe/tokenizer.json`));
     const char = new CharTokenizer("ab");
     await throwsWith(() => loadTokenizer(`${dir}/none`), FileFormatError, [
@@ -259,14 +238,11 @@ Deno.test("folder errors name the file and the field", async () => {
       `${d}/tokenizer_config.json`,
       "pad_token is missing",
     ]);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("robustness: binary files, prototype keys, special tokens named like prototype members, links out", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "bupo-tok-" });
-  try {
+  await withTempDir("bupo-tok-", async (dir) => {
     const char = new CharTokenizer("ab");
     // A binary tokenizer.json (and tokenizer_config.json) is named, with what is wrong.
     await Deno.mkdir(`${dir}/bin`);
@@ -321,7 +297,5 @@ Deno.test("robustness: binary files, prototype keys, special tokens named like p
       `${dir}/link/tokenizer.json: resolves to`,
       "outside the folder",
     ]);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

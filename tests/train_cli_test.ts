@@ -11,7 +11,7 @@ import { runTraining } from "../training/run.ts";
 import { gpu, gpuTest } from "./gpu_util.ts";
 import { cpu32 } from "./util.ts";
 import { config, modelDir, small, tmp } from "./train_fixture.ts";
-import { runScript, TINY_BATCH, TINY_EVAL } from "./cli_util.ts";
+import { runScript, tinyTrainArgs } from "./cli_util.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -102,20 +102,8 @@ gpuTest(
 
 /** Flags of a tiny CLI run: 2 prompts x 2, 5 new tokens, one minibatch, 2 eval problems at k = 1, a checkpoint
  * every step. */
-const tinyRun = (out: string, steps: number, evalEvery: number): string[] => [
-  "--model",
-  modelDir,
-  "--out",
-  out,
-  "--steps",
-  `${steps}`,
-  ...TINY_BATCH,
-  "--eval-every",
-  `${evalEvery}`,
-  ...TINY_EVAL,
-  "--checkpoint-every",
-  "1",
-];
+const tinyRun = (out: string, steps: number, evalEvery: number): string[] =>
+  tinyTrainArgs(modelDir, out, { steps, evalEvery, checkpointEvery: 1 });
 
 gpuTest("a killed run resumes to exactly the parameters of an uninterrupted run", async (g) => {
   const args = (out: string) => [

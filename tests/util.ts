@@ -1,9 +1,9 @@
 /**
- * Pure test helpers: CPU backends, closeness checks, random data, arbitraries, shape-error checks. Nothing here
- * opens a device; the GPU helpers are in tests/gpu_util.ts.
+ * Pure test helpers: CPU backends, closeness checks, random data, arbitraries, error and equality checks,
+ * temporary folders. Nothing here opens a device; the GPU helpers are in tests/gpu_util.ts.
  */
 import fc from "fast-check";
-import { ShapeError } from "../core/errors.ts";
+import { ConfigError, ShapeError } from "../core/errors.ts";
 import { uniforms } from "../core/rng.ts";
 import { CpuBackend } from "../engine/cpu.ts";
 
@@ -71,6 +71,22 @@ export const awkwardDim = (max: number): fc.Arbitrary<number> =>
     fc.integer({ min: 1, max }),
   );
 
+/** Broadcast operand shapes of an output shape `out`: leading axes dropped, some set to 1. */
+export const broadcastOperand = (out: readonly number[]): fc.Arbitrary<number[]> =>
+  fc.tuple(
+    fc.integer({ min: 0, max: out.length }),
+    fc.array(fc.boolean(), { minLength: out.length, maxLength: out.length }),
+  ).map(([drop, ones]) => out.map((d, i) => (ones[i] ? 1 : d)).slice(drop));
+
+/**
+ * Batch shapes of the two operands of a batched matmul that broadcast: a common batch of rank 0-2 (extents 1-3),
+ * each operand's broadcast from it.
+ */
+export const batchPair: fc.Arbitrary<[number[], number[]]> = fc.array(fc.integer({ min: 1, max: 3 }), {
+  maxLength: 2,
+})
+  .chain((batch) => fc.tuple(broadcastOperand(batch), broadcastOperand(batch)));
+
 /** Assert that `f` throws a ShapeError whose message matches `re`. */
 export const throwsShape = (f: () => unknown, re: RegExp): void => {
   let err: unknown;
@@ -83,3 +99,62 @@ export const throwsShape = (f: () => unknown, re: RegExp): void => {
     throw new Error(`expected ShapeError ${re}, got ${err}`);
   }
 };
+
+/** Assert that `got` and `want` have the same JSON text. */
+export const eq = <T>(got: T, want: T, what: string): void => {
+  if (JSON.stringify(got) !== JSON.stringify(want)) {
+    throw new Error(`${what}: got ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
+  }
+};
+
+/** Run `f`; it must throw (or reject with) an instance of `cls` whose message contains every string of `parts`. */
+export const throwsWith = async <E extends Error>(
+  f: () => unknown,
+  cls: abstract new (...a: never[]) => E,
+  parts: readonly string[],
+): Promise<E> => {
+  try {
+    await f();
+  } catch (e) {
+    if (!(e instanceof cls)) {
+      throw new Error(`expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${e}`);
+    }
+    for (const p of parts) if (!e.message.includes(p)) throw new Error(`message "${e.message}" lacks "${p}"`);
+    return e;
+  }
+  throw new Error(`expected ${cls.name} mentioning ${parts.join(", ")}, nothing thrown`);
+};
+
+/** Assert that `f(x)` throws a ConfigError on flag `field` for every `x` of `bad`. */
+export const refusesOn = (field: string, bad: readonly string[], f: (x: string) => unknown): void => {
+  for (const x of bad) {
+    try {
+      f(x);
+    } catch (e) {
+      if (e instanceof ConfigError && e.field === field) continue;
+      throw e;
+    }
+    throw new Error(`${JSON.stringify(x)} was accepted`);
+  }
+};
+
+/** Assert that `text` contains every string of `parts`. */
+export const includesAll = (text: string, parts: readonly string[], what = "text"): void => {
+  for (const p of parts) {
+    if (!text.includes(p)) throw new Error(`${what} lacks ${JSON.stringify(p)}:\n${text}`);
+  }
+};
+
+/** Run `fn` in a new temporary folder (named with `prefix`), removed afterwards whatever happens. */
+export const withTempDir = async <A>(prefix: string, fn: (dir: string) => Promise<A>): Promise<A> => {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+};
+
+/** A Deno.test without the op and resource sanitizers (for tests that leave workers or child processes behind). */
+export const unsanitizedTest = (name: string, fn: () => Promise<void>): void =>
+  Deno.test({ name, sanitizeResources: false, sanitizeOps: false, fn });

@@ -31,7 +31,6 @@ import {
   paramSpecs,
   tinyConfig,
 } from "../../policies/config.ts";
-import { normals } from "../../policies/params.ts";
 import { ARITH_ALPHABET } from "../../tasks/arith.ts";
 import { decodeConfigJson, readConfigFile, resolveConfig, type TrainConfig } from "../../training/config.ts";
 import { COMPARE } from "../../compare.ts";
@@ -47,6 +46,7 @@ import {
   PROTO_KEYS,
   type Rng,
 } from "./mutate.ts";
+import { hostTensors, narrowConfig } from "../model_util.ts";
 
 /** What a case did. */
 export type Outcome =
@@ -221,17 +221,8 @@ const VARIANTS: [string, Partial<DecoderConfig>][] = [
   ],
 ];
 
-const tinyTensors = (c: DecoderConfig, seed: number) => {
-  const rnd = normals(seed);
-  return paramSpecs(c).map((s) => ({
-    name: s.name,
-    shape: s.shape,
-    data: Float32Array.from(
-      { length: s.shape.reduce((a, x) => a * x, 1) },
-      () => (s.init === "ones" ? 1 : s.init === "zeros" ? 0 : 0.3 * rnd()),
-    ),
-  }));
-};
+const tinyTensors = (c: DecoderConfig, seed: number) =>
+  hostTensors(c, seed, (init, rnd) => (init === "ones" ? 1 : init === "zeros" ? 0 : 0.3 * rnd()));
 
 /** Build the templates under `root/templates` (once per run, by the runner). */
 export const buildTemplates = async (root: string): Promise<Templates> => {
@@ -240,16 +231,7 @@ export const buildTemplates = async (root: string): Promise<Templates> => {
   const tok = new CharTokenizer(ARITH_ALPHABET + " ");
   const models: string[] = [];
   for (const [name, over] of VARIANTS) {
-    const c = tinyConfig({
-      vocabSize: 24,
-      hiddenSize: 16,
-      numLayers: 2,
-      numHeads: 2,
-      numKvHeads: 1,
-      headDim: 8,
-      intermediateSize: 24,
-      ...over,
-    });
+    const c = narrowConfig({ vocabSize: 24, intermediateSize: 24, ...over });
     const ts = tinyTensors(c, models.length + 1);
     const single = `${t}/${name}-single`;
     await Effect.runPromise(writeModelDir(single, c, ts));
@@ -413,28 +395,39 @@ const damageFolder = async (rng: Rng, dir: string, tpl: Templates): Promise<stri
   return [f, m.what];
 };
 
+/** A copy of the folder `from` at `to`, damaged once; what was damaged. */
+const damagedCopy = async (rng: Rng, from: string, to: string, tpl: Templates): Promise<string[]> => {
+  await copyDir(from, to);
+  return await damageFolder(rng, to, tpl);
+};
+
+/** A copy of one of the template models at `dir`/model, damaged three times in ten; what was damaged. */
+const modelCopy = async (
+  rng: Rng,
+  dir: string,
+  tpl: Templates,
+): Promise<{ model: string; what: string[] }> => {
+  const model = `${dir}/model`;
+  await copyDir(rng.pick(tpl.models), model);
+  const what: string[] = [];
+  if (rng.chance(0.3)) what.push(...await damageFolder(rng, model, tpl));
+  return { model, what };
+};
+
 // ---- flag vectors ----------------------------------------------------------------------------------------
 
+/** Small integers, -0 among them: the start of both value lists. */
+const SMALL_INTS = ["-3", "-0", "0", "1", "2"];
+/** Empty, separator-only, flag-like and non-numeric words: in both value lists. */
+const ODD_WORDS = ["", "3,", ",", "1,,2", "--", "-", "=", "true", "maybe"];
 const FLAG_VALUES = [
-  "-3",
-  "-0",
-  "0",
-  "1",
-  "2",
+  ...SMALL_INTS,
   "-1.5",
   "1e999",
   "NaN",
   "0x10",
   " 3",
-  "",
-  "3,",
-  ",",
-  "1,,2",
-  "--",
-  "-",
-  "=",
-  "true",
-  "maybe",
+  ...ODD_WORDS,
   "9".repeat(400),
   "2147483648",
   "-2147483649",
@@ -447,26 +440,14 @@ const FLAG_VALUES = [
 ];
 /** Values that cannot make a valid run large (for commands that really run on a working model). */
 const SMALL_VALUES = [
-  "-3",
-  "-0",
-  "0",
-  "1",
-  "2",
+  ...SMALL_INTS,
   "3",
   "-1.5",
   "0.5",
   "1e999",
   "NaN",
   "x",
-  "",
-  "3,",
-  ",",
-  "1,,2",
-  "--",
-  "-",
-  "=",
-  "true",
-  "maybe",
+  ...ODD_WORDS,
   "64",
   "100",
   "1,2",
@@ -579,8 +560,7 @@ export const TARGETS: readonly Target[] = [
     weight: 22,
     prepare: async (rng, dir, tpl) => {
       const model = `${dir}/model`;
-      await copyDir(rng.pick(tpl.models), model);
-      const what = await damageFolder(rng, model, tpl);
+      const what = await damagedCopy(rng, rng.pick(tpl.models), model, tpl);
       if (rng.chance(0.3)) what.push(...await damageFolder(rng, model, tpl));
       const allowNonFinite = rng.chance(0.2);
       if (allowNonFinite) what.push("allowNonFinite");
@@ -604,8 +584,7 @@ export const TARGETS: readonly Target[] = [
     weight: 14,
     prepare: async (rng, dir, tpl) => {
       const t = `${dir}/tok`;
-      await copyDir(rng.pick(tpl.tokenizers), t);
-      const what = await damageFolder(rng, t, tpl);
+      const what = await damagedCopy(rng, rng.pick(tpl.tokenizers), t, tpl);
       return { what, exec: () => attempt([t], () => readTokenizerDir(t)) };
     },
   },
@@ -705,10 +684,7 @@ export const TARGETS: readonly Target[] = [
     name: "cli-entropy",
     weight: 4,
     prepare: async (rng, dir, tpl) => {
-      const model = `${dir}/model`;
-      await copyDir(rng.pick(tpl.models), model);
-      const what: string[] = [];
-      if (rng.chance(0.3)) what.push(...await damageFolder(rng, model, tpl));
+      const { model, what } = await modelCopy(rng, dir, tpl);
       const prompts = `${dir}/prompts.txt`;
       let text: Uint8Array = new TextEncoder().encode("1+2=\n3+4=\n");
       if (rng.chance(0.4)) text = mutateBytes(rng, text).bytes;
@@ -741,10 +717,7 @@ export const TARGETS: readonly Target[] = [
     name: "cli-grad",
     weight: 3,
     prepare: async (rng, dir, tpl) => {
-      const model = `${dir}/model`;
-      await copyDir(rng.pick(tpl.models), model);
-      const what: string[] = [];
-      if (rng.chance(0.3)) what.push(...await damageFolder(rng, model, tpl));
+      const { model, what } = await modelCopy(rng, dir, tpl);
       const roll = `${dir}/rollout.safetensors`;
       const rollBytes = await Deno.readFile(tpl.rollout);
       await Deno.writeFile(roll, rng.chance(0.5) ? mutateSafetensors(rng, rollBytes).bytes : rollBytes);

@@ -24,8 +24,9 @@ Built-in rewards:
   format  the completion ended with a stop token and holds an answer; parts format/stopped, format/answer
 A module path (./mine.ts) uses its default export (row, completion, {finished}) => number | {score, ...parts}
 (async allowed), else an export named reward, else verl's compute_score(data_source, solution_str,
-ground_truth, extra_info). Modules, math and regex run in workers: a call that throws, returns a non-finite value
-or runs past --reward-timeout scores 0 and is counted in errors; scoring goes on.
+ground_truth, extra_info). Modules, math and regex run in child processes: a call that throws, returns a
+non-finite value or runs past --reward-timeout (its process is killed) scores 0 and is counted in errors; scoring
+goes on.
 Output: {"row", "score" (the weighted sum), "parts" (each reward's score and parts), "errors", "failures"}.`,
 });
 

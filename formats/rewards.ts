@@ -1,9 +1,11 @@
 /**
  * Rewards by name: the built-ins (tasks/rewards.ts) and users' TypeScript modules (`--reward ./mine.ts`, verl's
  * custom_reward_function, TRL's reward_funcs), weighted (`math:1,format:0.1`). Module rewards and the `math`
- * and `regex` built-ins run in Deno Workers: a synchronous infinite loop can only be stopped from outside its thread, so a
- * call that runs past the timeout terminates its worker, scores 0 (counted as an error) and the next call
- * starts a fresh worker.
+ * and `regex` built-ins run in worker processes (`deno run formats/reward_process.ts`): a synchronous
+ * infinite loop can only be stopped from outside, so a call that runs past the timeout kills its process
+ * (SIGKILL), scores 0 (counted as an error) and the next call starts a fresh one. Deno Workers would not do:
+ * `Worker.terminate()` leaves a worker stuck in synchronous code spinning on its thread (README, "Known
+ * issues").
  */
 import { ConfigError } from "../core/errors.ts";
 import {
@@ -20,8 +22,9 @@ import {
 } from "../tasks/reward.ts";
 import { builtinReward, isBuiltinReward, parsePattern } from "../tasks/rewards.ts";
 import { moduleUrl } from "./module.ts";
+import { decodeMessage, encodeMessage, lines } from "./reward_process.ts";
 
-const WORKER_URL = new URL("./reward_worker.ts", import.meta.url).href;
+const PROCESS_URL = new URL("./reward_process.ts", import.meta.url).href;
 const BUILTINS_URL = new URL("../tasks/rewards.ts", import.meta.url).href;
 
 /** Options of a worker reward. */
@@ -48,16 +51,37 @@ interface Pending {
   readonly timer: ReturnType<typeof setTimeout>;
 }
 
-/** One worker holding one reward module; calls run one at a time; a timed-out worker is replaced. */
+/**
+ * The permission flags of this process for a child `deno run`: `-A` when every permission is granted, else an
+ * `--allow-<name>` for each one granted as a whole (a grant limited to some paths or hosts is not passed on).
+ */
+const permissionFlags = (): string[] => {
+  const names = ["read", "write", "net", "env", "run", "ffi", "sys", "import"] as const;
+  const granted = names.filter((name) => {
+    try {
+      return Deno.permissions.querySync({ name } as Deno.PermissionDescriptor).state === "granted";
+    } catch {
+      return false; // a name this Deno does not know
+    }
+  });
+  return granted.length === names.length ? ["-A"] : granted.map((n) => `--allow-${n}`);
+};
+
+/**
+ * One child process (`deno run formats/reward_process.ts`) holding one reward module; calls run one at a time; a
+ * timed-out or crashed process is killed and replaced. It finds its deno.json as `deno run` does, from this
+ * process's working folder, and gets this process's permissions (whole grants only).
+ */
 class RewardWorker {
-  private worker?: Worker;
+  private child?: Deno.ChildProcess;
+  private writer?: WritableStreamDefaultWriter<Uint8Array>;
   private ready?: Promise<void>;
   private pending?: Pending;
   private tail: Promise<unknown> = Promise.resolve();
   private nextId = 0;
   /** Calls queued or running. */
   queued = 0;
-  /** Workers terminated after a timeout or a crash. */
+  /** Processes killed after a timeout or a crash. */
   restarts = 0;
   private closed = false;
 
@@ -69,10 +93,16 @@ class RewardWorker {
     private readonly loadTimeoutMs: number,
   ) {}
 
-  /** Start a worker and load the module; rejects with the module's problem. */
+  /** Start a process and load the module; rejects with the module's problem. */
   start(): Promise<void> {
-    const w = new Worker(WORKER_URL, { type: "module" });
-    this.worker = w;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", "--no-prompt", ...permissionFlags(), PROCESS_URL],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    this.child = child;
+    this.writer = child.stdin.getWriter();
     this.ready = new Promise<void>((resolve, reject) => {
       let loading = true;
       const timer = setTimeout(() => {
@@ -86,8 +116,7 @@ class RewardWorker {
         if (err) reject(err);
         else resolve();
       };
-      w.onmessage = (e: MessageEvent) => {
-        const m = e.data as { type: string; id?: number; value?: unknown; message?: string };
+      const onMessage = (m: { type: string; id?: number; value?: unknown; message?: string }) => {
         if (m.type === "ready") return loaded();
         if (m.type === "load-error") {
           this.kill();
@@ -100,28 +129,42 @@ class RewardWorker {
         if (m.type === "result") p.resolve(m.value);
         else p.reject(new Error(m.message));
       };
-      w.onerror = (e: ErrorEvent) => {
-        // An error the module left uncaught (a throw in a timer callback...): this worker is gone.
-        e.preventDefault();
-        const err = new Error(`uncaught in the reward's worker: ${e.message}`);
-        if (w === this.worker) this.kill(), this.restarts++;
-        loaded(err);
-        this.failPending(err);
-      };
+      (async () => {
+        try {
+          for await (const line of child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(lines())) {
+            const m = decodeMessage(line);
+            if (m === undefined) console.error(line); // the reward's own output
+            else onMessage(m as Parameters<typeof onMessage>[0]);
+          }
+        } catch { /* the process was killed */ }
+        // stdout ended: the process is gone. Unless we killed it, it crashed (Deno.exit, an abort...).
+        if (child === this.child) {
+          const code = (await child.status).code;
+          this.kill();
+          this.restarts++;
+          const err = new Error(`the reward's process exited (code ${code})`);
+          loaded(err);
+          this.failPending(err);
+        } else await child.status;
+      })();
     });
-    w.postMessage({
-      type: "load",
-      url: this.url,
-      exportName: this.exportName,
-      factoryArgs: this.factoryArgs,
-    });
+    this.send({ type: "load", url: this.url, exportName: this.exportName, factoryArgs: this.factoryArgs });
     return this.ready;
   }
 
+  private send(m: unknown) {
+    this.writer!.write(new TextEncoder().encode(encodeMessage(m))).catch(() => {/* the process is gone */});
+  }
+
   private kill() {
-    this.worker?.terminate();
-    this.worker = undefined;
+    const child = this.child;
+    this.child = undefined;
     this.ready = undefined;
+    this.writer?.close().catch(() => {});
+    this.writer = undefined;
+    try {
+      child?.kill("SIGKILL");
+    } catch { /* already exited */ }
   }
 
   private failPending(err: Error) {
@@ -132,12 +175,12 @@ class RewardWorker {
     p.reject(err);
   }
 
-  /** Score one completion (queued behind this worker's other calls). */
+  /** Score one completion (queued behind this process's other calls). */
   call(row: RewardRow, completion: string, info: CompletionInfo): Promise<unknown> {
     this.queued++;
     const run = async (): Promise<unknown> => {
       if (this.closed) throw new Error("the reward was closed");
-      if (!this.worker) await this.start();
+      if (!this.child) await this.start();
       else await this.ready;
       return await new Promise((resolve, reject) => {
         const id = ++this.nextId;
@@ -149,9 +192,11 @@ class RewardWorker {
         }, this.timeoutMs);
         this.pending = { id, resolve, reject, timer };
         try {
-          this.worker!.postMessage({ type: "score", id, row, completion, info });
+          this.send({ type: "score", id, row, completion, info });
         } catch (e) {
-          this.failPending(new Error(`cannot send the row to the worker (${(e as Error).message})`));
+          this.failPending(
+            new Error(`cannot send the row to the reward's process (${(e as Error).message})`),
+          );
         }
       });
     };
@@ -167,7 +212,7 @@ class RewardWorker {
   }
 }
 
-/** A reward run in workers: `restarts` counts the workers replaced after a timeout or a crash. */
+/** A reward run in worker processes: `restarts` counts the processes replaced after a timeout or a crash. */
 export interface WorkerReward extends Reward {
   /** Workers time each call themselves (from when it starts running, not while it queues). */
   readonly selfTimed: true;
@@ -223,7 +268,7 @@ export const moduleRewardName = (path: string): string =>
 /** Whether a reward name is a module path rather than a built-in's name. */
 export const isModulePath = (name: string): boolean => /[\\/]/.test(name) || /\.[cm]?[jt]sx?$/.test(name);
 
-/** Load a user's reward module in workers; every failure is a ConfigError naming `field` and the path. */
+/** Load a user's reward module in worker processes; every failure is a ConfigError naming `field` and the path. */
 export const loadRewardModule = async (
   path: string,
   opts: WorkerRewardOptions & { readonly field?: string; readonly name?: string } = {},
@@ -254,9 +299,9 @@ export interface ResolveOptions {
   readonly timeoutMs?: number;
   /** The `regex` reward's pattern (`/body/flags` or a plain body). */
   readonly pattern?: string;
-  /** Run `math` in a worker (default true): the guard against inputs the algebra system grinds on. */
+  /** Run `math` in a worker process (default true): the guard against inputs the algebra system grinds on. */
   readonly mathInWorker?: boolean;
-  /** Run `regex` in a worker (default true), so a pattern that backtracks for ever is timed out too. */
+  /** Run `regex` in a worker process (default true), so a pattern that backtracks for ever is killed too. */
   readonly regexInWorker?: boolean;
   /** Workers per worker reward (default 1). */
   readonly workers?: number;

@@ -60,7 +60,7 @@ export interface Reward {
   readonly score: RewardFn;
   /**
    * The reward enforces the timeout itself, per call from when the call starts running (a worker reward
-   * queues calls and terminates a worker that runs past it); scoring then does not race it.
+   * queues calls and kills a worker process that runs past it); scoring then does not race it.
    */
   readonly selfTimed?: boolean;
   /** Free what the reward holds (its workers); absent for plain functions. */
@@ -157,7 +157,7 @@ export class RewardTimeout extends Error {
 
 /**
  * Settle `p` within `ms`, else reject with RewardTimeout (the timer is cleared either way). This stops only
- * waiting: a synchronous loop cannot be interrupted from its own thread (worker rewards terminate theirs).
+ * waiting: a synchronous loop cannot be interrupted from its own thread (worker rewards kill their processes).
  */
 export const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => {
   let timer: ReturnType<typeof setTimeout> | undefined;

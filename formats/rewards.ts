@@ -25,6 +25,7 @@ import { moduleUrl } from "./module.ts";
 import { decodeMessage, encodeMessage, lines } from "./reward_process.ts";
 
 const PROCESS_URL = new URL("./reward_process.ts", import.meta.url).href;
+const ENCODER = new TextEncoder();
 const BUILTINS_URL = new URL("../tasks/rewards.ts", import.meta.url).href;
 
 /** Options of a worker reward. */
@@ -153,7 +154,7 @@ class RewardWorker {
   }
 
   private send(m: unknown) {
-    this.writer!.write(new TextEncoder().encode(encodeMessage(m))).catch(() => {/* the process is gone */});
+    this.writer!.write(ENCODER.encode(encodeMessage(m))).catch(() => {/* the process is gone */});
   }
 
   private kill() {

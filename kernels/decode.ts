@@ -7,7 +7,7 @@ import { showShape } from "../core/shape.ts";
 import { defineKernel, type Kernel } from "../engine/kernel.ts";
 import { apply, apply1 } from "../engine/apply.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { bind, flatIndex, grid1d } from "../engine/wgsl.ts";
+import { bind, flatPass } from "../engine/wgsl.ts";
 
 export interface ColumnParams {
   /** The column (time index) t. */
@@ -38,25 +38,20 @@ export const columnKernel: Kernel<ColumnParams> = defineKernel<ColumnParams>({
   },
   gpu: ({ t }, [x], target) => {
     const [B, T, d = 1] = x.shape;
-    const n = B * d;
-    const grid = grid1d(n, 64, target);
     const b = bind(
       { input: 0, name: "x", type: x.dtype },
       { output: 0, name: "y", type: x.dtype },
       { uniform: new Uint32Array([t, 0, 0, 0]), name: "u", type: "vec4u" },
     );
-    return [{
-      wgsl: `${b.decls}
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${flatIndex(64, grid)};
-  if (i >= ${n}u) { return; }
-  let b = i / ${d}u;
-  y[i] = x[(b * ${T}u + u.x) * ${d}u + i % ${d}u];
-}`,
-      workgroups: grid,
-      bindings: b.bindings,
-    }];
+    // One invocation per output element, the grid folded into y past the device limit.
+    return [flatPass(
+      b,
+      B * d,
+      64,
+      target,
+      `  let b = i / ${d}u;
+  y[i] = x[(b * ${T}u + u.x) * ${d}u + i % ${d}u];`,
+    )];
   },
 });
 

@@ -30,7 +30,7 @@ const checkStacked = (op: string, z: TensorSpec): number => {
   if (z.dtype !== "f32" || z.shape.length !== 2 || z.shape[0] % 2 !== 0) {
     throw new ShapeError({
       op,
-      message: `${op}: logits chunk must be f32 (2N, C) (z_a rows then z_b rows), got ${z.dtype}${
+      message: `${op}: logits chunk must be f32 (2R, C) (z_a rows then z_b rows), got ${z.dtype}${
         showShape(z.shape)
       }`,
     });
@@ -38,7 +38,7 @@ const checkStacked = (op: string, z: TensorSpec): number => {
   return z.shape[0] / 2;
 };
 
-/** Fold one stacked chunk (2N, C) into the state (R, 5) in place. Inputs [state, z]; output 0 aliases state. */
+/** Fold one stacked chunk (2R, C) into the state (R, 5) in place. Inputs [state, z]; output 0 aliases state. */
 export const klFold: Kernel<KlChunkParams> = defineKernel<KlChunkParams>({
   name: "klFold",
   infer: (_p, [st, z]) => {
@@ -224,8 +224,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 });
 
 /**
- * Gradient of a per-row loss through KL with respect to one stacked chunk of raw logits. Inputs: z (2N, C),
- * final (R, 3), g (R) = d loss / d KL. Output dz (2N, C), with u = z_a/T, v = z_b/T, log p = u - lse:
+ * Gradient of a per-row loss through KL with respect to one stacked chunk of raw logits. Inputs: z (2R, C),
+ * final (R, 3), g (R) = d loss / d KL. Output dz (2R, C), with u = z_a/T, v = z_b/T, log p = u - lse:
  *   dKL/dz_a = p_a (log p_a - log p_b - KL) / T;   dKL/dz_b = (p_b - p_a) / T;   times g.
  * A detached side gets zeros.
  */

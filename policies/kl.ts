@@ -47,15 +47,15 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
     });
   }
   const [R] = xa.shape, [V, d] = E.shape;
-  // Chunks of E (C, d) and of the stacked logits (2N, C) each stay within one storage binding.
+  // Chunks of E (C, d) and of the stacked logits (2R, C) each stay within one storage binding.
   const chunk = chunkRows(xa.backend, want, Math.max(d, 2 * R));
   let fin: Tensor;
   const [kl] = custom("streamKl", { temperature, vocab: V }, [xa, xb, E], () => {
-    const x = concatRows([xa, xb]); // (2N, d)
+    const x = concatRows([xa, xb]); // (2R, d)
     const init = new Float32Array(5 * R).map((_, i) => (i % 5 === 0 || i % 5 === 3 ? NEG_BIG : 0));
     const state = tensor(xa.backend, init, [R, 5]);
     forChunks(E, chunk, (start, Ec) => { // Ec (C, d)
-      apply(klFold, { start, vocab: V, temperature }, [state, matmul(x, Ec, { transB: true })]); // z (2N, C)
+      apply(klFold, { start, vocab: V, temperature }, [state, matmul(x, Ec, { transB: true })]); // z (2R, C)
     });
     const [f, k] = apply(klFinish, {}, [state]);
     state.dispose();
@@ -64,13 +64,13 @@ export const streamKl = (xa: Tensor, xb: Tensor, E: Tensor, opts: KlOptions = {}
     return [k];
   }, (_ctx, [g]) => {
     if (!g) return [null, null, null];
-    const x = concatRows([xa, xb]); // (2N, d)
+    const x = concatRows([xa, xb]); // (2R, d)
     const dE = allocLike(xa, [V, d]); // every row block is written below: never bound whole
     const dx = sumChunks(E, chunk, (start, Ec) => { // Ec (C, d)
-      const z = matmul(x, Ec, { transB: true }); // (2N, C)
-      const dz = apply1(klGrad, { start, vocab: V, temperature, detach }, [z, fin, g]); // (2N, C)
+      const z = matmul(x, Ec, { transB: true }); // (2R, C)
+      const dz = apply1(klGrad, { start, vocab: V, temperature, detach }, [z, fin, g]); // (2R, C)
       copyInto(view(dE, start * d, Ec.shape), matmul(dz, x, { transA: true })); // (C, d)
-      return matmul(dz, Ec); // (2N, d)
+      return matmul(dz, Ec); // (2R, d)
     });
     return [
       detach === "a" ? null : sliceRows(dx, 0, R), // (R, d)

@@ -1,9 +1,9 @@
 /** engine/apply.ts: a failing kernel or a bad in-place output leaves no storage behind. */
-import { ShapeError } from "../core/errors.ts";
 import { apply } from "../engine/apply.ts";
 import { CpuBackend } from "../engine/cpu.ts";
 import { defineKernel } from "../engine/kernel.ts";
 import { tensor } from "../engine/tensor.ts";
+import { throwsShape } from "./util.ts";
 
 const throwing = defineKernel<{ alias: boolean }>({
   name: "throwsOnExec",
@@ -54,15 +54,7 @@ Deno.test("apply: an in-place output that does not match its input is a ShapeErr
   const b = new CpuBackend();
   const x = tensor(b, [1, 2], [2]);
   const { allocations, live } = b.memory();
-  let err: unknown;
-  try {
-    apply(misaliased, {}, [x]);
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof ShapeError) || !/in-place output \[3\] does not match input \[2\]/.test(err.message)) {
-    throw new Error(`expected a ShapeError naming both shapes, got ${err}`);
-  }
+  throwsShape(() => apply(misaliased, {}, [x]), /in-place output \[3\] does not match input \[2\]/);
   if (b.memory().allocations !== allocations || b.memory().live !== live) {
     throw new Error("something was allocated");
   }

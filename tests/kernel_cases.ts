@@ -294,7 +294,7 @@ const chunkArb = chunkOf([0.5, 1, 2]);
 /** One temperature for the fold kernels: their barrier-heavy workgroup variant then compiles once per shape. */
 const foldChunkArb = chunkOf([0.7]);
 
-/** The stacked KL chunk (2N, C) in [-2, 2) and a state: fresh, or after folding an earlier chunk (f64). */
+/** The stacked KL chunk (2R, C) in [-2, 2) and a state: fresh, or after folding an earlier chunk (f64). */
 const klChunk = (a: typeof chunkArb extends fc.Arbitrary<infer A> ? A : never) => {
   const z = F([2 * a.n, a.c], a.seed, -2, 2);
   let st = f32([a.n, 5], klInit(a.n));
